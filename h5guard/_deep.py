@@ -1,0 +1,312 @@
+"""The deep layer: open a file with libhdf5, read every byte of it, verify digests.
+
+Meant to run inside a :class:`~h5guard.sandbox.Sandbox` child (it may hang or crash
+on a damaged file), but it is an ordinary function that can run in-process on files
+h5guard itself just wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import h5py
+import numpy as np
+import numpy.typing as npt
+
+from h5guard import _layout
+from h5guard.errors import SchemaError
+from h5guard.report import Code, FileKind, FileSummary, Finding, Severity
+from h5guard.schema import DatasetInfo, Schema
+
+log = logging.getLogger(__name__)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+class _Inspector:
+    def __init__(self, path: str, schema: Schema | None) -> None:
+        self.path = path
+        self.schema = schema
+        self.findings: list[Finding] = []
+        self.groups: dict[str, str | None] = {}
+        self.owned = False  # written by h5guard: digests are mandatory
+
+    def add(self, obj: str, code: Code, message: str, severity: Severity = Severity.ERROR) -> None:
+        self.findings.append(Finding(self.path, obj, code, severity, message))
+
+    def read_attrs(self, obj: h5py.Group | h5py.File, where: str) -> dict[str, Any] | None:
+        out: dict[str, Any] = {}
+        try:
+            for name in obj.attrs:
+                out[name] = _layout.read_attr(obj, name)
+        except Exception as err:
+            self.add(where, Code.OBJECT_UNREADABLE, f"attribute unreadable: {_one_line(err)}")
+            return None
+        return out
+
+    def read_dataset(self, dset: h5py.Dataset, digest: _layout.GroupDigest | None) -> DatasetInfo:
+        """Read all of ``dset`` (feeding the digest); raises on any read error."""
+        dtype = dset.dtype
+        shape = tuple(int(n) for n in dset.shape) if dset.shape is not None else ()
+        finite = True
+        check_finite = dtype.kind in "fc"
+
+        def blocks() -> Any:
+            nonlocal finite
+            if dset.shape is None or dset.size == 0:
+                yield np.empty(shape, dtype=dtype)
+                return
+            for block in _layout.iter_blocks(dset):
+                if check_finite and finite and not np.isfinite(block).all():
+                    finite = False
+                yield block
+
+        if digest is not None:
+            digest.add_blocks(dset.name.rsplit("/", 1)[-1], dtype, shape, blocks())
+        else:
+            for _ in blocks():
+                pass
+        return DatasetInfo(dtype=dtype, shape=shape, all_finite=finite)
+
+    def inspect_group(self, group: h5py.Group, key: str) -> None:
+        where = f"/{key}"
+        attrs = self.read_attrs(group, where)
+        if attrs is None:
+            return
+        stored = attrs.pop(_layout.DIGEST_ATTR, None)
+        stored_text = bytes(np.asarray(stored)[()]).decode() if stored is not None else None
+        digest = _layout.GroupDigest() if stored_text is not None else None
+        infos: dict[str, DatasetInfo] = {}
+        try:
+            names = sorted(group, key=lambda n: n.encode("utf-8"))
+        except Exception as err:
+            self.add(where, Code.OBJECT_UNREADABLE, f"member list unreadable: {_one_line(err)}")
+            return
+        for name in names:
+            member = f"{where}/{name}"
+            try:
+                link = group.get(name, getlink=True)
+                if not isinstance(link, h5py.HardLink):
+                    self.add(
+                        member,
+                        Code.UNEXPECTED_OBJECT,
+                        f"{type(link).__name__} not followed",
+                        Severity.WARNING,
+                    )
+                    continue
+                obj = group[name]
+                if isinstance(obj, h5py.Dataset):
+                    infos[name] = self.read_dataset(obj, digest)
+                elif isinstance(obj, h5py.Group):
+                    if self.owned:
+                        self.add(
+                            member,
+                            Code.UNEXPECTED_OBJECT,
+                            "nested group in an h5guard file",
+                            Severity.WARNING,
+                        )
+                    self.read_foreign_tree(obj, member)
+                else:
+                    self.add(
+                        member,
+                        Code.UNEXPECTED_OBJECT,
+                        f"{type(obj).__name__} not checked",
+                        Severity.WARNING,
+                    )
+            except Exception as err:
+                self.add(member, Code.OBJECT_UNREADABLE, f"unreadable: {_one_line(err)}")
+                return
+        if digest is not None:
+            for name in sorted(attrs, key=lambda n: n.encode("utf-8")):
+                digest.add_array(b"A", name, attrs[name])
+            computed = digest.hexdigest()
+            if computed != stored_text:
+                self.add(
+                    where,
+                    Code.DIGEST_MISMATCH,
+                    f"content digest differs: stored {stored_text}, computed {computed}",
+                )
+                return
+        elif self.owned:
+            self.add(where, Code.DIGEST_MISSING, f"group has no {_layout.DIGEST_ATTR} attribute")
+            return
+        if self.schema is not None:
+            for v in self.schema.check(infos, attrs):
+                obj = f"{where}/{v.obj}" if v.obj else where
+                self.add(obj, v.code, v.message)
+        self.groups[key] = stored_text
+
+    def read_foreign_tree(self, group: h5py.Group, where: str) -> None:
+        """Read everything below a group that no digest covers; raises on error."""
+        for name in group.attrs:
+            _layout.read_attr(group, name)
+        for name in group:
+            link = group.get(name, getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                continue
+            obj = group[name]
+            if isinstance(obj, h5py.Group):
+                self.read_foreign_tree(obj, f"{where}/{name}")
+            elif isinstance(obj, h5py.Dataset):
+                self.read_dataset(obj, None)
+                for attr in obj.attrs:
+                    _layout.read_attr(obj, attr)
+
+
+def _pick_schema(ins: _Inspector, explicit_json: str | None, embedded: str | None) -> Schema | None:
+    if explicit_json is not None:
+        schema = Schema.from_json(explicit_json)
+        if embedded is not None and _normalized(embedded) != _normalized(explicit_json):
+            ins.add(
+                "/",
+                Code.SCHEMA_MISMATCH,
+                "the file embeds a different schema; checked against the one given",
+                Severity.INFO,
+            )
+        return schema
+    if embedded is None:
+        return None
+    try:
+        return Schema.from_json(embedded, source=f"{_layout.SCHEMA_ATTR} attribute")
+    except SchemaError as err:
+        ins.add("/", Code.SCHEMA_INVALID, str(err))
+        return None
+
+
+def _normalized(text: str) -> str:
+    try:
+        return Schema.from_json(text).to_json()
+    except SchemaError:
+        return text
+
+
+def inspect_file(path: str, schema_json: str | None = None) -> tuple[list[Finding], FileSummary]:
+    """Read every object of ``path``; return findings and a summary of the file."""
+    ins = _Inspector(path, None)
+    size = _size(path)
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except Exception as err:
+        ins.add("/", Code.UNREADABLE, f"HDF5 cannot open the file: {_one_line(err)}")
+        return ins.findings, FileSummary(path, FileKind.UNREADABLE, size)
+    with f:
+        root_attrs = ins.read_attrs(f, "/")
+        fmt = _text(root_attrs, _layout.FORMAT_ATTR)
+        kind = {
+            _layout.SHARD_FORMAT: FileKind.SHARD,
+            _layout.OUTPUT_FORMAT: FileKind.OUTPUT,
+        }.get(fmt or "", FileKind.FOREIGN)
+        ins.owned = kind is not FileKind.FOREIGN
+        embedded = _text(root_attrs, _layout.SCHEMA_ATTR)
+        ins.schema = _pick_schema(ins, schema_json, embedded)
+        try:
+            names = list(f)
+        except Exception as err:
+            ins.add("/", Code.UNREADABLE, f"root group unreadable: {_one_line(err)}")
+            return ins.findings, FileSummary(path, FileKind.UNREADABLE, size)
+        for name in names:
+            try:
+                link = f.get(name, getlink=True)
+                if not isinstance(link, h5py.HardLink):
+                    ins.add(
+                        f"/{name}",
+                        Code.UNEXPECTED_OBJECT,
+                        f"{type(link).__name__} not followed",
+                        Severity.WARNING,
+                    )
+                    continue
+                obj = f[name]
+            except Exception as err:
+                ins.add(f"/{name}", Code.OBJECT_UNREADABLE, f"unreadable: {_one_line(err)}")
+                continue
+            if isinstance(obj, h5py.Group):
+                ins.inspect_group(obj, name)
+            elif isinstance(obj, h5py.Dataset):
+                try:
+                    ins.read_dataset(obj, None)
+                except Exception as err:
+                    ins.add(f"/{name}", Code.OBJECT_UNREADABLE, f"unreadable: {_one_line(err)}")
+                    continue
+                if ins.owned:
+                    ins.add(
+                        f"/{name}",
+                        Code.UNEXPECTED_OBJECT,
+                        "dataset outside any group",
+                        Severity.WARNING,
+                    )
+        if not ins.owned:
+            ins.add(
+                "/",
+                Code.NO_DIGESTS,
+                "not written by h5guard: readable, but silent data damage cannot be ruled out",
+                Severity.INFO,
+            )
+    summary = FileSummary(
+        path,
+        kind if root_attrs is not None else FileKind.UNREADABLE,
+        size,
+        groups=ins.groups,
+        schema_json=embedded if embedded is not None else schema_json,
+    )
+    return ins.findings, summary
+
+
+def _text(attrs: Mapping[str, npt.NDArray[Any]] | None, name: str) -> str | None:
+    if not attrs or name not in attrs:
+        return None
+    value = np.asarray(attrs[name])
+    if value.ndim != 0:
+        return None
+    item = value[()]
+    if isinstance(item, bytes):
+        return item.decode("utf-8", errors="replace")
+    return str(item)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def group_index(path: str) -> tuple[str | None, dict[str, str | None], str | None]:
+    """``(format, {key: stored digest}, embedded schema)`` of a file, reading no data.
+
+    Used on a merge output that h5guard wrote and verified when it wrote it, where a
+    full re-read on every merge would cost time proportional to all past results.
+    """
+    with h5py.File(path, "r", locking=False) as f:
+        fmt = _layout.text_attr(f, _layout.FORMAT_ATTR)
+        schema_json = _layout.text_attr(f, _layout.SCHEMA_ATTR)
+        index: dict[str, str | None] = {}
+        for key, obj in f.items():
+            if isinstance(obj, h5py.Group):
+                index[key] = _layout.text_attr(obj, _layout.DIGEST_ATTR)
+    return fmt, index, schema_json
+
+
+def verify_groups(path: str, expected: Mapping[str, str | None]) -> list[Finding]:
+    """Re-read the named groups of ``path`` and check each against its expected digest."""
+    ins = _Inspector(path, None)
+    ins.owned = True
+    with h5py.File(path, "r", locking=False) as f:
+        for key, want in expected.items():
+            if key not in f:
+                ins.add(f"/{key}", Code.OBJECT_UNREADABLE, "group missing after copy")
+                continue
+            ins.inspect_group(f[key], key)
+            got = ins.groups.get(key)
+            if key in ins.groups and got != want:
+                ins.add(
+                    f"/{key}",
+                    Code.DIGEST_MISMATCH,
+                    f"copied group has digest {got}, source had {want}",
+                )
+    return ins.findings

@@ -1,0 +1,81 @@
+"""Main loop of a sandbox child: read a call, run it, answer, repeat.
+
+Started by :mod:`h5guard.sandbox` as ``python -m h5guard._sandbox_child LIMIT``.
+Frames on stdin/stdout are an 8-byte little-endian length and a pickle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import resource
+import signal
+import sys
+import traceback
+from typing import Any
+
+# Imported before the memory limit is set, so their mappings count as start-up.
+import h5py  # noqa: F401
+import numpy  # noqa: F401
+
+from h5guard import _deep  # noqa: F401
+from h5guard.sandbox import _read_frame, _write_frame
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # A child spinning inside libhdf5 never reads stdin again, so it would not notice
+    # its parent dying; ask the kernel to kill it instead.
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _address_space() -> int:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _limit_memory(extra: int) -> None:
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    current = _address_space()
+    if current:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_AS, (current + extra, current + extra))
+
+
+def main() -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    _limit_memory(int(sys.argv[1]))
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    # Nothing but frames may reach the real stdout.
+    sys.stdout = sys.stderr
+    while True:
+        try:
+            module, func, args = _read_frame(stdin)
+        except EOFError:
+            return
+        answer: tuple[str, Any]
+        try:
+            target = getattr(importlib.import_module(module), func)
+            answer = ("ok", target(*args))
+        except MemoryError:
+            answer = ("memory", "ran out of its memory limit")
+        except Exception as err:
+            last = traceback.format_exception_only(err)[-1].strip()
+            answer = ("error", last)
+        try:
+            _write_frame(stdout, answer)
+        except MemoryError:
+            _write_frame(stdout, ("memory", "ran out of its memory limit"))
+
+
+if __name__ == "__main__":
+    main()

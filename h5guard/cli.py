@@ -1,0 +1,327 @@
+"""``h5guard``: the command line. Thin: parse, call the library, render, exit code.
+
+Exit codes: 0 clean; 1 the command ran and found (or left) problems; 2 it could not
+run (bad usage, missing path, held lock, full disk, unreadable output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from h5guard import _version
+from h5guard.errors import H5GuardError
+from h5guard.merge import DEFAULT_LOCK_TIMEOUT, merge, plan_merge
+from h5guard.report import Report
+from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT
+from h5guard.schema import Schema
+from h5guard.validate import check
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad command-line input: one line on stderr, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _megabytes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole megabytes, got {text!r}") from None
+    if value < 16:
+        raise argparse.ArgumentTypeError(f"expected at least 16 MB, got {text!r}")
+    return value * 1024 * 1024
+
+
+def _add_sandbox_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--timeout",
+        type=_positive,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"seconds allowed to read one file before it is reported as hanging (default {DEFAULT_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--memory-limit",
+        type=_megabytes,
+        default=DEFAULT_MEMORY_LIMIT,
+        metavar="MB",
+        help=f"memory the reader of one file may use (default {DEFAULT_MEMORY_LIMIT // 2**20})",
+    )
+    p.add_argument(
+        "--schema",
+        metavar="FILE",
+        help="JSON schema every group must satisfy (default: the one embedded in each file)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar, no summary on stderr"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log what is being done on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="h5guard",
+        description="Write, check and merge HDF5 result files from parallel runs without losing results.",
+        epilog="Exit codes: 0 clean, 1 problems found, 2 could not run.",
+    )
+    parser.add_argument("--version", action="version", version=f"h5guard {_version.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser(
+        "check",
+        help="validate HDF5 files and directories of shards",
+        description=(
+            "Validate each file: signature, truncation, 'writer did not close' flag, then a "
+            "full read in a sandboxed process (time and memory limits), digests and schema. "
+            "A directory stands for its *.h5 files; *.partial leftovers are reported."
+        ),
+        epilog="Prints 'path:/object: CODE message' per finding. Exit codes: 0 clean, 1 problems found, 2 could not run.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="file or directory to check")
+    p.add_argument(
+        "--expect",
+        metavar="KEYS_FILE",
+        help="file with one expected group key per line; each missing key is a finding",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="only the quick layer (no libhdf5, no digests)"
+    )
+    _add_sandbox_options(p)
+    p.set_defaults(run=_cmd_check)
+
+    p = sub.add_parser(
+        "merge",
+        help="merge a directory of shards into one output, crash-safely",
+        description=(
+            "Validate every shard, quarantine bad ones, and atomically replace OUTPUT with a "
+            "verified copy that holds the new groups. Holds OUTPUT.lock for the whole merge."
+        ),
+        epilog="Exit codes: 0 merged cleanly, 1 merged but something was quarantined or conflicted, 2 could not run (output untouched).",
+    )
+    p.add_argument("shard_dir", metavar="TEMP_DIR", help="directory of committed shards")
+    p.add_argument(
+        "-o", "--output", help="output file (default: the one recorded in TEMP_DIR by the run)"
+    )
+    p.add_argument(
+        "--keep-shards", action="store_true", help="keep merged shards instead of deleting them"
+    )
+    p.add_argument(
+        "--lock-timeout",
+        type=_non_negative,
+        default=DEFAULT_LOCK_TIMEOUT,
+        metavar="S",
+        help=f"seconds to wait for another merge on the same output (default {DEFAULT_LOCK_TIMEOUT:g})",
+    )
+    _add_sandbox_options(p)
+    p.set_defaults(run=_cmd_merge)
+
+    p = sub.add_parser(
+        "status",
+        help="show what a merge of TEMP_DIR would do, changing nothing",
+        description="Validate the shards of TEMP_DIR and compare them with the output; modifies nothing.",
+        epilog="Exit codes: 0 everything would merge cleanly, 1 something would be quarantined or conflict, 2 could not run.",
+    )
+    p.add_argument("shard_dir", metavar="TEMP_DIR", help="directory of committed shards")
+    p.add_argument("-o", "--output", help="output file (default: the one recorded in TEMP_DIR)")
+    _add_sandbox_options(p)
+    p.set_defaults(run=_cmd_status)
+    return parser
+
+
+def _load_schema(args: argparse.Namespace) -> Schema | None:
+    return Schema.load(args.schema) if getattr(args, "schema", None) else None
+
+
+def _progress(
+    args: argparse.Namespace, what: str
+) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
+    if args.quiet or args.json or not sys.stderr.isatty():
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar: Any = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=what, unit="file", file=sys.stderr, leave=False)
+        bar.n = done
+        bar.refresh()
+
+    def close() -> None:
+        if bar is not None:
+            bar.close()
+
+    return update, close
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    for path in args.paths:
+        if not os.path.exists(path):
+            raise UsageError(f"h5guard check: {path}: no such file or directory")
+        if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
+            raise UsageError(f"h5guard check: {path}: directory is not readable")
+    if args.quick and args.expect:
+        raise UsageError(
+            "h5guard check: --expect needs the deep layer to list groups; drop --quick"
+        )
+    expect = None
+    if args.expect:
+        try:
+            with open(args.expect, encoding="utf-8") as fh:
+                expect = [line.strip() for line in fh if line.strip() and not line.startswith("#")]
+        except OSError as err:
+            raise UsageError(
+                f"h5guard check: --expect {args.expect}: {err.strerror or err}"
+            ) from err
+    schema = _load_schema(args)
+    update, close = _progress(args, "checking")
+    try:
+        report = check(
+            args.paths,
+            schema=schema,
+            expect=expect,
+            deep=not args.quick,
+            timeout=args.timeout,
+            memory_limit=args.memory_limit,
+            progress=update,
+        )
+    finally:
+        close()
+    _render_report(report, args)
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def _render_report(report: Report, args: argparse.Namespace) -> None:
+    if args.json:
+        print(report.render_json())
+        return
+    text = report.render_text()
+    if text:
+        print(text)
+    if not args.quiet:
+        print(report.render_summary(), file=sys.stderr)
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    schema = _load_schema(args)
+    update, close = _progress(args, "validating shards")
+    try:
+        result = merge(
+            args.shard_dir,
+            args.output,
+            schema=schema,
+            keep_shards=args.keep_shards,
+            lock_timeout=args.lock_timeout,
+            timeout=args.timeout,
+            memory_limit=args.memory_limit,
+            progress=update,
+        )
+    finally:
+        close()
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+    else:
+        for finding in sorted(result.findings):
+            if finding.severity >= 1:
+                print(finding)
+        if not args.quiet:
+            print(result.render_text(), file=sys.stderr)
+    return result.exit_code
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    schema = _load_schema(args)
+    update, close = _progress(args, "validating shards")
+    try:
+        plan = plan_merge(
+            args.shard_dir,
+            args.output,
+            schema=schema,
+            timeout=args.timeout,
+            memory_limit=args.memory_limit,
+            progress=update,
+        )
+    finally:
+        close()
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
+    else:
+        shard_groups = plan.new_groups + plan.duplicates + len(plan.conflicts)
+        print(f"output:          {plan.output} ({plan.output_groups} group(s))")
+        print(f"valid shards:    {len(plan.shards)} holding {shard_groups} group(s)")
+        print(f"would add:       {plan.new_groups} new group(s), {plan.duplicates} duplicate(s)")
+        print(f"conflicts:       {len(plan.conflicts)}")
+        print(f"would quarantine:{len(plan.bad_shards):>2} shard(s)")
+        for q in plan.bad_shards:
+            print(f"  {q.reasons[0] if q.reasons else q.path}")
+        print(
+            f"partials:        {len(plan.live_partials)} being written, {len(plan.stale_partials)} stale"
+        )
+    return 1 if (plan.bad_shards or plan.conflicts) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_ERROR
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.ERROR,
+            format="h5guard: %(levelname)s: %(message)s",
+            stream=sys.stderr,
+        )
+        code: int = args.run(args)
+        return code
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except H5GuardError as err:
+        print(f"h5guard: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"h5guard: error: {where}{err.strerror or err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("h5guard: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The exceptions h5guard raises.
+
+Everything h5guard raises on purpose derives from :class:`H5GuardError`, and every
+leaf also derives from the builtin it is closest to, so callers that only know the
+builtins (``except OSError``) still catch what they expect::
+
+    H5GuardError (Exception)
+    ├── SchemaError (ValueError)            a schema is malformed, or a group breaks it
+    ├── InvalidKeyError (ValueError)        a group key that cannot name an HDF5 group
+    ├── WriterClosedError (RuntimeError)    ShardWriter used after close()
+    ├── InsufficientSpaceError (OSError)    refused before writing: the disk is too full
+    ├── UnreadableOutputError (OSError)     a merge output that fails validation
+    ├── SandboxError (RuntimeError)         the checker child could not be started
+    ├── LockTimeoutError (TimeoutError)     another process holds the output's lock
+    └── MergeSourceError (ValueError)       nothing to merge from / no output recorded
+
+Validation never raises for a bad *file*: damage is reported as findings in a
+:class:`~h5guard.report.Report`. Exceptions are for misuse and for operations that
+cannot go on (a full disk, a held lock).
+
+All exceptions carry their data as attributes and define ``__reduce__`` so that they
+survive being sent back from a worker process (pickling an exception normally
+re-calls ``__init__`` with ``args`` only, which breaks keyword-only constructors).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class H5GuardError(Exception):
+    """Root of every exception h5guard raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__.copy()))
+
+
+def _rebuild(cls: type[H5GuardError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    obj = cls.__new__(cls)
+    Exception.__init__(obj, *args)
+    obj.__dict__.update(state)
+    return obj
+
+
+class SchemaError(H5GuardError, ValueError):
+    """A schema document is malformed, or a group does not satisfy the schema."""
+
+
+class InvalidKeyError(H5GuardError, ValueError):
+    """A group key that cannot be used as an HDF5 group name."""
+
+    def __init__(self, key: object, reason: str) -> None:
+        super().__init__(f"group key {key!r}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+class WriterClosedError(H5GuardError, RuntimeError):
+    """A ShardWriter was used after it was closed."""
+
+
+class InsufficientSpaceError(H5GuardError, OSError):
+    """Refused before writing because the file system cannot hold the data.
+
+    libhdf5 crashes the process (segfault inside ``close()``) when a write hits a
+    full disk, so h5guard checks the free space first and refuses instead.
+    """
+
+    def __init__(self, directory: str, needed: int, available: int) -> None:
+        super().__init__(
+            f"{directory}: not enough free space: need {_human(needed)}, "
+            f"file system has {_human(available)} free"
+        )
+        self.directory = directory
+        self.needed = needed
+        self.available = available
+
+
+class UnreadableOutputError(H5GuardError, OSError):
+    """An existing merge output failed validation; it is left untouched."""
+
+
+class SandboxError(H5GuardError, RuntimeError):
+    """The sandboxed checker process could not be started or talked to."""
+
+
+class LockTimeoutError(H5GuardError, TimeoutError):
+    """Another process held the lock for longer than the timeout allowed."""
+
+    def __init__(self, lock_path: str, timeout: float, holder: str) -> None:
+        super().__init__(
+            f"{lock_path}: still locked after {timeout:g} s by {holder}; "
+            "wait for it to finish or raise --lock-timeout"
+        )
+        self.lock_path = lock_path
+        self.timeout = timeout
+        self.holder = holder
+
+
+class MergeSourceError(H5GuardError, ValueError):
+    """The merge was given nothing usable: a missing directory or no output path."""
+
+
+def _human(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,467 @@
+"""The locked, crash-safe, idempotent merge of committed shards into one output.
+
+Protocol (each step leaves something valid on disk if the process dies there):
+
+1. take ``OUTPUT.lock`` (waits up to ``lock_timeout``; never deletes the lock file);
+2. validate every committed shard in the sandbox (quick + deep + digests + schema),
+   and index the existing output; move bad shards to ``quarantine/`` with a JSON note;
+3. check the free space for the new output before writing anything;
+4. build ``OUTPUT.partial``: a byte copy of the old output plus the new groups;
+   a key already present with the same digest is a duplicate, with another digest
+   a conflict (the output keeps its version);
+5. re-read every added group of the partial file and match its digest;
+6. fsync it, ``os.replace`` it over the output, fsync the directory;
+7. only now delete (or keep) the merged shards and quarantine conflicting ones.
+
+Re-running after a crash at any step gives the same output as one clean run: shards
+are deleted only after step 6, and their groups then count as duplicates.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from h5guard import _atomic, _deep, _layout, _lock
+from h5guard._version import __version__
+from h5guard.errors import InsufficientSpaceError, MergeSourceError, UnreadableOutputError
+from h5guard.report import FileSummary, Finding, Report, Severity
+from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox
+from h5guard.schema import Schema
+from h5guard.validate import QUARANTINE_DIR, ProgressCallback, partial_finding, validate_many
+
+log = logging.getLogger(__name__)
+
+RECORD_FILE = ".h5guard-output.json"
+GROUPS_ATTR = "h5guard_groups"
+LAST_MERGE_ATTR = "h5guard_last_merge"
+DEFAULT_LOCK_TIMEOUT = 60.0
+
+
+def record_output(shard_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> None:
+    """Remember in ``shard_dir`` which output its shards belong to (for ``h5guard merge DIR``)."""
+    record = Path(shard_dir) / RECORD_FILE
+    tmp = record.with_name(record.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"output": os.path.abspath(output)}), encoding="utf-8")
+    _atomic.commit_file(tmp, record)
+
+
+def recorded_output(shard_dir: str | os.PathLike[str]) -> str | None:
+    try:
+        data = json.loads((Path(shard_dir) / RECORD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    out = data.get("output") if isinstance(data, dict) else None
+    return out if isinstance(out, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A shard moved aside, and why."""
+
+    path: str
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MergePlan:
+    """What a merge would do, worked out without changing anything."""
+
+    shard_dir: str
+    output: str
+    output_groups: int
+    shards: tuple[str, ...]  # valid committed shards, in merge order
+    bad_shards: tuple[Quarantined, ...]
+    new_groups: int
+    duplicates: int
+    conflicts: tuple[tuple[str, str], ...]  # (key, shard)
+    stale_partials: tuple[str, ...]
+    live_partials: tuple[str, ...]
+    report: Report
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "shard_dir": self.shard_dir,
+            "output": self.output,
+            "output_groups": self.output_groups,
+            "valid_shards": len(self.shards),
+            "bad_shards": [{"path": q.path, "reasons": list(q.reasons)} for q in self.bad_shards],
+            "new_groups": self.new_groups,
+            "duplicates": self.duplicates,
+            "conflicts": [{"key": k, "shard": s} for k, s in self.conflicts],
+            "stale_partials": list(self.stale_partials),
+            "live_partials": list(self.live_partials),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MergeReport:
+    """What a merge did. ``exit_code`` is 0 when every shard merged cleanly, else 1."""
+
+    output: str
+    shards_merged: int
+    groups_added: int
+    duplicates: int
+    conflicts: tuple[tuple[str, str], ...]
+    quarantined: tuple[Quarantined, ...]
+    stale_partials: tuple[str, ...]
+    live_partials: tuple[str, ...]
+    groups_total: int
+    shards_deleted: int
+    seconds: float
+    findings: tuple[Finding, ...] = field(default=())
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if (self.quarantined or self.conflicts) else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": self.output,
+            "ok": self.exit_code == 0,
+            "shards_merged": self.shards_merged,
+            "groups_added": self.groups_added,
+            "duplicates": self.duplicates,
+            "conflicts": [{"key": k, "shard": s} for k, s in self.conflicts],
+            "quarantined": [{"path": q.path, "reasons": list(q.reasons)} for q in self.quarantined],
+            "stale_partials": list(self.stale_partials),
+            "live_partials": list(self.live_partials),
+            "groups_total": self.groups_total,
+            "shards_deleted": self.shards_deleted,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def render_text(self) -> str:
+        lines = [
+            f"merged {self.shards_merged} shard(s) into {self.output}: "
+            f"{self.groups_added} group(s) added, {self.duplicates} duplicate(s), "
+            f"{len(self.conflicts)} conflict(s), {len(self.quarantined)} quarantined; "
+            f"{self.groups_total} group(s) in the output ({self.seconds:.2f} s)"
+        ]
+        lines += [
+            f"conflict: group {k!r} of {s} differs from the output's; kept the output's"
+            for k, s in self.conflicts
+        ]
+        for q in self.quarantined:
+            lines.append(f"quarantined {q.path}: {q.reasons[0] if q.reasons else ''}")
+        lines += [f"stale partial (its writer died; batch lost): {p}" for p in self.stale_partials]
+        lines += [f"partial still being written, not merged: {p}" for p in self.live_partials]
+        return "\n".join(lines)
+
+
+def _resolve(
+    shard_dir: str | os.PathLike[str], output: str | os.PathLike[str] | None
+) -> tuple[str, str]:
+    directory = os.fspath(shard_dir)
+    if not os.path.isdir(directory):
+        raise MergeSourceError(f"{directory}: expected a directory of shards, found none")
+    if output is None:
+        output = recorded_output(directory)
+        if output is None:
+            raise MergeSourceError(
+                f"{directory}: no output is recorded for this directory; name one with -o OUTPUT"
+            )
+    out = os.path.abspath(os.fspath(output))
+    parent = os.path.dirname(out)
+    if not os.path.isdir(parent):
+        raise MergeSourceError(f"{out}: expected an existing directory {parent}")
+    if os.path.isdir(out):
+        raise MergeSourceError(f"{out}: expected a file path for the output, found a directory")
+    return directory, out
+
+
+def _shard_files(directory: str) -> tuple[list[str], list[str], list[str]]:
+    shards: list[str] = []
+    stale: list[str] = []
+    live: list[str] = []
+    for p in sorted(Path(directory).iterdir()):
+        if not p.is_file():
+            continue
+        if p.name.endswith(_atomic.PARTIAL_SUFFIX):
+            (live if _atomic.partial_owner_alive(p.name) else stale).append(str(p))
+        elif p.suffix == ".h5":
+            shards.append(str(p))
+    return shards, stale, live
+
+
+def _index_output(output: str, box: Sandbox) -> tuple[dict[str, str | None], str | None]:
+    """Keys and digests of an existing output; raises if it is not a sound h5guard output."""
+    if not os.path.exists(output):
+        return {}, None
+    quick = validate_many([output], deep=False)
+    errors = [f for f in quick.findings if f.severity is Severity.ERROR]
+    if errors:
+        raise UnreadableOutputError(
+            f"{output}: existing output is damaged, left untouched: {errors[0].code} {errors[0].message}"
+        )
+    result = box.call("h5guard._deep:group_index", output)
+    if not result.ok:
+        raise UnreadableOutputError(
+            f"{output}: existing output could not be indexed ({result.failure}: {result.detail}); left untouched"
+        )
+    fmt, index, schema_json = result.value
+    if fmt not in (_layout.OUTPUT_FORMAT, None) and fmt != _layout.SHARD_FORMAT:
+        raise UnreadableOutputError(f"{output}: expected an h5guard output, found format {fmt!r}")
+    if fmt is None:
+        raise UnreadableOutputError(
+            f"{output}: expected an h5guard output, found an HDF5 file h5guard did not write; "
+            "merge into a new output, or salvage it first"
+        )
+    missing = [k for k, v in index.items() if v is None]
+    if missing:
+        raise UnreadableOutputError(f"{output}: group {missing[0]!r} has no digest; left untouched")
+    return index, schema_json
+
+
+def _plan(
+    directory: str,
+    output: str,
+    schema: Schema | None,
+    box: Sandbox,
+    progress: ProgressCallback | None,
+) -> tuple[MergePlan, dict[str, str | None], Schema | None, dict[str, FileSummary]]:
+    out_index, out_schema_json = _index_output(output, box)
+    effective = schema
+    if effective is None and out_schema_json is not None:
+        effective = Schema.from_json(out_schema_json, source=f"{output} embedded schema")
+    shards, stale, live = _shard_files(directory)
+    report = validate_many(shards, schema=effective, sandbox=box, progress=progress)
+    good: list[str] = []
+    bad: list[Quarantined] = []
+    summaries: dict[str, FileSummary] = {}
+    for path in shards:
+        problems = [f for f in report.for_path(path) if f.severity >= Severity.WARNING]
+        if problems:
+            bad.append(Quarantined(path, tuple(str(f) for f in problems)))
+        else:
+            summary = report.summary(path)
+            assert summary is not None
+            summaries[path] = summary
+            good.append(path)
+    seen = dict(out_index)
+    new = dups = 0
+    conflicts: list[tuple[str, str]] = []
+    for path in good:
+        for key, digest in sorted(summaries[path].groups.items()):
+            if key not in seen:
+                seen[key] = digest
+                new += 1
+            elif seen[key] == digest:
+                dups += 1
+            else:
+                conflicts.append((key, path))
+    plan = MergePlan(
+        shard_dir=directory,
+        output=output,
+        output_groups=len(out_index),
+        shards=tuple(good),
+        bad_shards=tuple(bad),
+        new_groups=new,
+        duplicates=dups,
+        conflicts=tuple(conflicts),
+        stale_partials=tuple(stale),
+        live_partials=tuple(live),
+        report=report,
+    )
+    if effective is None:
+        effective = _common_schema(summaries.values())
+    return plan, out_index, effective, summaries
+
+
+def _common_schema(summaries: Any) -> Schema | None:
+    texts = {s.schema_json for s in summaries if s.schema_json is not None}
+    if len(texts) == 1:
+        return Schema.from_json(texts.pop())
+    return None
+
+
+def plan_merge(
+    shard_dir: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    schema: Schema | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> MergePlan:
+    """What :func:`merge` would do now, without taking the lock or changing any file."""
+    directory, out = _resolve(shard_dir, output)
+    with Sandbox(workers=workers, timeout=timeout, memory_limit=memory_limit) as box:
+        plan, _, _, _ = _plan(directory, out, schema, box, progress)
+    return plan
+
+
+def _quarantine(path: str, reasons: Sequence[str], directory: str) -> Quarantined:
+    qdir = Path(directory) / QUARANTINE_DIR
+    qdir.mkdir(exist_ok=True)
+    target = qdir / Path(path).name
+    note = qdir / (Path(path).name + ".json")
+    tmp = note.with_name(note.name + ".tmp")
+    tmp.write_text(
+        json.dumps(
+            {
+                "file": Path(path).name,
+                "quarantined": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                "reasons": list(reasons),
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
+    # The note first: a crash between the two leaves a note without a file (harmless,
+    # the next merge quarantines again), never a file without its reason.
+    _atomic.commit_file(tmp, note)
+    os.replace(path, target)
+    _atomic.fsync_dir(qdir)
+    _atomic.fsync_dir(directory)
+    log.warning("quarantined %s: %s", path, reasons[0] if reasons else "")
+    return Quarantined(str(target), tuple(reasons))
+
+
+def _write_partial(
+    output: str,
+    partial: str,
+    plan: MergePlan,
+    summaries: Mapping[str, FileSummary],
+    out_index: Mapping[str, str | None],
+    schema: Schema | None,
+    root_attrs: Mapping[str, Any],
+) -> dict[str, str | None]:
+    """Build the new output in ``partial``; return the groups it added and their digests."""
+    if os.path.exists(output):
+        _atomic.copy_file(output, partial)
+        f = h5py.File(partial, "r+", libver=_layout.LIBVER, locking=False)
+    else:
+        f = _layout.create_file(partial, "w")
+    added: dict[str, str | None] = {}
+    present = dict(out_index)
+    try:
+        for shard in plan.shards:
+            todo = [k for k in sorted(summaries[shard].groups) if k not in present]
+            if not todo:
+                continue
+            with h5py.File(shard, "r", locking=False) as src:
+                for key in todo:
+                    f.copy(src[key], key)
+                    digest = summaries[shard].groups[key]
+                    present[key] = digest
+                    added[key] = digest
+        f.attrs[_layout.FORMAT_ATTR] = np.bytes_(_layout.OUTPUT_FORMAT.encode())
+        f.attrs[_layout.VERSION_ATTR] = np.bytes_(__version__.encode())
+        if schema is not None:
+            f.attrs[_layout.SCHEMA_ATTR] = np.bytes_(schema.to_json().encode())
+        f.attrs[GROUPS_ATTR] = np.int64(len(present))
+        f.attrs[LAST_MERGE_ATTR] = np.bytes_(
+            _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").encode()
+        )
+        for name, value in root_attrs.items():
+            _layout.write_attr(f, name, _layout.normalize_value(name, value))
+    finally:
+        f.close()
+    return added
+
+
+def merge(
+    shard_dir: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    schema: Schema | None = None,
+    keep_shards: bool = False,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    timeout: float = DEFAULT_TIMEOUT,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
+    workers: int | None = None,
+    root_attrs: Mapping[str, Any] | None = None,
+    progress: ProgressCallback | None = None,
+) -> MergeReport:
+    """Merge the committed shards of ``shard_dir`` into ``output`` (see module docs).
+
+    Raises :class:`~h5guard.LockTimeoutError`, :class:`~h5guard.InsufficientSpaceError`,
+    :class:`~h5guard.UnreadableOutputError` or :class:`~h5guard.MergeSourceError` when
+    it cannot run; the output is then untouched.
+    """
+    started = time.monotonic()
+    directory, out = _resolve(shard_dir, output)
+    extra_attrs = dict(root_attrs or {})
+    for name in extra_attrs:
+        if name.startswith(_layout.RESERVED_PREFIX):
+            raise ValueError(f"root_attrs: {name!r} uses the reserved prefix 'h5guard_'")
+    with (
+        _lock.exclusive(out, timeout=lock_timeout, purpose=f"h5guard merge {directory}"),
+        Sandbox(workers=workers, timeout=timeout, memory_limit=memory_limit) as box,
+    ):
+        plan, out_index, effective, summaries = _plan(directory, out, schema, box, progress)
+        quarantined = [_quarantine(q.path, q.reasons, directory) for q in plan.bad_shards]
+        partial = out + _atomic.PARTIAL_SUFFIX
+        needs_write = plan.new_groups > 0 or extra_attrs or not os.path.exists(out)
+        if needs_write:
+            old_size = os.path.getsize(out) if os.path.exists(out) else 0
+            new_bytes = sum(summaries[s].size for s in plan.shards)
+            needed = old_size + int(new_bytes * 1.25) + 1024 * 1024
+            _atomic.require_free_space(os.path.dirname(out), needed)
+            try:
+                added = _write_partial(
+                    out, partial, plan, summaries, out_index, effective, extra_attrs
+                )
+                problems = _deep.verify_groups(partial, added)
+                if problems:
+                    raise UnreadableOutputError(
+                        f"{partial}: verification of the new output failed, old output kept: {problems[0]}"
+                    )
+                _atomic.commit_file(partial, out)
+            except OSError as err:
+                _atomic.remove_quietly(partial)
+                if isinstance(err, InsufficientSpaceError | UnreadableOutputError):
+                    raise
+                if err.errno == 28:  # ENOSPC despite the estimate
+                    raise InsufficientSpaceError(
+                        os.path.dirname(out), needed, _atomic.free_bytes(os.path.dirname(out))
+                    ) from err
+                raise
+            except BaseException:
+                _atomic.remove_quietly(partial)
+                raise
+        else:
+            added = {}
+            _atomic.remove_quietly(partial)
+        conflicted = {s for _, s in plan.conflicts}
+        for shard in sorted(conflicted):
+            keys = [k for k, s in plan.conflicts if s == shard]
+            reasons = [
+                f"{shard}:/{k}: CONFLICT group already in {out} with another digest" for k in keys
+            ]
+            quarantined.append(_quarantine(shard, reasons, directory))
+        deleted = 0
+        if not keep_shards:
+            for shard in plan.shards:
+                if shard not in conflicted:
+                    _atomic.remove_quietly(shard)
+                    deleted += 1
+            if deleted:
+                _atomic.fsync_dir(directory)
+        total = len(out_index) + len(added)
+    return MergeReport(
+        output=out,
+        shards_merged=len(plan.shards) - len(conflicted),
+        groups_added=len(added),
+        duplicates=plan.duplicates,
+        conflicts=plan.conflicts,
+        quarantined=tuple(quarantined),
+        stale_partials=plan.stale_partials,
+        live_partials=plan.live_partials,
+        groups_total=total,
+        shards_deleted=deleted,
+        seconds=time.monotonic() - started,
+        findings=plan.report.findings + tuple(partial_finding(p) for p in plan.stale_partials),
+    )

@@ -1,0 +1,187 @@
+"""Findings about files, and the reports that collect them.
+
+A :class:`Finding` is one fact about one object in one file, with a stable code
+that scripts can match on. A :class:`Report` is what :func:`h5guard.validate` and
+:func:`h5guard.check` return: every finding plus a summary of each file that was
+looked at (its kind and the digests of its groups), which the merge reuses instead
+of opening the file again.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Severity(enum.IntEnum):
+    """How bad a finding is. ``ERROR`` and ``WARNING`` make a check fail."""
+
+    INFO = 0
+    WARNING = 1
+    ERROR = 2
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+class Code(enum.StrEnum):
+    """Stable finding codes. Never renumber or reuse one; add new ones at the end."""
+
+    NOT_FOUND = "NOT_FOUND"
+    NOT_A_FILE = "NOT_A_FILE"
+    EMPTY = "EMPTY"
+    NOT_HDF5 = "NOT_HDF5"
+    TRUNCATED = "TRUNCATED"
+    SUPERBLOCK_CORRUPT = "SUPERBLOCK_CORRUPT"
+    OPEN_FOR_WRITE = "OPEN_FOR_WRITE"
+    TRAILING_DATA = "TRAILING_DATA"
+    UNREADABLE = "UNREADABLE"
+    OBJECT_UNREADABLE = "OBJECT_UNREADABLE"
+    DIGEST_MISMATCH = "DIGEST_MISMATCH"
+    DIGEST_MISSING = "DIGEST_MISSING"
+    NO_DIGESTS = "NO_DIGESTS"
+    UNEXPECTED_OBJECT = "UNEXPECTED_OBJECT"
+    SCHEMA_INVALID = "SCHEMA_INVALID"
+    SCHEMA_MISSING = "SCHEMA_MISSING"
+    SCHEMA_DTYPE = "SCHEMA_DTYPE"
+    SCHEMA_SHAPE = "SCHEMA_SHAPE"
+    SCHEMA_NOT_FINITE = "SCHEMA_NOT_FINITE"
+    SCHEMA_VALUE = "SCHEMA_VALUE"
+    SCHEMA_MISMATCH = "SCHEMA_MISMATCH"
+    TIMEOUT = "TIMEOUT"
+    MEMORY_LIMIT = "MEMORY_LIMIT"
+    CHECKER_CRASHED = "CHECKER_CRASHED"
+    PARTIAL_FILE = "PARTIAL_FILE"
+    EXPECTED_MISSING = "EXPECTED_MISSING"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Finding:
+    """One fact about one object of one file.
+
+    ``obj`` is the HDF5 path inside the file (``/`` for the file as a whole).
+    Findings sort by file, object, code, so printed reports are stable.
+    """
+
+    path: str
+    obj: str
+    code: Code
+    severity: Severity
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.obj}: {self.code} {self.message}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "path": self.path,
+            "object": self.obj,
+            "code": str(self.code),
+            "severity": str(self.severity),
+            "message": self.message,
+        }
+
+
+class FileKind(enum.StrEnum):
+    """What a file turned out to be."""
+
+    SHARD = "shard"  # written by ShardWriter
+    OUTPUT = "output"  # written by the merge
+    FOREIGN = "foreign"  # readable HDF5 that h5guard did not write
+    UNREADABLE = "unreadable"  # not opened, or its content could not be read
+    PARTIAL = "partial"  # a *.partial file of a writer or merge
+
+
+@dataclass(frozen=True, slots=True)
+class FileSummary:
+    """What validation learned about one file.
+
+    ``groups`` maps each top-level group key to its stored digest (``None`` where the
+    group has none). ``schema_json`` is the schema embedded in the file, if any.
+    """
+
+    path: str
+    kind: FileKind
+    size: int
+    groups: Mapping[str, str | None] = field(default_factory=dict)
+    schema_json: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "kind": str(self.kind),
+            "size": self.size,
+            "groups": len(self.groups),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Every finding of a check, and a summary of each file looked at."""
+
+    findings: tuple[Finding, ...] = ()
+    files: tuple[FileSummary, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when no finding is a warning or an error."""
+        return all(f.severity < Severity.WARNING for f in self.findings)
+
+    def problems(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity >= Severity.WARNING)
+
+    def for_path(self, path: str) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.path == path)
+
+    def file_ok(self, path: str) -> bool:
+        return all(f.severity < Severity.WARNING for f in self.for_path(path))
+
+    def summary(self, path: str) -> FileSummary | None:
+        for s in self.files:
+            if s.path == path:
+                return s
+        return None
+
+    @staticmethod
+    def combine(reports: Iterable[Report]) -> Report:
+        findings: list[Finding] = []
+        files: list[FileSummary] = []
+        for r in reports:
+            findings.extend(r.findings)
+            files.extend(r.files)
+        return Report(tuple(sorted(findings)), tuple(files))
+
+    def counts(self) -> dict[str, int]:
+        out = {str(s): 0 for s in Severity}
+        for f in self.findings:
+            out[str(f.severity)] += 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "files_checked": len(self.files),
+            "groups_checked": sum(len(f.groups) for f in self.files),
+            "counts": self.counts(),
+            "findings": [f.to_dict() for f in sorted(self.findings)],
+            "files": [f.to_dict() for f in self.files],
+        }
+
+    def render_text(self) -> str:
+        """One line per finding, ``path:/object: CODE message``, sorted."""
+        return "\n".join(str(f) for f in sorted(self.findings))
+
+    def render_summary(self) -> str:
+        c = self.counts()
+        groups = sum(len(f.groups) for f in self.files)
+        verdict = "OK" if self.ok else "PROBLEMS FOUND"
+        return (
+            f"{verdict}: {len(self.files)} file(s), {groups} group(s) checked; "
+            f"{c['error']} error(s), {c['warning']} warning(s), {c['info']} note(s)"
+        )
+
+    def render_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,256 @@
+"""ShardWriter: how a worker process writes results without ever leaving a bad file.
+
+Results are buffered into an open ``*.partial`` file. A commit closes it, fsyncs it,
+renames it to a final, unique, never-again-modified shard name and fsyncs the
+directory. A crash therefore loses at most the results added since the last commit,
+and a file under a final name is always complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import numpy as np
+import numpy.typing as npt
+
+from h5guard import _atomic, _layout
+from h5guard._version import __version__
+from h5guard.errors import SchemaError, WriterClosedError
+from h5guard.schema import DatasetInfo, Schema
+
+log = logging.getLogger(__name__)
+
+SHARD_SUFFIX = ".h5"
+
+
+def new_shard_stem(prefix: str) -> str:
+    """``prefix-YYYYmmddTHHMMSS-host-pid-random``: unique across hosts and restarts."""
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{prefix}-{stamp}-{_atomic.writer_tag()}-{uuid.uuid4().hex[:8]}"
+
+
+class ShardWriter:
+    """Write result groups into committed, immutable shard files in ``directory``.
+
+    Use it as a context manager::
+
+        with ShardWriter("run_tmp", schema=schema) as writer:
+            writer.add("config-1", {"x": xs}, {"status": "ok"})
+
+    Each ``add`` writes one top-level group with a content digest. The open batch is
+    committed every ``commit_every`` results or ``commit_interval`` seconds
+    (whichever comes first), on :meth:`commit`, and on a clean exit. An exception
+    inside the ``with`` block discards the uncommitted batch.
+
+    ``min_free`` bytes must stay free on the file system beyond what a group needs;
+    otherwise ``add`` raises :class:`~h5guard.InsufficientSpaceError` before writing.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        schema: Schema | None = None,
+        prefix: str = "shard",
+        commit_every: int = 100,
+        commit_interval: float = 60.0,
+        min_free: int = _atomic.DEFAULT_MIN_FREE,
+        file_attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if commit_every < 1:
+            raise ValueError(f"commit_every: expected an integer >= 1, got {commit_every}")
+        if commit_interval <= 0:
+            raise ValueError(f"commit_interval: expected seconds > 0, got {commit_interval}")
+        if "-" in prefix or "/" in prefix or not prefix:
+            raise ValueError(
+                f"prefix: expected a non-empty name without '-' or '/', got {prefix!r}"
+            )
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise NotADirectoryError(f"{self.directory}: expected an existing directory")
+        self.schema = schema
+        self.prefix = prefix
+        self.commit_every = commit_every
+        self.commit_interval = commit_interval
+        self.min_free = min_free
+        self._file_attrs = {k: _layout.normalize_value(k, v) for k, v in (file_attrs or {}).items()}
+        for k in self._file_attrs:
+            if k.startswith(_layout.RESERVED_PREFIX):
+                raise ValueError(f"file_attrs: {k!r} uses the reserved prefix 'h5guard_'")
+        self._file: h5py.File | None = None
+        self._partial: Path | None = None
+        self._batch_keys: set[str] = set()
+        self._batch_started = 0.0
+        self._batch_bytes = 0
+        self._closed = False
+        self.committed: list[Path] = []
+        self.committed_keys: list[str] = []
+
+    # -- context manager -------------------------------------------------------
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
+
+    # -- public API ------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Results added since the last commit."""
+        return len(self._batch_keys)
+
+    def add(
+        self,
+        key: str,
+        datasets: Mapping[str, Any],
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write one result group; commits when the batch policy says so."""
+        if self._closed:
+            raise WriterClosedError(f"{self.directory}: ShardWriter is closed")
+        _layout.check_key(key)
+        if key in self._batch_keys:
+            raise ValueError(f"group key {key!r}: already added to this batch")
+        arrays = {name: _layout.normalize_value(f"{key}/{name}", v) for name, v in datasets.items()}
+        attr_arrays = {
+            name: _layout.normalize_value(f"{key}@{name}", v) for name, v in (attrs or {}).items()
+        }
+        for name in (*arrays, *attr_arrays):
+            if not name or "/" in name or name.startswith(_layout.RESERVED_PREFIX):
+                raise ValueError(
+                    f"group {key!r}: member name {name!r} is empty, contains '/', "
+                    "or uses the reserved prefix 'h5guard_'"
+                )
+        if self.schema is not None:
+            self._check_schema(key, arrays, attr_arrays)
+        nbytes = sum(a.nbytes for a in arrays.values()) + sum(
+            a.nbytes for a in attr_arrays.values()
+        )
+        # A group costs its data plus a few KiB of headers; twice that leaves room for
+        # HDF5's own allocations when the file is closed.
+        _atomic.require_free_space(self.directory, 2 * nbytes + 64 * 1024, min_free=self.min_free)
+        digest = _layout.digest_of(arrays, attr_arrays)
+        f = self._open_batch()
+        group = f.create_group(key)
+        for name, arr in arrays.items():
+            _layout.write_dataset(group, name, arr)
+        for name, arr in attr_arrays.items():
+            _layout.write_attr(group, name, arr)
+        group.attrs[_layout.DIGEST_ATTR] = np.bytes_(digest.encode())
+        self._batch_keys.add(key)
+        self._batch_bytes += nbytes
+        if (
+            len(self._batch_keys) >= self.commit_every
+            or time.monotonic() - self._batch_started >= self.commit_interval
+        ):
+            self.commit()
+
+    def commit(self) -> Path | None:
+        """Make every result added so far durable; returns the new shard's path."""
+        if self._file is None or self._partial is None:
+            return None
+        partial = self._partial
+        final = partial.with_name(partial.name[: -len(_atomic.PARTIAL_SUFFIX)])
+        keys = sorted(self._batch_keys)
+        try:
+            self._file.close()
+        except BaseException:
+            self._forget_batch()
+            _atomic.remove_quietly(partial)
+            raise
+        self._forget_batch()
+        _atomic.commit_file(partial, final)
+        self.committed.append(final)
+        self.committed_keys.extend(keys)
+        log.debug("committed %d group(s) to %s", len(keys), final)
+        return final
+
+    def discard(self) -> None:
+        """Throw the uncommitted batch away and close the writer."""
+        partial = self._partial
+        if self._file is not None:
+            try:
+                self._file.close()
+            except Exception as err:  # the file is being thrown away anyway
+                log.debug("closing discarded %s failed: %s", partial, err)
+        self._forget_batch()
+        if partial is not None:
+            _atomic.remove_quietly(partial)
+            log.info("discarded uncommitted batch %s", partial)
+        self._closed = True
+
+    def close(self) -> None:
+        """Commit what is pending and close the writer."""
+        if self._closed:
+            return
+        try:
+            self.commit()
+        finally:
+            self._closed = True
+
+    # -- internals -------------------------------------------------------------
+    def _open_batch(self) -> h5py.File:
+        if self._file is not None:
+            return self._file
+        stem = new_shard_stem(self.prefix)
+        partial = self.directory / f"{stem}{SHARD_SUFFIX}{_atomic.PARTIAL_SUFFIX}"
+        f = _layout.create_file(os.fspath(partial), "x")
+        try:
+            f.attrs[_layout.FORMAT_ATTR] = np.bytes_(_layout.SHARD_FORMAT.encode())
+            f.attrs[_layout.VERSION_ATTR] = np.bytes_(__version__.encode())
+            if self.schema is not None:
+                f.attrs[_layout.SCHEMA_ATTR] = np.bytes_(self.schema.to_json().encode())
+            for k, v in self._file_attrs.items():
+                _layout.write_attr(f, k, v)
+        except BaseException:
+            f.close()
+            _atomic.remove_quietly(partial)
+            raise
+        self._file = f
+        self._partial = partial
+        self._batch_started = time.monotonic()
+        return f
+
+    def _forget_batch(self) -> None:
+        self._file = None
+        self._partial = None
+        self._batch_keys = set()
+        self._batch_bytes = 0
+
+    def _check_schema(
+        self,
+        key: str,
+        arrays: Mapping[str, npt.NDArray[Any]],
+        attrs: Mapping[str, npt.NDArray[Any]],
+    ) -> None:
+        assert self.schema is not None
+        infos = {
+            name: DatasetInfo(
+                dtype=a.dtype,
+                shape=a.shape,
+                all_finite=bool(np.isfinite(a).all()) if a.dtype.kind in "fc" else True,
+            )
+            for name, a in arrays.items()
+        }
+        problems = self.schema.check(infos, attrs)
+        if problems:
+            p = problems[0]
+            where = f"{key}/{p.obj}" if p.obj else key
+            raise SchemaError(f"group {where}: {p.code} {p.message} (schema {self.schema.name!r})")

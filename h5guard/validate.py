@@ -1,0 +1,213 @@
+"""Validation: everything that can be wrong with a file, as findings, never as a crash.
+
+Two layers. The quick layer (:mod:`h5guard._superblock`) reads a few hundred bytes
+with pure Python. The deep layer (:mod:`h5guard._deep`) opens the file with libhdf5 in
+a sandboxed child, reads every dataset and attribute, verifies every digest and
+applies the schema. The deep layer is skipped for files the quick layer already
+condemned: there is nothing to learn, and they are the likeliest to hurt libhdf5.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from h5guard import _atomic
+from h5guard._superblock import quick_check
+from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
+from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox, SandboxResult
+from h5guard.schema import Schema
+
+log = logging.getLogger(__name__)
+
+_DEEP_TARGET = "h5guard._deep:inspect_file"
+QUARANTINE_DIR = "quarantine"
+ProgressCallback = Callable[[int, int], None]
+
+
+def _sandbox_findings(path: str, result: SandboxResult) -> list[Finding]:
+    if result.failure == "timeout":
+        code, msg = (
+            Code.TIMEOUT,
+            (
+                f"reading the file {result.detail}; libhdf5 can loop forever on damaged "
+                "metadata (e.g. a variable-length string heap)"
+            ),
+        )
+    elif result.failure == "memory":
+        code, msg = Code.MEMORY_LIMIT, f"reading the file {result.detail} (damaged sizes?)"
+    elif result.failure == "crashed":
+        code, msg = Code.CHECKER_CRASHED, f"libhdf5 crashed while reading: {result.detail}"
+    else:
+        code, msg = Code.UNREADABLE, f"checker failed: {result.detail}"
+    return [Finding(path, "/", code, Severity.ERROR, msg)]
+
+
+def _quick_summary(path: str) -> FileSummary:
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        size = 0
+    return FileSummary(path, FileKind.UNREADABLE, size)
+
+
+def validate_many(
+    paths: Sequence[str],
+    *,
+    schema: Schema | None = None,
+    deep: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
+    workers: int | None = None,
+    sandbox: Sandbox | None = None,
+    progress: ProgressCallback | None = None,
+) -> Report:
+    """Validate each file; one report for all of them. Never raises for a bad file."""
+    findings: list[Finding] = []
+    summaries: dict[str, FileSummary] = {}
+    deep_paths: list[str] = []
+    done = 0
+    for path in paths:
+        quick, info = quick_check(path)
+        findings.extend(quick)
+        fatal = info is None or any(f.severity is Severity.ERROR for f in quick)
+        if fatal or not deep:
+            summaries[path] = _quick_summary(path)
+            if not fatal:
+                summaries[path] = FileSummary(path, FileKind.FOREIGN, summaries[path].size)
+            done += 1
+            if progress:
+                progress(done, len(paths))
+        else:
+            deep_paths.append(path)
+    if deep_paths:
+        schema_json = schema.to_json() if schema is not None else None
+        owned = sandbox is None
+        box = sandbox or Sandbox(
+            workers=min(workers or os.cpu_count() or 1, len(deep_paths)),
+            timeout=timeout,
+            memory_limit=memory_limit,
+        )
+        try:
+            calls = [(p, schema_json) for p in deep_paths]
+            for index, result in box.map(_DEEP_TARGET, calls):
+                path = deep_paths[index]
+                if result.ok:
+                    file_findings, summary = result.value
+                    findings.extend(file_findings)
+                    summaries[path] = summary
+                else:
+                    findings.extend(_sandbox_findings(path, result))
+                    summaries[path] = _quick_summary(path)
+                done += 1
+                if progress:
+                    progress(done, len(paths))
+        finally:
+            if owned:
+                box.close()
+    return Report(tuple(sorted(findings)), tuple(summaries[p] for p in paths))
+
+
+def validate(
+    path: str | os.PathLike[str],
+    *,
+    schema: Schema | None = None,
+    deep: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
+    sandbox: Sandbox | None = None,
+) -> Report:
+    """Validate one file: quick layer, then (``deep=True``) the sandboxed full read.
+
+    Never raises for a bad file; every problem is a :class:`~h5guard.Finding`.
+    """
+    return validate_many(
+        [os.fspath(path)],
+        schema=schema,
+        deep=deep,
+        timeout=timeout,
+        memory_limit=memory_limit,
+        workers=1,
+        sandbox=sandbox,
+    )
+
+
+def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[str], list[Finding]]:
+    """Files to check for each PATH argument, and findings about leftovers.
+
+    A directory stands for its ``*.h5`` files (not recursing, and not into its
+    quarantine); its ``*.partial`` files are reported, never read.
+    """
+    files: list[str] = []
+    findings: list[Finding] = []
+    for raw in paths:
+        path = os.fspath(raw)
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        entries = sorted(Path(path).iterdir())
+        files.extend(str(p) for p in entries if p.suffix == ".h5" and p.is_file())
+        for p in entries:
+            if p.name.endswith(_atomic.PARTIAL_SUFFIX):
+                findings.append(partial_finding(str(p)))
+    return files, findings
+
+
+def partial_finding(path: str) -> Finding:
+    alive = _atomic.partial_owner_alive(path)
+    if alive:
+        state = "its writer is still running"
+    elif alive is None:
+        state = "its writer cannot be identified"
+    else:
+        state = "its writer is gone: an uncommitted batch that was lost in a crash"
+    return Finding(
+        path, "/", Code.PARTIAL_FILE, Severity.WARNING, f"uncommitted partial file; {state}"
+    )
+
+
+def check(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    schema: Schema | None = None,
+    expect: Iterable[str] | None = None,
+    deep: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> Report:
+    """What ``h5guard check`` does: validate files and directories, then expected keys.
+
+    Each key in ``expect`` that no valid group in any checked file has is an
+    ``EXPECTED_MISSING`` finding.
+    """
+    files, extra = expand_paths(paths)
+    report = validate_many(
+        files,
+        schema=schema,
+        deep=deep,
+        timeout=timeout,
+        memory_limit=memory_limit,
+        workers=workers,
+        progress=progress,
+    )
+    findings = list(report.findings) + extra
+    if expect is not None:
+        present: set[str] = set()
+        for summary in report.files:
+            present.update(summary.groups)
+        where = os.fspath(paths[0]) if len(paths) == 1 else "(all paths)"
+        for key in sorted(set(expect) - present):
+            findings.append(
+                Finding(
+                    where,
+                    f"/{key}",
+                    Code.EXPECTED_MISSING,
+                    Severity.ERROR,
+                    "expected group is missing or invalid",
+                )
+            )
+    return Report(tuple(sorted(findings)), report.files)
