@@ -137,9 +137,12 @@ class _Inspector:
             self.add(where, Code.DIGEST_MISSING, f"group has no {_layout.DIGEST_ATTR} attribute")
             return
         if self.schema is not None:
-            for v in self.schema.check(infos, attrs):
+            violations = self.schema.check(infos, attrs)
+            for v in violations:
                 obj = f"{where}/{v.obj}" if v.obj else where
                 self.add(obj, v.code, v.message)
+            if violations:
+                return
         self.groups[key] = stored_text
 
     def read_foreign_tree(self, group: h5py.Group, where: str) -> None:

@@ -28,7 +28,7 @@ class SuperblockInfo:
     offset: int  # where the signature was found
     version: int
     base_address: int
-    eof_address: int  # absolute: base + recorded end of file
+    eof_address: int  # recorded end of file, comparable with the file size
     open_for_write: bool
 
 
@@ -162,6 +162,9 @@ def _parse_superblock(
         eof = int.from_bytes(head[pos + 2 * sizeof_offsets : pos + 3 * sizeof_offsets], "little")
         open_for_write = False  # v0/1 superblocks have no usable status flags
     elif version in (2, 3):
+        if len(head) < 12:
+            add(Code.TRUNCATED, f"file ends inside the superblock ({size} bytes)")
+            return out, None
         sizeof_offsets = head[9]
         if sizeof_offsets not in (2, 4, 8):
             add(
@@ -188,7 +191,9 @@ def _parse_superblock(
     else:
         add(Code.SUPERBLOCK_CORRUPT, f"unknown superblock version {version}")
         return out, None
-    absolute_eof = base + eof if eof != UNDEFINED else UNDEFINED
+    # libhdf5 compares the stored end-of-file address with the physical size as is:
+    # despite the format spec, it is not offset by the base address (a userblock).
+    absolute_eof = eof
     info = SuperblockInfo(offset, version, base, absolute_eof, open_for_write)
     if open_for_write:
         add(

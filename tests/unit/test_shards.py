@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from h5guard import (
+    InsufficientSpaceError,
+    InvalidKeyError,
+    Schema,
+    SchemaError,
+    ShardWriter,
+    WriterClosedError,
+    validate,
+)
+from h5guard._layout import COMPACT_LIMIT, DIGEST_ATTR, SCHEMA_ATTR
+from h5guard._superblock import quick_check
+
+SCHEMA = Schema.from_dict(
+    {
+        "name": "points",
+        "datasets": {"xy": {"dtype": "float", "shape": ["n", 2], "finite": True}},
+        "attrs": {"status": {"dtype": "string", "allowed": ["ok", "failed"]}},
+    }
+)
+
+
+def shards(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix == ".h5")
+
+
+def test_commit_makes_final_file_and_removes_partial(tmp_path: Path) -> None:
+    with ShardWriter(tmp_path) as w:
+        w.add("a", {"xy": np.zeros((3, 2))}, {"status": "ok"})
+        partials = list(tmp_path.glob("*.partial"))
+        assert len(partials) == 1
+        assert shards(tmp_path) == []
+    assert list(tmp_path.glob("*.partial")) == []
+    [final] = shards(tmp_path)
+    assert w.committed == [final]
+    assert quick_check(str(final))[0] == []
+    with h5py.File(final, "r") as f:
+        assert list(f) == ["a"]
+        assert f["a"].attrs[DIGEST_ATTR].startswith(b"sha256:")
+
+
+def test_exception_inside_with_discards_batch(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="boom"), ShardWriter(tmp_path, commit_every=2) as w:
+        w.add("a", {"xy": np.zeros((1, 2))})
+        w.add("b", {"xy": np.zeros((1, 2))})  # commits a+b
+        w.add("c", {"xy": np.zeros((1, 2))})
+        raise RuntimeError("boom")
+    assert list(tmp_path.glob("*.partial")) == []
+    [final] = shards(tmp_path)
+    with h5py.File(final, "r") as f:
+        assert sorted(f) == ["a", "b"]
+
+
+def test_commit_every_batches_and_names_are_unique(tmp_path: Path) -> None:
+    with ShardWriter(tmp_path, commit_every=3) as w:
+        for i in range(7):
+            w.add(f"k{i}", {"v": np.arange(i + 1)})
+    files = shards(tmp_path)
+    assert len(files) == 3
+    assert len({f.name for f in files}) == 3
+    assert sorted(w.committed_keys) == sorted(f"k{i}" for i in range(7))
+
+
+def test_commit_interval_commits_on_time(tmp_path: Path) -> None:
+    with ShardWriter(tmp_path, commit_every=1000, commit_interval=1e-9) as w:
+        w.add("a", {"v": np.arange(2)})
+        assert w.pending == 0
+        assert len(shards(tmp_path)) == 1
+
+
+def test_hardened_layout(tmp_path: Path) -> None:
+    small = np.arange(10.0)
+    big = np.arange(COMPACT_LIMIT // 8 + 100, dtype=np.float64)
+    with ShardWriter(tmp_path) as w:
+        w.add("g", {"small": small, "big": big}, {"label": "naïve", "n": 3})
+    [final] = shards(tmp_path)
+    with h5py.File(final, "r") as f:
+        assert f["g/small"].id.get_create_plist().get_layout() == h5py.h5d.COMPACT
+        assert f["g/big"].fletcher32
+        assert f["g/big"].chunks is not None
+        label = f["g"].attrs.get_id("label")
+        assert not label.get_type().is_variable_str()
+        assert f["g"].attrs["label"].decode() == "naïve"
+    assert final.read_bytes()[8] >= 2  # superblock v2+ carries a checksum
+
+
+def test_schema_is_embedded_and_enforced(tmp_path: Path) -> None:
+    with ShardWriter(tmp_path, schema=SCHEMA) as w:
+        w.add("ok", {"xy": np.ones((4, 2))}, {"status": "ok"})
+        with pytest.raises(SchemaError, match=r"group bad/xy: SCHEMA_SHAPE"):
+            w.add("bad", {"xy": np.ones((4, 3))}, {"status": "ok"})
+        with pytest.raises(SchemaError, match="SCHEMA_NOT_FINITE"):
+            w.add("nan", {"xy": np.full((1, 2), np.nan)}, {"status": "ok"})
+        with pytest.raises(SchemaError, match="expected one of"):
+            w.add("status", {"xy": np.ones((1, 2))}, {"status": "maybe"})
+    [final] = shards(tmp_path)
+    with h5py.File(final, "r") as f:
+        assert Schema.from_json(f.attrs[SCHEMA_ATTR].decode()) == SCHEMA
+        assert list(f) == ["ok"]
+    assert validate(final).ok
+
+
+@pytest.mark.parametrize("key", ["", "a/b", "h5guard_x", ".", 5])
+def test_bad_keys_are_refused(tmp_path: Path, key: object) -> None:
+    with ShardWriter(tmp_path) as w, pytest.raises(InvalidKeyError):
+        w.add(key, {"v": np.arange(2)})  # type: ignore[arg-type]
+
+
+def test_unsupported_dtype_is_refused(tmp_path: Path) -> None:
+    with ShardWriter(tmp_path) as w, pytest.raises(SchemaError, match="object"):
+        w.add("a", {"v": np.array([object()], dtype=object)})
+
+
+def test_duplicate_key_in_batch_is_refused(tmp_path: Path) -> None:
+    with ShardWriter(tmp_path) as w:
+        w.add("a", {"v": np.arange(2)})
+        with pytest.raises(ValueError, match="already added"):
+            w.add("a", {"v": np.arange(2)})
+
+
+def test_use_after_close(tmp_path: Path) -> None:
+    w = ShardWriter(tmp_path)
+    w.close()
+    with pytest.raises(WriterClosedError):
+        w.add("a", {"v": np.arange(2)})
+
+
+def test_full_disk_is_refused_before_writing(tmp_path: Path) -> None:
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    with ShardWriter(tmp_path, min_free=free + 1) as w:
+        with pytest.raises(InsufficientSpaceError, match="not enough free space"):
+            w.add("a", {"v": np.arange(2)})
+        assert w.pending == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"commit_every": 0}, "commit_every"),
+        ({"commit_interval": 0}, "commit_interval"),
+        ({"prefix": "a-b"}, "prefix"),
+    ],
+)
+def test_bad_options(tmp_path: Path, kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ShardWriter(tmp_path, **kwargs)  # type: ignore[arg-type]
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(NotADirectoryError, match="expected an existing directory"):
+        ShardWriter(tmp_path / "nope")
