@@ -81,7 +81,8 @@ def normalize_value(name: str, value: Any) -> npt.NDArray[Any]:
     if arr.dtype.kind in "biufcS":
         if arr.dtype.kind == "S" and arr.dtype.itemsize == 0:
             return arr.astype("S1")
-        return np.ascontiguousarray(arr)
+        # Not np.ascontiguousarray: it turns a scalar into a 1-element array.
+        return np.asarray(arr, order="C")
     raise SchemaError(
         f"{name}: expected numbers, booleans or strings, got dtype {arr.dtype} "
         "(object, variable-length and compound values are not supported)"
@@ -101,7 +102,7 @@ def _le(arr: npt.NDArray[Any]) -> npt.NDArray[Any]:
 
 
 def _bytes_view(arr: npt.NDArray[Any]) -> memoryview:
-    contiguous = np.ascontiguousarray(_le(arr))
+    contiguous = np.asarray(_le(arr), order="C")
     return memoryview(contiguous.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 

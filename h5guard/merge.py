@@ -88,6 +88,13 @@ class MergePlan:
     stale_partials: tuple[str, ...]
     live_partials: tuple[str, ...]
     report: Report
+    output_keys: frozenset[str] = frozenset()
+    shard_keys: frozenset[str] = frozenset()  # keys of the valid shards
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """Every group key that is committed somewhere: in the output or a valid shard."""
+        return self.output_keys | self.shard_keys
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -272,6 +279,8 @@ def _plan(
         stale_partials=tuple(stale),
         live_partials=tuple(live),
         report=report,
+        output_keys=frozenset(out_index),
+        shard_keys=frozenset(k for p in good for k in summaries[p].groups),
     )
     if effective is None:
         effective = _common_schema(summaries.values())

@@ -1,0 +1,85 @@
+"""Code that runs inside a worker process: optimize a batch, commit it as one shard.
+
+A batch returns only after its shard is committed, so whatever the parent hears back
+is durable. An exception in one config becomes a failure record in the same shard;
+only the death of the process loses the (uncommitted) batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from h5guard import ShardWriter
+from optimizer.config import SweepConfig
+from optimizer.results import RESULT_SCHEMA, failure_group, failure_key, result_group
+
+log = logging.getLogger(__name__)
+
+_warm: set[tuple[str, int]] = set()
+
+# Outcome of one config in a batch: (config_id, "ok" | "failed", one-line error).
+ConfigOutcome = tuple[str, str, str]
+
+
+def _optimize(config: SweepConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    from optimizer.optimize import optimize_layout, warm_up
+
+    if (config.site, config.n_turbines) not in _warm:
+        # PyWake's import and model set-up (~2 s) would otherwise be billed to the
+        # first config's wall time.
+        warm_up(site=config.site, n_turbines=config.n_turbines)
+        _warm.add((config.site, config.n_turbines))
+    if os.environ.get("LAYOUT_SWEEP_TEST_KILL") == config.config_id:
+        # Test hook: behave like a config that always kills its worker (e.g. OOM).
+        os.kill(os.getpid(), 9)
+    result = optimize_layout(
+        site=config.site,
+        n_turbines=config.n_turbines,
+        start=config.start,
+        grid_size=config.grid_size,
+        random_pct=config.random_pct,
+        seed=config.seed,
+        method=config.method,
+        maxiter=config.maxiter,
+        tol=config.tol,
+    )
+    return result_group(config, result)
+
+
+def run_batch(
+    temp_dir: str, configs: Sequence[Mapping[str, Any]], attempts: Mapping[str, int]
+) -> list[ConfigOutcome]:
+    """Optimize each config and commit all of their records as one shard."""
+    outcomes: list[ConfigOutcome] = []
+    with ShardWriter(
+        temp_dir,
+        schema=RESULT_SCHEMA,
+        prefix="worker",
+        commit_every=len(configs) + 1,
+        commit_interval=1e9,
+    ) as writer:
+        for data in configs:
+            config = SweepConfig.from_mapping(data)
+            cid = config.config_id
+            try:
+                datasets, attrs = _optimize(config)
+                writer.add(cid, datasets, attrs)
+                outcomes.append((cid, "ok", ""))
+            except Exception as err:
+                error = traceback.format_exception_only(err)[-1].strip()
+                log.warning("config %s failed: %s", cid, error)
+                attempt = attempts.get(cid, 0) + 1
+                datasets, attrs = failure_group(
+                    config,
+                    error=error,
+                    traceback=traceback.format_exc(),
+                    attempt=attempt,
+                    kind="exception",
+                )
+                writer.add(failure_key(cid, attempt), datasets, attrs)
+                outcomes.append((cid, "failed", error))
+    return outcomes

@@ -1,0 +1,278 @@
+"""Sweep configurations, their deterministic ids, and sweep specs (TOML).
+
+A :class:`SweepConfig` is one layout optimization. Its id is a hash of its canonical,
+type-normalized form: ``270`` and ``270.0`` give the same id, key order does not
+matter, and a default left out gives the same id as the default written out.
+
+A spec file lists one or more ``[[sweep]]`` blocks; each block is the cross product of
+its axes::
+
+    [[sweep]]
+    site = "iea37"            # or a list: ["iea37", "hornsrev1"]
+    n_turbines = [16]
+    start = "grid"            # "grid" or "baseline"
+    grid_size = [4, 5]
+    random_pct = [25, 50]
+    seeds = [0, 1, 2]         # or "0-9"
+
+    [optimizer]               # applies to every block unless a block overrides it
+    method = "SLSQP"
+    maxiter = 100
+    tol = 1e-6
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from optimizer.layouts import STARTS, check_start
+from optimizer.optimize import METHODS
+from optimizer.sites import get_site
+
+CONFIG_ID_PREFIX = "cfg-"
+
+
+class SpecError(ValueError):
+    """A sweep spec or config that cannot be run; the message names the option."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SweepConfig:
+    """One layout optimization: site, starting layout, optimizer settings."""
+
+    site: str
+    n_turbines: int
+    start: str
+    grid_size: int
+    random_pct: float
+    seed: int
+    method: str
+    maxiter: int
+    tol: float
+
+    def canonical(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def config_id(self) -> str:
+        digest = hashlib.sha256(self.canonical_json().encode()).hexdigest()
+        return CONFIG_ID_PREFIX + digest[:16]
+
+    @staticmethod
+    def from_mapping(data: Mapping[str, Any], *, where: str = "config") -> SweepConfig:
+        """Build and validate a config; numbers are normalized to their declared types."""
+        known = {
+            "site",
+            "n_turbines",
+            "start",
+            "grid_size",
+            "random_pct",
+            "seed",
+            "method",
+            "maxiter",
+            "tol",
+        }
+        extra = sorted(set(data) - known)
+        if extra:
+            raise SpecError(f"{where}: unknown option(s) {extra}; expected some of {sorted(known)}")
+        try:
+            site = get_site(str(data.get("site", "iea37")))
+        except ValueError as err:
+            raise SpecError(f"{where}: {err}") from None
+        n = data.get("n_turbines")
+        n_turbines = (
+            site.default_n_turbines if n is None else _integer(n, f"{where}: n_turbines", low=1)
+        )
+        config = SweepConfig(
+            site=site.name,
+            n_turbines=n_turbines,
+            start=_choice(data.get("start", "grid"), STARTS, f"{where}: start"),
+            grid_size=_integer(data.get("grid_size", 4), f"{where}: grid_size", low=1),
+            random_pct=_number(data.get("random_pct", 0.0), f"{where}: random_pct", 0.0, 100.0),
+            seed=_integer(data.get("seed", 0), f"{where}: seed", low=0),
+            method=_choice(data.get("method", "SLSQP"), METHODS, f"{where}: method"),
+            maxiter=_integer(data.get("maxiter", 100), f"{where}: maxiter", low=1),
+            tol=_number(data.get("tol", 1e-6), f"{where}: tol", 0.0, 1.0, open_low=True),
+        )
+        try:
+            check_start(
+                site,
+                n_turbines=config.n_turbines,
+                start=config.start,
+                grid_size=config.grid_size,
+                random_pct=config.random_pct,
+            )
+        except ValueError as err:
+            raise SpecError(f"{where}: {err}") from None
+        return config
+
+
+def _integer(value: Any, what: str, *, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(f"{what}: expected an integer, got {value!r}")
+    if isinstance(value, float) and not value.is_integer():
+        raise SpecError(f"{what}: expected an integer, got {value!r}")
+    if int(value) < low:
+        raise SpecError(f"{what}: expected an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _number(value: Any, what: str, low: float, high: float, *, open_low: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SpecError(f"{what}: expected a number, got {value!r}")
+    too_low = value <= low if open_low else value < low
+    if too_low or value > high:
+        bracket = "(" if open_low else "["
+        raise SpecError(f"{what}: expected a value in {bracket}{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+def _choice(value: Any, allowed: Sequence[str], what: str) -> str:
+    if value not in allowed:
+        raise SpecError(f"{what}: expected one of {list(allowed)}, got {value!r}")
+    return str(value)
+
+
+def _axis(block: Mapping[str, Any], name: str, default: Any, where: str) -> list[Any]:
+    value = block.get(name, default)
+    if name == "seeds" and isinstance(value, str):
+        return parse_range(value, f"{where}: seeds")
+    if isinstance(value, list):
+        if not value:
+            raise SpecError(f"{where}: {name}: expected at least one value, got []")
+        return value
+    return [value]
+
+
+def parse_range(text: str, what: str) -> list[int]:
+    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"1,3,5"`` -> [1, 3, 5]."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            if hi:
+                out.extend(range(int(lo), int(hi) + 1))
+            else:
+                out.append(int(lo))
+    except ValueError:
+        raise SpecError(f"{what}: expected integers like '0-9' or '1,3,5', got {text!r}") from None
+    if not out:
+        raise SpecError(f"{what}: expected at least one integer, got {text!r}")
+    return out
+
+
+_BLOCK_KEYS = {
+    "site",
+    "n_turbines",
+    "start",
+    "grid_size",
+    "random_pct",
+    "seeds",
+    "method",
+    "maxiter",
+    "tol",
+}
+
+
+def expand_spec(spec: Mapping[str, Any], *, source: str = "spec") -> list[SweepConfig]:
+    """Every config of a spec, in a stable order, duplicates removed."""
+    blocks = spec.get("sweep")
+    if isinstance(blocks, Mapping):
+        blocks = [blocks]
+    if not isinstance(blocks, list) or not blocks:
+        raise SpecError(f"{source}: expected at least one [[sweep]] block")
+    extra_top = sorted(set(spec) - {"sweep", "optimizer"})
+    if extra_top:
+        raise SpecError(
+            f"{source}: unknown section(s) {extra_top}; expected [[sweep]] and [optimizer]"
+        )
+    optimizer = spec.get("optimizer", {})
+    if not isinstance(optimizer, Mapping):
+        raise SpecError(f"{source}: [optimizer] must be a table")
+    configs: dict[str, SweepConfig] = {}
+    for number, block in enumerate(blocks, start=1):
+        where = f"{source} [[sweep]] #{number}"
+        if not isinstance(block, Mapping):
+            raise SpecError(f"{where}: expected a table")
+        extra = sorted(set(block) - _BLOCK_KEYS)
+        if extra:
+            raise SpecError(
+                f"{where}: unknown option(s) {extra}; expected some of {sorted(_BLOCK_KEYS)}"
+            )
+        merged = {**optimizer, **block}
+        axes = {
+            "site": _axis(merged, "site", "iea37", where),
+            "n_turbines": _axis(merged, "n_turbines", None, where),
+            "start": _axis(merged, "start", "grid", where),
+            "grid_size": _axis(merged, "grid_size", 4, where),
+            "random_pct": _axis(merged, "random_pct", 0.0, where),
+            "seed": _axis(merged, "seeds", [0], where),
+            "method": _axis(merged, "method", "SLSQP", where),
+            "maxiter": _axis(merged, "maxiter", 100, where),
+            "tol": _axis(merged, "tol", 1e-6, where),
+        }
+        names = list(axes)
+        for values in itertools.product(*axes.values()):
+            config = SweepConfig.from_mapping(dict(zip(names, values, strict=True)), where=where)
+            configs.setdefault(config.config_id, config)
+    return list(configs.values())
+
+
+def load_spec(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read spec: {err.strerror or err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"{path}: not valid TOML: {err}") from None
+
+
+# The built-in demo: 32 configs over both sites, ~25 s of optimization on 2 cores.
+DEMO_SPEC: Mapping[str, Any] = {
+    "sweep": [
+        {
+            "site": "iea37",
+            "n_turbines": 16,
+            "grid_size": [4, 5],
+            "random_pct": [25, 50],
+            "seeds": "0-3",
+        },
+        {
+            "site": "iea37",
+            "n_turbines": 36,
+            "grid_size": [6, 7],
+            "random_pct": [25, 50],
+            "seeds": "0-2",
+        },
+        {
+            "site": "iea37",
+            "n_turbines": [16, 36],
+            "start": "baseline",
+            "random_pct": 0,
+            "seeds": [0],
+        },
+        {
+            "site": "hornsrev1",
+            "n_turbines": 16,
+            "grid_size": 5,
+            "random_pct": [0, 50],
+            "seeds": [0],
+        },
+    ],
+    "optimizer": {"method": "SLSQP", "maxiter": 100, "tol": 1e-6},
+}
+
+
+def configs_json(configs: Iterable[SweepConfig]) -> str:
+    return json.dumps([c.canonical() for c in configs], sort_keys=True)

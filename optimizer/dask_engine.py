@@ -1,0 +1,115 @@
+"""Run batches on a Dask distributed cluster (a LocalCluster, or an existing scheduler).
+
+Dask is the one engine we measured that survives a SIGKILLed worker without losing
+work (the scheduler reschedules the task, the nanny restarts the worker) and isolates
+a task that kills every worker it runs on (``KilledWorker`` after
+``distributed.scheduler.allowed-failures`` tries). Results never travel through the
+scheduler: workers commit shards to the shared temp dir, and resume reads the files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from distributed import Client, LocalCluster, as_completed
+from distributed.scheduler import KilledWorker
+
+from optimizer._worker import run_batch
+from optimizer.engines import Batch, BatchResult, Engine, EngineError
+
+log = logging.getLogger(__name__)
+
+_SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def probe_temp_dir(temp_dir: str) -> str:
+    """Run on a worker: create, read back and remove a file in ``temp_dir``."""
+    name = Path(temp_dir) / f".probe-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    try:
+        name.write_text("ok", encoding="utf-8")
+        if name.read_text(encoding="utf-8") != "ok":
+            return f"{socket.gethostname()}: wrote {name} but read back something else"
+        name.unlink()
+    except OSError as err:
+        return f"{socket.gethostname()}: cannot write {temp_dir}: {err.strerror or err}"
+    return ""
+
+
+class DaskEngine(Engine):
+    """Batches as Dask tasks; without ``scheduler``, a LocalCluster of ``workers`` processes."""
+
+    # Dask already retried a task that killed its worker allowed-failures times.
+    deaths_are_final = True
+
+    def __init__(self, *, workers: int | None = None, scheduler: str | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self._cluster: LocalCluster | None = None
+        try:
+            if scheduler is None:
+                self._cluster = LocalCluster(
+                    n_workers=self.workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    env=_SINGLE_THREAD,
+                )
+                self._client = Client(self._cluster)
+            else:
+                self._client = Client(scheduler, timeout="30s")
+                n = len(self._client.scheduler_info().get("workers", {}))
+                self.workers = max(1, n)
+        except (OSError, TimeoutError) as err:
+            self.close()
+            where = scheduler or "a local cluster"
+            raise EngineError(f"cannot connect to {where}: {err}") from None
+
+    def check_temp_dir(self, temp_dir: str) -> None:
+        absolute = os.path.abspath(temp_dir)
+        answers: Mapping[str, str] = self._client.run(probe_temp_dir, absolute)
+        problems = [text for text in answers.values() if text]
+        if not answers:
+            raise EngineError("the Dask cluster has no workers")
+        if problems:
+            raise EngineError(
+                f"{absolute}: Dask workers cannot use the temp dir ({problems[0]}); "
+                "it must be on a file system shared by every worker"
+            )
+
+    def run(
+        self, temp_dir: str, batches: Sequence[Batch], attempts: Mapping[str, int]
+    ) -> Iterator[tuple[int, BatchResult]]:
+        absolute = os.path.abspath(temp_dir)
+        futures: dict[Any, int] = {}
+        for index, batch in enumerate(batches):
+            future = self._client.submit(
+                run_batch, absolute, list(batch), dict(attempts), pure=False, retries=0
+            )
+            futures[future] = index
+        try:
+            for future in as_completed(list(futures)):
+                index = futures[future]
+                try:
+                    outcomes = future.result()
+                except KilledWorker as err:
+                    yield index, BatchResult(failure="killed", detail=str(err).split("\n")[0])
+                except Exception as err:
+                    yield index, BatchResult(failure="error", detail=f"{type(err).__name__}: {err}")
+                else:
+                    yield index, BatchResult(outcomes=tuple(outcomes))
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def close(self) -> None:
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None

@@ -1,0 +1,102 @@
+"""Where batches run: one small interface, a local process pool and a Dask cluster.
+
+The sweep logic (what is pending, retries, failure records, merging) exists once, in
+:mod:`optimizer.sweep`; an engine only runs ``run_batch`` calls and reports, per
+batch, either the outcomes or how the process running it died.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from h5guard import Sandbox
+from optimizer._worker import ConfigOutcome
+
+log = logging.getLogger(__name__)
+
+Batch = Sequence[Mapping[str, Any]]
+BATCH_TARGET = "optimizer._worker:run_batch"
+DEFAULT_CONFIG_TIMEOUT = 3600.0
+DEFAULT_WORKER_MEMORY = 4 * 1024**3
+
+
+class EngineError(RuntimeError):
+    """The engine cannot run: no cluster, or workers that cannot reach the temp dir."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """Outcomes of a batch, or (``failure`` set) why its worker never answered."""
+
+    outcomes: tuple[ConfigOutcome, ...] = ()
+    failure: str | None = None  # "crashed" | "timeout" | "memory" | "error" | "killed"
+    detail: str = ""
+
+
+class Engine(abc.ABC):
+    """Runs batches of configs in worker processes."""
+
+    workers: int
+    # True where a reported worker death already went through the engine's own retries.
+    deaths_are_final = False
+
+    @abc.abstractmethod
+    def run(
+        self, temp_dir: str, batches: Sequence[Batch], attempts: Mapping[str, int]
+    ) -> Iterator[tuple[int, BatchResult]]:
+        """Run every batch; yield ``(index, result)`` as each finishes."""
+
+    def check_temp_dir(self, temp_dir: str) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`EngineError` if workers cannot write ``temp_dir``."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release workers."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class LocalEngine(Engine):
+    """Worker processes on this machine, through h5guard's sandbox pool.
+
+    Each worker is a long-lived child with one BLAS thread and a memory limit; a
+    worker that dies (killed, out of memory, segfault) is replaced and the batch it
+    was running is reported as ``crashed``, without disturbing the other workers.
+    """
+
+    def __init__(
+        self,
+        *,
+        workers: int | None = None,
+        config_timeout: float = DEFAULT_CONFIG_TIMEOUT,
+        memory_limit: int = DEFAULT_WORKER_MEMORY,
+    ) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self._box = Sandbox(workers=self.workers, timeout=config_timeout, memory_limit=memory_limit)
+
+    def run(
+        self, temp_dir: str, batches: Sequence[Batch], attempts: Mapping[str, int]
+    ) -> Iterator[tuple[int, BatchResult]]:
+        calls = [(temp_dir, list(batch), dict(attempts)) for batch in batches]
+        for index, result in self._box.map(BATCH_TARGET, calls):
+            if result.ok:
+                yield index, BatchResult(outcomes=tuple(result.value))
+            else:
+                yield index, BatchResult(failure=result.failure, detail=result.detail)
+
+    def close(self) -> None:
+        self._box.close()

@@ -1,0 +1,286 @@
+"""Starting layouts and feasibility measures for layout optimization.
+
+Starting layouts
+----------------
+``start="grid"``
+    A ``grid_size`` x ``grid_size`` lattice spanning the boundary's bounding box is shrunk about
+    the box centre by the largest factor (at most 1) for which every lattice point lies inside
+    the boundary; for a circle this is the inscribed square. Points that still fall outside
+    (only possible for non-convex boundaries) are dropped. The non-random turbines take evenly
+    spread picks among the remaining points, listed in serpentine (boustrophedon) order.
+``start="baseline"``
+    The site's published baseline layout.
+
+In both cases ``random_pct`` percent of the turbines (rounded half up) are instead placed at
+random: for ``grid`` they replace the last picks, for ``baseline`` a random subset of the
+baseline turbines is relocated. Random positions are drawn uniformly in the bounding box by
+rejection sampling, accepting only points inside the boundary that keep the minimum spacing to
+every turbine already placed. If no such point turns up within ``_RANDOM_MAX_TRIES`` draws the
+turbine goes to the drawn in-boundary point farthest from its neighbours: the layout is then
+still inside the boundary but may violate the spacing, which the optimizer has to repair.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+from numpy.typing import NDArray
+
+from optimizer.sites import FloatArray, SiteSpec
+
+logger = logging.getLogger(__name__)
+
+STARTS: tuple[str, ...] = ("grid", "baseline")
+
+_RANDOM_BATCH = 256
+_RANDOM_MAX_TRIES = 8 * _RANDOM_BATCH
+# Bisection steps for the lattice shrink factor: 2**-60 of a bounding box is far below 1e-6 m.
+_SHRINK_BISECTION_STEPS = 60
+
+
+def _as_layout(xy: NDArray[np.floating] | FloatArray, name: str = "xy") -> FloatArray:
+    arr = np.asarray(xy, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"{name}: expected an array of shape (n, 2), got shape {arr.shape}")
+    return arr
+
+
+def polygon_halfplanes(vertices: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Inward unit normals ``a`` (m, 2) and offsets ``b`` (m,) of a CCW convex polygon.
+
+    ``xy @ a.T + b`` is the signed distance of each point to each edge line, positive inside;
+    a point is inside the polygon iff all of its values are >= 0.
+    """
+    p0 = vertices
+    edge = np.roll(vertices, -1, axis=0) - p0
+    # Inward normal of a CCW edge (dx, dy) is (-dy, dx).
+    normal = np.column_stack((-edge[:, 1], edge[:, 0])) / np.linalg.norm(edge, axis=1)[:, None]
+    offset = -np.einsum("ij,ij->i", normal, p0)
+    return normal.astype(np.float64), offset.astype(np.float64)
+
+
+def _polygon_outside_distance(vertices: FloatArray, xy: FloatArray) -> FloatArray:
+    normal, offset = polygon_halfplanes(vertices)
+    signed = xy @ normal.T + offset
+    inside = np.all(signed >= 0.0, axis=1)
+    p0 = vertices[None, :, :]
+    edge = (np.roll(vertices, -1, axis=0) - vertices)[None, :, :]
+    rel = xy[:, None, :] - p0
+    t = np.clip(np.sum(rel * edge, axis=2) / np.sum(edge * edge, axis=2), 0.0, 1.0)
+    nearest = p0 + t[:, :, None] * edge
+    dist = np.min(np.linalg.norm(xy[:, None, :] - nearest, axis=2), axis=1)
+    return np.where(inside, 0.0, dist).astype(np.float64)
+
+
+def boundary_violation(site: SiteSpec, n_turbines: int, xy: FloatArray) -> FloatArray:
+    """Per-turbine distance (m) outside the boundary, 0 for turbines inside or on it."""
+    layout = _as_layout(xy)
+    circle = site.circle(n_turbines)
+    if circle is not None:
+        r = np.hypot(layout[:, 0] - circle.center[0], layout[:, 1] - circle.center[1])
+        return np.maximum(r - circle.radius, 0.0).astype(np.float64)
+    return _polygon_outside_distance(site.boundary(n_turbines), layout)
+
+
+def spacing_violation(site: SiteSpec, xy: FloatArray) -> float:
+    """Largest amount (m) by which any pair of turbines is closer than the minimum spacing."""
+    layout = _as_layout(xy)
+    if len(layout) < 2:
+        return 0.0
+    i, j = np.triu_indices(len(layout), k=1)
+    dist = np.hypot(*(layout[i] - layout[j]).T)
+    return float(max(0.0, site.min_spacing_m - float(dist.min())))
+
+
+def max_turbines_bound(site: SiteSpec, n_turbines: int) -> int:
+    """Upper bound on how many turbines fit at the minimum spacing (Groemer's inequality).
+
+    For points with mutual distance >= d in a convex region of area A and perimeter P,
+    n <= 2 A / (sqrt(3) d^2) + P / (2 d) + 1.
+    """
+    d = site.min_spacing_m
+    circle = site.circle(n_turbines)
+    if circle is not None:
+        area = math.pi * circle.radius**2
+        perimeter = 2.0 * math.pi * circle.radius
+    else:
+        vertices = site.boundary(n_turbines)
+        x, y = vertices[:, 0], vertices[:, 1]
+        area = abs(float(0.5 * np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y)))
+        perimeter = float(np.sum(np.linalg.norm(np.roll(vertices, -1, axis=0) - vertices, axis=1)))
+    return math.floor(2.0 * area / (math.sqrt(3.0) * d * d) + perimeter / (2.0 * d) + 1.0)
+
+
+def _bounding_box(site: SiteSpec, n_turbines: int) -> tuple[FloatArray, FloatArray]:
+    circle = site.circle(n_turbines)
+    if circle is not None:
+        center = np.asarray(circle.center, dtype=np.float64)
+        return center - circle.radius, center + circle.radius
+    vertices = site.boundary(n_turbines)
+    return vertices.min(axis=0), vertices.max(axis=0)
+
+
+def grid_candidates(site: SiteSpec, n_turbines: int, grid_size: int) -> FloatArray:
+    """Feasible points of the fitted ``grid_size`` x ``grid_size`` lattice, serpentine order."""
+    lo, hi = _bounding_box(site, n_turbines)
+    center = 0.5 * (lo + hi)
+    unit = np.linspace(-0.5, 0.5, grid_size) if grid_size > 1 else np.zeros(1)
+    ux, uy = np.meshgrid(unit, unit, indexing="xy")
+    # Serpentine order (odd rows run right to left) so that evenly spaced picks along the list
+    # interleave between rows, e.g. every other point of a 4x4 grid is a checkerboard.
+    ux[1::2] = ux[1::2, ::-1]
+    offsets = np.column_stack((ux.ravel(), uy.ravel())) * (hi - lo)
+
+    def points(scale: float) -> FloatArray:
+        return (center + scale * offsets).astype(np.float64)
+
+    def fits(scale: float) -> bool:
+        return bool(np.all(boundary_violation(site, n_turbines, points(scale)) <= 0.0))
+
+    if fits(1.0):
+        scale = 1.0
+    else:
+        lo_s, hi_s = 0.0, 1.0
+        for _ in range(_SHRINK_BISECTION_STEPS):
+            mid = 0.5 * (lo_s + hi_s)
+            if fits(mid):
+                lo_s = mid
+            else:
+                hi_s = mid
+        scale = lo_s
+    pts = points(scale)
+    return pts[boundary_violation(site, n_turbines, pts) <= 0.0]
+
+
+def n_random_turbines(n_turbines: int, random_pct: float) -> int:
+    """Number of randomly placed turbines: ``random_pct`` % of n, rounded half up."""
+    return min(n_turbines, math.floor(n_turbines * random_pct / 100.0 + 0.5))
+
+
+def check_start(
+    site: SiteSpec, *, n_turbines: int, start: str, grid_size: int, random_pct: float
+) -> None:
+    """Raise ``ValueError`` naming the offending option if the start spec is impossible."""
+    if start not in STARTS:
+        raise ValueError(f"start: expected one of {list(STARTS)}, got {start!r}")
+    if isinstance(grid_size, bool) or not isinstance(grid_size, int | np.integer):
+        raise ValueError(f"grid_size: expected an integer >= 1, got {grid_size!r}")
+    if grid_size < 1:
+        raise ValueError(f"grid_size: expected an integer >= 1, got {grid_size}")
+    if not (isinstance(random_pct, int | float | np.number) and 0.0 <= random_pct <= 100.0):
+        raise ValueError(f"random_pct: expected a value in [0, 100], got {random_pct!r}")
+    site.check_n_turbines(n_turbines)
+    bound = max_turbines_bound(site, n_turbines)
+    if n_turbines > bound:
+        raise ValueError(
+            f"n_turbines: at most {bound} turbines fit on site {site.name!r} at the minimum "
+            f"spacing of {site.min_spacing_m:g} m, got {n_turbines}"
+        )
+    n_fixed = n_turbines - n_random_turbines(n_turbines, random_pct)
+    if start == "grid":
+        n_points = len(grid_candidates(site, n_turbines, grid_size))
+        if n_points < n_fixed:
+            raise ValueError(
+                f"grid_size: a {grid_size}x{grid_size} grid has {n_points} points inside the "
+                f"boundary, expected at least {n_fixed} for the non-random turbines"
+            )
+    elif site.baseline_fn(n_turbines) is None:
+        raise ValueError(
+            f"start: site {site.name!r} has no baseline layout for {n_turbines} turbines, "
+            f"got start='baseline'"
+        )
+
+
+def _place_random(
+    site: SiteSpec,
+    n_turbines: int,
+    placed: FloatArray,
+    n_new: int,
+    rng: np.random.Generator,
+) -> FloatArray:
+    lo, hi = _bounding_box(site, n_turbines)
+    min_sq = site.min_spacing_m**2
+    layout = placed.copy()
+    for _ in range(n_new):
+        best: FloatArray | None = None
+        best_gap = -np.inf
+        for _batch in range(_RANDOM_MAX_TRIES // _RANDOM_BATCH):
+            cand = rng.uniform(lo, hi, size=(_RANDOM_BATCH, 2))
+            cand = cand[boundary_violation(site, n_turbines, cand) <= 0.0]
+            if len(cand) == 0:
+                continue
+            if len(layout) == 0:
+                gap = np.full(len(cand), np.inf)
+            else:
+                gap = np.min(np.sum((cand[:, None, :] - layout[None, :, :]) ** 2, axis=2), axis=1)
+            ok = np.flatnonzero(gap >= min_sq)
+            if len(ok):
+                best = cand[ok[0]]
+                break
+            k = int(np.argmax(gap))
+            if gap[k] > best_gap:
+                best, best_gap = cand[k], float(gap[k])
+        else:
+            logger.debug(
+                "no random position keeps %.0f m spacing after %d tries; using the roomiest",
+                site.min_spacing_m,
+                _RANDOM_MAX_TRIES,
+            )
+        if best is None:
+            # Unreachable for convex boundaries (half the bounding box is inside), kept so a
+            # degenerate boundary fails loudly instead of silently stacking turbines.
+            raise ValueError(
+                f"site: expected a boundary with non-zero area, found no point inside "
+                f"{site.name!r} in {_RANDOM_MAX_TRIES} draws"
+            )
+        layout = np.vstack((layout, best[None, :]))
+    return layout[len(placed) :]
+
+
+def _pull_inside(site: SiteSpec, n_turbines: int, xy: FloatArray) -> FloatArray:
+    # Published baselines are rounded and can sit ~1e-5 m outside a circle; snap them onto it so
+    # every starting layout is exactly feasible with respect to the boundary.
+    circle = site.circle(n_turbines)
+    if circle is None:
+        return xy
+    center = np.asarray(circle.center, dtype=np.float64)
+    rel = xy - center
+    r = np.hypot(rel[:, 0], rel[:, 1])
+    factor = np.where(r > circle.radius, circle.radius / np.maximum(r, 1e-300), 1.0)
+    return (center + rel * factor[:, None]).astype(np.float64)
+
+
+def initial_layout(
+    site: SiteSpec,
+    *,
+    n_turbines: int,
+    start: str,
+    grid_size: int,
+    random_pct: float,
+    seed: int,
+) -> FloatArray:
+    """Starting layout, shape (n_turbines, 2), metres; deterministic for a given ``seed``."""
+    check_start(
+        site, n_turbines=n_turbines, start=start, grid_size=grid_size, random_pct=random_pct
+    )
+    rng = np.random.default_rng(seed)
+    n_rand = n_random_turbines(n_turbines, random_pct)
+    n_fixed = n_turbines - n_rand
+    if start == "grid":
+        candidates = grid_candidates(site, n_turbines, grid_size)
+        m = len(candidates)
+        # Centred picks floor((j + 1/2) m / k) are distinct whenever k <= m and put a lone pick
+        # in the middle of the grid.
+        picks = np.floor((np.arange(n_fixed) + 0.5) * m / max(n_fixed, 1)).astype(int)
+        fixed = candidates[picks]
+        layout = np.vstack((fixed, _place_random(site, n_turbines, fixed, n_rand, rng)))
+    else:
+        baseline = site.baseline_fn(n_turbines)
+        assert baseline is not None  # guaranteed by check_start
+        layout = _pull_inside(site, n_turbines, np.array(baseline, dtype=np.float64))
+        moved = np.sort(rng.choice(n_turbines, size=n_rand, replace=False))
+        keep = np.setdiff1d(np.arange(n_turbines), moved)
+        layout[moved] = _place_random(site, n_turbines, layout[keep], n_rand, rng)
+    return np.ascontiguousarray(layout, dtype=np.float64)

@@ -1,0 +1,404 @@
+"""Gradient-based wind-farm layout optimization of one configuration.
+
+The AEP of the site's PyWake model is maximised over turbine positions with SciPy's SLSQP,
+using PyWake's exact autograd gradients, subject to the site boundary and a minimum spacing of
+two rotor diameters. Design variables are positions relative to the boundary centre divided by
+the boundary radius, and the objective is AEP divided by the initial AEP, so that SLSQP sees
+O(1) numbers; in metres and GWh it needs several times more iterations.
+
+Every returned layout is feasible to within ``FEASIBILITY_TOL_M``. SLSQP approaches active
+constraints from outside, so when it stops early its final layout is typically centimetres
+outside the boundary; such a layout is projected onto the feasible set (least squares, no AEP
+evaluations). The best feasible layout seen at any AEP evaluation is also tracked, and whichever
+of the two has the higher AEP is returned; ``LayoutResult.message`` says which happened and
+``converged`` is true only when SLSQP converged and its own final layout was returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+
+from optimizer.layouts import (
+    boundary_violation,
+    check_start,
+    initial_layout,
+    polygon_halfplanes,
+    spacing_violation,
+)
+from optimizer.sites import FloatArray, SiteSpec, get_site
+
+logger = logging.getLogger(__name__)
+
+METHODS: tuple[str, ...] = ("SLSQP",)
+FEASIBILITY_TOL_M = 1e-3
+# Relative AEP slack within which SLSQP's own final point is preferred over an earlier iterate,
+# so that round-off does not flip the outcome (and the ``converged`` flag).
+_AEP_TIE_RTOL = 1e-9
+_REPAIR_MAXITER = 200
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayoutResult:
+    """Outcome of one layout optimization. Positions in metres, AEP in GWh per year."""
+
+    layout: FloatArray
+    aep_gwh: float
+    initial_layout: FloatArray
+    initial_aep_gwh: float
+    iterations: int
+    aep_evaluations: int
+    gradient_evaluations: int
+    wall_time_s: float
+    max_boundary_violation_m: float
+    max_spacing_violation_m: float
+    converged: bool
+    message: str
+    aep_time_s: float
+    gradient_time_s: float
+
+
+@dataclass(kw_only=True)
+class _Counters:
+    aep_evaluations: int = 0
+    gradient_evaluations: int = 0
+    aep_time_s: float = 0.0
+    gradient_time_s: float = 0.0
+
+
+@dataclass(kw_only=True)
+class _Best:
+    aep_gwh: float = -math.inf
+    layout: FloatArray | None = None
+    last_key: bytes = b""
+    last_aep_gwh: float = math.nan
+
+
+class _Problem:
+    """AEP objective and constraints in scaled coordinates ``u = (xy - center) / length``.
+
+    ``u`` is flattened as ``[x_0 .. x_{n-1}, y_0 .. y_{n-1}]`` to match PyWake's gradient layout.
+    """
+
+    def __init__(self, site: SiteSpec, n_turbines: int, wfm: Any) -> None:
+        self.site = site
+        self.n = n_turbines
+        self.wfm = wfm
+        self.circle = site.circle(n_turbines)
+        if self.circle is not None:
+            self.center = np.asarray(self.circle.center, dtype=np.float64)
+            self.length = float(self.circle.radius)
+            self.lower = np.full(2 * n_turbines, -1.0)
+            self.upper = np.full(2 * n_turbines, 1.0)
+            self.normals: FloatArray | None = None
+            self.offsets: FloatArray | None = None
+        else:
+            vertices = site.boundary(n_turbines)
+            lo, hi = vertices.min(axis=0), vertices.max(axis=0)
+            self.center = 0.5 * (lo + hi)
+            self.length = float(0.5 * np.linalg.norm(hi - lo))
+            self.lower = np.repeat((lo - self.center) / self.length, n_turbines)
+            self.upper = np.repeat((hi - self.center) / self.length, n_turbines)
+            normals, offsets = polygon_halfplanes(vertices)
+            self.normals = normals
+            # Signed distance to edge j of scaled point u, in units of ``length``.
+            self.offsets = (normals @ self.center + offsets) / self.length
+        self.pair_i, self.pair_j = np.triu_indices(n_turbines, k=1)
+        self.spacing_sq = (site.min_spacing_m / self.length) ** 2
+        self.aep_scale = 1.0
+        self.counters = _Counters()
+        self.best = _Best()
+        from py_wake.utils.gradients import autograd
+
+        self._autograd = autograd
+
+    # --- coordinates -----------------------------------------------------------------------
+    def to_u(self, xy: FloatArray) -> FloatArray:
+        return ((xy - self.center) / self.length).T.ravel().astype(np.float64)
+
+    def to_xy(self, u: FloatArray) -> FloatArray:
+        return (u.reshape(2, self.n).T * self.length + self.center).astype(np.float64)
+
+    def violations(self, xy: FloatArray) -> tuple[float, float]:
+        bv = boundary_violation(self.site, self.n, xy)
+        return float(bv.max(initial=0.0)), spacing_violation(self.site, xy)
+
+    # --- PyWake ----------------------------------------------------------------------------
+    def aep_gwh(self, xy: FloatArray) -> float:
+        t0 = time.perf_counter()
+        value = float(self.wfm.aep(xy[:, 0], xy[:, 1], n_cpu=1))
+        self.counters.aep_time_s += time.perf_counter() - t0
+        self.counters.aep_evaluations += 1
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"AEP: expected a finite value from PyWake, got {value} for "
+                f"{self.n} turbines on site {self.site.name!r}"
+            )
+        return value
+
+    def aep_gradient(self, xy: FloatArray) -> FloatArray:
+        t0 = time.perf_counter()
+        grad = np.asarray(
+            self.wfm.aep_gradients(
+                gradient_method=self._autograd, wrt_arg=["x", "y"], x=xy[:, 0], y=xy[:, 1], n_cpu=1
+            ),
+            dtype=np.float64,
+        )
+        self.counters.gradient_time_s += time.perf_counter() - t0
+        self.counters.gradient_evaluations += 1
+        if grad.shape != (2, self.n) or not np.all(np.isfinite(grad)):
+            raise FloatingPointError(
+                f"AEP gradient: expected finite values of shape (2, {self.n}) from PyWake, "
+                f"got shape {grad.shape} with {int(np.sum(~np.isfinite(grad)))} non-finite"
+            )
+        return grad
+
+    # --- scaled objective ------------------------------------------------------------------
+    def objective(self, u: FloatArray) -> float:
+        xy = self.to_xy(u)
+        aep = self.aep_gwh(xy)
+        self.best.last_key, self.best.last_aep_gwh = xy.tobytes(), aep
+        bv, sv = self.violations(xy)
+        if bv <= FEASIBILITY_TOL_M and sv <= FEASIBILITY_TOL_M and aep > self.best.aep_gwh:
+            self.best.aep_gwh, self.best.layout = aep, xy.copy()
+        return -aep / self.aep_scale
+
+    def objective_grad(self, u: FloatArray) -> FloatArray:
+        grad = self.aep_gradient(self.to_xy(u))
+        # d(-AEP/scale)/du = -(dAEP/dxy) * length / scale
+        return (-grad.ravel() * self.length / self.aep_scale).astype(np.float64)
+
+    def aep_at(self, xy: FloatArray) -> float:
+        if xy.tobytes() == self.best.last_key:
+            return self.best.last_aep_gwh
+        return self.aep_gwh(xy)
+
+    # --- constraints (>= 0 when feasible) --------------------------------------------------
+    def boundary_con(self, u: FloatArray) -> FloatArray:
+        ux, uy = u[: self.n], u[self.n :]
+        if self.normals is None or self.offsets is None:
+            return (1.0 - ux * ux - uy * uy).astype(np.float64)
+        signed = np.outer(ux, self.normals[:, 0]) + np.outer(uy, self.normals[:, 1]) + self.offsets
+        return signed.ravel().astype(np.float64)
+
+    def boundary_jac(self, u: FloatArray) -> FloatArray:
+        n = self.n
+        ux, uy = u[:n], u[n:]
+        idx = np.arange(n)
+        if self.normals is None:
+            jac = np.zeros((n, 2 * n))
+            jac[idx, idx] = -2.0 * ux
+            jac[idx, n + idx] = -2.0 * uy
+            return jac
+        m = len(self.normals)
+        jac = np.zeros((n, m, 2 * n))
+        jac[idx, :, idx] = self.normals[None, :, 0]
+        jac[idx, :, n + idx] = self.normals[None, :, 1]
+        return jac.reshape(n * m, 2 * n)
+
+    def spacing_con(self, u: FloatArray) -> FloatArray:
+        ux, uy = u[: self.n], u[self.n :]
+        dx = ux[self.pair_i] - ux[self.pair_j]
+        dy = uy[self.pair_i] - uy[self.pair_j]
+        return ((dx * dx + dy * dy) / self.spacing_sq - 1.0).astype(np.float64)
+
+    def spacing_jac(self, u: FloatArray) -> FloatArray:
+        n = self.n
+        ux, uy = u[:n], u[n:]
+        i, j = self.pair_i, self.pair_j
+        dx = 2.0 * (ux[i] - ux[j]) / self.spacing_sq
+        dy = 2.0 * (uy[i] - uy[j]) / self.spacing_sq
+        rows = np.arange(len(i))
+        jac = np.zeros((len(i), 2 * n))
+        jac[rows, i] = dx
+        jac[rows, j] = -dx
+        jac[rows, n + i] = dy
+        jac[rows, n + j] = -dy
+        return jac
+
+    def constraints(self) -> list[dict[str, Any]]:
+        cons: list[dict[str, Any]] = [
+            {"type": "ineq", "fun": self.boundary_con, "jac": self.boundary_jac}
+        ]
+        if self.n > 1:
+            cons.append({"type": "ineq", "fun": self.spacing_con, "jac": self.spacing_jac})
+        return cons
+
+    def bounds(self) -> list[tuple[float, float]]:
+        return [(float(a), float(b)) for a, b in zip(self.lower, self.upper, strict=True)]
+
+    def repair(self, xy: FloatArray) -> FloatArray:
+        """Nearest feasible layout to ``xy`` (least squares), without any AEP evaluation."""
+        target = self.to_u(xy)
+        res = minimize(
+            lambda u: 0.5 * float(np.sum((u - target) ** 2)),
+            target,
+            jac=lambda u: u - target,
+            method="SLSQP",
+            bounds=self.bounds(),
+            constraints=self.constraints(),
+            options={"maxiter": _REPAIR_MAXITER, "ftol": 1e-12},
+        )
+        return self.to_xy(np.asarray(res.x, dtype=np.float64))
+
+
+def _choose_layout(
+    problem: _Problem, res: Any, final_xy: FloatArray
+) -> tuple[FloatArray, float, bool, str]:
+    """Pick the returned layout: SLSQP's final point if feasible, else its projection onto the
+    feasible set, unless an earlier feasible iterate has a higher AEP."""
+    slsqp_msg = f"SLSQP: {res.message} (status {res.status})"
+    bv, sv = problem.violations(final_xy)
+    # (label, layout, aep) in order of preference on ties.
+    options: list[tuple[str, FloatArray, float]] = []
+    if bv <= FEASIBILITY_TOL_M and sv <= FEASIBILITY_TOL_M:
+        options.append(("final", final_xy, problem.aep_at(final_xy)))
+        note = ""
+    else:
+        # SLSQP iterates approach active constraints from outside, so an unconverged final
+        # point is typically a few centimetres out; projecting it loses almost no AEP.
+        repaired = problem.repair(final_xy)
+        rbv, rsv = problem.violations(repaired)
+        note = f"final layout infeasible (boundary {bv:.3g} m, spacing {sv:.3g} m)"
+        if rbv <= FEASIBILITY_TOL_M and rsv <= FEASIBILITY_TOL_M:
+            options.append(("repaired", repaired, problem.aep_gwh(repaired)))
+        elif problem.best.layout is None:
+            message = (
+                f"{slsqp_msg}; {note}; INFEASIBLE: no feasible iterate seen and repair left "
+                f"boundary {rbv:.3g} m, spacing {rsv:.3g} m"
+            )
+            logger.warning("%s", message)
+            return repaired, problem.aep_gwh(repaired), False, message
+    if problem.best.layout is not None:
+        options.append(("best iterate", problem.best.layout, problem.best.aep_gwh))
+    top = max(aep for _, _, aep in options)
+    label, layout, aep = next(opt for opt in options if opt[2] >= top - _AEP_TIE_RTOL * abs(top))
+    if label == "final":
+        return layout, aep, bool(res.success), slsqp_msg
+    detail = {
+        "repaired": "returned its projection onto the feasible set",
+        "best iterate": "returned the best feasible iterate",
+    }[label]
+    if not note:
+        note = "final AEP below an earlier iterate"
+    message = f"{slsqp_msg}; {note}; {detail}"
+    logger.info("%s", message)
+    return layout, aep, False, message
+
+
+def _check_options(*, method: str, maxiter: int, tol: float) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
+    if isinstance(maxiter, bool) or not isinstance(maxiter, int | np.integer) or maxiter < 1:
+        raise ValueError(f"maxiter: expected an integer >= 1, got {maxiter!r}")
+    if not (isinstance(tol, int | float | np.number) and math.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol: expected a finite value > 0, got {tol!r}")
+
+
+def _frozen(xy: FloatArray) -> FloatArray:
+    out = np.array(xy, dtype=np.float64, copy=True)
+    out.setflags(write=False)
+    return out
+
+
+def optimize_layout(
+    *,
+    site: str,
+    n_turbines: int | None = None,
+    start: str = "grid",
+    grid_size: int,
+    random_pct: float,
+    seed: int,
+    method: str = "SLSQP",
+    maxiter: int,
+    tol: float,
+) -> LayoutResult:
+    """Maximise the AEP of one configuration; see the module docstring for the guarantees.
+
+    ``n_turbines=None`` uses the site's default farm size. ``tol`` is SLSQP's ``ftol`` on the
+    objective AEP / initial AEP. Raises ``ValueError`` for impossible options and
+    ``FloatingPointError`` if PyWake returns a non-finite AEP or gradient.
+    """
+    t_start = time.perf_counter()
+    spec = get_site(site)
+    n = spec.default_n_turbines if n_turbines is None else n_turbines
+    _check_options(method=method, maxiter=maxiter, tol=tol)
+    check_start(spec, n_turbines=n, start=start, grid_size=grid_size, random_pct=random_pct)
+
+    xy0 = initial_layout(
+        spec, n_turbines=n, start=start, grid_size=grid_size, random_pct=random_pct, seed=seed
+    )
+    problem = _Problem(spec, n, spec.wind_farm_model(n))
+    initial_aep = problem.aep_gwh(xy0)
+    # Keep the objective O(1); a zero initial AEP (all turbines idle) must not divide by zero.
+    problem.aep_scale = initial_aep if initial_aep > 0.0 else 1.0
+
+    res = minimize(
+        problem.objective,
+        problem.to_u(xy0),
+        jac=problem.objective_grad,
+        method="SLSQP",
+        bounds=problem.bounds(),
+        constraints=problem.constraints(),
+        options={"maxiter": int(maxiter), "ftol": float(tol)},
+    )
+    final_xy = problem.to_xy(np.asarray(res.x, dtype=np.float64))
+    layout, aep, converged, message = _choose_layout(problem, res, final_xy)
+    out_bv, out_sv = problem.violations(layout)
+    wall = time.perf_counter() - t_start
+    counters = problem.counters
+    logger.debug(
+        "%s n=%d start=%s grid=%d random=%g%% seed=%d: AEP %.3f -> %.3f GWh, %d it, %.3f s",
+        site,
+        n,
+        start,
+        grid_size,
+        random_pct,
+        seed,
+        initial_aep,
+        aep,
+        res.nit,
+        wall,
+    )
+    return LayoutResult(
+        layout=_frozen(layout),
+        aep_gwh=float(aep),
+        initial_layout=_frozen(xy0),
+        initial_aep_gwh=float(initial_aep),
+        iterations=int(res.nit),
+        aep_evaluations=counters.aep_evaluations,
+        gradient_evaluations=counters.gradient_evaluations,
+        wall_time_s=wall,
+        max_boundary_violation_m=out_bv,
+        max_spacing_violation_m=out_sv,
+        converged=converged,
+        message=message,
+        aep_time_s=counters.aep_time_s,
+        gradient_time_s=counters.gradient_time_s,
+    )
+
+
+def warm_up(*, site: str, n_turbines: int | None = None) -> float:
+    """Import PyWake, build the site's model and run one AEP and one gradient; return seconds.
+
+    Importing PyWake takes ~2 s, which otherwise lands in the first ``optimize_layout`` call
+    of each worker process and skews its ``wall_time_s``.
+    """
+    t0 = time.perf_counter()
+    spec = get_site(site)
+    n = spec.default_n_turbines if n_turbines is None else n_turbines
+    spec.check_n_turbines(n)
+    problem = _Problem(spec, n, spec.wind_farm_model(n))
+    side = math.ceil(math.sqrt(n))
+    xy = initial_layout(
+        spec, n_turbines=n, start="grid", grid_size=max(side, 1), random_pct=0.0, seed=0
+    )
+    problem.aep_gwh(xy)
+    problem.aep_gradient(xy)
+    return time.perf_counter() - t0
