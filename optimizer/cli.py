@@ -314,6 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=level, format="layout-sweep: %(levelname)s: %(message)s", stream=sys.stderr
         )
+        # Dask's loggers default to INFO and would drown the summary.
+        logging.getLogger("distributed").setLevel(max(level, logging.WARNING))
         code: int = args.run(args)
         return code
     except (UsageError, SpecError, SweepError, EngineError) as err:

@@ -40,9 +40,11 @@ def test_write_validate_read_roundtrip(
         for key, group in content.items():
             for name, value in group["datasets"].items():
                 assert _same(f[key][name][()], normalize_value(name, value)), (key, name)
+                assert f[key][name].shape == np.shape(value)
             for name, value in group["attrs"].items():
                 stored = f[key].attrs[name]
                 assert _same(stored, normalize_value(name, value)), (key, name)
+                assert np.shape(stored) == np.shape(value), (key, name)
 
 
 def _shard(directory: Path) -> Path:
