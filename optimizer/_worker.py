@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,6 +26,25 @@ _warm: set[tuple[str, int]] = set()
 ConfigOutcome = tuple[str, str, str]
 
 
+FAULT_ENV = "LAYOUT_SWEEP_FAULT"
+
+
+def _inject_fault(config_id: str) -> None:
+    """Fault injection for tests and campaigns: ``LAYOUT_SWEEP_FAULT=<id>:kill|raise[,...]``.
+
+    ``kill`` behaves like a config that takes its worker down every time (an
+    out-of-memory kill, a segfault); ``raise`` like one whose optimization raises.
+    """
+    for item in os.environ.get(FAULT_ENV, "").split(","):
+        target, _, action = item.partition(":")
+        if target != config_id:
+            continue
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if action == "raise":
+            raise RuntimeError(f"injected fault for {config_id}")
+
+
 def _optimize(config: SweepConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from optimizer.optimize import optimize_layout, warm_up
 
@@ -33,9 +53,7 @@ def _optimize(config: SweepConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         # first config's wall time.
         warm_up(site=config.site, n_turbines=config.n_turbines)
         _warm.add((config.site, config.n_turbines))
-    if os.environ.get("LAYOUT_SWEEP_TEST_KILL") == config.config_id:
-        # Test hook: behave like a config that always kills its worker (e.g. OOM).
-        os.kill(os.getpid(), 9)
+    _inject_fault(config.config_id)
     result = optimize_layout(
         site=config.site,
         n_turbines=config.n_turbines,

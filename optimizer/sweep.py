@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -167,19 +168,31 @@ class RunResult:
         return 1 if counts["failed"] or counts["pending"] else 0
 
 
+def _probe_writable(directory: str, what: str) -> None:
+    # os.access() says yes to root on read-only mounts and /proc: actually try.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".layout-sweep-probe-", dir=directory)
+    except OSError as err:
+        raise SweepError(
+            f"{what}: the directory {directory} is not writable ({err.strerror or err})"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def _validate_paths(output: str, temp_dir: str) -> None:
     out_dir = os.path.dirname(os.path.abspath(output)) or "."
     if not os.path.isdir(out_dir):
         raise SweepError(f"{output}: the output directory {out_dir} does not exist")
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise SweepError(f"{output}: the output directory {out_dir} is not writable")
     if os.path.isdir(output):
         raise SweepError(f"{output}: expected a file path for the output, found a directory")
+    _probe_writable(out_dir, output)
     if os.path.exists(temp_dir) and not os.path.isdir(temp_dir):
         raise SweepError(f"{temp_dir}: expected a directory for the temp dir, found a file")
     parent = os.path.dirname(os.path.abspath(temp_dir))
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise SweepError(f"{temp_dir}: cannot create the temp dir in {parent}")
+    if not os.path.isdir(parent):
+        raise SweepError(f"{temp_dir}: the parent directory {parent} does not exist")
+    _probe_writable(os.path.abspath(temp_dir) if os.path.isdir(temp_dir) else parent, temp_dir)
 
 
 def run_sweep(
