@@ -35,7 +35,7 @@ import numpy as np
 from h5guard import _atomic, _deep, _layout, _lock
 from h5guard._version import __version__
 from h5guard.errors import InsufficientSpaceError, MergeSourceError, UnreadableOutputError
-from h5guard.report import FileSummary, Finding, Report, Severity
+from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
 from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox
 from h5guard.schema import Schema
 from h5guard.validate import QUARANTINE_DIR, ProgressCallback, partial_finding, validate_many
@@ -46,6 +46,7 @@ RECORD_FILE = ".h5guard-output.json"
 GROUPS_ATTR = "h5guard_groups"
 LAST_MERGE_ATTR = "h5guard_last_merge"
 DEFAULT_LOCK_TIMEOUT = 60.0
+_FOREIGN_REASON = "not an h5guard shard: its groups carry no digests, so it cannot be merged"
 
 
 def record_output(shard_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> None:
@@ -128,9 +129,11 @@ class MergeReport:
     seconds: float
     findings: tuple[Finding, ...] = field(default=())
 
+    conflicts_resolved: bool = False  # merged with on_conflict="keep-existing"
+
     @property
     def exit_code(self) -> int:
-        return 1 if (self.quarantined or self.conflicts) else 0
+        return 1 if (self.quarantined or (self.conflicts and not self.conflicts_resolved)) else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -187,12 +190,15 @@ def _resolve(
     return directory, out
 
 
-def _shard_files(directory: str) -> tuple[list[str], list[str], list[str]]:
+def _shard_files(directory: str, output: str) -> tuple[list[str], list[str], list[str]]:
     shards: list[str] = []
     stale: list[str] = []
     live: list[str] = []
+    # The output (and its partial) may live in the shard directory: it is no shard, and
+    # "merging" it into itself would delete it.
+    own = {os.path.realpath(output), os.path.realpath(output + _atomic.PARTIAL_SUFFIX)}
     for p in sorted(Path(directory).iterdir()):
-        if not p.is_file():
+        if not p.is_file() or os.path.realpath(p) in own:
             continue
         if p.name.endswith(_atomic.PARTIAL_SUFFIX):
             (live if _atomic.partial_owner_alive(p.name) else stale).append(str(p))
@@ -241,18 +247,24 @@ def _plan(
     effective = schema
     if effective is None and out_schema_json is not None:
         effective = Schema.from_json(out_schema_json, source=f"{output} embedded schema")
-    shards, stale, live = _shard_files(directory)
+    shards, stale, live = _shard_files(directory, output)
     report = validate_many(shards, schema=effective, sandbox=box, progress=progress)
     good: list[str] = []
     bad: list[Quarantined] = []
     summaries: dict[str, FileSummary] = {}
     for path in shards:
         problems = [f for f in report.for_path(path) if f.severity >= Severity.WARNING]
+        summary = report.summary(path)
+        assert summary is not None
         if problems:
             bad.append(Quarantined(path, tuple(str(f) for f in problems)))
+        elif summary.kind not in (FileKind.SHARD, FileKind.OUTPUT) or None in set(
+            summary.groups.values()
+        ):
+            # Readable HDF5 that h5guard did not write: its groups carry no digests, so
+            # the output could never be verified (or merged into) again.
+            bad.append(Quarantined(path, (f"{path}:/: {Code.NO_DIGESTS} {_FOREIGN_REASON}",)))
         else:
-            summary = report.summary(path)
-            assert summary is not None
             summaries[path] = summary
             good.append(path)
     seen = dict(out_index)
@@ -314,8 +326,13 @@ def plan_merge(
 def _quarantine(path: str, reasons: Sequence[str], directory: str) -> Quarantined:
     qdir = Path(directory) / QUARANTINE_DIR
     qdir.mkdir(exist_ok=True)
-    target = qdir / Path(path).name
-    note = qdir / (Path(path).name + ".json")
+    # Never replace an earlier quarantined file of the same name: pick a free name.
+    name, n = Path(path).name, 0
+    while (qdir / name).exists():
+        n += 1
+        name = f"{Path(path).stem}.{n}{Path(path).suffix}"
+    target = qdir / name
+    note = qdir / (name + ".json")
     tmp = note.with_name(note.name + ".tmp")
     tmp.write_text(
         json.dumps(
@@ -393,13 +410,22 @@ def merge(
     workers: int | None = None,
     root_attrs: Mapping[str, Any] | None = None,
     progress: ProgressCallback | None = None,
+    on_conflict: str = "quarantine",
 ) -> MergeReport:
     """Merge the committed shards of ``shard_dir`` into ``output`` (see module docs).
+
+    ``on_conflict``: ``"quarantine"`` (default) moves a shard holding a group whose
+    key is already merged with another digest to ``quarantine/`` for the user to
+    decide. ``"keep-existing"`` keeps the merged version and drops the other, still
+    listing it in ``MergeReport.conflicts``: for pipelines where a recomputation of
+    the same key differs only in incidental values such as timings.
 
     Raises :class:`~h5guard.LockTimeoutError`, :class:`~h5guard.InsufficientSpaceError`,
     :class:`~h5guard.UnreadableOutputError` or :class:`~h5guard.MergeSourceError` when
     it cannot run; the output is then untouched.
     """
+    if on_conflict not in ("quarantine", "keep-existing"):
+        raise ValueError(f"on_conflict: expected 'quarantine' or 'keep-existing', got {on_conflict!r}")
     started = time.monotonic()
     directory, out = _resolve(shard_dir, output)
     extra_attrs = dict(root_attrs or {})
@@ -438,13 +464,19 @@ def merge(
                         os.path.dirname(out), needed, _atomic.free_bytes(os.path.dirname(out))
                     ) from err
                 raise
-            except BaseException:
+            except BaseException as err:
                 _atomic.remove_quietly(partial)
+                # libhdf5 reports a write that hit ENOSPC as a RuntimeError whose text
+                # carries the errno; it is the same full disk as above.
+                if isinstance(err, RuntimeError) and "errno = 28," in str(err):
+                    raise InsufficientSpaceError(
+                        os.path.dirname(out), needed, _atomic.free_bytes(os.path.dirname(out))
+                    ) from err
                 raise
         else:
             added = {}
             _atomic.remove_quietly(partial)
-        conflicted = {s for _, s in plan.conflicts}
+        conflicted = {s for _, s in plan.conflicts} if on_conflict == "quarantine" else set()
         for shard in sorted(conflicted):
             keys = [k for k, s in plan.conflicts if s == shard]
             reasons = [
@@ -472,5 +504,6 @@ def merge(
         groups_total=total,
         shards_deleted=deleted,
         seconds=time.monotonic() - started,
+        conflicts_resolved=on_conflict == "keep-existing",
         findings=plan.report.findings + tuple(partial_finding(p) for p in plan.stale_partials),
     )

@@ -153,7 +153,14 @@ def _draw_layout(
                 )
             )
         handles, _ = ax.get_legend_handles_labels()
-        ax.legend(handles=[*handles, *extra], loc="upper right", fontsize="small", framealpha=0.8)
+        ax.legend(
+            handles=[*handles, *extra],
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.12),
+            ncol=2,
+            fontsize="small",
+            frameon=False,
+        )
 
 
 def _draw_flow(
@@ -165,8 +172,12 @@ def _draw_flow(
     optimized: FloatArray,
 ) -> None:
     extent = (float(flow.x[0]), float(flow.x[-1]), float(flow.y[0]), float(flow.y[-1]))
+    # Clip the deep deficit right behind each rotor so the wakes far downstream stay visible.
+    vmin = max(float(np.nanmin(flow.ws_eff)), 0.5 * flow.ws)
     image = ax.imshow(
         flow.ws_eff,
+        vmin=vmin,
+        vmax=max(float(np.nanmax(flow.ws_eff)), vmin + 1e-6),
         origin="lower",
         extent=extent,
         cmap="Blues_r",
@@ -176,7 +187,7 @@ def _draw_flow(
     fig.colorbar(image, ax=ax, shrink=0.85, label="effective wind speed [m/s]")
     if boundary is not None and len(boundary) >= 3:
         closed = np.vstack((boundary, boundary[:1]))
-        ax.plot(closed[:, 0], closed[:, 1], color="white", linewidth=1.0, linestyle="--")
+        ax.plot(closed[:, 0], closed[:, 1], color=BOUNDARY_COLOR, linewidth=1.0, linestyle="--")
     ax.scatter(optimized[:, 0], optimized[:, 1], s=14, color=OPT_COLOR, zorder=3)
     # PyWake's wd is where the wind comes FROM (meteorological): the flow goes the other way.
     rad = np.deg2rad(flow.wd)
@@ -206,7 +217,7 @@ def layout_figure(
 ) -> Figure:
     """The layout (boundary, start, optimized, spacing circles), plus its wake if ``flow``."""
     if flow is None:
-        fig = _figure(6.4, 6.0)
+        fig = _figure(6.4, 6.8)
         ax = fig.add_subplot()
         _draw_layout(
             ax,
@@ -216,7 +227,7 @@ def layout_figure(
             min_spacing_m=min_spacing_m,
         )
     else:
-        fig = _figure(12.8, 5.6)
+        fig = _figure(12.8, 6.2)
         ax, ax_flow = fig.subplots(1, 2)
         _draw_layout(
             ax,
@@ -231,25 +242,32 @@ def layout_figure(
     return fig
 
 
-def _category_label(value: float) -> str:
-    return f"{value:g}"
+def _category_order(label: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
 
 
 def _strip(
     ax: Axes,
-    categories: Sequence[float],
+    categories: Sequence[str],
     values: Sequence[float],
     *,
     color: str,
     seed: int = 0,
 ) -> None:
-    """Box plot plus jittered points of ``values`` grouped by ``categories``."""
-    cats = sorted(set(categories))
+    """Box plot plus jittered points of ``values`` grouped by ``categories`` (numbers first,
+    in numeric order, then words); fine with thousands of points."""
+    cats = sorted(set(categories), key=_category_order)
     if not cats:
         return
-    cat_arr = np.asarray(categories, dtype=np.float64)
     val_arr = np.asarray(values, dtype=np.float64)
-    groups = [val_arr[cat_arr == c] for c in cats]
+    cat_arr = np.asarray(categories, dtype=object)
+    groups = []
+    for c in cats:
+        group = val_arr[cat_arr == c]
+        groups.append(group[np.isfinite(group)])
     positions = np.arange(len(cats), dtype=np.float64)
     ax.boxplot(
         groups,
@@ -266,7 +284,7 @@ def _strip(
     for pos, group in zip(positions, groups, strict=True):
         jitter = rng.uniform(-0.18, 0.18, size=len(group))
         ax.scatter(pos + jitter, group, s=10, color=color, alpha=alpha, linewidths=0, zorder=3)
-    ax.set_xticks(positions, [_category_label(c) for c in cats])
+    ax.set_xticks(positions, cats)
     ax.set_xlim(-0.6, len(cats) - 0.4)
 
 
@@ -274,24 +292,25 @@ def axes_figure(
     *,
     label: str,
     color_index: int,
-    grid_size: Sequence[float],
-    random_pct: Sequence[float],
+    grid_size: Sequence[str],
+    random_pct: Sequence[str],
     gain_pct: Sequence[float],
     aep_gwh: Sequence[float],
     wall_time_s: Sequence[float],
     reference: Reference | None,
 ) -> Figure:
-    """How one site's results depend on the sweep axes: gain vs grid size and vs random
-    perturbation, and AEP vs wall time (with published reference lines where known)."""
+    """How one site's results depend on the sweep axes: gain vs grid size and vs the share of
+    randomly placed starting turbines, and AEP vs wall time (with published reference lines
+    where known). ``grid_size`` and ``random_pct`` are category labels, one per result."""
     color = _SITE_COLORS[color_index % len(_SITE_COLORS)]
     fig = _figure(14.0, 4.2)
     ax_grid, ax_rand, ax_time = fig.subplots(1, 3)
     _strip(ax_grid, grid_size, gain_pct, color=color, seed=1)
-    ax_grid.set_xlabel("grid_size (starting grid, turbines per side)")
+    ax_grid.set_xlabel("grid_size (starting grid points per side; or the start)")
     ax_grid.set_ylabel("AEP gain over start [%]")
     ax_grid.set_title("gain vs grid_size", fontsize="medium")
     _strip(ax_rand, random_pct, gain_pct, color=color, seed=2)
-    ax_rand.set_xlabel("random_pct (start perturbation, % of spacing)")
+    ax_rand.set_xlabel("random_pct (% of turbines started at random)")
     ax_rand.set_ylabel("AEP gain over start [%]")
     ax_rand.set_title("gain vs random_pct", fontsize="medium")
     n = len(aep_gwh)

@@ -173,6 +173,8 @@ def _make_engine(args: argparse.Namespace) -> Any:
                 f"layout-sweep run: --engine dask needs Dask distributed ({err.name} is missing); "
                 'install it with: pip install ".[dask]"'
             ) from None
+        # distributed sets its loggers to INFO when imported; they would drown the summary.
+        logging.getLogger("distributed").setLevel(logging.INFO if args.verbose else logging.WARNING)
         return DaskEngine(workers=args.workers, scheduler=args.scheduler)
     if args.scheduler:
         raise UsageError("layout-sweep run: --scheduler needs --engine dask")
@@ -314,8 +316,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=level, format="layout-sweep: %(levelname)s: %(message)s", stream=sys.stderr
         )
-        # Dask's loggers default to INFO and would drown the summary.
-        logging.getLogger("distributed").setLevel(max(level, logging.WARNING))
         code: int = args.run(args)
         return code
     except (UsageError, SpecError, SweepError, EngineError) as err:

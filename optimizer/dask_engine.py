@@ -102,9 +102,13 @@ class DaskEngine(Engine):
                     yield index, BatchResult(failure="error", detail=f"{type(err).__name__}: {err}")
                 else:
                     yield index, BatchResult(outcomes=tuple(outcomes))
+                # Forget the result at once: a key the client still holds is recomputed
+                # when the worker keeping it dies, which would run the batch twice.
+                future.release()
         finally:
-            for future in futures:
-                future.cancel()
+            unfinished = [f for f in futures if not f.done()]
+            if unfinished:
+                self._client.cancel(unfinished)
 
     def close(self) -> None:
         client = getattr(self, "_client", None)

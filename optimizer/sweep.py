@@ -244,6 +244,9 @@ def run_sweep(
             tdir,
             output,
             schema=RESULT_SCHEMA,
+            # A config computed twice (its worker died after committing, before
+            # reporting back) differs only in timings: keep the first copy.
+            on_conflict="keep-existing",
             root_attrs={
                 "sweep_spec": json.dumps(spec, sort_keys=True),
                 "total_configs": counts["planned"],
