@@ -41,21 +41,22 @@ class _Inspector:
         self.findings.append(Finding(self.path, obj, code, severity, message))
 
     def read_attrs(self, obj: h5py.Group | h5py.File, where: str) -> dict[str, Any] | None:
-        out: dict[str, Any] = {}
         try:
-            for name in obj.attrs:
-                out[name] = _layout.read_attr(obj, name)
+            out: dict[str, Any] = _layout.read_attrs(obj)
         except Exception as err:
             self.add(where, Code.OBJECT_UNREADABLE, f"attribute unreadable: {_one_line(err)}")
             return None
         return out
 
-    def read_dataset(self, dset: h5py.Dataset, digest: _layout.GroupDigest | None) -> DatasetInfo:
+    def read_dataset(
+        self, dset: h5py.Dataset, digest: _layout.GroupDigest | None, *, need_finite: bool = False
+    ) -> DatasetInfo:
         """Read all of ``dset`` (feeding the digest); raises on any read error."""
         dtype = dset.dtype
         shape = tuple(int(n) for n in dset.shape) if dset.shape is not None else ()
         finite = True
-        check_finite = dtype.kind in "fc"
+        # Scanning for NaN costs as much as hashing: only when the schema asks for it.
+        check_finite = need_finite and dtype.kind in "fc"
 
         def blocks() -> Any:
             nonlocal finite
@@ -102,7 +103,10 @@ class _Inspector:
                     continue
                 obj = group[name]
                 if isinstance(obj, h5py.Dataset):
-                    infos[name] = self.read_dataset(obj, digest)
+                    spec = self.schema.datasets.get(name) if self.schema is not None else None
+                    infos[name] = self.read_dataset(
+                        obj, digest, need_finite=spec is not None and spec.finite
+                    )
                 elif isinstance(obj, h5py.Group):
                     if self.owned:
                         self.add(
@@ -147,8 +151,7 @@ class _Inspector:
 
     def read_foreign_tree(self, group: h5py.Group, where: str) -> None:
         """Read everything below a group that no digest covers; raises on error."""
-        for name in group.attrs:
-            _layout.read_attr(group, name)
+        _layout.read_attrs(group)
         for name in group:
             link = group.get(name, getlink=True)
             if not isinstance(link, h5py.HardLink):
@@ -158,8 +161,7 @@ class _Inspector:
                 self.read_foreign_tree(obj, f"{where}/{name}")
             elif isinstance(obj, h5py.Dataset):
                 self.read_dataset(obj, None)
-                for attr in obj.attrs:
-                    _layout.read_attr(obj, attr)
+                _layout.read_attrs(obj)
 
 
 def _pick_schema(ins: _Inspector, explicit_json: str | None, embedded: str | None) -> Schema | None:

@@ -29,6 +29,7 @@ import hashlib
 import math
 import re
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import h5py
@@ -49,7 +50,7 @@ DIGEST_PREFIX = "sha256:"
 LIBVER = ("v110", "latest")
 COMPACT_LIMIT = 32 * 1024
 # Read big datasets this many bytes at a time so digesting never holds them whole.
-READ_BLOCK = 64 * 1024 * 1024
+READ_BLOCK = 16 * 1024 * 1024
 
 _DIGEST_MAGIC = b"h5guard-digest-v1\0"
 _KEY_OK = re.compile(r"^[^/\x00]+$")
@@ -114,6 +115,17 @@ def _shape_token(shape: tuple[int, ...]) -> bytes:
     return ",".join(str(int(n)) for n in shape).encode()
 
 
+_THREADED_HASH_MIN = 1024 * 1024
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _hash_pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="h5guard-digest")
+    return _POOL
+
+
 class GroupDigest:
     """Incremental digest of one group; feed datasets then attributes, in name order."""
 
@@ -142,10 +154,21 @@ class GroupDigest:
         nbytes = dtype.itemsize * math.prod(shape)
         self._h.update(nbytes.to_bytes(8, "little"))
         seen = 0
+        hashing: Future[None] | None = None
         for block in blocks:
             view = _bytes_view(block)
             seen += view.nbytes
-            self._h.update(view)
+            if hashing is not None:
+                hashing.result()
+                hashing = None
+            if view.nbytes >= _THREADED_HASH_MIN:
+                # hashlib drops the GIL on big buffers: hash this block while the
+                # caller's generator reads the next one from disk.
+                hashing = _hash_pool().submit(self._h.update, view)
+            else:
+                self._h.update(view)
+        if hashing is not None:
+            hashing.result()
         if seen != nbytes:
             raise ValueError(f"{name}: digest fed {seen} bytes, expected {nbytes}")
 
@@ -198,12 +221,26 @@ def iter_blocks(dset: h5py.Dataset) -> Iterator[npt.NDArray[Any]]:
         yield np.asarray(dset[start : start + rows])
 
 
-def read_attr(obj: h5py.Group | h5py.File, name: str) -> npt.NDArray[Any]:
+def read_attr(obj: h5py.Group | h5py.File | h5py.Dataset, name: str) -> npt.NDArray[Any]:
     """Read an attribute as an array of the stored dtype (strings stay bytes)."""
-    aid = h5py.h5a.open(obj.id, name.encode("utf-8"))
-    if aid.shape is None:  # a null dataspace has no value to read
-        return np.zeros(0, dtype=aid.dtype)
-    out: npt.NDArray[Any] = np.empty(aid.shape, dtype=aid.dtype)
+    return _read_attr_id(h5py.h5a.open(obj.id, name.encode("utf-8")))
+
+
+def read_attrs(obj: h5py.Group | h5py.File | h5py.Dataset) -> dict[str, npt.NDArray[Any]]:
+    """Every attribute of ``obj``, opened by index (about twice as fast as by name)."""
+    out: dict[str, npt.NDArray[Any]] = {}
+    for index in range(h5py.h5a.get_num_attrs(obj.id)):
+        aid = h5py.h5a.open(obj.id, index=index)
+        out[aid.name.decode("utf-8")] = _read_attr_id(aid)
+    return out
+
+
+def _read_attr_id(aid: Any) -> npt.NDArray[Any]:
+    shape = aid.shape  # each property call is a libhdf5 round trip: ask once
+    dtype = aid.dtype
+    if shape is None:  # a null dataspace has no value to read
+        return np.zeros(0, dtype=dtype)
+    out: npt.NDArray[Any] = np.empty(shape, dtype=dtype)
     aid.read(out)
     return out
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import Any
 
 EXIT_OK, EXIT_PROBLEMS = 0, 1
 
@@ -25,7 +26,7 @@ def _top_k(text: str) -> int:
     return value
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add the ``report`` and ``show`` subcommands (each sets ``run=handler``)."""
     p = subparsers.add_parser(
         "report",
@@ -96,8 +97,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     else:
         planned = "unknown" if s["planned"] is None else s["planned"]
         pending = "unknown" if s["pending"] is None else s["pending"]
+        extra = f" (+{s['unplanned_results']} not in the spec)" if s["unplanned_results"] else ""
         print(
-            f"{s['done']}/{planned} configs done, {s['failed']} failed, {pending} pending; "
+            f"{s['done']}/{planned} configs done{extra}, {s['failed']} failed, {pending} pending; "
             f"check: {s['check']['summary']}"
         )
         for site in s["sites"]:

@@ -18,6 +18,8 @@ from typing import Any, NoReturn
 from h5guard import H5GuardError
 from optimizer.config import DEMO_SPEC, SpecError, load_spec, parse_range
 from optimizer.engines import EngineError
+from optimizer.report import MissingExtraError
+from optimizer.summary import NotASweepOutputError
 from optimizer.sweep import (
     ProgressHook,
     RunResult,
@@ -139,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temp-dir", metavar="DIR", help="temp dir (default OUTPUT_temp)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=_cmd_status)
+
+    from optimizer._report_cli import register
+
+    register(sub)
     return parser
 
 
@@ -318,7 +324,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         code: int = args.run(args)
         return code
-    except (UsageError, SpecError, SweepError, EngineError) as err:
+    except (
+        UsageError,
+        SpecError,
+        SweepError,
+        EngineError,
+        NotASweepOutputError,
+        MissingExtraError,
+    ) as err:
         print(f"layout-sweep: error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except H5GuardError as err:

@@ -201,6 +201,13 @@ class SweepData:
         return len(self.failures)
 
     @property
+    def unplanned(self) -> int | None:
+        """Results whose config is not in the current spec (e.g. the spec shrank)."""
+        if self.planned_labels is None:
+            return None
+        return sum(1 for r in self.ok if r.key not in self.planned_labels)
+
+    @property
     def pending(self) -> int | None:
         if self.planned_labels is None:
             return None
@@ -581,6 +588,7 @@ def write_report(
         "done": data.done,
         "failed": data.failed,
         "pending": data.pending,
+        "unplanned_results": data.unplanned,
         "failure_records": data.failure_records,
         "complete": complete,
         "sites": [s.to_dict() for s in stats],
@@ -667,7 +675,8 @@ def _find_result(path: str, config_id: str) -> tuple[str, dict[str, Any]]:
                 )
             if not matches:
                 failed = sorted(
-                    k for k in f if is_failure_key(k) and k.startswith(FAIL_PREFIX + body)
+                    (k for k in f if is_failure_key(k) and k.startswith(FAIL_PREFIX + body)),
+                    key=lambda k: int(k.rpartition("-")[2]) if k[-1].isdigit() else -1,
                 )
                 if failed:
                     error = _text(f[failed[-1]].attrs.get("error", "unknown error"))
@@ -776,6 +785,8 @@ def _summary_section(data: SweepData, stats: list[SiteStats], verdict: _CheckVer
         ("pending", _opt(data.pending), "warn" if data.pending else ""),
         ("h5guard check", check_word, check_cls),
     ]
+    if data.unplanned:
+        cards.insert(4, ("results not in the spec", str(data.unplanned), "warn"))
     parts = ['<section id="summary"><h2>Summary</h2><div class="cards">']
     for title, value, cls in cards:
         parts.append(

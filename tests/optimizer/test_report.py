@@ -1,0 +1,260 @@
+"""``layout-sweep report`` / ``show``: a real (tiny) sweep, reported as HTML and PNGs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import h5py
+import pytest
+
+pytest.importorskip("matplotlib")
+
+import h5guard
+import optimizer
+from optimizer import _report_cli
+from optimizer.config import expand_spec
+from optimizer.report import (
+    MissingExtraError,
+    UnknownConfigError,
+    default_report_dir,
+    read_sweep,
+    write_layout_plot,
+    write_report,
+)
+from optimizer.results import RESULT_SCHEMA, failure_group, failure_key
+from optimizer.summary import NotASweepOutputError
+
+SPEC: dict[str, Any] = {
+    "sweep": [
+        {
+            "site": "iea37",
+            "n_turbines": 16,
+            "grid_size": [4, 5],
+            "random_pct": [25],
+            "seeds": [0, 1],
+        },
+        {"site": "hornsrev1", "n_turbines": 16, "grid_size": [4], "random_pct": [0], "seeds": [0]},
+    ],
+    "optimizer": {"maxiter": 15, "tol": 1e-6},
+}
+SITES = ("iea37-16", "hornsrev1-16")
+NASTY_ERROR = '<script>alert("x")</script> & ValueError: boom'
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sweep") / "layouts.h5"
+    with optimizer.LocalEngine(workers=2) as engine:
+        result = optimizer.run_sweep(SPEC, output=str(out), engine=engine)
+    assert result.exit_code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def with_failure(sweep: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A copy of the sweep whose spec grew by two configs: one failed, one pending."""
+    root = tmp_path_factory.mktemp("failed")
+    spec = json.loads(json.dumps(SPEC))
+    spec["sweep"][0]["seeds"] = [0, 1, 2]
+    done = {c.config_id for c in expand_spec(SPEC)}
+    new = [c for c in expand_spec(spec) if c.config_id not in done]
+    assert len(new) == 2
+    shards = root / "shards"
+    shards.mkdir()
+    with h5guard.ShardWriter(shards, schema=RESULT_SCHEMA) as writer:
+        datasets, attrs = failure_group(
+            new[0],
+            error=NASTY_ERROR,
+            traceback="Traceback (most recent call last):\nValueError: <boom>",
+            attempt=1,
+            kind="exception",
+        )
+        writer.add(failure_key(new[0].config_id, 1), datasets, attrs)
+    out = root / "layouts.h5"
+    shutil.copy(sweep, out)
+    report = h5guard.merge(
+        shards,
+        out,
+        schema=RESULT_SCHEMA,
+        root_attrs={"sweep_spec": json.dumps(spec, sort_keys=True)},
+    )
+    assert report.exit_code == 0
+    return out, new[0].config_id
+
+
+@pytest.fixture(scope="module")
+def empty_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("empty")
+    (root / "shards").mkdir()
+    out = root / "layouts.h5"
+    h5guard.merge(root / "shards", out, root_attrs={"sweep_spec": json.dumps(SPEC, sort_keys=True)})
+    return out
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert head[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", head[16:24])
+    return int(width), int(height)
+
+
+def local_links(index: Path) -> list[str]:
+    page = index.read_text(encoding="utf-8")
+    refs = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert not any(re.match(r"[a-z]+:", r) for r in refs), "the page must not fetch anything"
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+    return [r for r in refs if not r.startswith("#")]
+
+
+def count_groups(path: Path) -> tuple[int, int]:
+    with h5py.File(path, "r") as f:
+        ok = sum(1 for k in f if k.startswith("cfg-"))
+        failed = sum(1 for k in f if k.startswith("fail-"))
+    return ok, failed
+
+
+def test_report_of_a_real_sweep(sweep: Path, tmp_path: Path) -> None:
+    result = write_report(sweep, tmp_path / "rep", top_k=2)
+    index = tmp_path / "rep" / "index.html"
+    assert result.index_html == index and index.is_file()
+    page = index.read_text(encoding="utf-8")
+    links = local_links(index)
+    assert links, "expected images"
+    for link in links:
+        assert (index.parent / link).is_file(), f"broken link {link}"
+    for label in SITES:
+        assert label in page
+    # 2 sites: one axes figure each, iea37-16 has 4 results (2 shown), hornsrev1-16 has 1.
+    pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
+    assert len(pngs) == 2 + 2 + 1 == len(result.images)
+    for png in (tmp_path / "rep").glob("*.png"):
+        width, height = png_size(png)
+        assert 400 <= width <= 3000 and 300 <= height <= 2000, (png, width, height)
+    ok, failed = count_groups(sweep)
+    s = result.summary
+    assert (
+        (s["planned"], s["done"], s["failed"], s["pending"]) == (ok, ok, failed, 0) == (5, 5, 0, 0)
+    )
+    assert result.complete and s["check"]["ok"] is True
+    by_site = {x["site"]: x for x in s["sites"]}
+    assert by_site["iea37-16"]["done"] == 4 and by_site["hornsrev1-16"]["done"] == 1
+    with h5py.File(sweep, "r") as f:
+        aeps = [float(f[k].attrs["aep_gwh"]) for k in f if f[k].attrs["site"] == b"iea37"]
+    assert by_site["iea37-16"]["best_aep_gwh"] == pytest.approx(max(aeps), abs=1e-4)
+    assert by_site["iea37-16"]["worst_aep_gwh"] == pytest.approx(min(aeps), abs=1e-4)
+    assert by_site["iea37-16"]["iea37_best_published_gwh"] == pytest.approx(418.9244)
+    assert by_site["hornsrev1-16"]["iea37_best_published_gwh"] is None
+    assert "dominant direction" in page or "dominant wind direction" in page
+    assert "h5guard_last_merge" in page and "OK:" in page
+    # Figures are plain Figure objects: none is left registered with pyplot (which PyWake
+    # imports on its own).
+    if "matplotlib.pyplot" in sys.modules:
+        assert sys.modules["matplotlib.pyplot"].get_fignums() == []
+
+
+def test_default_report_dir_is_next_to_the_output(sweep: Path) -> None:
+    assert default_report_dir(sweep) == sweep.parent / "layouts_report"
+
+
+def test_report_shows_failures_escaped(with_failure: tuple[Path, str], tmp_path: Path) -> None:
+    path, failed_id = with_failure
+    result = write_report(path, tmp_path / "rep", top_k=1, run_check=False)
+    page = result.index_html.read_text(encoding="utf-8")
+    assert failed_id in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; ValueError: boom" in page
+    assert "<script>" not in page
+    for link in local_links(result.index_html):
+        assert (result.index_html.parent / link).is_file()
+    ok, failed = count_groups(path)
+    s = result.summary
+    assert (s["planned"], s["done"], s["failed"], s["pending"]) == (7, ok, failed, 1)
+    assert s["failed_configs"] == [
+        {"config_id": failed_id, "site": "iea37-16", "error": NASTY_ERROR}
+    ]
+    assert not result.complete
+
+
+def test_report_of_an_empty_output(empty_output: Path, tmp_path: Path) -> None:
+    result = write_report(empty_output, tmp_path / "rep")
+    page = result.index_html.read_text(encoding="utf-8")
+    assert "No results in this output yet" in page
+    assert result.images == () and local_links(result.index_html) == []
+    s = result.summary
+    assert (s["planned"], s["done"], s["failed"], s["pending"]) == (5, 0, 0, 5)
+    assert {x["site"] for x in s["sites"]} == set(SITES)
+    assert all(x["best_aep_gwh"] is None for x in s["sites"])
+
+
+def test_bad_inputs(tmp_path: Path) -> None:
+    text = tmp_path / "notes.h5"
+    text.write_text("not hdf5\n")
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = [1, 2, 3]
+    missing = tmp_path / "missing.h5"
+    for bad in (text, foreign, missing, tmp_path):
+        with pytest.raises(NotASweepOutputError) as info:
+            write_report(bad, tmp_path / "rep")
+        assert "\n" not in str(info.value) and str(bad) in str(info.value)
+        with pytest.raises(NotASweepOutputError):
+            write_layout_plot(bad, "cfg-0", tmp_path / "x.png")
+    assert not (tmp_path / "rep").exists()
+
+
+def test_show_writes_a_png_and_rejects_unknown_ids(
+    sweep: Path, with_failure: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    best = read_sweep(sweep).top("iea37-16", 1)[0].key
+    out = write_layout_plot(sweep, best, tmp_path / "best.png")
+    width, height = png_size(out)
+    assert 400 <= width <= 2000 and 400 <= height <= 2000
+    # A unique prefix without "cfg-", and the default name in the current directory.
+    monkeypatch.chdir(tmp_path)
+    assert write_layout_plot(sweep, best.removeprefix("cfg-")[:10]) == Path(f"{best}.png")
+    assert (tmp_path / f"{best}.png").is_file()
+    with pytest.raises(UnknownConfigError, match="no result for config id 'cfg-nope'"):
+        write_layout_plot(sweep, "cfg-nope")
+    path, failed_id = with_failure
+    with pytest.raises(UnknownConfigError, match=r"failed .* it has no layout") as info:
+        write_layout_plot(path, failed_id)
+    assert "\n" not in str(info.value)
+    assert issubclass(UnknownConfigError, NotASweepOutputError)
+
+
+def test_cli_handlers(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="layout-sweep")
+    _report_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["report", str(sweep), "-o", str(tmp_path / "r"), "--top", "1", "--no-check", "--json"]
+    )
+    assert args.run(args) == 0  # complete; the check was not run
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["done"] == 5 and doc["check"]["ok"] is None
+    assert all(Path(p).is_file() for p in [doc["index_html"], *doc["images"]])
+    args = parser.parse_args(
+        ["show", str(sweep), doc["sites"][0]["best_config_id"], "-o", str(tmp_path / "one.png")]
+    )
+    assert args.run(args) == 0
+    assert (tmp_path / "one.png").is_file()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["report", str(sweep), "--top", "-1"])
+    capsys.readouterr()
+
+
+def test_missing_matplotlib_is_one_clear_error(
+    sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(MissingExtraError, match=r'pip install "\.\[report\]"') as info:
+        write_report(sweep, tmp_path / "rep")
+    assert "\n" not in str(info.value) and isinstance(info.value, RuntimeError)
+    with pytest.raises(MissingExtraError):
+        write_layout_plot(sweep, read_sweep(sweep).ok[0].key, tmp_path / "x.png")
