@@ -194,19 +194,56 @@ def create_file(path: str, mode: str = "w") -> h5py.File:
     return h5py.File(path, mode, libver=LIBVER, locking=False)
 
 
+def _utf8_plist(kind: Any) -> Any:
+    plist = h5py.h5p.create(kind)
+    plist.set_char_encoding(h5py.h5t.CSET_UTF8)
+    return plist
+
+
+def _compact_dcpl() -> Any:
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.COMPACT)
+    dcpl.set_obj_track_times(False)  # no timestamps: the same content gives the same bytes
+    return dcpl
+
+
+_LCPL = _utf8_plist(h5py.h5p.LINK_CREATE)
+_COMPACT_DCPL = _compact_dcpl()
+
+
+def _space(arr: npt.NDArray[Any]) -> Any:
+    if arr.ndim == 0:
+        return h5py.h5s.create(h5py.h5s.SCALAR)
+    return h5py.h5s.create_simple(arr.shape)
+
+
 def write_dataset(group: h5py.Group, name: str, arr: npt.NDArray[Any]) -> None:
-    """Write one normalized array in the hardened layout."""
+    """Write one normalized array in the hardened layout.
+
+    Compact datasets go through the low-level API: h5py's ``create_dataset`` spends
+    more time checking arguments than libhdf5 spends writing a small dataset.
+    """
     if arr.nbytes <= COMPACT_LIMIT and arr.size > 0:
-        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-        dcpl.set_layout(h5py.h5d.COMPACT)
-        group.create_dataset(name, data=arr, dcpl=dcpl)
+        tid = h5py.h5t.py_create(arr.dtype, logical=True)
+        dsid = h5py.h5d.create(
+            group.id, name.encode("utf-8"), tid, _space(arr), dcpl=_COMPACT_DCPL, lcpl=_LCPL
+        )
+        dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, np.asarray(arr, order="C"))
     elif arr.size == 0 or arr.ndim == 0:
         group.create_dataset(name, data=arr)
     else:
         group.create_dataset(name, data=arr, chunks=True, fletcher32=True)
 
 
+def create_attr(obj: h5py.Group | h5py.File, name: str, arr: npt.NDArray[Any]) -> None:
+    """Add a new attribute (it must not exist yet) through the low-level API."""
+    tid = h5py.h5t.py_create(arr.dtype, logical=True)
+    aid = h5py.h5a.create(obj.id, name.encode("utf-8"), tid, _space(arr))
+    aid.write(np.asarray(arr, order="C"))
+
+
 def write_attr(obj: h5py.Group | h5py.File, name: str, arr: npt.NDArray[Any]) -> None:
+    """Set an attribute, replacing an existing one of the same name."""
     obj.attrs.create(name, arr if arr.ndim else arr[()])
 
 

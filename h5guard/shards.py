@@ -152,8 +152,8 @@ class ShardWriter:
         for name, arr in arrays.items():
             _layout.write_dataset(group, name, arr)
         for name, arr in attr_arrays.items():
-            _layout.write_attr(group, name, arr)
-        group.attrs[_layout.DIGEST_ATTR] = np.bytes_(digest.encode())
+            _layout.create_attr(group, name, arr)
+        _layout.create_attr(group, _layout.DIGEST_ATTR, np.array(digest.encode(), dtype=np.bytes_))
         self._batch_keys.add(key)
         self._batch_bytes += nbytes
         if (
