@@ -75,7 +75,9 @@ def bench_writer(tmp: Path, n: int) -> None:
                 w.add(key, datasets, attrs)
 
     base, ours = timed(plain), timed(guarded)
-    print(f"writer: {n} groups  h5py {base * 1e3:8.1f} ms  ShardWriter {ours * 1e3:8.1f} ms  ratio {ours / base:.2f}x (target <= 1.10)")
+    print(
+        f"writer: {n} groups  h5py {base * 1e3:8.1f} ms  ShardWriter {ours * 1e3:8.1f} ms  ratio {ours / base:.2f}x (target <= 1.10)"
+    )
 
 
 def read_all(path: str) -> None:
@@ -137,13 +139,21 @@ def bench_big(tmp: Path, megabytes: int) -> None:
 
     base, guarded = timed(plain, 1), timed(ours, 1)
     size = path.stat().st_size / 2**20
-    print(f"big file: {size:,.0f} MiB  h5py read {base:6.2f} s  h5guard check {guarded:6.2f} s  ratio {guarded / base:.2f}x (target <= 1.5)")
+    print(
+        f"big file: {size:,.0f} MiB  h5py read {base:6.2f} s  h5guard check {guarded:6.2f} s  ratio {guarded / base:.2f}x (target <= 1.5)"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--groups", type=int, default=1000, help="groups per shard for the writer benchmark")
-    parser.add_argument("--files", type=int, default=1000, help="shard files for the check benchmark")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--groups", type=int, default=1000, help="groups per shard for the writer benchmark"
+    )
+    parser.add_argument(
+        "--files", type=int, default=1000, help="shard files for the check benchmark"
+    )
     parser.add_argument("--big-mb", type=int, default=1024, help="size of the big file (0: skip)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="h5guard-bench-") as raw:

@@ -3,6 +3,7 @@
 * :class:`ShardWriter` writes results as committed, immutable, digest-carrying shards.
 * :func:`validate` / :func:`check` tell exactly what is wrong with a file.
 * :func:`merge` merges shards into one output under a lock, crash-safely.
+* :func:`salvage` recovers what a crashed run that wrote without h5guard left behind.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from h5guard.errors import (
 )
 from h5guard.merge import MergePlan, MergeReport, Quarantined, merge, plan_merge, record_output
 from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
+from h5guard.salvage import FileSalvage, SalvageReport, salvage
 from h5guard.sandbox import Sandbox, SandboxResult
 from h5guard.schema import AttrSpec, DatasetSpec, Schema
 from h5guard.shards import ShardWriter
@@ -32,6 +34,7 @@ __all__ = [
     "Code",
     "DatasetSpec",
     "FileKind",
+    "FileSalvage",
     "FileSummary",
     "Finding",
     "H5GuardError",
@@ -43,6 +46,7 @@ __all__ = [
     "MergeSourceError",
     "Quarantined",
     "Report",
+    "SalvageReport",
     "Sandbox",
     "SandboxError",
     "SandboxResult",
@@ -58,6 +62,7 @@ __all__ = [
     "merge",
     "plan_merge",
     "record_output",
+    "salvage",
     "validate",
     "validate_many",
 ]

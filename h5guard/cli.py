@@ -18,6 +18,7 @@ from h5guard import _version
 from h5guard.errors import H5GuardError
 from h5guard.merge import DEFAULT_LOCK_TIMEOUT, merge, plan_merge
 from h5guard.report import Report
+from h5guard.salvage import salvage
 from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT
 from h5guard.schema import Schema
 from h5guard.validate import check
@@ -158,6 +159,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output file (default: the one recorded in TEMP_DIR)")
     _add_sandbox_options(p)
     p.set_defaults(run=_cmd_status)
+
+    p = sub.add_parser(
+        "salvage",
+        help="recover every readable group of files left by a crashed run",
+        description=(
+            "Copy each file, clear a killed writer's 'open for write' flags on the copy, and, in the "
+            "sandbox, copy every group that reads completely (and passes the schema and its digest, "
+            "where present) into committed h5guard shards in OUT_DIR. Inputs are never modified; "
+            "'h5guard merge OUT_DIR -o merged.h5' takes the result."
+        ),
+        epilog="Exit codes: 0 everything recovered, 1 something was lost, 2 could not run.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="file or directory of *.h5 files")
+    p.add_argument(
+        "-o", "--out-dir", required=True, metavar="OUT_DIR", help="where recovered shards go"
+    )
+    p.add_argument(
+        "--ignore",
+        action="append",
+        metavar="NAME",
+        help="top-level object to skip (repeatable; default: init, as in the original pipeline)",
+    )
+    _add_sandbox_options(p)
+    p.set_defaults(run=_cmd_salvage)
     return parser
 
 
@@ -292,6 +317,28 @@ def _cmd_status(args: argparse.Namespace) -> int:
             f"partials:        {len(plan.live_partials)} being written, {len(plan.stale_partials)} stale"
         )
     return 1 if (plan.bad_shards or plan.conflicts) else 0
+
+
+def _cmd_salvage(args: argparse.Namespace) -> int:
+    for path in args.paths:
+        if not os.path.exists(path):
+            raise UsageError(f"h5guard salvage: {path}: no such file or directory")
+    schema = _load_schema(args)
+    update, close = _progress(args, "salvaging")
+    try:
+        result = salvage(
+            args.paths,
+            args.out_dir,
+            schema=schema,
+            ignore=tuple(args.ignore) if args.ignore else ("init",),
+            timeout=args.timeout,
+            memory_limit=args.memory_limit,
+            progress=update,
+        )
+    finally:
+        close()
+    print(result.render_json() if args.json else result.render_text())
+    return result.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

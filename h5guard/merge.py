@@ -19,12 +19,13 @@ are deleted only after step 6, and their groups then count as duplicates.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,7 +202,9 @@ def _shard_files(directory: str, output: str) -> tuple[list[str], list[str], lis
         if not p.is_file() or os.path.realpath(p) in own:
             continue
         if p.name.endswith(_atomic.PARTIAL_SUFFIX):
-            (live if _atomic.partial_owner_alive(p.name) else stale).append(str(p))
+            # Stale only when its writer is known to be dead; a writer on another host
+            # (a shared file system) may still be writing it.
+            (stale if _atomic.partial_owner_alive(p.name) is False else live).append(str(p))
         elif p.suffix == ".h5":
             shards.append(str(p))
     return shards, stale, live
@@ -315,12 +318,28 @@ def plan_merge(
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
+    sandbox: Sandbox | None = None,
 ) -> MergePlan:
-    """What :func:`merge` would do now, without taking the lock or changing any file."""
+    """What :func:`merge` would do now, without taking the lock or changing any file.
+
+    ``sandbox``: a checker pool to reuse (callers doing several operations save the
+    start-up of a new pool each time); ``timeout``/``memory_limit`` are then its own.
+    """
     directory, out = _resolve(shard_dir, output)
-    with Sandbox(workers=workers, timeout=timeout, memory_limit=memory_limit) as box:
+    with _pool(sandbox, workers, timeout, memory_limit) as box:
         plan, _, _, _ = _plan(directory, out, schema, box, progress)
     return plan
+
+
+@contextlib.contextmanager
+def _pool(
+    sandbox: Sandbox | None, workers: int | None, timeout: float, memory_limit: int
+) -> Iterator[Sandbox]:
+    if sandbox is not None:
+        yield sandbox
+        return
+    with Sandbox(workers=workers, timeout=timeout, memory_limit=memory_limit) as box:
+        yield box
 
 
 def _quarantine(path: str, reasons: Sequence[str], directory: str) -> Quarantined:
@@ -411,6 +430,7 @@ def merge(
     root_attrs: Mapping[str, Any] | None = None,
     progress: ProgressCallback | None = None,
     on_conflict: str = "quarantine",
+    sandbox: Sandbox | None = None,
 ) -> MergeReport:
     """Merge the committed shards of ``shard_dir`` into ``output`` (see module docs).
 
@@ -425,7 +445,9 @@ def merge(
     it cannot run; the output is then untouched.
     """
     if on_conflict not in ("quarantine", "keep-existing"):
-        raise ValueError(f"on_conflict: expected 'quarantine' or 'keep-existing', got {on_conflict!r}")
+        raise ValueError(
+            f"on_conflict: expected 'quarantine' or 'keep-existing', got {on_conflict!r}"
+        )
     started = time.monotonic()
     directory, out = _resolve(shard_dir, output)
     extra_attrs = dict(root_attrs or {})
@@ -434,7 +456,7 @@ def merge(
             raise ValueError(f"root_attrs: {name!r} uses the reserved prefix 'h5guard_'")
     with (
         _lock.exclusive(out, timeout=lock_timeout, purpose=f"h5guard merge {directory}"),
-        Sandbox(workers=workers, timeout=timeout, memory_limit=memory_limit) as box,
+        _pool(sandbox, workers, timeout, memory_limit) as box,
     ):
         plan, out_index, effective, summaries = _plan(directory, out, schema, box, progress)
         quarantined = [_quarantine(q.path, q.reasons, directory) for q in plan.bad_shards]

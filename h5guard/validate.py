@@ -178,6 +178,7 @@ def check(
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
+    sandbox: Sandbox | None = None,
 ) -> Report:
     """What ``h5guard check`` does: validate files and directories, then expected keys.
 
@@ -193,6 +194,7 @@ def check(
         memory_limit=memory_limit,
         workers=workers,
         progress=progress,
+        sandbox=sandbox,
     )
     findings = list(report.findings) + extra
     if expect is not None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from h5guard import ShardWriter
+from h5guard import SchemaError, ShardWriter
 from optimizer.config import SweepConfig
 from optimizer.results import RESULT_SCHEMA, failure_group, failure_key, result_group
 
@@ -24,6 +25,8 @@ _warm: set[tuple[str, int]] = set()
 
 # Outcome of one config in a batch: (config_id, "ok" | "failed", one-line error).
 ConfigOutcome = tuple[str, str, str]
+# What run_batch returns: {"outcomes": [ConfigOutcome...], "writer_seconds": float}.
+BatchReply = dict[str, Any]
 
 
 FAULT_ENV = "LAYOUT_SWEEP_FAULT"
@@ -68,25 +71,41 @@ def _optimize(config: SweepConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     return result_group(config, result)
 
 
+def warm_up_worker() -> int:
+    """Import PyWake and build the default model now; returns this worker's pid."""
+    from optimizer.optimize import warm_up
+
+    warm_up(site="iea37", n_turbines=16)
+    _warm.add(("iea37", 16))
+    return os.getpid()
+
+
 def run_batch(
     temp_dir: str, configs: Sequence[Mapping[str, Any]], attempts: Mapping[str, int]
-) -> list[ConfigOutcome]:
-    """Optimize each config and commit all of their records as one shard."""
+) -> BatchReply:
+    """Optimize each config and commit all of their records as one shard.
+
+    A config's exception becomes its failure record; a failure to *store* (a full
+    disk) propagates, since recording it would fail the same way.
+    """
     outcomes: list[ConfigOutcome] = []
-    with ShardWriter(
+    storing = 0.0
+    started = time.perf_counter()
+    writer = ShardWriter(
         temp_dir,
         schema=RESULT_SCHEMA,
         prefix="worker",
         commit_every=len(configs) + 1,
         commit_interval=1e9,
-    ) as writer:
+    )
+    storing += time.perf_counter() - started
+    with writer:
         for data in configs:
             config = SweepConfig.from_mapping(data)
             cid = config.config_id
             try:
                 datasets, attrs = _optimize(config)
-                writer.add(cid, datasets, attrs)
-                outcomes.append((cid, "ok", ""))
+                key, status, error = cid, "ok", ""
             except Exception as err:
                 error = traceback.format_exception_only(err)[-1].strip()
                 log.warning("config %s failed: %s", cid, error)
@@ -98,6 +117,22 @@ def run_batch(
                     attempt=attempt,
                     kind="exception",
                 )
+                key, status = failure_key(cid, attempt), "failed"
+            t0 = time.perf_counter()
+            try:
+                writer.add(key, datasets, attrs)
+            except SchemaError as err:
+                # A result the schema refuses (e.g. NaN in a layout) is a failed config.
+                attempt = attempts.get(cid, 0) + 1
+                error = str(err)
+                datasets, attrs = failure_group(
+                    config, error=error, traceback="", attempt=attempt, kind="invalid-result"
+                )
                 writer.add(failure_key(cid, attempt), datasets, attrs)
-                outcomes.append((cid, "failed", error))
-    return outcomes
+                status = "failed"
+            storing += time.perf_counter() - t0
+            outcomes.append((cid, status, error))
+        t0 = time.perf_counter()
+        writer.commit()
+        storing += time.perf_counter() - t0
+    return {"outcomes": outcomes, "writer_seconds": storing}

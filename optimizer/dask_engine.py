@@ -101,7 +101,7 @@ class DaskEngine(Engine):
                 except Exception as err:
                     yield index, BatchResult(failure="error", detail=f"{type(err).__name__}: {err}")
                 else:
-                    yield index, BatchResult(outcomes=tuple(outcomes))
+                    yield index, BatchResult.from_reply(outcomes)
                 # Forget the result at once: a key the client still holds is recomputed
                 # when the worker keeping it dies, which would run the batch twice.
                 future.release()

@@ -16,12 +16,13 @@ from types import TracebackType
 from typing import Any
 
 from h5guard import Sandbox
-from optimizer._worker import ConfigOutcome
+from optimizer._worker import BatchReply, ConfigOutcome
 
 log = logging.getLogger(__name__)
 
 Batch = Sequence[Mapping[str, Any]]
 BATCH_TARGET = "optimizer._worker:run_batch"
+WARM_TARGET = "optimizer._worker:warm_up_worker"
 DEFAULT_CONFIG_TIMEOUT = 3600.0
 DEFAULT_WORKER_MEMORY = 4 * 1024**3
 
@@ -37,6 +38,14 @@ class BatchResult:
     outcomes: tuple[ConfigOutcome, ...] = ()
     failure: str | None = None  # "crashed" | "timeout" | "memory" | "error" | "killed"
     detail: str = ""
+    writer_seconds: float = 0.0  # time the worker spent in h5guard's ShardWriter
+
+    @staticmethod
+    def from_reply(reply: BatchReply) -> BatchResult:
+        return BatchResult(
+            outcomes=tuple((str(c), str(s), str(e)) for c, s, e in reply["outcomes"]),
+            writer_seconds=float(reply["writer_seconds"]),
+        )
 
 
 class Engine(abc.ABC):
@@ -51,6 +60,9 @@ class Engine(abc.ABC):
         self, temp_dir: str, batches: Sequence[Batch], attempts: Mapping[str, int]
     ) -> Iterator[tuple[int, BatchResult]]:
         """Run every batch; yield ``(index, result)`` as each finishes."""
+
+    def warm_up(self) -> None:  # noqa: B027 - optional hook
+        """Start the workers and import PyWake in each (benchmarks time without it)."""
 
     def check_temp_dir(self, temp_dir: str) -> None:  # noqa: B027 - optional hook
         """Raise :class:`EngineError` if workers cannot write ``temp_dir``."""
@@ -94,9 +106,15 @@ class LocalEngine(Engine):
         calls = [(temp_dir, list(batch), dict(attempts)) for batch in batches]
         for index, result in self._box.map(BATCH_TARGET, calls):
             if result.ok:
-                yield index, BatchResult(outcomes=tuple(result.value))
+                yield index, BatchResult.from_reply(result.value)
             else:
                 yield index, BatchResult(failure=result.failure, detail=result.detail)
+
+    def warm_up(self) -> None:
+        # As many calls as workers are in flight at once, so each child gets one.
+        for _, result in self._box.map(WARM_TARGET, [()] * self.workers):
+            if not result.ok:
+                raise EngineError(f"a worker failed to start: {result.failure} {result.detail}")
 
     def close(self) -> None:
         self._box.close()

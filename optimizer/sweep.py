@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 from h5guard import (
     LockTimeoutError,
     Report,
+    Sandbox,
     ShardWriter,
     check,
     exclusive,
@@ -86,7 +87,11 @@ class SweepState:
 
 
 def read_state(
-    output: str, temp_dir: str, spec: Mapping[str, Any] | None = None
+    output: str,
+    temp_dir: str,
+    spec: Mapping[str, Any] | None = None,
+    *,
+    sandbox: Sandbox | None = None,
 ) -> tuple[SweepState, dict[str, Any] | None]:
     """What is planned, done and failed, from the files alone."""
     if spec is None:
@@ -94,9 +99,9 @@ def read_state(
     planned = tuple(expand_spec(spec)) if spec is not None else ()
     keys: frozenset[str] = frozenset()
     if os.path.isdir(temp_dir):
-        keys = plan_merge(temp_dir, output, schema=RESULT_SCHEMA).keys
+        keys = plan_merge(temp_dir, output, schema=RESULT_SCHEMA, sandbox=sandbox).keys
     elif os.path.exists(output):
-        report = check([output], schema=RESULT_SCHEMA)
+        report = check([output], schema=RESULT_SCHEMA, sandbox=sandbox)
         keys = frozenset(report.files[0].groups) if report.files else frozenset()
     done = frozenset(k for k in keys if is_result_key(k))
     failed: Counter[str] = Counter(config_id_of_failure(k) for k in keys if is_failure_key(k))
@@ -153,6 +158,10 @@ class RunResult:
     skipped: int = 0  # already done (or failed, without --retry-failed) before this run
     worker_deaths: int = 0
     seconds: float = 0.0
+    # Time spent in h5guard: workers' ShardWriter calls (summed over workers), and the
+    # parent's state reads, merge and check.
+    writer_seconds: float = 0.0
+    parent_h5guard_seconds: float = 0.0
     merge_exit_code: int = 0
     check_report: Report | None = None
     state: SweepState | None = None
@@ -227,42 +236,55 @@ def run_sweep(
         engine.check_temp_dir(tdir)
         _write_sweep_file(tdir, spec, configs)
         record_output(tdir, output)
-        state, _ = read_state(output, tdir, spec)
+        box = stack.enter_context(Sandbox(workers=engine.workers))
+        result = RunResult(output=output, temp_dir=tdir, planned=len(configs))
+        with _timer(result):
+            state, _ = read_state(output, tdir, spec, sandbox=box)
         todo = [c for c in configs if c.config_id not in state.done]
         if not retry_failed:
             todo = [c for c in todo if c.config_id not in state.failed]
-        result = RunResult(output=output, temp_dir=tdir, planned=len(configs))
         result.skipped = len(configs) - len(todo)
         log.info(
             "%d configs planned, %d to compute, %d skipped", len(configs), len(todo), result.skipped
         )
         hook = progress(len(todo)) if progress else None
         _compute(tdir, todo, dict(state.failed), engine, result, hook)
-        final_state, _ = read_state(output, tdir, spec)
-        counts = final_state.counts()
-        merged = merge(
-            tdir,
-            output,
-            schema=RESULT_SCHEMA,
-            # A config computed twice (its worker died after committing, before
-            # reporting back) differs only in timings: keep the first copy.
-            on_conflict="keep-existing",
-            root_attrs={
-                "sweep_spec": json.dumps(spec, sort_keys=True),
-                "total_configs": counts["planned"],
-                "successful_configs": counts["done"],
-                "failed_configs": counts["failed"],
-                "grid_size": sorted({c.grid_size for c in configs}),
-                "random_pct": sorted({c.random_pct for c in configs}),
-                "sites": ",".join(sorted({c.site for c in configs})),
-            },
-        )
-        result.merge_exit_code = merged.exit_code
-        result.check_report = check([output])
-        result.state, _ = read_state(output, tdir, spec)
+        with _timer(result):
+            final_state, _ = read_state(output, tdir, spec, sandbox=box)
+            counts = final_state.counts()
+            merged = merge(
+                tdir,
+                output,
+                schema=RESULT_SCHEMA,
+                # A config computed twice (its worker died after committing, before
+                # reporting back) differs only in timings: keep the first copy.
+                on_conflict="keep-existing",
+                sandbox=box,
+                root_attrs={
+                    "sweep_spec": json.dumps(spec, sort_keys=True),
+                    "total_configs": counts["planned"],
+                    "successful_configs": counts["done"],
+                    "failed_configs": counts["failed"],
+                    "grid_size": sorted({c.grid_size for c in configs}),
+                    "random_pct": sorted({c.random_pct for c in configs}),
+                    "sites": ",".join(sorted({c.site for c in configs})),
+                },
+            )
+            result.merge_exit_code = merged.exit_code
+            result.check_report = check([output], sandbox=box)
+            result.state, _ = read_state(output, tdir, spec, sandbox=box)
         result.seconds = time.monotonic() - started
         return result
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _timer(result: RunResult) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        result.parent_h5guard_seconds += time.perf_counter() - t0
 
 
 def _write_sweep_file(
@@ -294,6 +316,13 @@ def _compute(
         payload: list[Batch] = [[c.canonical() for c in b] for b in batches]
         for index, outcome in engine.run(temp_dir, payload, attempts):
             batch = batches[index]
+            result.writer_seconds += outcome.writer_seconds
+            if outcome.failure == "error":
+                # The batch function itself raised: storing results failed (a full
+                # disk), which every retry would repeat. What was committed is kept.
+                raise SweepError(
+                    f"{temp_dir}: a worker could not store its results: {outcome.detail}"
+                )
             if outcome.failure is None:
                 for cid, status, error in outcome.outcomes:
                     if status == "ok":
