@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import time
@@ -32,7 +33,7 @@ def result(i: int) -> tuple[dict[str, Any], dict[str, Any]]:
     datasets = {"layout": rng.random((16, 2)) * 1000, "initial_layout": rng.random((16, 2)) * 1000}
     attrs: dict[str, Any] = {
         "status": "ok",
-        "config": '{"site":"iea37","n_turbines":16,"seed":%d}' % i,
+        "config": json.dumps({"site": "iea37", "n_turbines": 16, "seed": i}),
         "aep_gwh": 400.0 + rng.random(),
         "initial_aep_gwh": 380.0,
         "iterations": 40,

@@ -102,8 +102,14 @@ def run_size(n_turbines: int, budget_s: float) -> SizeReport:
         if n_starts > 0 and time.perf_counter() - t0 >= budget_s:
             break
         result = optimize_layout(
-            site="iea37", n_turbines=n_turbines, start=spec.start, grid_size=spec.grid_size,
-            random_pct=spec.random_pct, seed=spec.seed, maxiter=MAXITER, tol=TOL,
+            site="iea37",
+            n_turbines=n_turbines,
+            start=spec.start,
+            grid_size=spec.grid_size,
+            random_pct=spec.random_pct,
+            seed=spec.seed,
+            maxiter=MAXITER,
+            tol=TOL,
         )
         n_starts += 1
         feasible = (
@@ -112,8 +118,14 @@ def run_size(n_turbines: int, budget_s: float) -> SizeReport:
         )
         logger.info(
             "n=%d start %d (%s): %.1f -> %.1f MWh, %d it, %.2f s%s",
-            n_turbines, n_starts, spec, result.initial_aep_gwh * 1e3, result.aep_gwh * 1e3,
-            result.iterations, result.wall_time_s, "" if feasible else " INFEASIBLE",
+            n_turbines,
+            n_starts,
+            spec,
+            result.initial_aep_gwh * 1e3,
+            result.aep_gwh * 1e3,
+            result.iterations,
+            result.wall_time_s,
+            "" if feasible else " INFEASIBLE",
         )
         if feasible and result.aep_gwh > best_aep:
             best_aep, best_layout = result.aep_gwh, np.array(result.layout)
@@ -148,16 +160,27 @@ def format_table(reports: list[SizeReport]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--budget", type=float, default=60.0,
-                        help="seconds of multistart optimization per farm size (default 60)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 36, 64],
-                        choices=[16, 36, 64], help="farm sizes to run (default 16 36 64)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=60.0,
+        help="seconds of multistart optimization per farm size (default 60)",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[16, 36, 64],
+        choices=[16, 36, 64],
+        help="farm sizes to run (default 16 36 64)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every start")
     args = parser.parse_args(argv)
     if not (math.isfinite(args.budget) and args.budget > 0):
         parser.error(f"--budget: expected a finite number of seconds > 0, got {args.budget}")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
+    )
     reports = [run_size(n, args.budget) for n in args.sizes]
     print(format_table(reports))
     return 0 if all(r.feasible for r in reports) else 1

@@ -185,11 +185,8 @@ def test_unwritable_output_dir(tmp_path: Path) -> None:
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        if os.access(locked, os.W_OK):
-            # root ignores permission bits; /proc refuses file creation even to root.
-            target = "/proc/out.h5"
-        else:
-            target = str(locked / "out.h5")
+        # root ignores permission bits; /proc refuses file creation even to root.
+        target = "/proc/out.h5" if os.access(locked, os.W_OK) else str(locked / "out.h5")
         proc = cli("run", "-o", target, "-q")
     finally:
         locked.chmod(0o700)

@@ -413,7 +413,7 @@ def test_unwritable_out_dir(tmp_path: Path) -> None:
     try:
         # Root ignores permission bits; /proc refuses new files even to root.
         target = Path("/proc/h5guard-salvage-out") if os.access(out, os.W_OK) else out
-        with pytest.raises(MergeSourceError, match="writable|cannot create"):
+        with pytest.raises(MergeSourceError, match=r"writable|cannot create"):
             salvage([src], target)
     finally:
         out.chmod(0o755)
