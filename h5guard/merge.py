@@ -33,7 +33,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from h5guard import _atomic, _deep, _layout, _lock
+from h5guard import _atomic, _layout, _lock
 from h5guard._version import __version__
 from h5guard.errors import InsufficientSpaceError, MergeSourceError, UnreadableOutputError
 from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
@@ -417,6 +417,36 @@ def _write_partial(
     return added
 
 
+_VERIFY_CHUNK = 2000
+
+
+def _verify_copy(partial: str, added: Mapping[str, str | None], box: Sandbox) -> list[Finding]:
+    """Re-read every added group of the new output, in parallel in the checker pool.
+
+    The new file is closed and only read here, so the children can share it.
+    """
+    keys = list(added)
+    if not keys:
+        return []
+    size = max(1, min(_VERIFY_CHUNK, -(-len(keys) // box.workers)))
+    calls = [({k: added[k] for k in keys[i : i + size]},) for i in range(0, len(keys), size)]
+    problems: list[Finding] = []
+    for _, result in box.map("h5guard._deep:verify_groups", [(partial, *c) for c in calls]):
+        if result.ok:
+            problems.extend(result.value)
+        else:
+            problems.append(
+                Finding(
+                    partial,
+                    "/",
+                    Code.UNREADABLE,
+                    Severity.ERROR,
+                    f"verification {result.failure}: {result.detail}",
+                )
+            )
+    return problems
+
+
 def merge(
     shard_dir: str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,
@@ -471,7 +501,7 @@ def merge(
                 added = _write_partial(
                     out, partial, plan, summaries, out_index, effective, extra_attrs
                 )
-                problems = _deep.verify_groups(partial, added)
+                problems = _verify_copy(partial, added, box)
                 if problems:
                     raise UnreadableOutputError(
                         f"{partial}: verification of the new output failed, old output kept: {problems[0]}"
