@@ -7,17 +7,18 @@ run (bad usage, missing path, held lock, full disk, unreadable output).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from h5guard import _version
 from h5guard.errors import H5GuardError
 from h5guard.merge import DEFAULT_LOCK_TIMEOUT, merge, plan_merge
-from h5guard.report import Report
+from h5guard.report import Report, Severity
 from h5guard.salvage import salvage
 from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT
 from h5guard.schema import Schema
@@ -190,11 +191,12 @@ def _load_schema(args: argparse.Namespace) -> Schema | None:
     return Schema.load(args.schema) if getattr(args, "schema", None) else None
 
 
-def _progress(
-    args: argparse.Namespace, what: str
-) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
+@contextlib.contextmanager
+def _progress(args: argparse.Namespace, what: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A tqdm bar on a terminal (none with -q, --json or when stderr is not a TTY)."""
     if args.quiet or args.json or not sys.stderr.isatty():
-        return None, lambda: None
+        yield None
+        return
     from tqdm import tqdm
 
     bar: Any = None
@@ -206,11 +208,11 @@ def _progress(
         bar.n = done
         bar.refresh()
 
-    def close() -> None:
+    try:
+        yield update
+    finally:
         if bar is not None:
             bar.close()
-
-    return update, close
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -233,8 +235,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
                 f"h5guard check: --expect {args.expect}: {err.strerror or err}"
             ) from err
     schema = _load_schema(args)
-    update, close = _progress(args, "checking")
-    try:
+    with _progress(args, "checking") as update:
         report = check(
             args.paths,
             schema=schema,
@@ -244,8 +245,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
             memory_limit=args.memory_limit,
             progress=update,
         )
-    finally:
-        close()
     _render_report(report, args)
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
@@ -263,8 +262,7 @@ def _render_report(report: Report, args: argparse.Namespace) -> None:
 
 def _cmd_merge(args: argparse.Namespace) -> int:
     schema = _load_schema(args)
-    update, close = _progress(args, "validating shards")
-    try:
+    with _progress(args, "validating shards") as update:
         result = merge(
             args.shard_dir,
             args.output,
@@ -275,13 +273,11 @@ def _cmd_merge(args: argparse.Namespace) -> int:
             memory_limit=args.memory_limit,
             progress=update,
         )
-    finally:
-        close()
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
     else:
         for finding in sorted(result.findings):
-            if finding.severity >= 1:
+            if finding.severity >= Severity.WARNING:
                 print(finding)
         if not args.quiet:
             print(result.render_text(), file=sys.stderr)
@@ -290,8 +286,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     schema = _load_schema(args)
-    update, close = _progress(args, "validating shards")
-    try:
+    with _progress(args, "validating shards") as update:
         plan = plan_merge(
             args.shard_dir,
             args.output,
@@ -300,8 +295,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
             memory_limit=args.memory_limit,
             progress=update,
         )
-    finally:
-        close()
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
     else:
@@ -324,8 +317,7 @@ def _cmd_salvage(args: argparse.Namespace) -> int:
         if not os.path.exists(path):
             raise UsageError(f"h5guard salvage: {path}: no such file or directory")
     schema = _load_schema(args)
-    update, close = _progress(args, "salvaging")
-    try:
+    with _progress(args, "salvaging") as update:
         result = salvage(
             args.paths,
             args.out_dir,
@@ -335,8 +327,6 @@ def _cmd_salvage(args: argparse.Namespace) -> int:
             memory_limit=args.memory_limit,
             progress=update,
         )
-    finally:
-        close()
     print(result.render_json() if args.json else result.render_text())
     return result.exit_code
 

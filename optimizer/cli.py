@@ -331,10 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         EngineError,
         NotASweepOutputError,
         MissingExtraError,
+        H5GuardError,
     ) as err:
-        print(f"layout-sweep: error: {err}", file=sys.stderr)
-        return EXIT_ERROR
-    except H5GuardError as err:
         print(f"layout-sweep: error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as err:
