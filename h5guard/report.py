@@ -92,7 +92,7 @@ class FileKind(enum.StrEnum):
     OUTPUT = "output"  # written by the merge
     FOREIGN = "foreign"  # readable HDF5 that h5guard did not write
     UNREADABLE = "unreadable"  # not opened, or its content could not be read
-    PARTIAL = "partial"  # a *.partial file of a writer or merge
+    UNOPENED = "unopened"  # passed the quick layer; not opened (check --quick)
 
 
 @dataclass(frozen=True, slots=True)

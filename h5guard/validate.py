@@ -74,9 +74,9 @@ def validate_many(
         findings.extend(quick)
         fatal = info is None or any(f.severity is Severity.ERROR for f in quick)
         if fatal or not deep:
-            summaries[path] = _quick_summary(path)
-            if not fatal:
-                summaries[path] = FileSummary(path, FileKind.FOREIGN, summaries[path].size)
+            summary = _quick_summary(path)
+            kind = FileKind.UNREADABLE if fatal else FileKind.UNOPENED
+            summaries[path] = FileSummary(path, kind, summary.size)
             done += 1
             if progress:
                 progress(done, len(paths))
