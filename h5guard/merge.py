@@ -255,10 +255,15 @@ def _plan(
     good: list[str] = []
     bad: list[Quarantined] = []
     summaries: dict[str, FileSummary] = {}
+    # Indexed once: looking each shard up in the report would be quadratic in shards.
+    problems_of: dict[str, list[Finding]] = {}
+    for finding in report.findings:
+        if finding.severity >= Severity.WARNING:
+            problems_of.setdefault(finding.path, []).append(finding)
+    summary_of = {s.path: s for s in report.files}
     for path in shards:
-        problems = [f for f in report.for_path(path) if f.severity >= Severity.WARNING]
-        summary = report.summary(path)
-        assert summary is not None
+        problems = problems_of.get(path, [])
+        summary = summary_of[path]
         if problems:
             bad.append(Quarantined(path, tuple(str(f) for f in problems)))
         elif summary.kind not in (FileKind.SHARD, FileKind.OUTPUT) or None in set(

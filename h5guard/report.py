@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,30 +129,6 @@ class Report:
     def ok(self) -> bool:
         """True when no finding is a warning or an error."""
         return all(f.severity < Severity.WARNING for f in self.findings)
-
-    def problems(self) -> tuple[Finding, ...]:
-        return tuple(f for f in self.findings if f.severity >= Severity.WARNING)
-
-    def for_path(self, path: str) -> tuple[Finding, ...]:
-        return tuple(f for f in self.findings if f.path == path)
-
-    def file_ok(self, path: str) -> bool:
-        return all(f.severity < Severity.WARNING for f in self.for_path(path))
-
-    def summary(self, path: str) -> FileSummary | None:
-        for s in self.files:
-            if s.path == path:
-                return s
-        return None
-
-    @staticmethod
-    def combine(reports: Iterable[Report]) -> Report:
-        findings: list[Finding] = []
-        files: list[FileSummary] = []
-        for r in reports:
-            findings.extend(r.findings)
-            files.extend(r.files)
-        return Report(tuple(sorted(findings)), tuple(files))
 
     def counts(self) -> dict[str, int]:
         out = {str(s): 0 for s in Severity}
