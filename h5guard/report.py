@@ -130,6 +130,17 @@ class Report:
         """True when no finding is a warning or an error."""
         return all(f.severity < Severity.WARNING for f in self.findings)
 
+    def for_path(self, path: str) -> tuple[Finding, ...]:
+        """The findings about one file (a scan: index ``findings`` yourself for many files)."""
+        return tuple(f for f in self.findings if f.path == path)
+
+    def summary(self, path: str) -> FileSummary | None:
+        """The summary of one file, or None if it was not checked."""
+        for s in self.files:
+            if s.path == path:
+                return s
+        return None
+
     def counts(self) -> dict[str, int]:
         out = {str(s): 0 for s in Severity}
         for f in self.findings:
