@@ -103,13 +103,18 @@ def read_state(
     elif os.path.exists(output):
         report = check([output], schema=RESULT_SCHEMA, sandbox=sandbox)
         keys = frozenset(report.files[0].groups) if report.files else frozenset()
+    state = _state_from_keys(planned, keys, _lock_holder(temp_dir))
+    return state, dict(spec) if spec else None
+
+
+def _state_from_keys(
+    planned: tuple[SweepConfig, ...], keys: frozenset[str], running: str | None
+) -> SweepState:
     done = frozenset(k for k in keys if is_result_key(k))
     failed: Counter[str] = Counter(config_id_of_failure(k) for k in keys if is_failure_key(k))
     for cid in done:
         failed.pop(cid, None)
-    return SweepState(planned, done, dict(failed), _lock_holder(temp_dir)), dict(
-        spec
-    ) if spec else None
+    return SweepState(planned, done, dict(failed), running)
 
 
 def _recorded_spec(output: str, temp_dir: str) -> dict[str, Any] | None:
@@ -280,8 +285,12 @@ def run_sweep(
                 },
             )
             result.merge_exit_code = merged.exit_code
-            result.check_report = check([output], sandbox=box)
-            result.state, _ = read_state(output, tdir, spec, sandbox=box)
+            result.check_report = check([output], schema=RESULT_SCHEMA, sandbox=box)
+            # The merge emptied the temp dir into the output: the check's view of the
+            # output is the whole state, no need to index it again.
+            summary = result.check_report.files[0] if result.check_report.files else None
+            keys = frozenset(summary.groups) if summary is not None else frozenset()
+            result.state = _state_from_keys(tuple(configs), keys, None)
         result.seconds = time.monotonic() - started
         return result
     raise AssertionError("unreachable")
