@@ -16,6 +16,7 @@ import pytest
 
 from h5guard import check
 from optimizer import expand_spec, load_spec
+from tests.procs import children
 
 TOML = """
 [[sweep]]
@@ -48,19 +49,6 @@ def start(tmp_path: Path, *, stderr: int = subprocess.DEVNULL) -> subprocess.Pop
         stdout=subprocess.DEVNULL,
         stderr=stderr,
     )
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(entry.name))
-    return out
 
 
 def assert_complete(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from h5guard import check
 from optimizer import expand_spec, load_spec
+from tests.procs import descendants
 
 pytest.importorskip("distributed", reason="the dask extra is not installed")
 
@@ -64,24 +65,6 @@ def run(
 def finish(proc: subprocess.Popen[str]) -> tuple[int, dict[str, object], str]:
     out, err = proc.communicate(timeout=600)
     return proc.returncode, (json.loads(out) if out.strip() else {}), err
-
-
-def descendants(pid: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        current = frontier.pop()
-        kids = [p for p, pp in parents.items() if pp == current]
-        found.extend(kids)
-        frontier.extend(kids)
-    return found
 
 
 def planned(tmp_path: Path) -> set[str]:
