@@ -19,6 +19,7 @@ from h5guard.errors import (
     SandboxError,
     SchemaError,
     UnreadableOutputError,
+    WriteError,
     WriterClosedError,
 )
 from h5guard.merge import MergePlan, MergeReport, Quarantined, merge, plan_merge, record_output
@@ -55,6 +56,7 @@ __all__ = [
     "Severity",
     "ShardWriter",
     "UnreadableOutputError",
+    "WriteError",
     "WriterClosedError",
     "__version__",
     "check",

@@ -9,6 +9,7 @@ either the old file or the new one, never a mixture.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -35,13 +36,23 @@ def fsync_path(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+# Directory fsync is refused with these by file systems that do not support it; any
+# other error (EIO, ENOSPC, ...) means the rename may not be durable and is raised.
+_DIR_FSYNC_UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EBADF}
+
+
 def fsync_dir(directory: str | os.PathLike[str]) -> None:
     """Make renames and creations inside ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         os.fsync(fd)
-    except OSError as err:  # pragma: no cover - some file systems refuse dir fsync
-        log.debug("fsync of directory %s not supported: %s", directory, err)
+    except OSError as err:
+        if err.errno in _DIR_FSYNC_UNSUPPORTED:
+            log.debug("fsync of directory %s not supported: %s", directory, err)
+        else:
+            raise OSError(
+                err.errno, f"fsync of the directory failed: {err.strerror}", os.fspath(directory)
+            ) from err
     finally:
         os.close(fd)
 
@@ -55,6 +66,10 @@ def commit_file(partial: str | os.PathLike[str], final: str | os.PathLike[str]) 
     try:
         fsync_path(partial)
         os.replace(partial, final)
+    except OSError as err:
+        remove_quietly(partial)
+        # os.fsync's error names no file; the caller's user needs to know which.
+        raise OSError(err.errno, f"committing failed: {err.strerror}", os.fspath(partial)) from err
     except BaseException:
         remove_quietly(partial)
         raise

@@ -22,16 +22,51 @@ import filelock
 from h5guard.errors import LockTimeoutError
 
 
-def _holder_text(info_path: str) -> str:
+def _flock_holder(lock_path: str) -> int | None:
+    """The pid holding a flock on ``lock_path``, from /proc/locks (Linux; else None).
+
+    The holder writes ``.lock.info`` only after it has the lock, so in that moment the
+    file still names the previous holder; the kernel's lock table never lags.
+    """
+    try:
+        st = os.stat(lock_path)
+        with open("/proc/locks", encoding="ascii") as fh:
+            table = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in table:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF"
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[4].isdigit():
+            inode = fields[5].rsplit(":", 1)[-1]
+            if inode.isdigit() and int(inode) == st.st_ino:
+                return int(fields[4])
+    return None
+
+
+def _holder_text(lock_path: str, info_path: str) -> str:
+    pid = _flock_holder(lock_path)
     try:
         with open(info_path, encoding="utf-8") as fh:
             info = json.load(fh)
-        return (
+        recorded = (
             f"pid {info['pid']} on {info['host']} since {info['since']} "
             f"({info.get('command', '?')})"
         )
+        recorded_pid = int(info["pid"]) if info.get("host") == socket.gethostname() else None
     except (OSError, ValueError, KeyError, TypeError):
-        return "an unknown process"
+        recorded, recorded_pid = "", None
+    if pid is not None and pid != recorded_pid:
+        return f"pid {pid} on {socket.gethostname()} ({_command_of(pid)})"
+    return recorded or "an unknown process"
+
+
+def _command_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()[:120] or "?"
+    except OSError:
+        return "?"
 
 
 @contextlib.contextmanager
@@ -49,7 +84,7 @@ def exclusive(
     try:
         lock.acquire()
     except filelock.Timeout as err:
-        raise LockTimeoutError(lock_path, timeout, _holder_text(info_path)) from err
+        raise LockTimeoutError(lock_path, timeout, _holder_text(lock_path, info_path)) from err
     try:
         info = {
             "pid": os.getpid(),

@@ -9,6 +9,7 @@ builtins (``except OSError``) still catch what they expect::
     ├── InvalidKeyError (ValueError)        a group key that cannot name an HDF5 group
     ├── WriterClosedError (RuntimeError)    ShardWriter used after close()
     ├── InsufficientSpaceError (OSError)    refused before writing: the disk is too full
+    ├── WriteError (OSError)                libhdf5 or the OS failed a write; nothing committed
     ├── UnreadableOutputError (OSError)     a merge output that fails validation
     ├── SandboxError (RuntimeError)         the checker child could not be started
     ├── LockTimeoutError (TimeoutError)     another process holds the output's lock
@@ -74,6 +75,20 @@ class InsufficientSpaceError(H5GuardError, OSError):
         self.directory = directory
         self.needed = needed
         self.available = available
+
+
+class WriteError(H5GuardError, OSError):
+    """A write failed (an I/O error, a full disk inside libhdf5): nothing was committed.
+
+    libhdf5 reports failed writes as ``RuntimeError`` or a bare ``OSError`` whose text
+    does not always name the file; this names it and keeps the original as ``__cause__``.
+    """
+
+    def __init__(self, path: str, what: str, cause: BaseException) -> None:
+        detail = " ".join(str(cause).split()) or type(cause).__name__
+        super().__init__(f"{path}: {what}: {detail}")
+        self.path = path
+        self.filename = path
 
 
 class UnreadableOutputError(H5GuardError, OSError):

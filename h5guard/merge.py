@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import logging
 import os
@@ -35,7 +36,13 @@ import numpy as np
 
 from h5guard import _atomic, _layout, _lock
 from h5guard._version import __version__
-from h5guard.errors import InsufficientSpaceError, MergeSourceError, UnreadableOutputError
+from h5guard.errors import (
+    H5GuardError,
+    InsufficientSpaceError,
+    MergeSourceError,
+    UnreadableOutputError,
+    WriteError,
+)
 from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
 from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox
 from h5guard.schema import Schema
@@ -511,25 +518,28 @@ def merge(
                     raise UnreadableOutputError(
                         f"{partial}: verification of the new output failed, old output kept: {problems[0]}"
                     )
-                _atomic.commit_file(partial, out)
-            except OSError as err:
+            except H5GuardError:
                 _atomic.remove_quietly(partial)
-                if isinstance(err, InsufficientSpaceError | UnreadableOutputError):
-                    raise
-                if err.errno == 28:  # ENOSPC despite the estimate
+                raise
+            except Exception as err:
+                _atomic.remove_quietly(partial)
+                # libhdf5 reports a failed write as a RuntimeError (or an OSError whose
+                # text names no file); ENOSPC is the full disk the estimate missed.
+                if getattr(err, "errno", None) == errno.ENOSPC or "errno = 28," in str(err):
                     raise InsufficientSpaceError(
                         os.path.dirname(out), needed, _atomic.free_bytes(os.path.dirname(out))
                     ) from err
-                raise
-            except BaseException as err:
-                _atomic.remove_quietly(partial)
-                # libhdf5 reports a write that hit ENOSPC as a RuntimeError whose text
-                # carries the errno; it is the same full disk as above.
-                if isinstance(err, RuntimeError) and "errno = 28," in str(err):
-                    raise InsufficientSpaceError(
-                        os.path.dirname(out), needed, _atomic.free_bytes(os.path.dirname(out))
+                if isinstance(err, OSError | RuntimeError):
+                    raise WriteError(
+                        partial, f"writing the new output failed, {out} is unchanged", err
                     ) from err
                 raise
+            except BaseException:
+                _atomic.remove_quietly(partial)
+                raise
+            # Its errors name the file and say which step failed; after the rename only a
+            # directory fsync can fail, and then the new output is already in place.
+            _atomic.commit_file(partial, out)
         else:
             added = {}
             _atomic.remove_quietly(partial)

@@ -9,6 +9,7 @@ and a file under a final name is always complete.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import logging
 import os
 import time
@@ -24,7 +25,13 @@ import numpy.typing as npt
 
 from h5guard import _atomic, _layout
 from h5guard._version import __version__
-from h5guard.errors import SchemaError, WriterClosedError
+from h5guard.errors import (
+    H5GuardError,
+    InsufficientSpaceError,
+    SchemaError,
+    WriteError,
+    WriterClosedError,
+)
 from h5guard.schema import DatasetInfo, Schema
 
 log = logging.getLogger(__name__)
@@ -88,6 +95,7 @@ class ShardWriter:
                 raise ValueError(f"file_attrs: {k!r} uses the reserved prefix 'h5guard_'")
         self._file: h5py.File | None = None
         self._partial: Path | None = None
+        self._poisoned: BaseException | None = None
         self._batch_keys: set[str] = set()
         self._batch_started = 0.0
         self._batch_bytes = 0
@@ -148,12 +156,18 @@ class ShardWriter:
         _atomic.require_free_space(self.directory, 2 * nbytes + 64 * 1024, min_free=self.min_free)
         digest = _layout.digest_of(arrays, attr_arrays)
         f = self._open_batch()
-        group = f.create_group(key)
-        for name, arr in arrays.items():
-            _layout.write_dataset(group, name, arr)
-        for name, arr in attr_arrays.items():
-            _layout.create_attr(group, name, arr)
-        _layout.create_attr(group, _layout.DIGEST_ATTR, np.array(digest.encode(), dtype=np.bytes_))
+        try:
+            group = f.create_group(key)
+            for name, arr in arrays.items():
+                _layout.write_dataset(group, name, arr)
+            for name, arr in attr_arrays.items():
+                _layout.create_attr(group, name, arr)
+            _layout.create_attr(
+                group, _layout.DIGEST_ATTR, np.array(digest.encode(), dtype=np.bytes_)
+            )
+        except Exception as err:
+            self._remove_half_written(f, key, err)
+            raise self._write_error(f"writing group {key!r} failed", err) from err
         self._batch_keys.add(key)
         self._batch_bytes += nbytes
         if (
@@ -169,12 +183,21 @@ class ShardWriter:
         partial = self._partial
         final = partial.with_name(partial.name[: -len(_atomic.PARTIAL_SUFFIX)])
         keys = sorted(self._batch_keys)
+        if self._poisoned is not None:
+            cause = self._poisoned
+            self._drop_batch()
+            raise WriteError(
+                str(partial),
+                f"batch of {len(keys)} group(s) discarded: a failed write left a group "
+                "that could not be removed",
+                cause,
+            )
         try:
             self._file.close()
-        except BaseException:
+        except Exception as err:
             self._forget_batch()
             _atomic.remove_quietly(partial)
-            raise
+            raise self._write_error("closing the shard failed", err, path=partial) from err
         self._forget_batch()
         _atomic.commit_file(partial, final)
         self.committed.append(final)
@@ -184,6 +207,10 @@ class ShardWriter:
 
     def discard(self) -> None:
         """Throw the uncommitted batch away and close the writer."""
+        self._drop_batch()
+        self._closed = True
+
+    def _drop_batch(self) -> None:
         partial = self._partial
         if self._file is not None:
             try:
@@ -194,7 +221,29 @@ class ShardWriter:
         if partial is not None:
             _atomic.remove_quietly(partial)
             log.info("discarded uncommitted batch %s", partial)
-        self._closed = True
+
+    def _remove_half_written(self, f: h5py.File, key: str, err: BaseException) -> None:
+        """Unlink a group whose write failed, so the batch holds only whole groups."""
+        try:
+            if key in f:
+                del f[key]
+        except Exception as again:
+            log.warning(
+                "cannot remove half-written group %s (%s); batch will be discarded", key, again
+            )
+            self._poisoned = err
+
+    def _write_error(self, what: str, err: BaseException, *, path: Path | None = None) -> OSError:
+        where = str(path or self._partial or self.directory)
+        if isinstance(err, H5GuardError) and isinstance(err, OSError):
+            return err
+        if getattr(err, "errno", None) == errno.ENOSPC or "errno = 28," in str(err):
+            return InsufficientSpaceError(
+                str(self.directory),
+                self._batch_bytes + self.min_free,
+                _atomic.free_bytes(self.directory),
+            )
+        return WriteError(where, what, err)
 
     def close(self) -> None:
         """Commit what is pending and close the writer."""
@@ -229,6 +278,7 @@ class ShardWriter:
         return f
 
     def _forget_batch(self) -> None:
+        self._poisoned = None
         self._file = None
         self._partial = None
         self._batch_keys = set()

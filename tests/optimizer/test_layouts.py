@@ -25,8 +25,10 @@ IEA37 = get_site("iea37")
 HR1 = get_site("hornsrev1")
 # Largest grid_size whose fitted lattice (the square inscribed in the circle) keeps the
 # minimum spacing: R * sqrt(2) / (g - 1) >= 260 m.
-IEA37_COARSEST = {n: math.floor(r * math.sqrt(2.0) / 260.0) + 1 for n, r in
-                  {16: 1300.0, 36: 2000.0, 64: 3000.0}.items()}
+IEA37_COARSEST = {
+    n: math.floor(r * math.sqrt(2.0) / 260.0) + 1
+    for n, r in {16: 1300.0, 36: 2000.0, 64: 3000.0}.items()
+}
 
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
 pcts = st.floats(min_value=0.0, max_value=100.0, allow_nan=False)
@@ -39,8 +41,14 @@ def grid_specs(draw: st.DrawFn) -> dict[str, Any]:
     else:
         site, n = HR1, draw(st.integers(min_value=1, max_value=60))
     grid_size = draw(st.integers(min_value=math.ceil(math.sqrt(n)), max_value=12))
-    return {"site": site, "n_turbines": n, "start": "grid", "grid_size": grid_size,
-            "random_pct": draw(pcts), "seed": draw(seeds)}
+    return {
+        "site": site,
+        "n_turbines": n,
+        "start": "grid",
+        "grid_size": grid_size,
+        "random_pct": draw(pcts),
+        "seed": draw(seeds),
+    }
 
 
 @settings(deadline=None, max_examples=40)
@@ -71,8 +79,13 @@ def test_coarse_grid_without_random_turbines_keeps_spacing(
 @settings(deadline=None, max_examples=25)
 @given(n=st.sampled_from([16, 36, 64]), random_pct=pcts, seed=seeds)
 def test_baseline_start_is_inside_and_deterministic(n: int, random_pct: float, seed: int) -> None:
-    kwargs: dict[str, Any] = {"n_turbines": n, "start": "baseline", "grid_size": 1,
-                              "random_pct": random_pct, "seed": seed}
+    kwargs: dict[str, Any] = {
+        "n_turbines": n,
+        "start": "baseline",
+        "grid_size": 1,
+        "random_pct": random_pct,
+        "seed": seed,
+    }
     layout = initial_layout(IEA37, **kwargs)
     assert layout.shape == (n, 2)
     assert boundary_violation(IEA37, n, layout).max() <= 1e-6
@@ -95,8 +108,7 @@ def test_sparse_random_start_keeps_spacing(seed: int) -> None:
 
 
 def test_different_seeds_give_different_random_layouts() -> None:
-    kwargs: dict[str, Any] = {"n_turbines": 16, "start": "grid", "grid_size": 4,
-                              "random_pct": 50.0}
+    kwargs: dict[str, Any] = {"n_turbines": 16, "start": "grid", "grid_size": 4, "random_pct": 50.0}
     a = initial_layout(IEA37, seed=0, **kwargs)
     b = initial_layout(IEA37, seed=1, **kwargs)
     assert not np.array_equal(a, b)

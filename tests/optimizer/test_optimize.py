@@ -18,8 +18,13 @@ def _check_result(result: LayoutResult, n_turbines: int) -> None:
     assert result.layout.shape == result.initial_layout.shape == (n_turbines, 2)
     assert result.layout.dtype == np.float64
     assert np.all(np.isfinite(result.layout))
-    for value in (result.aep_gwh, result.initial_aep_gwh, result.wall_time_s,
-                  result.aep_time_s, result.gradient_time_s):
+    for value in (
+        result.aep_gwh,
+        result.initial_aep_gwh,
+        result.wall_time_s,
+        result.aep_time_s,
+        result.gradient_time_s,
+    ):
         assert math.isfinite(value)
     assert result.max_boundary_violation_m <= FEASIBILITY_TOL_M
     assert result.max_spacing_violation_m <= FEASIBILITY_TOL_M
@@ -52,18 +57,29 @@ def test_small_iea37_grid_optimization_improves_and_is_feasible() -> None:
         result.layout[0, 0] = 0.0
 
 
-@pytest.mark.parametrize(("start", "random_pct", "seed", "maxiter"), [
-    ("baseline", 0.0, 0, 40),
-    ("grid", 50.0, 3, 2),
-    ("baseline", 50.0, 7, 5),
-])
+@pytest.mark.parametrize(
+    ("start", "random_pct", "seed", "maxiter"),
+    [
+        ("baseline", 0.0, 0, 40),
+        ("grid", 50.0, 3, 2),
+        ("baseline", 50.0, 7, 5),
+    ],
+)
 def test_iea37_starts_and_early_stops_stay_feasible(
     start: str, random_pct: float, seed: int, maxiter: int
 ) -> None:
     # Early stops leave SLSQP slightly outside the circle: the fallback must still hand back a
     # feasible layout that is no worse than the start.
-    result = optimize_layout(site="iea37", n_turbines=16, start=start, grid_size=5,
-                             random_pct=random_pct, seed=seed, maxiter=maxiter, tol=1e-6)
+    result = optimize_layout(
+        site="iea37",
+        n_turbines=16,
+        start=start,
+        grid_size=5,
+        random_pct=random_pct,
+        seed=seed,
+        maxiter=maxiter,
+        tol=1e-6,
+    )
     _check_result(result, 16)
     assert result.iterations <= maxiter
     if start == "baseline" and random_pct == 0.0:
@@ -73,8 +89,14 @@ def test_iea37_starts_and_early_stops_stay_feasible(
 
 
 def test_default_farm_size_and_determinism() -> None:
-    kwargs: dict[str, Any] = {"site": "iea37", "grid_size": 5, "random_pct": 25.0, "seed": 11,
-                              "maxiter": 8, "tol": 1e-6}
+    kwargs: dict[str, Any] = {
+        "site": "iea37",
+        "grid_size": 5,
+        "random_pct": 25.0,
+        "seed": 11,
+        "maxiter": 8,
+        "tol": 1e-6,
+    }
     a = optimize_layout(**kwargs)
     b = optimize_layout(**kwargs)
     assert a.layout.shape == (16, 2)
@@ -84,8 +106,9 @@ def test_default_farm_size_and_determinism() -> None:
 
 def test_hornsrev1_polygon_optimization_is_feasible() -> None:
     site = get_site("hornsrev1")
-    result = optimize_layout(site="hornsrev1", n_turbines=4, grid_size=2, random_pct=50.0,
-                             seed=1, maxiter=5, tol=1e-6)
+    result = optimize_layout(
+        site="hornsrev1", n_turbines=4, grid_size=2, random_pct=50.0, seed=1, maxiter=5, tol=1e-6
+    )
     assert result.layout.shape == (4, 2)
     assert result.aep_gwh >= result.initial_aep_gwh - 1e-9
     from optimizer.layouts import boundary_violation, spacing_violation
@@ -94,21 +117,31 @@ def test_hornsrev1_polygon_optimization_is_feasible() -> None:
     assert spacing_violation(site, result.layout) <= FEASIBILITY_TOL_M
 
 
-@pytest.mark.parametrize(("override", "option"), [
-    ({"method": "COBYLA"}, "method"),
-    ({"maxiter": 0}, "maxiter"),
-    ({"tol": 0.0}, "tol"),
-    ({"tol": float("inf")}, "tol"),
-    ({"site": "nowhere"}, "site"),
-    ({"n_turbines": 17}, "n_turbines"),
-    ({"random_pct": -5.0}, "random_pct"),
-    ({"start": "hexagon"}, "start"),
-])
+@pytest.mark.parametrize(
+    ("override", "option"),
+    [
+        ({"method": "COBYLA"}, "method"),
+        ({"maxiter": 0}, "maxiter"),
+        ({"tol": 0.0}, "tol"),
+        ({"tol": float("inf")}, "tol"),
+        ({"site": "nowhere"}, "site"),
+        ({"n_turbines": 17}, "n_turbines"),
+        ({"random_pct": -5.0}, "random_pct"),
+        ({"start": "hexagon"}, "start"),
+    ],
+)
 def test_bad_options_raise_value_error_naming_the_option(
     override: dict[str, Any], option: str
 ) -> None:
-    kwargs: dict[str, Any] = {"site": "iea37", "n_turbines": 16, "grid_size": 4,
-                              "random_pct": 0.0, "seed": 0, "maxiter": 5, "tol": 1e-6}
+    kwargs: dict[str, Any] = {
+        "site": "iea37",
+        "n_turbines": 16,
+        "grid_size": 4,
+        "random_pct": 0.0,
+        "seed": 0,
+        "maxiter": 5,
+        "tol": 1e-6,
+    }
     with pytest.raises(ValueError, match=rf"^{option}: "):
         optimize_layout(**{**kwargs, **override})
 
@@ -130,8 +163,9 @@ def test_non_finite_aep_raises_floating_point_error(monkeypatch: pytest.MonkeyPa
     real = SiteSpec.wind_farm_model
     monkeypatch.setattr(SiteSpec, "wind_farm_model", lambda self, n: _NanAEP(real(self, n)))
     with pytest.raises(FloatingPointError, match="AEP"):
-        optimize_layout(site="iea37", n_turbines=16, grid_size=4, random_pct=0.0, seed=0,
-                        maxiter=5, tol=1e-6)
+        optimize_layout(
+            site="iea37", n_turbines=16, grid_size=4, random_pct=0.0, seed=0, maxiter=5, tol=1e-6
+        )
 
 
 def test_warm_up_builds_the_model() -> None:
