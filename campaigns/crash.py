@@ -1,0 +1,571 @@
+"""Crash campaign: SIGKILL writers, merges and whole sweeps at random moments.
+
+(a) ``writer``: a forked child commits groups with ``ShardWriter(commit_every=3)`` and
+    logs each committed key after an fsync; it is SIGKILLed after a random delay. Every
+    committed shard must validate clean, every logged key must be present exactly once
+    with the right digest, and a re-run (writing the missing keys) must complete with
+    every key exactly once.
+(b) ``merge``: ``h5guard merge`` (the CLI, a real process) merges new shards (plus a
+    non-HDF5 file and a stale partial) into an output that already holds groups, and is
+    SIGKILLed after a random delay. The output must be the old one byte for byte or the
+    complete new one; a re-run must give every group exactly once with the right digest,
+    no shard left, no partial left, the bad file quarantined once.
+(c) ``sweep``: ``layout-sweep run`` (tiny spec: iea37, 16 turbines, 4 configs, maxiter
+    15, 2 workers) is SIGKILLed at a random moment, either the main process or one of its
+    children (a worker or a checker). The output (if any) must validate clean; the
+    resumed (or surviving) run must end with exit 0 and every config exactly once, no
+    failure records and no shard left. Recomputed configs (optimized more than once) are
+    counted from completion logs written by :mod:`campaigns._sweep_main`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import h5py
+
+from campaigns import _samples
+from campaigns._common import (
+    CampaignResult,
+    Deadline,
+    Row,
+    children_of,
+    sha256_file,
+    stop,
+)
+from h5guard import Sandbox, Severity, ShardWriter, merge, validate_many
+
+NAME = "crash"
+WRITER_KEYS = 30
+LEGEND = (
+    "runs = trials (one SIGKILL each); flagged = committed files that failed validation after "
+    "the kill; passed-unchanged = trials where every check held; silent = wrong values; "
+    "crashes = re-runs that failed; hangs = re-runs that overran; lost = committed results "
+    "missing; recomputed = configs optimized more than once."
+)
+SPEC = """
+[[sweep]]
+site = "iea37"
+n_turbines = 16
+grid_size = [4]
+random_pct = [25, 50]
+seeds = [0, 1]
+
+[optimizer]
+maxiter = 15
+"""
+
+
+# -- (a) the writer ----------------------------------------------------------------------
+def _writer_child(directory: Path, log: Path, keys: list[int]) -> None:
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    logged = 0
+    with ShardWriter(directory, schema=_samples.SCHEMA, commit_every=3, prefix="shard") as w:
+        for i in keys:
+            datasets, attrs = _samples.group(i, wake=_samples.wake_of(i, 4))
+            w.add(f"g{i}", datasets, attrs)
+            if len(w.committed_keys) > logged:
+                os.write(fd, "".join(f"{k}\n" for k in w.committed_keys[logged:]).encode())
+                os.fsync(fd)
+                logged = len(w.committed_keys)
+    if len(w.committed_keys) > logged:
+        os.write(fd, "".join(f"{k}\n" for k in w.committed_keys[logged:]).encode())
+        os.fsync(fd)
+    os.close(fd)
+
+
+def _fork_writer(directory: Path, log: Path, keys: list[int]) -> int:
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            _writer_child(directory, log, keys)
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _shard_state(
+    directory: Path, box: Sandbox
+) -> tuple[dict[str, list[str]], dict[str, str], list[str]]:
+    """``{key: [shards]}``, ``{key: digest}`` and problems of the committed shards."""
+    finals = sorted(str(p) for p in directory.glob("*.h5"))
+    report = validate_many(finals, sandbox=box)
+    where: dict[str, list[str]] = {}
+    digests: dict[str, str] = {}
+    problems = [str(f) for f in report.findings if f.severity >= Severity.WARNING]
+    for summary in report.files:
+        for key, digest in summary.groups.items():
+            where.setdefault(key, []).append(Path(summary.path).name)
+            digests[key] = digest or ""
+    return where, digests, problems
+
+
+def _expected(i: int) -> str:
+    return _samples.expected_digest(i, wake=_samples.wake_of(i, 4))
+
+
+def writer_trial(
+    result: CampaignResult,
+    row: Row,
+    work: Path,
+    box: Sandbox,
+    rng: random.Random,
+    span: list[float],
+) -> None:
+    """``span[0]``: longest kill delay, shrunk when a writer ends before its kill."""
+    directory, log = work / "shards", work / "committed.log"
+    directory.mkdir(parents=True)
+    pid = _fork_writer(directory, log, list(range(WRITER_KEYS)))
+    delay = rng.uniform(0.0, span[0])
+    time.sleep(delay)
+    done, _ = os.waitpid(pid, os.WNOHANG)
+    counted = not done
+    if done:
+        result.tally("writer trials not counted: the writer finished before the kill")
+        span[0] = max(0.05, min(span[0], 0.98 * delay))
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        row.runs += 1
+    ok = True
+    where, digests, problems = _shard_state(directory, box)
+    promised = set(log.read_text().split()) if log.exists() else set()
+    if counted and promised:
+        result.tally("writer kills after at least one logged commit")
+    if problems:
+        ok = False
+        row.flagged = (row.flagged or 0) + 1
+        result.violate(row, f"committed shard invalid after SIGKILL: {problems[0]}")
+    missing = promised - set(where)
+    if missing:
+        ok = False
+        row.lost = (row.lost or 0) + len(missing)
+        result.violate(
+            row, f"logged-as-committed keys missing after SIGKILL: {sorted(missing)[:5]}"
+        )
+    dups = {k: v for k, v in where.items() if len(v) > 1}
+    wrong = [k for k, d in digests.items() if d != _expected(int(k[1:]))]
+    if dups or wrong:
+        ok = False
+        row.silent = (row.silent or 0) + len(wrong)
+        result.violate(row, f"duplicated {sorted(dups)[:3]} or wrong-digest {wrong[:3]} groups")
+    # Re-run: a fresh writer commits what is missing.
+    todo = [i for i in range(WRITER_KEYS) if f"g{i}" not in where]
+    pid = _fork_writer(directory, work / "rerun.log", todo)
+    deadline = time.monotonic() + 120
+    status = None
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.01)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        row.hangs += 1
+        result.violate(row, "the re-run writer did not finish within 120 s")
+        return
+    if status != 0:
+        row.crashes += 1
+        result.violate(row, f"the re-run writer failed (wait status {status})")
+        return
+    where, digests, problems = _shard_state(directory, box)
+    if problems or set(where) != {f"g{i}" for i in range(WRITER_KEYS)}:
+        ok = False
+        lost = {f"g{i}" for i in range(WRITER_KEYS)} - set(where)
+        row.lost = (row.lost or 0) + len(lost)
+        result.violate(
+            row, f"after the re-run: problems {problems[:1]}, missing {sorted(lost)[:5]}"
+        )
+    if any(len(v) > 1 for v in where.values()):
+        ok = False
+        result.violate(row, "after the re-run a key is in two shards")
+    if ok and counted:
+        row.passed = (row.passed or 0) + 1
+    if counted and list(directory.glob("*.partial")):
+        result.tally(
+            "writer trials leaving a stale *.partial of the killed writer (merges skip it)"
+        )
+
+
+def _calibrate_writer(work: Path) -> float:
+    directory = work / "calibrate"
+    directory.mkdir(parents=True)
+    started = time.monotonic()
+    pid = _fork_writer(directory, work / "calibrate.log", list(range(WRITER_KEYS)))
+    os.waitpid(pid, 0)
+    return time.monotonic() - started
+
+
+# -- (b) the merge ------------------------------------------------------------------------
+OLD = range(0, 12)
+NEW = range(12, 30)
+BIG_EVERY = 2
+BIG = 20000
+
+
+def _expected_merge(i: int) -> str:
+    return _samples.expected_digest(i, wake=BIG if i % BIG_EVERY == 0 else 0)
+
+
+def _merge_template(root: Path) -> tuple[Path, str, set[str]]:
+    tmp = root / "tmp"
+    _samples.write_shards(tmp, OLD, per_shard=4, wake_every=BIG_EVERY, wake=BIG)
+    merge(tmp, root / "out.h5", workers=1)
+    _samples.write_shards(tmp, NEW, per_shard=3, wake_every=BIG_EVERY, wake=BIG)
+    (tmp / "bad.h5").write_bytes(b"not an HDF5 file: a worker's log\n" * 200)
+    host = _atomic_host()
+    (tmp / f"shard-20200101T000000-{host}-{_dead_pid()}-deadbeef.h5.partial").write_bytes(
+        b"\x89HDF\r\n\x1a\n" + b"\0" * 4000
+    )
+    return root, sha256_file(root / "out.h5"), {p.name for p in tmp.glob("*.h5")}
+
+
+def _atomic_host() -> str:
+    from h5guard._atomic import writer_tag
+
+    return writer_tag().rsplit("-", 1)[0]
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _merge_cmd(work: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "h5guard.cli",
+        "merge",
+        str(work / "tmp"),
+        "-o",
+        str(work / "out.h5"),
+        "--lock-timeout",
+        "30",
+        "--json",
+    ]
+
+
+def _output_keys(path: Path, box: Sandbox) -> tuple[bool, dict[str, str], str]:
+    report = validate_many([str(path)], sandbox=box)
+    problems = [f for f in report.findings if f.severity >= Severity.WARNING]
+    summary = report.files[0]
+    groups = {k: v or "" for k, v in summary.groups.items()}
+    return not problems, groups, str(problems[0]) if problems else ""
+
+
+def merge_trial(
+    result: CampaignResult,
+    row: Row,
+    work: Path,
+    template: tuple[Path, str, set[str]],
+    box: Sandbox,
+    rng: random.Random,
+    span: list[float],
+) -> None:
+    """``span[0]``: longest kill delay, shrunk when a merge ends before its kill."""
+    root, old_sha, shard_names = template
+    shutil.copytree(root, work)
+    proc = subprocess.Popen(
+        _merge_cmd(work), cwd=_samples.REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    # Uniform over the run, with extra weight on its end (writing, verifying, committing).
+    s = span[0]
+    delay = rng.uniform(0.0, s) if rng.random() < 0.6 else rng.uniform(0.6 * s, 1.05 * s)
+    time.sleep(delay)
+    counted = proc.poll() is None
+    if not counted:
+        result.tally("merge trials not counted: the merge finished before the kill")
+        span[0] = max(0.1, min(span[0], 0.98 * delay))
+    else:
+        row.runs += 1
+    stop(proc)
+    ok = True
+    old_keys = {f"g{i}" for i in OLD}
+    all_keys = {f"g{i}" for i in (*OLD, *NEW)}
+    out = work / "out.h5"
+    if proc.returncode not in (0, 1, -signal.SIGKILL):
+        row.crashes += 1
+        assert proc.stderr is not None
+        result.violate(row, f"merge exited {proc.returncode}: {proc.stderr.read()[-300:]!r}")
+    if proc.stderr is not None:
+        proc.stderr.close()
+    if sha256_file(out) == old_sha:
+        if counted:
+            result.tally("merge kills that left the old output (byte-identical)")
+    else:
+        if counted:
+            result.tally("merge kills that left the complete new output")
+        valid, groups, problem = _output_keys(out, box)
+        if not valid or set(groups) != all_keys:
+            ok = False
+            row.flagged = (row.flagged or 0) + 1
+            result.violate(
+                row,
+                f"after a kill at {delay:.3f} s the output is neither old nor complete: {problem} "
+                f"keys {len(groups)}",
+            )
+    for p in (work / "tmp").glob("*.h5"):
+        if p.name not in shard_names or sha256_file(p) != sha256_file(root / "tmp" / p.name):
+            ok = False
+            result.violate(row, f"shard {p.name} changed or appeared after the kill")
+    if counted and (work / "out.h5.partial").exists():
+        result.tally("merge trials leaving out.h5.partial after the kill (the re-run removes it)")
+    # Re-run to completion, in-process.
+    try:
+        rerun = merge(work / "tmp", out, workers=1, lock_timeout=30)
+        code = rerun.exit_code
+    except Exception as err:
+        row.crashes += 1
+        result.violate(row, f"re-run merge raised {type(err).__name__}: {err}")
+        return
+    valid, groups, problem = _output_keys(out, box)
+    missing = all_keys - set(groups)
+    wrong = [k for k in groups if k in all_keys and groups[k] != _expected_merge(int(k[1:]))]
+    leftovers = [p.name for p in (work / "tmp").glob("*.h5")]
+    quarantined = sorted(p.name for p in (work / "tmp" / "quarantine").glob("*.h5"))
+    if not valid or missing or wrong or set(groups) - all_keys:
+        ok = False
+        row.lost = (row.lost or 0) + len(missing)
+        row.silent = (row.silent or 0) + len(wrong)
+        result.violate(
+            row,
+            f"after the re-run (exit {code}): {problem} missing {sorted(missing)[:5]} wrong {wrong[:3]}",
+        )
+    if leftovers or (work / "out.h5.partial").exists() or quarantined != ["bad.h5"]:
+        ok = False
+        result.violate(
+            row,
+            f"after the re-run: shards left {leftovers[:3]}, partial "
+            f"{(work / 'out.h5.partial').exists()}, quarantine {quarantined}",
+        )
+    if sha256_file(out) != old_sha and set(groups) == old_keys:
+        ok = False
+        result.violate(row, "the output changed but gained nothing")
+    if ok and counted:
+        row.passed = (row.passed or 0) + 1
+
+
+def _calibrate_merge(work: Path, template: tuple[Path, str, set[str]]) -> float:
+    shutil.copytree(template[0], work)
+    started = time.monotonic()
+    subprocess.run(
+        _merge_cmd(work), cwd=_samples.REPO, capture_output=True, timeout=300, check=False
+    )
+    return time.monotonic() - started
+
+
+# -- (c) the sweep ------------------------------------------------------------------------
+def _sweep_cmd() -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "campaigns._sweep_main",
+        "run",
+        "spec.toml",
+        "-o",
+        "out.h5",
+        "--workers",
+        "2",
+        "--json",
+    ]
+
+
+def _sweep_env(work: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["CAMPAIGN_COMPLETIONS"] = str(work / "completions.log")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_samples.REPO), env.get("PYTHONPATH")) if p)
+    env.pop("LAYOUT_SWEEP_FAULT", None)
+    return env
+
+
+def _planned(work: Path) -> set[str]:
+    from optimizer import expand_spec, load_spec
+
+    return {c.config_id for c in expand_spec(load_spec(str(work / "spec.toml")))}
+
+
+def _run_sweep(work: Path, timeout: float = 600) -> tuple[int, dict[str, object], str]:
+    proc = subprocess.run(
+        _sweep_cmd(),
+        cwd=work,
+        env=_sweep_env(work),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    try:
+        doc = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    except ValueError:
+        doc = {}
+    return proc.returncode, doc, proc.stderr[-500:]
+
+
+def sweep_trial(
+    result: CampaignResult,
+    row: Row,
+    work: Path,
+    box: Sandbox,
+    rng: random.Random,
+    span: list[float],
+) -> None:
+    """``span[0]``: longest kill delay, shrunk when a sweep ends before its kill."""
+    work.mkdir(parents=True)
+    (work / "spec.toml").write_text(SPEC, encoding="utf-8")
+    planned = _planned(work)
+    proc = subprocess.Popen(
+        _sweep_cmd(),
+        cwd=work,
+        env=_sweep_env(work),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    target = "main" if rng.random() < 0.5 else "child"
+    delay = rng.uniform(0.3, span[0])
+    time.sleep(delay)
+    victim = proc.pid
+    if target == "child":
+        kids = children_of(proc.pid)
+        if kids:
+            victim = rng.choice(kids)
+        else:
+            target = "main"
+    counted = proc.poll() is None
+    if counted:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+        row.runs += 1
+        result.tally(f"sweep trials that killed the {target}")
+    else:
+        result.tally("sweep trials not counted: the sweep finished before the kill")
+        span[0] = max(1.0, min(span[0], 0.95 * delay))
+    ok = True
+    try:
+        _, err_text = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        row.hangs += 1
+        result.violate(row, f"the sweep did not finish within 600 s after its {target} was killed")
+        return
+    out = work / "out.h5"
+    if target == "main" or proc.returncode != 0:
+        if out.exists():
+            valid, _, problem = _output_keys(out, box)
+            if not valid:
+                ok = False
+                row.flagged = (row.flagged or 0) + 1
+                result.violate(row, f"output invalid after killing the {target}: {problem}")
+        code, _, err = _run_sweep(work)
+        if code != 0:
+            row.crashes += 1
+            result.violate(
+                row,
+                f"resume after killing the {target} at {delay:.2f} s exited {code}: {err.strip()[-300:]}",
+            )
+            return
+    elif proc.returncode != 0:
+        row.crashes += 1
+        result.violate(
+            row, f"the sweep exited {proc.returncode} after a {target} kill: {err_text[-300:]}"
+        )
+        return
+    valid, groups, problem = _output_keys(out, box)
+    cfgs = {k for k in groups if k.startswith("cfg-")}
+    fails = [k for k in groups if k.startswith("fail-")]
+    leftovers = list((work / "out.h5_temp").glob("*.h5"))
+    if not valid or cfgs != planned or fails or leftovers:
+        ok = False
+        lost = planned - cfgs
+        row.lost = (row.lost or 0) + len(lost)
+        result.violate(
+            row,
+            f"after killing the {target} at {delay:.2f} s: {problem} missing {sorted(lost)} "
+            f"failures {fails} shards left {[p.name for p in leftovers]}",
+        )
+    with h5py.File(out, "r", locking=False) as f:
+        statuses = {k: f[k].attrs["status"] for k in cfgs}
+    if any(s != b"ok" for s in statuses.values()):
+        ok = False
+        result.violate(row, f"a config is not ok: {statuses}")
+    log = work / "completions.log"
+    counts = Counter(log.read_text().split()) if log.exists() else Counter()
+    row.recomputed = (row.recomputed or 0) + sum(n - 1 for n in counts.values() if n > 1)
+    if ok and counted:
+        row.passed = (row.passed or 0) + 1
+
+
+def _calibrate_sweep(work: Path) -> float:
+    work.mkdir(parents=True)
+    (work / "spec.toml").write_text(SPEC, encoding="utf-8")
+    started = time.monotonic()
+    code, _, err = _run_sweep(work)
+    if code != 0:
+        raise RuntimeError(f"the calibration sweep failed ({code}): {err}")
+    return time.monotonic() - started
+
+
+# -- the campaign ------------------------------------------------------------------------
+def run(
+    budget: float, seed: int = 0, *, parts: tuple[str, ...] = ("writer", "merge", "sweep")
+) -> CampaignResult:
+    deadline = Deadline(budget)
+    result = CampaignResult(NAME, legend=LEGEND)
+    rng = random.Random(seed)
+    shares = {"writer": 0.15, "merge": 0.45, "sweep": 0.4}
+    with (
+        tempfile.TemporaryDirectory(prefix="campaign-crash-") as tmp,
+        Sandbox(workers=2, timeout=60) as box,
+    ):
+        work = Path(tmp)
+        for n, part in enumerate(parts):
+            left = sum(shares[p] for p in parts[n:])
+            sub = deadline.share(shares[part] / left if left else 1.0)
+            started = time.monotonic()
+            if part == "writer":
+                row = result.row("(a) SIGKILL a ShardWriter (commit_every=3)", lost=0)
+                span = [_calibrate_writer(work / "a-cal")]
+                t = 0
+                while not sub.expired() or row.runs < 2:
+                    writer_trial(result, row, work / f"a{t}", box, rng, span)
+                    shutil.rmtree(work / f"a{t}", ignore_errors=True)
+                    t += 1
+            elif part == "merge":
+                row = result.row("(b) SIGKILL h5guard merge into a non-empty output", lost=0)
+                template = _merge_template(work / "b-template")
+                span = [_calibrate_merge(work / "b-cal", template)]
+                t = 0
+                while not sub.expired() or row.runs < 2:
+                    merge_trial(result, row, work / f"b{t}", template, box, rng, span)
+                    shutil.rmtree(work / f"b{t}", ignore_errors=True)
+                    t += 1
+            else:
+                row = result.row(
+                    "(c) SIGKILL layout-sweep run (main or a child), resume", lost=0, recomputed=0
+                )
+                spans = [_calibrate_sweep(work / "c-cal")]
+                t = 0
+                while not sub.expired() or row.runs < 1:
+                    sweep_trial(result, row, work / f"c{t}", box, rng, spans)
+                    shutil.rmtree(work / f"c{t}", ignore_errors=True)
+                    t += 1
+            row.seconds = time.monotonic() - started
+    result.seconds = deadline.elapsed()
+    return result
