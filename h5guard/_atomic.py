@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
 
-# libhdf5 crashes instead of raising when a write hits a full disk, so every write
+# libhdf5 may segfault (or raise an opaque RuntimeError) when a write hits a full disk, so every write
 # keeps this much room in reserve on top of its own estimate.
 DEFAULT_MIN_FREE = 16 * 1024 * 1024
 

@@ -63,8 +63,9 @@ class WriterClosedError(H5GuardError, RuntimeError):
 class InsufficientSpaceError(H5GuardError, OSError):
     """Refused before writing because the file system cannot hold the data.
 
-    libhdf5 crashes the process (segfault inside ``close()``) when a write hits a
-    full disk, so h5guard checks the free space first and refuses instead.
+    When a write hits a full disk, libhdf5 fails inside ``close()``: a segfault in
+    some of our runs, an opaque ``RuntimeError`` in others. So h5guard checks the free
+    space first and refuses instead.
     """
 
     def __init__(self, directory: str, needed: int, available: int) -> None:
