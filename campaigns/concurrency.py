@@ -356,30 +356,7 @@ def merges_trial(
             row.crashes += 1
             result.violate(row, f"{p.name} exited {code}: {p.err.strip()[-300:]}")
     for p in losers:
-        again = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "h5guard.cli",
-                "merge",
-                str(dirs[int(p.name[-1])]),
-                "-o",
-                str(out),
-                "--lock-timeout",
-                "60",
-            ],
-            cwd=_samples.REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if again.returncode != 0:
-            ok = False
-            row.crashes += 1
-            result.violate(
-                row, f"re-run of {p.name} exited {again.returncode}: {again.stderr[-300:]}"
-            )
+        ok &= _rerun_loser(result, row, p.name, dirs[int(p.name[-1])], out)
     result.tally(f"{row.scenario}: merges that lost the lock (exit 2) and were re-run", len(losers))
     ok &= _check_monitor(result, row, monitor, box)
     ok &= _check_final(result, row, out, expected, [base, *dirs], box)
@@ -488,30 +465,7 @@ def sweep_trial(
             ok &= _judge_loser(result, row, p, pids)
             if "pid " + str(a.pid) in p.err:
                 result.tally("merges refused while the sweep held the output lock")
-            again = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "h5guard.cli",
-                    "merge",
-                    str(dirs[int(p.name[-1])]),
-                    "-o",
-                    str(out),
-                    "--lock-timeout",
-                    "60",
-                ],
-                cwd=_samples.REPO,
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
-            if again.returncode != 0:
-                ok = False
-                row.crashes += 1
-                result.violate(
-                    row, f"re-run of {p.name} exited {again.returncode}: {again.stderr[-300:]}"
-                )
+            ok &= _rerun_loser(result, row, p.name, dirs[int(p.name[-1])], out)
         elif code != 0:
             ok = False
             row.crashes += 1
@@ -561,3 +515,30 @@ def run(budget: float, seed: int = 0) -> CampaignResult:
             row.seconds = time.monotonic() - started
     result.seconds = deadline.elapsed()
     return result
+
+
+def _rerun_loser(result: CampaignResult, row: Row, name: str, shard_dir: Path, out: Path) -> bool:
+    """A merge that lost the lock must succeed when re-run with a patient lock timeout."""
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "h5guard.cli",
+            "merge",
+            str(shard_dir),
+            "-o",
+            str(out),
+            "--lock-timeout",
+            "60",
+        ],
+        cwd=_samples.REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if again.returncode == 0:
+        return True
+    row.crashes += 1
+    result.violate(row, f"re-run of {name} exited {again.returncode}: {again.stderr[-300:]}")
+    return False
