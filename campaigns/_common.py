@@ -299,3 +299,17 @@ def fill_file_system(directory: Path, leave: int = 0) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+# The sweep the crash and concurrency campaigns run: 4 configs, a few seconds of work.
+TINY_SWEEP_SPEC = """
+[[sweep]]
+site = "iea37"
+n_turbines = 16
+grid_size = [4]
+random_pct = [25, 50]
+seeds = [0, 1]
+
+[optimizer]
+maxiter = 15
+"""

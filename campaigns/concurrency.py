@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from campaigns import _samples
-from campaigns._common import CampaignResult, Deadline, Row, problems_by_path, stop
+from campaigns._common import TINY_SWEEP_SPEC, CampaignResult, Deadline, Row, problems_by_path, stop
 from h5guard import Sandbox, Schema, ShardWriter, validate_many
 from h5guard._layout import digest_of, normalize_value
 
@@ -47,17 +47,6 @@ LEGEND = (
     "groups with a wrong digest; crashes = processes with an unexpected exit or message; "
     "hangs = processes that overran; lost = groups missing at the end."
 )
-SPEC = """
-[[sweep]]
-site = "iea37"
-n_turbines = 16
-grid_size = [4]
-random_pct = [25, 50]
-seeds = [0, 1]
-
-[optimizer]
-maxiter = 15
-"""
 # A pre-started CLI process: imports done, it runs `h5guard ARGS` the moment GO exists.
 _WAITING_CLI = """
 import os, sys, time
@@ -395,7 +384,7 @@ def _second_sweep(result: CampaignResult, row: Row, work: Path, a: subprocess.Po
 
 
 def two_sweeps_trial(result: CampaignResult, row: Row, work: Path) -> None:
-    (work / "spec.toml").write_text(SPEC, encoding="utf-8")
+    (work / "spec.toml").write_text(TINY_SWEEP_SPEC, encoding="utf-8")
     a = _sweep(work)
     row.runs += 1
     try:
@@ -411,7 +400,7 @@ def sweep_trial(
     from optimizer import expand_spec, load_spec
 
     work.mkdir(parents=True, exist_ok=True)
-    (work / "spec.toml").write_text(SPEC, encoding="utf-8")
+    (work / "spec.toml").write_text(TINY_SWEEP_SPEC, encoding="utf-8")
     out = work / "out.h5"
     planned = {c.config_id for c in expand_spec(load_spec(str(work / "spec.toml")))}
     expected: dict[str, str | None] = dict.fromkeys(planned)

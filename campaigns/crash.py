@@ -37,6 +37,7 @@ import h5py
 
 from campaigns import _samples
 from campaigns._common import (
+    TINY_SWEEP_SPEC,
     CampaignResult,
     Deadline,
     Row,
@@ -54,17 +55,6 @@ LEGEND = (
     "crashes = re-runs that failed; hangs = re-runs that overran; lost = committed results "
     "missing; recomputed = configs optimized more than once."
 )
-SPEC = """
-[[sweep]]
-site = "iea37"
-n_turbines = 16
-grid_size = [4]
-random_pct = [25, 50]
-seeds = [0, 1]
-
-[optimizer]
-maxiter = 15
-"""
 
 
 # -- (a) the writer ----------------------------------------------------------------------
@@ -428,7 +418,7 @@ def sweep_trial(
 ) -> None:
     """``span[0]``: longest kill delay, shrunk when a sweep ends before its kill."""
     work.mkdir(parents=True)
-    (work / "spec.toml").write_text(SPEC, encoding="utf-8")
+    (work / "spec.toml").write_text(TINY_SWEEP_SPEC, encoding="utf-8")
     planned = _planned(work)
     proc = subprocess.Popen(
         _sweep_cmd(),
@@ -514,7 +504,7 @@ def sweep_trial(
 
 def _calibrate_sweep(work: Path) -> float:
     work.mkdir(parents=True)
-    (work / "spec.toml").write_text(SPEC, encoding="utf-8")
+    (work / "spec.toml").write_text(TINY_SWEEP_SPEC, encoding="utf-8")
     started = time.monotonic()
     code, _, err = _run_sweep(work)
     if code != 0:

@@ -28,7 +28,7 @@ import itertools
 import json
 import math
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -272,7 +272,3 @@ DEMO_SPEC: Mapping[str, Any] = {
     ],
     "optimizer": {"method": "SLSQP", "maxiter": 100, "tol": 1e-6},
 }
-
-
-def configs_json(configs: Iterable[SweepConfig]) -> str:
-    return json.dumps([c.canonical() for c in configs], sort_keys=True)
