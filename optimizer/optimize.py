@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
 
 from optimizer.layouts import (
     boundary_violation,
@@ -235,6 +234,8 @@ class _Problem:
 
     def repair(self, xy: FloatArray) -> FloatArray:
         """Nearest feasible layout to ``xy`` (least squares), without any AEP evaluation."""
+        from scipy.optimize import minimize  # imported when used: the CLI must start fast
+
         target = self.to_u(xy)
         res = minimize(
             lambda u: 0.5 * float(np.sum((u - target) ** 2)),
@@ -338,6 +339,8 @@ def optimize_layout(
     initial_aep = problem.aep_gwh(xy0)
     # Keep the objective O(1); a zero initial AEP (all turbines idle) must not divide by zero.
     problem.aep_scale = initial_aep if initial_aep > 0.0 else 1.0
+
+    from scipy.optimize import minimize
 
     res = minimize(
         problem.objective,
