@@ -91,6 +91,10 @@ class WriteError(H5GuardError, OSError):
         self.path = path
         self.filename = path
 
+    def __str__(self) -> str:
+        # OSError renders "[Errno None] None: 'path'" once filename is set.
+        return str(self.args[0])
+
 
 class UnreadableOutputError(H5GuardError, OSError):
     """An existing merge output failed validation; it is left untouched."""

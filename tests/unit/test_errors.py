@@ -49,3 +49,12 @@ def test_messages_say_where_expected_and_found() -> None:
     assert lock.holder == "pid 12 on host"
     key = InvalidKeyError(5, "expected a str, got int")
     assert str(key) == "group key 5: expected a str, got int"
+
+
+def test_write_error_message_names_the_file_step_and_cause() -> None:
+    from h5guard import WriteError
+
+    err = WriteError("/data/out.h5.partial", "closing the shard failed", RuntimeError("boom\n x"))
+    assert str(err) == "/data/out.h5.partial: closing the shard failed: boom x"
+    assert err.filename == "/data/out.h5.partial"
+    assert isinstance(err, OSError)
