@@ -29,7 +29,10 @@ def write(directory: Path, n: int, per_shard: int) -> float:
             for i in range(start, min(n, start + per_shard)):
                 w.add(
                     f"cfg-{i:08d}",
-                    {"layout": rng.random((16, 2)) * 1000, "initial_layout": rng.random((16, 2)) * 1000},
+                    {
+                        "layout": rng.random((16, 2)) * 1000,
+                        "initial_layout": rng.random((16, 2)) * 1000,
+                    },
                     {
                         "status": "ok",
                         "config": json.dumps({"seed": i}),
@@ -66,7 +69,9 @@ def one(tmp: Path, n: int, per_shard: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--results", type=int, default=100_000)
     parser.add_argument("--per-shard", type=int, default=1000)
     args = parser.parse_args()

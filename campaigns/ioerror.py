@@ -10,7 +10,7 @@ the files afterwards), each with ENOSPC, EIO and EACCES, at the first or second 
   final name) and ``dirfsync`` (fsync of the shard directory). Also ``write, caller
   continues``: the add fails and the caller records it and goes on, as a sweep worker
   does.
-* merge protocol: ``copy`` (byte copy of the old output), ``write`` (``Group.copy`` into
+* merge protocol: ``copy`` (byte copy of the old output), ``write`` (``h5o.copy`` into
   the partial), ``close``, ``fsync``, ``replace``, ``dirfsync`` of the output's directory,
   and ``quarantine`` (the move of a bad shard into ``quarantine/``).
 * a real full file system: a small tmpfs mounted inside the work dir (needs root),
@@ -128,16 +128,17 @@ def _inject(fault: Fault, protocol: str, ctx: dict[str, str]) -> Iterator[None]:
 
         patches.append(mock.patch.object(_layout, "write_dataset", write_dataset))
     elif step == "write":
-        real_copy = h5py.Group.copy
+        real_copy = h5py.h5o.copy
 
-        def copy(self: Any, source: Any, dest: Any, *args: Any, **kwargs: Any) -> Any:
-            if fault.fire(f"copy {dest}"):
-                raise OSError(
-                    fault.errno_, f"Unable to copy object ({fault.hdf5_text(self.file.filename)})"
-                )
-            return real_copy(self, source, dest, *args, **kwargs)
+        def copy(
+            src_loc: Any, src_name: bytes, dst_loc: Any, dst_name: bytes, *a: Any, **k: Any
+        ) -> Any:
+            if fault.fire(f"copy {dst_name!r}"):
+                target = h5py.h5f.get_name(dst_loc).decode()
+                raise OSError(fault.errno_, f"Unable to copy object ({fault.hdf5_text(target)})")
+            return real_copy(src_loc, src_name, dst_loc, dst_name, *a, **k)
 
-        patches.append(mock.patch.object(h5py.Group, "copy", copy))
+        patches.append(mock.patch.object(h5py.h5o, "copy", copy))
     elif step == "close":
         real_close = h5py.File.close
 

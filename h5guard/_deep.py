@@ -7,6 +7,7 @@ h5guard itself just wrote.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
-from h5guard import _layout
+from h5guard import _layout, _seal
 from h5guard.errors import SchemaError
 from h5guard.report import Code, FileKind, FileSummary, Finding, Severity
 from h5guard.schema import DatasetInfo, Schema
@@ -245,6 +246,14 @@ def inspect_file(path: str, schema_json: str | None = None) -> tuple[list[Findin
                         "dataset outside any group",
                         Severity.WARNING,
                     )
+        if _seal.check_seal(path) is False:
+            ins.add(
+                "/",
+                Code.SEAL_MISMATCH,
+                "the bytes changed after the shard was committed (its seal does not match);"
+                " every group was read and checked instead",
+                Severity.INFO,
+            )
         if not ins.owned:
             ins.add(
                 "/",
@@ -279,6 +288,37 @@ def _size(path: str) -> int:
         return os.stat(path).st_size
     except OSError:
         return 0
+
+
+def sealed_summary(path: str, schema_json: str | None = None) -> FileSummary | None:
+    """The summary of a shard whose seal matched, from its root attributes alone.
+
+    The seal proves the bytes are the ones an h5guard writer committed, and that writer
+    digested every group and checked it against the schema it embedded. None when the
+    file does not carry what this needs (an index, the same schema): read it fully then.
+    """
+    with h5py.File(path, "r", locking=False) as f:
+        attrs = _layout.read_attrs(f)
+    if _text(attrs, _layout.FORMAT_ATTR) != _layout.SHARD_FORMAT:
+        return None
+    index_text = _text(attrs, _layout.INDEX_ATTR)
+    embedded = _text(attrs, _layout.SCHEMA_ATTR)
+    if index_text is None:
+        return None
+    if schema_json is not None and (
+        embedded is None or _normalized(embedded) != _normalized(schema_json)
+    ):
+        return None
+    try:
+        index = json.loads(index_text)
+    except ValueError:
+        return None
+    if not isinstance(index, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in index.items()
+    ):
+        return None
+    groups: dict[str, str | None] = dict(index)
+    return FileSummary(path, FileKind.SHARD, _size(path), groups=groups, schema_json=embedded)
 
 
 def group_index(path: str) -> tuple[str | None, dict[str, str | None], str | None]:

@@ -39,6 +39,7 @@ import numpy.typing as npt
 from h5guard.errors import InvalidKeyError, SchemaError
 
 DIGEST_ATTR = "h5guard_digest"
+INDEX_ATTR = "h5guard_index"  # JSON {key: digest} of a shard's groups, written at commit
 FORMAT_ATTR = "h5guard_format"
 SCHEMA_ATTR = "h5guard_schema"
 VERSION_ATTR = "h5guard_version"
@@ -189,8 +190,13 @@ def digest_of(
     return d.hexdigest()
 
 
-def create_file(path: str, mode: str = "w") -> h5py.File:
-    """Open a file for writing with metadata checksums on."""
+def create_file(path: str, mode: str = "w", *, userblock: int = 0) -> h5py.File:
+    """Open a file for writing with metadata checksums on.
+
+    ``userblock`` bytes at the start are left to the application (the shard seal).
+    """
+    if userblock:
+        return h5py.File(path, mode, libver=LIBVER, locking=False, userblock_size=userblock)
     return h5py.File(path, mode, libver=LIBVER, locking=False)
 
 
@@ -207,8 +213,28 @@ def _compact_dcpl() -> Any:
     return dcpl
 
 
+def _result_gcpl() -> Any:
+    gcpl = h5py.h5p.create(h5py.h5p.GROUP_CREATE)
+    # Attributes stay in the group's own (checksummed) object header however many there
+    # are, instead of moving to a fractal heap past 8: one place to read, and the layout
+    # h5guard's independent reader (_fastread) verifies without libhdf5. (Links past 8
+    # still go dense: h5py has no H5Pset_link_phase_change; such groups are verified
+    # through libhdf5.)
+    gcpl.set_attr_phase_change(65535, 0)
+    gcpl.set_obj_track_times(False)
+    return gcpl
+
+
 _LCPL = _utf8_plist(h5py.h5p.LINK_CREATE)
+LINK_CREATE_UTF8 = _LCPL  # link names are UTF-8, as h5py's high-level API makes them
 _COMPACT_DCPL = _compact_dcpl()
+_RESULT_GCPL = _result_gcpl()
+
+
+def create_result_group(parent: h5py.File, key: str) -> h5py.Group:
+    """A new top-level result group in the hardened layout."""
+    gid = h5py.h5g.create(parent.id, key.encode("utf-8"), lcpl=_LCPL, gcpl=_RESULT_GCPL)
+    return h5py.Group(gid)
 
 
 def _space(arr: npt.NDArray[Any]) -> Any:
@@ -250,7 +276,12 @@ def write_attr(obj: h5py.Group | h5py.File, name: str, arr: npt.NDArray[Any]) ->
 def iter_blocks(dset: h5py.Dataset) -> Iterator[npt.NDArray[Any]]:
     """Read a dataset as C-ordered blocks of whole rows, at most READ_BLOCK bytes."""
     if dset.ndim == 0 or dset.nbytes <= READ_BLOCK:
-        yield np.asarray(dset[()])
+        # Into an array of the stored dtype: dset[()] of a scalar fixed-length string
+        # returns bytes with its trailing NULs stripped, which would change the digest.
+        whole: npt.NDArray[Any] = np.empty(dset.shape, dtype=dset.dtype)
+        if whole.size:
+            dset.id.read(h5py.h5s.ALL, h5py.h5s.ALL, whole)
+        yield whole
         return
     row_bytes = max(1, dset.nbytes // max(1, dset.shape[0]))
     rows = max(1, READ_BLOCK // row_bytes)
@@ -260,7 +291,7 @@ def iter_blocks(dset: h5py.Dataset) -> Iterator[npt.NDArray[Any]]:
 
 def read_attr(obj: h5py.Group | h5py.File | h5py.Dataset, name: str) -> npt.NDArray[Any]:
     """Read an attribute as an array of the stored dtype (strings stay bytes)."""
-    return _read_attr_id(h5py.h5a.open(obj.id, name.encode("utf-8")))
+    return read_attr_id(h5py.h5a.open(obj.id, name.encode("utf-8")))
 
 
 def read_attrs(obj: h5py.Group | h5py.File | h5py.Dataset) -> dict[str, npt.NDArray[Any]]:
@@ -268,11 +299,11 @@ def read_attrs(obj: h5py.Group | h5py.File | h5py.Dataset) -> dict[str, npt.NDAr
     out: dict[str, npt.NDArray[Any]] = {}
     for index in range(h5py.h5a.get_num_attrs(obj.id)):
         aid = h5py.h5a.open(obj.id, index=index)
-        out[aid.name.decode("utf-8")] = _read_attr_id(aid)
+        out[aid.name.decode("utf-8")] = read_attr_id(aid)
     return out
 
 
-def _read_attr_id(aid: Any) -> npt.NDArray[Any]:
+def read_attr_id(aid: Any) -> npt.NDArray[Any]:
     shape = aid.shape  # each property call is a libhdf5 round trip: ask once
     dtype = aid.dtype
     if shape is None:  # a null dataspace has no value to read

@@ -3,13 +3,16 @@
 Protocol (each step leaves something valid on disk if the process dies there):
 
 1. take ``OUTPUT.lock`` (waits up to ``lock_timeout``; never deletes the lock file);
-2. validate every committed shard in the sandbox (quick + deep + digests + schema),
-   and index the existing output; move bad shards to ``quarantine/`` with a JSON note;
+2. validate every committed shard: one whose seal matches its bytes is exactly what an
+   h5guard writer committed and is planned from its index; any other is read fully in
+   the sandbox (quick + deep + digests + schema). Look the shards' keys up in the
+   existing output; move bad shards to ``quarantine/`` with a JSON note;
 3. check the free space for the new output before writing anything;
 4. build ``OUTPUT.partial``: a byte copy of the old output plus the new groups;
    a key already present with the same digest is a duplicate, with another digest
    a conflict (the output keeps its version);
-5. re-read every added group of the partial file and match its digest;
+5. recompute the digest of every added group from the bytes of the partial file
+   (h5guard's own reader, libhdf5 for what it does not know) and match it;
 6. fsync it, ``os.replace`` it over the output, fsync the directory;
 7. only now delete (or keep) the merged shards and quarantine conflicting ones.
 
@@ -26,7 +29,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from h5guard import _atomic, _layout, _lock
+from h5guard import _atomic, _deep, _fastread, _layout, _lock
 from h5guard._version import __version__
 from h5guard.errors import (
     H5GuardError,
@@ -217,48 +220,107 @@ def _shard_files(directory: str, output: str) -> tuple[list[str], list[str], lis
     return shards, stale, live
 
 
-def _index_output(output: str, box: Sandbox) -> tuple[dict[str, str | None], str | None]:
-    """Keys and digests of an existing output; raises if it is not a sound h5guard output."""
-    if not os.path.exists(output):
-        return {}, None
-    quick = validate_many([output], deep=False)
-    errors = [f for f in quick.findings if f.severity is Severity.ERROR]
-    if errors:
-        raise UnreadableOutputError(
-            f"{output}: existing output is damaged, left untouched: {errors[0].code} {errors[0].message}"
-        )
-    result = box.call("h5guard._deep:group_index", output)
-    if not result.ok:
-        raise UnreadableOutputError(
-            f"{output}: existing output could not be indexed ({result.failure}: {result.detail}); left untouched"
-        )
-    fmt, index, schema_json = result.value
-    if fmt not in (_layout.OUTPUT_FORMAT, None) and fmt != _layout.SHARD_FORMAT:
-        raise UnreadableOutputError(f"{output}: expected an h5guard output, found format {fmt!r}")
-    if fmt is None:
-        raise UnreadableOutputError(
-            f"{output}: expected an h5guard output, found an HDF5 file h5guard did not write; "
-            "merge into a new output, or salvage it first"
-        )
-    missing = [k for k, v in index.items() if v is None]
-    if missing:
-        raise UnreadableOutputError(f"{output}: group {missing[0]!r} has no digest; left untouched")
-    return index, schema_json
+class _Output:
+    """The existing output, opened read-only in-process to look keys up.
+
+    Only the keys a merge brings are looked up, so an incremental merge costs what it
+    adds, not what the output already holds. The quick layer vets the file first; it
+    is a file this library wrote (and verified) in an earlier merge.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.file: h5py.File | None = None
+        self.schema_json: str | None = None
+        self.count = 0
+        if not os.path.exists(path):
+            return
+        quick = validate_many([path], deep=False)
+        errors = [f for f in quick.findings if f.severity is Severity.ERROR]
+        if errors:
+            raise UnreadableOutputError(
+                f"{path}: existing output is damaged, left untouched: {errors[0].code} {errors[0].message}"
+            )
+        try:
+            self.file = h5py.File(path, "r", locking=False)
+            fmt = _layout.text_attr(self.file, _layout.FORMAT_ATTR)
+            self.schema_json = _layout.text_attr(self.file, _layout.SCHEMA_ATTR)
+            self.count = self.file.id.get_num_objs()
+        except Exception as err:
+            self.close()
+            raise UnreadableOutputError(
+                f"{path}: existing output could not be opened ({_one_line(err)}); left untouched"
+            ) from err
+        if fmt != _layout.OUTPUT_FORMAT and fmt != _layout.SHARD_FORMAT:
+            self.close()
+            found = f"format {fmt!r}" if fmt else "an HDF5 file h5guard did not write"
+            raise UnreadableOutputError(
+                f"{path}: expected an h5guard output, found {found}; "
+                "merge into a new output, or salvage it first"
+            )
+
+    def digest(self, key: str) -> str | None:
+        """The digest of ``key`` in the output, or None if the output has no such group."""
+        if self.file is None:
+            return None
+        name = key.encode("utf-8")
+        try:
+            if not self.file.id.links.exists(name):
+                return None
+            aid = h5py.h5a.open(self.file.id, _layout.DIGEST_ATTR.encode(), obj_name=name)
+            value = _layout.read_attr_id(aid)
+        except KeyError:
+            value = None
+        except Exception as err:
+            raise UnreadableOutputError(
+                f"{self.path}:/{key}: existing output group unreadable ({_one_line(err)}); left untouched"
+            ) from err
+        if value is None:
+            raise UnreadableOutputError(f"{self.path}: group {key!r} has no digest; left untouched")
+        return bytes(np.asarray(value)[()]).decode("utf-8", "replace")
+
+    def keys(self) -> frozenset[str]:
+        if self.file is None:
+            return frozenset()
+        return frozenset(self.file.keys())
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _plan(
     directory: str,
-    output: str,
+    output: _Output,
     schema: Schema | None,
-    box: Sandbox,
+    sandbox: Sandbox | None,
     progress: ProgressCallback | None,
+    *,
+    timeout: float,
+    memory_limit: int,
+    workers: int | None,
+    list_output_keys: bool = False,
 ) -> tuple[MergePlan, dict[str, str | None], Schema | None, dict[str, FileSummary]]:
-    out_index, out_schema_json = _index_output(output, box)
+    """What to merge; also returns the new keys with their digests, in merge order."""
     effective = schema
-    if effective is None and out_schema_json is not None:
-        effective = Schema.from_json(out_schema_json, source=f"{output} embedded schema")
-    shards, stale, live = _shard_files(directory, output)
-    report = validate_many(shards, schema=effective, sandbox=box, progress=progress)
+    if effective is None and output.schema_json is not None:
+        effective = Schema.from_json(output.schema_json, source=f"{output.path} embedded schema")
+    shards, stale, live = _shard_files(directory, output.path)
+    report = validate_many(
+        shards,
+        schema=effective,
+        sandbox=sandbox,
+        progress=progress,
+        timeout=timeout,
+        memory_limit=memory_limit,
+        workers=workers,
+        trust_seals=True,
+    )
     good: list[str] = []
     bad: list[Quarantined] = []
     summaries: dict[str, FileSummary] = {}
@@ -282,36 +344,40 @@ def _plan(
         else:
             summaries[path] = summary
             good.append(path)
-    seen = dict(out_index)
-    new = dups = 0
+    new: dict[str, str | None] = {}
+    dups = 0
     conflicts: list[tuple[str, str]] = []
     for path in good:
         for key, digest in sorted(summaries[path].groups.items()):
-            if key not in seen:
-                seen[key] = digest
-                new += 1
-            elif seen[key] == digest:
+            if key in new:
+                known: str | None = new[key]
+            else:
+                known = output.digest(key)
+                if known is None:
+                    new[key] = digest
+                    continue
+            if known == digest:
                 dups += 1
             else:
                 conflicts.append((key, path))
     plan = MergePlan(
         shard_dir=directory,
-        output=output,
-        output_groups=len(out_index),
+        output=output.path,
+        output_groups=output.count,
         shards=tuple(good),
         bad_shards=tuple(bad),
-        new_groups=new,
+        new_groups=len(new),
         duplicates=dups,
         conflicts=tuple(conflicts),
         stale_partials=tuple(stale),
         live_partials=tuple(live),
         report=report,
-        output_keys=frozenset(out_index),
+        output_keys=output.keys() if list_output_keys else frozenset(),
         shard_keys=frozenset(k for p in good for k in summaries[p].groups),
     )
     if effective is None:
         effective = _common_schema(summaries.values())
-    return plan, out_index, effective, summaries
+    return plan, new, effective, summaries
 
 
 def _common_schema(summaries: Any) -> Schema | None:
@@ -334,24 +400,27 @@ def plan_merge(
 ) -> MergePlan:
     """What :func:`merge` would do now, without taking the lock or changing any file.
 
-    ``sandbox``: a checker pool to reuse (callers doing several operations save the
-    start-up of a new pool each time); ``timeout``/``memory_limit`` are then its own.
+    ``sandbox``: a checker pool to reuse for shards that need a full read (callers doing
+    several operations save the start-up of a new pool each time); ``timeout``/
+    ``memory_limit`` are then its own.
     """
     directory, out = _resolve(shard_dir, output)
-    with _pool(sandbox, workers, timeout, memory_limit) as box:
-        plan, _, _, _ = _plan(directory, out, schema, box, progress)
+    existing = _Output(out)
+    try:
+        plan, _, _, _ = _plan(
+            directory,
+            existing,
+            schema,
+            sandbox,
+            progress,
+            timeout=timeout,
+            memory_limit=memory_limit,
+            workers=workers,
+            list_output_keys=True,
+        )
+    finally:
+        existing.close()
     return plan
-
-
-@contextlib.contextmanager
-def _pool(
-    sandbox: Sandbox | None, workers: int | None, timeout: float, memory_limit: int
-) -> Iterator[Sandbox]:
-    if sandbox is not None:
-        yield sandbox
-        return
-    with Sandbox(workers=workers, timeout=timeout, memory_limit=memory_limit) as box:
-        yield box
 
 
 def _quarantine(path: str, reasons: Sequence[str], directory: str) -> Quarantined:
@@ -391,34 +460,40 @@ def _write_partial(
     partial: str,
     plan: MergePlan,
     summaries: Mapping[str, FileSummary],
-    out_index: Mapping[str, str | None],
+    new: Mapping[str, str | None],
+    existing_groups: int,
     schema: Schema | None,
     root_attrs: Mapping[str, Any],
-) -> dict[str, str | None]:
-    """Build the new output in ``partial``; return the groups it added and their digests."""
+) -> dict[str, tuple[int, str]]:
+    """Build the new output in ``partial``.
+
+    Returns each added group's object header address and digest, for the verification.
+    """
     if os.path.exists(output):
         _atomic.copy_file(output, partial)
         f = h5py.File(partial, "r+", libver=_layout.LIBVER, locking=False)
     else:
         f = _layout.create_file(partial, "w")
-    added: dict[str, str | None] = {}
-    present = dict(out_index)
+    added: dict[str, tuple[int, str]] = {}
+    todo = set(new)
     try:
         for shard in plan.shards:
-            todo = [k for k in sorted(summaries[shard].groups) if k not in present]
-            if not todo:
+            keys = [k for k in sorted(summaries[shard].groups) if k in todo]
+            if not keys:
                 continue
             with h5py.File(shard, "r", locking=False) as src:
-                for key in todo:
-                    f.copy(src[key], key)
-                    digest = summaries[shard].groups[key]
-                    present[key] = digest
-                    added[key] = digest
+                for key in keys:
+                    link = key.encode("utf-8")
+                    # The low-level call: h5py's Group.copy spends as long resolving its
+                    # arguments as libhdf5 spends copying a small group.
+                    h5py.h5o.copy(src.id, link, f.id, link, lcpl=_layout.LINK_CREATE_UTF8)
+                    added[key] = (h5py.h5o.get_info(f.id, link).addr, str(new[key]))
+                    todo.discard(key)
         f.attrs[_layout.FORMAT_ATTR] = np.bytes_(_layout.OUTPUT_FORMAT.encode())
         f.attrs[_layout.VERSION_ATTR] = np.bytes_(__version__.encode())
         if schema is not None:
             f.attrs[_layout.SCHEMA_ATTR] = np.bytes_(schema.to_json().encode())
-        f.attrs[GROUPS_ATTR] = np.int64(len(present))
+        f.attrs[GROUPS_ATTR] = np.int64(existing_groups + len(added))
         f.attrs[LAST_MERGE_ATTR] = np.bytes_(
             _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").encode()
         )
@@ -429,33 +504,24 @@ def _write_partial(
     return added
 
 
-_VERIFY_CHUNK = 2000
+def _verify_copy(partial: str, added: Mapping[str, tuple[int, str]]) -> list[Finding]:
+    """Recompute the digest of every added group from the bytes of the new output.
 
-
-def _verify_copy(partial: str, added: Mapping[str, str | None], box: Sandbox) -> list[Finding]:
-    """Re-read every added group of the new output, in parallel in the checker pool.
-
-    The new file is closed and only read here, so the children can share it.
+    h5guard's own reader (:mod:`h5guard._fastread`) parses the copied objects straight
+    from the file, independently of the libhdf5 that wrote them; groups outside the
+    layout it knows (big chunked datasets, say) are read back through libhdf5. The new
+    file is one this process just wrote, so it is read in-process.
     """
-    keys = list(added)
-    if not keys:
+    if not added:
         return []
-    size = max(1, min(_VERIFY_CHUNK, -(-len(keys) // box.workers)))
-    calls = [({k: added[k] for k in keys[i : i + size]},) for i in range(0, len(keys), size)]
-    problems: list[Finding] = []
-    for _, result in box.map("h5guard._deep:verify_groups", [(partial, *c) for c in calls]):
-        if result.ok:
-            problems.extend(result.value)
-        else:
-            problems.append(
-                Finding(
-                    partial,
-                    "/",
-                    Code.UNREADABLE,
-                    Severity.ERROR,
-                    f"verification {result.failure}: {result.detail}",
-                )
-            )
+    mismatched, unsupported = _fastread.verify_groups_at(partial, added)
+    problems = [
+        Finding(partial, f"/{key}", Code.DIGEST_MISMATCH, Severity.ERROR, message)
+        for key, message in mismatched
+    ]
+    if unsupported:
+        log.debug("%d group(s) verified through libhdf5", len(unsupported))
+        problems += _deep.verify_groups(partial, {k: added[k][1] for k in unsupported})
     return problems
 
 
@@ -498,9 +564,19 @@ def merge(
             raise ValueError(f"root_attrs: {name!r} uses the reserved prefix 'h5guard_'")
     with (
         _lock.exclusive(out, timeout=lock_timeout, purpose=f"h5guard merge {directory}"),
-        _pool(sandbox, workers, timeout, memory_limit) as box,
+        contextlib.closing(_Output(out)) as existing,
     ):
-        plan, out_index, effective, summaries = _plan(directory, out, schema, box, progress)
+        plan, new, effective, summaries = _plan(
+            directory,
+            existing,
+            schema,
+            sandbox,
+            progress,
+            timeout=timeout,
+            memory_limit=memory_limit,
+            workers=workers,
+        )
+        existing.close()
         quarantined = [_quarantine(q.path, q.reasons, directory) for q in plan.bad_shards]
         partial = out + _atomic.PARTIAL_SUFFIX
         needs_write = plan.new_groups > 0 or extra_attrs or not os.path.exists(out)
@@ -511,9 +587,9 @@ def merge(
             _atomic.require_free_space(os.path.dirname(out), needed)
             try:
                 added = _write_partial(
-                    out, partial, plan, summaries, out_index, effective, extra_attrs
+                    out, partial, plan, summaries, new, plan.output_groups, effective, extra_attrs
                 )
-                problems = _verify_copy(partial, added, box)
+                problems = _verify_copy(partial, added)
                 if problems:
                     raise UnreadableOutputError(
                         f"{partial}: verification of the new output failed, old output kept: {problems[0]}"
@@ -558,7 +634,7 @@ def merge(
                     deleted += 1
             if deleted:
                 _atomic.fsync_dir(directory)
-        total = len(out_index) + len(added)
+        total = plan.output_groups + len(added)
     return MergeReport(
         output=out,
         shards_merged=len(plan.shards) - len(conflicted),

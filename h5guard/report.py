@@ -56,6 +56,7 @@ class Code(enum.StrEnum):
     CHECKER_CRASHED = "CHECKER_CRASHED"
     PARTIAL_FILE = "PARTIAL_FILE"
     EXPECTED_MISSING = "EXPECTED_MISSING"
+    SEAL_MISMATCH = "SEAL_MISMATCH"
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -8,8 +8,10 @@ and a file under a final name is always complete.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
+import json
 import logging
 import os
 import time
@@ -23,7 +25,7 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
-from h5guard import _atomic, _layout
+from h5guard import _atomic, _layout, _seal
 from h5guard._version import __version__
 from h5guard.errors import (
     H5GuardError,
@@ -96,7 +98,7 @@ class ShardWriter:
         self._file: h5py.File | None = None
         self._partial: Path | None = None
         self._poisoned: BaseException | None = None
-        self._batch_keys: set[str] = set()
+        self._batch: dict[str, str] = {}  # key -> digest
         self._batch_started = 0.0
         self._batch_bytes = 0
         self._closed = False
@@ -122,7 +124,7 @@ class ShardWriter:
     @property
     def pending(self) -> int:
         """Results added since the last commit."""
-        return len(self._batch_keys)
+        return len(self._batch)
 
     def add(
         self,
@@ -134,7 +136,7 @@ class ShardWriter:
         if self._closed:
             raise WriterClosedError(f"{self.directory}: ShardWriter is closed")
         _layout.check_key(key)
-        if key in self._batch_keys:
+        if key in self._batch:
             raise ValueError(f"group key {key!r}: already added to this batch")
         arrays = {name: _layout.normalize_value(f"{key}/{name}", v) for name, v in datasets.items()}
         attr_arrays = {
@@ -157,7 +159,7 @@ class ShardWriter:
         digest = _layout.digest_of(arrays, attr_arrays)
         f = self._open_batch()
         try:
-            group = f.create_group(key)
+            group = _layout.create_result_group(f, key)
             for name, arr in arrays.items():
                 _layout.write_dataset(group, name, arr)
             for name, arr in attr_arrays.items():
@@ -168,10 +170,10 @@ class ShardWriter:
         except Exception as err:
             self._remove_half_written(f, key, err)
             raise self._write_error(f"writing group {key!r} failed", err) from err
-        self._batch_keys.add(key)
+        self._batch[key] = digest
         self._batch_bytes += nbytes
         if (
-            len(self._batch_keys) >= self.commit_every
+            len(self._batch) >= self.commit_every
             or time.monotonic() - self._batch_started >= self.commit_interval
         ):
             self.commit()
@@ -182,7 +184,7 @@ class ShardWriter:
             return None
         partial = self._partial
         final = partial.with_name(partial.name[: -len(_atomic.PARTIAL_SUFFIX)])
-        keys = sorted(self._batch_keys)
+        keys = sorted(self._batch)
         if self._poisoned is not None:
             cause = self._poisoned
             self._drop_batch()
@@ -193,8 +195,16 @@ class ShardWriter:
                 cause,
             )
         try:
+            # The index lets a merge plan from one attribute instead of one per group.
+            index = json.dumps(self._batch, sort_keys=True, ensure_ascii=False)
+            _layout.write_attr(
+                self._file, _layout.INDEX_ATTR, np.array(index.encode(), dtype=np.bytes_)
+            )
             self._file.close()
+            _seal.write_seal(partial)
         except Exception as err:
+            with contextlib.suppress(Exception):
+                self._file.close()
             self._forget_batch()
             _atomic.remove_quietly(partial)
             raise self._write_error("closing the shard failed", err, path=partial) from err
@@ -260,7 +270,7 @@ class ShardWriter:
             return self._file
         stem = new_shard_stem(self.prefix)
         partial = self.directory / f"{stem}{SHARD_SUFFIX}{_atomic.PARTIAL_SUFFIX}"
-        f = _layout.create_file(os.fspath(partial), "x")
+        f = _layout.create_file(os.fspath(partial), "x", userblock=_seal.SEAL_SIZE)
         try:
             f.attrs[_layout.FORMAT_ATTR] = np.bytes_(_layout.SHARD_FORMAT.encode())
             f.attrs[_layout.VERSION_ATTR] = np.bytes_(__version__.encode())
@@ -281,7 +291,7 @@ class ShardWriter:
         self._poisoned = None
         self._file = None
         self._partial = None
-        self._batch_keys = set()
+        self._batch = {}
         self._batch_bytes = 0
 
     def _check_schema(

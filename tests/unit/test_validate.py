@@ -70,7 +70,9 @@ def test_truncation_and_trailing_data(tmp_path: Path) -> None:
 def test_superblock_checksum(tmp_path: Path) -> None:
     path = make_shard(tmp_path)
     data = bytearray(path.read_bytes())
-    data[20] ^= 0x10  # inside the base/extension address fields of a v3 superblock
+    _, info = quick_check(str(path))
+    assert info is not None
+    data[info.offset + 20] ^= 0x10  # inside the base/extension address fields of a v3 superblock
     path.write_bytes(bytes(data))
     assert codes(validate(path, deep=False)) == {Code.SUPERBLOCK_CORRUPT}
 

@@ -1,0 +1,724 @@
+"""An independent reader of the few HDF5 constructs h5guard writes, for verifying copies.
+
+After a merge copies result groups into its output with libhdf5's ``H5Ocopy``, every
+copied group's content digest is recomputed from the bytes on disk. Reading them back
+through h5py costs hundreds of µs a group (tens of µs per attribute), and it trusts
+the very library that just wrote them. This module parses the bytes itself (struct,
+numpy and hashlib only, no libhdf5) at a few percent of that cost: a second,
+independent reader whose digest must agree with the one the writer computed from its
+inputs.
+
+It reads only the narrow subset of the format h5guard's own files use:
+
+* superblock version 2 or 3 (``libver=("v110", "latest")``), 8-byte offsets and
+  lengths, after an optional userblock;
+* version-2 object headers ("OHDR") and their continuation chunks ("OCHK");
+* a group whose links and attributes are *compact* (messages in its object header),
+  whose members are hard links to datasets;
+* datasets with a scalar or simple dataspace and *compact* layout (or contiguous,
+  for the empty and scalar datasets h5py writes that way);
+* the datatypes h5py writes for numpy kinds ``b i u f c S``: integers of 1-8 bytes,
+  IEEE half/single/double floats, either byte order; fixed-length strings; h5py's
+  boolean enum and complex compound.
+
+Anything else (dense link or attribute storage, chunked data, nested groups, shared
+messages, other datatypes) raises :class:`Unsupported` and the caller verifies that
+group through libhdf5 instead. Bytes that do not parse as the subset claims raise
+:class:`Malformed`. Parsing is bounded by the buffer: damaged bytes give an error,
+never a hang, a crash or a huge allocation.
+
+Metadata checksums are not verified by default: lookup3 in pure Python costs more
+than the rest of the parse, and the digest already covers everything the group holds.
+``checksums=True`` verifies them too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import struct
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+import numpy as np
+
+from h5guard._superblock import lookup3
+
+__all__ = ["Malformed", "Unsupported", "base_address", "group_digest_at", "verify_groups_at"]
+
+
+class Unsupported(Exception):
+    """The group uses a construct outside the subset; the caller re-checks it with libhdf5."""
+
+
+class Malformed(Exception):
+    """The bytes do not parse as the subset claims (bad signature, out-of-range offset, truncated message...)."""
+
+
+Buffer = bytes | bytearray | memoryview | mmap.mmap
+
+_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_UNDEFINED = 0xFFFF_FFFF_FFFF_FFFF
+_DIGEST_MAGIC = b"h5guard-digest-v1\0"
+_DIGEST_PREFIX = "sha256:"
+_DIGEST_ATTR = b"h5guard_digest"
+
+# Limits that keep damaged bytes from turning into long loops or big allocations.
+_MAX_RANK = 32  # H5S_MAX_RANK
+_MAX_CONTIGUOUS = 64 * 1024 * 1024  # larger contiguous data: let libhdf5 stream it
+_CACHE_LIMIT = 8192  # entries per cache
+_CACHE_KEY_LIMIT = 1024  # bytes: a damaged name of 64 KiB is not worth keeping
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_PAIR64 = struct.Struct("<QQ")
+_MSG = struct.Struct("<BHB")
+_ATTR = struct.Struct("<BBHHH")
+# A message header (type, size, flags, [creation order]) and an attribute's head.
+_ATTR_MSG = struct.Struct("<BHBBBHHH")
+_ATTR_MSG_ORDERED = struct.Struct("<BHB2xBBHHH")
+_FLOAT_PROPS = struct.Struct("<HHBBBBI")
+
+# Message types.
+_NIL = 0x00
+_DATASPACE = 0x01
+_LINK_INFO = 0x02
+_DATATYPE = 0x03
+_LAYOUT = 0x08
+_LINK = 0x06
+_ATTRIBUTE = 0x0C
+_CONTINUATION = 0x10
+_ATTR_INFO = 0x15
+# Messages that say nothing about the content the digest covers: old and new fill
+# value, group info, comment, old and new modification time, reference count.
+_IGNORED = frozenset({_NIL, 0x04, 0x05, 0x0A, 0x0D, 0x0E, 0x12, 0x16})
+_GROUP_WANTED = frozenset({_LINK_INFO, _LINK, _ATTR_INFO})  # attributes: parsed inline
+_DATASET_WANTED = frozenset({_DATASPACE, _DATATYPE, _LAYOUT})
+# A dataset's own attributes are not covered by the group digest.
+_DATASET_IGNORED = _IGNORED | {_ATTRIBUTE, _ATTR_INFO}
+
+# Data conversions: how to turn stored element bytes into what h5py hands back.
+_RAW = 0
+_SWAP = 1  # big-endian numbers: h5py reads them as is, the digest wants little-endian
+_NULLTERM = 2  # libhdf5 clears everything after the first NUL when h5py reads it
+_SPACEPAD = 3  # libhdf5 turns trailing spaces into NULs when h5py reads it
+
+# IEEE layouts by size: sign bit, exponent location/size, mantissa location/size, bias.
+_IEEE = {
+    2: (15, 10, 5, 0, 10, 15),
+    4: (31, 23, 8, 0, 23, 127),
+    8: (63, 52, 11, 0, 52, 1023),
+}
+
+
+def _f(data: bytes) -> bytes:
+    return len(data).to_bytes(8, "little") + data
+
+
+_TAG_D = _f(b"D")
+_TAG_A = _f(b"A")
+
+
+class _Type:
+    """A parsed datatype: its digest token and how to convert stored bytes."""
+
+    __slots__ = ("conv", "is_string", "size", "swap", "token")
+
+    def __init__(self, kind: str, size: int, conv: int, swap: int) -> None:
+        self.size = size
+        self.conv = conv
+        self.swap = swap  # bytes per swapped unit when conv is _SWAP
+        self.is_string = kind == "S"
+        # numpy's dtype.str in little-endian order (numpy itself refuses strings of 2 GiB)
+        order = "|" if kind in "bS" or size == 1 else "<"
+        self.token = _f(f"{order}{kind}{size}".encode())
+
+
+class _Space:
+    __slots__ = ("count", "scalar", "token")
+
+    def __init__(self, dims: tuple[int, ...], scalar: bool) -> None:
+        count = 1
+        for n in dims:
+            count *= n
+        self.count = count
+        self.scalar = scalar
+        self.token = _f(",".join(str(n) for n in dims).encode())
+
+
+class _Attr:
+    """Everything about an attribute message except its value, cached by its bytes."""
+
+    __slots__ = ("conv", "dtype", "name", "nbytes", "prefix", "scalar")
+
+    def __init__(self, name: bytes, dtype: _Type, space: _Space) -> None:
+        self.name = name
+        self.dtype = dtype
+        self.conv = dtype.conv
+        self.nbytes = dtype.size * space.count
+        self.scalar = space.scalar
+        if name == _DIGEST_ATTR:
+            # Not covered by the digest: its entry holds just the value.
+            if not (dtype.is_string and space.scalar):
+                raise Malformed("h5guard_digest attribute is not a scalar string")
+            self.prefix = b""
+        else:
+            self.prefix = (
+                _TAG_A + _f(name) + dtype.token + space.token + self.nbytes.to_bytes(8, "little")
+            )
+
+
+# Parsed datatypes, dataspaces and attribute headers, keyed by their exact bytes: the
+# groups of one sweep repeat the same attribute names and types, so most lookups hit.
+_TYPES: dict[bytes, _Type] = {}
+_SPACES: dict[bytes, _Space] = {}
+_ATTRS: dict[bytes, _Attr] = {}
+
+
+_V = TypeVar("_V")
+
+
+def _remember(cache: dict[bytes, _V], key: bytes, value: _V) -> _V:
+    if len(key) <= _CACHE_KEY_LIMIT:
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[key] = value
+    return value
+
+
+# -- datatypes ------------------------------------------------------------------------
+
+
+def _parse_type(b: bytes, p: int, depth: int) -> tuple[str, int, int, int, int]:
+    """``(kind, size, conv, swap unit, end)`` of the datatype encoded at ``b[p:]``."""
+    head = b[p]
+    cls, version = head & 0x0F, head >> 4
+    if not 1 <= version <= 5:
+        raise Unsupported(f"datatype message version {version}")
+    f0, f1, f2 = b[p + 1], b[p + 2], b[p + 3]
+    (size,) = _U32.unpack_from(b, p + 4)
+    q = p + 8
+    if cls == 0:  # fixed-point
+        offset, precision = struct.unpack_from("<HH", b, q)
+        if f0 & 0xF6 or f1 or f2:
+            raise Unsupported("integer with padding bits or reserved flags")
+        if size not in (1, 2, 4, 8) or offset != 0 or precision != 8 * size:
+            raise Unsupported(f"{size}-byte integer of precision {precision} at bit {offset}")
+        big = f0 & 1
+        conv = _SWAP if big and size > 1 else _RAW
+        return ("i" if f0 & 0x08 else "u"), size, conv, size, q + 4
+    if cls == 1:  # floating-point
+        offset, precision, eloc, esize, mloc, msize, bias = _FLOAT_PROPS.unpack_from(b, q)
+        if f0 & 0x40:
+            raise Unsupported("VAX-order float")
+        if f0 & 0x8E or f2 or (f0 >> 4) & 3 != 2:
+            raise Unsupported("float with padding bits or without an implied mantissa bit")
+        layout = (f1, eloc, esize, mloc, msize, bias)
+        if _IEEE.get(size) != layout or offset != 0 or precision != 8 * size:
+            raise Unsupported(f"{size}-byte float that is not IEEE {layout}")
+        return "f", size, (_SWAP if f0 & 1 else _RAW), size, q + 12
+    if cls == 3:  # fixed-length string
+        pad, cset = f0 & 0x0F, f0 >> 4
+        if pad > 2 or cset > 1 or f1 or f2:
+            raise Unsupported(f"string with padding {pad}, character set {cset}")
+        if size == 0:
+            raise Malformed("zero-length string type")
+        return "S", size, (_NULLTERM, _RAW, _SPACEPAD)[pad], 1, q
+    if cls == 6 and depth == 0:
+        return _parse_complex(b, q, version, f0 | f1 << 8, size)
+    if cls == 8 and depth == 0:
+        return _parse_bool(b, q, version, f0 | f1 << 8, size)
+    raise Unsupported(f"datatype class {cls}")
+
+
+def _parse_complex(
+    b: bytes, q: int, version: int, nmembers: int, size: int
+) -> tuple[str, int, int, int, int]:
+    """h5py's complex numbers: a compound of two equal floats named r and i."""
+    if nmembers != 2:
+        raise Unsupported(f"compound datatype of {nmembers} members")
+    members = []
+    offset_width = (size.bit_length() + 7) // 8
+    for _ in range(2):
+        end = b.index(b"\0", q)
+        name = b[q:end]
+        if version < 3:
+            q += (end - q) // 8 * 8 + 8  # NUL-terminated, padded to 8 bytes
+            (offset,) = _U32.unpack_from(b, q)
+            q += 4
+            if version == 1:
+                if b[q] != 0:
+                    raise Unsupported("compound member that is an array")
+                q += 28
+        else:
+            q = end + 1
+            offset = int.from_bytes(b[q : q + offset_width], "little")
+            q += offset_width
+        kind, msize, conv, _, q = _parse_type(b, q, 1)
+        members.append((name, offset, kind, msize, conv))
+    (rn, ro, rk, rs, rc), (im, io, ik, isz, ic) = members
+    if (
+        (rn, im) != (b"r", b"i")
+        or (rk, ik) != ("f", "f")
+        or rs != isz
+        or rc != ic
+        or rs not in (4, 8)
+        or (ro, io) != (0, rs)
+        or size != 2 * rs
+    ):
+        raise Unsupported("compound datatype that is not h5py's complex")
+    return "c", size, rc, rs, q
+
+
+def _parse_bool(
+    b: bytes, q: int, version: int, nmembers: int, size: int
+) -> tuple[str, int, int, int, int]:
+    """h5py's booleans: an enum of a 1-byte integer with exactly FALSE=0 and TRUE=1."""
+    kind, base_size, _, _, q = _parse_type(b, q, 1)
+    if kind not in "iu" or base_size != 1 or size != 1 or nmembers != 2:
+        raise Unsupported("enum datatype that is not h5py's bool")
+    names = []
+    for _ in range(2):
+        end = b.index(b"\0", q)
+        names.append(b[q:end])
+        q = end + 1 if version >= 3 else q + (end - q) // 8 * 8 + 8
+    values = b[q : q + 2]
+    if len(values) != 2:
+        raise Malformed("enum values past the end of the datatype")
+    if dict(zip(names, values, strict=True)) != {b"FALSE": 0, b"TRUE": 1}:
+        raise Unsupported("enum datatype that is not h5py's bool")
+    return "b", 1, _RAW, 1, q + 2
+
+
+def _datatype(raw: bytes) -> _Type:
+    found = _TYPES.get(raw)
+    if found is not None:
+        return found
+    kind, size, conv, swap, end = _parse_type(raw, 0, 0)
+    if end > len(raw):
+        raise Malformed("datatype runs past its message")
+    return _remember(_TYPES, raw, _Type(kind, size, conv, swap))
+
+
+# -- dataspaces -----------------------------------------------------------------------
+
+
+def _dataspace(raw: bytes) -> _Space:
+    found = _SPACES.get(raw)
+    if found is not None:
+        return found
+    version, rank, flags = raw[0], raw[1], raw[2]
+    if version == 1:
+        p, scalar = 8, rank == 0
+    elif version == 2:
+        kind = raw[3]
+        if kind == 2:
+            raise Unsupported("null dataspace")
+        if kind > 2 or (kind == 0) != (rank == 0):
+            raise Malformed(f"dataspace of kind {kind} and rank {rank}")
+        p, scalar = 4, kind == 0
+    else:
+        raise Unsupported(f"dataspace message version {version}")
+    if rank > _MAX_RANK:
+        raise Malformed(f"dataspace of rank {rank}")
+    end = p + 8 * rank * (1 + (flags & 1) + (flags >> 1 & 1))
+    if end > len(raw):
+        raise Malformed("dataspace runs past its message")
+    dims = struct.unpack_from(f"<{rank}Q", raw, p)
+    return _remember(_SPACES, raw, _Space(dims, scalar))
+
+
+# -- object headers -------------------------------------------------------------------
+
+
+def _chunk_messages(
+    chunk: bytes,
+    p: int,
+    end: int,
+    header_size: int,
+    wanted: frozenset[int],
+    ignored: frozenset[int],
+    out: list[tuple[int, bytes]],
+    attrs: dict[bytes, bytes] | None,
+    continuations: list[tuple[int, int]],
+) -> None:
+    """Sort the messages of ``chunk[p:end]`` into ``out``, ``attrs`` and ``continuations``."""
+    cache_get = _ATTRS.get
+    unpack_message = _MSG.unpack_from
+    unpack_attribute = (_ATTR_MSG_ORDERED if header_size == 6 else _ATTR_MSG).unpack_from
+    while p + header_size <= end:
+        if chunk[p] == _ATTRIBUTE and attrs is not None:
+            # The hot path: a group holds mostly attributes, and their name, type and
+            # space bytes repeat from group to group, so look them up by those bytes.
+            _, msize, mflags, version, _, name_size, type_size, space_size = unpack_attribute(
+                chunk, p
+            )
+            body = p + header_size
+            p = body + msize
+            if p > end:
+                raise Malformed("attribute message runs past the end of its chunk")
+            if mflags & 0x02:
+                raise Unsupported("shared attribute message")
+            if version == 3:
+                data_at = body + 9 + name_size + type_size + space_size
+            else:
+                data_at = body + _old_attribute_header_size(
+                    version, name_size, type_size, space_size
+                )
+            key = chunk[body:data_at]
+            attr = cache_get(key) or _new_attribute(key, data_at - body)
+            data_end = data_at + attr.nbytes
+            if data_end > p:
+                raise Malformed(f"attribute {attr.name!r}: value runs past its message")
+            value = chunk[data_at:data_end]
+            if attr.conv:
+                value = _convert(attr.dtype, value)
+            name = attr.name
+            if name in attrs:
+                raise Malformed(f"two attributes named {name!r}")
+            attrs[name] = attr.prefix + value
+            continue
+        mtype, msize, mflags = unpack_message(chunk, p)
+        body = p + header_size
+        p = body + msize
+        if p > end:
+            raise Malformed(f"message of type {mtype:#x} runs past the end of its chunk")
+        if mflags & 0x02 and mtype != _NIL:
+            raise Unsupported(f"shared message of type {mtype:#x}")
+        if mtype in wanted:
+            out.append((mtype, chunk[body:p]))
+        elif mtype == _CONTINUATION:
+            if msize < 16:
+                raise Malformed("continuation message too short")
+            continuations.append(_PAIR64.unpack_from(chunk, body))
+        elif mtype not in ignored:
+            raise Unsupported(f"object header message of type {mtype:#x}")
+
+
+def _checksum_ok(chunk: bytes) -> bool:
+    (stored,) = _U32.unpack_from(chunk, len(chunk) - 4)
+    return lookup3(chunk[:-4]) == int(stored)
+
+
+def _object_messages(
+    buf: Buffer,
+    base: int,
+    addr: int,
+    wanted: frozenset[int],
+    ignored: frozenset[int],
+    attrs: dict[bytes, bytes] | None,
+    checksums: bool,
+) -> list[tuple[int, bytes]]:
+    """The wanted messages, in order, of the version-2 object header at ``addr``.
+
+    Attribute messages go to ``attrs`` unless it is None, as name -> digest fields.
+    """
+    size = len(buf)
+    start = base + addr
+    if not 0 <= addr < _UNDEFINED:
+        raise Malformed(f"object header address {addr} outside the file")
+    # signature, version, flags, times, phase change values, chunk size: at most 38 bytes
+    head = bytes(buf[start : start + 38])
+    if head[:4] != b"OHDR":
+        raise Malformed(f"no object header signature at address {addr}")
+    if head[4] != 2:
+        raise Unsupported(f"object header version {head[4]}")
+    flags = head[5]
+    if flags & 0xC0:
+        raise Malformed(f"object header with reserved flags {flags:#x}")
+    p = 6 + (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
+    data_start = p + (1 << (flags & 3))
+    if data_start > len(head):
+        raise Malformed(f"object header at {addr} runs past the end of the file")
+    data_end = data_start + int.from_bytes(head[p:data_start], "little")
+    if start + data_end + 4 > size:
+        raise Malformed(f"object header at {addr} runs past the end of the file")
+    chunk = bytes(buf[start : start + data_end + 4])
+    if checksums and not _checksum_ok(chunk):
+        raise Malformed(f"object header at {addr}: checksum mismatch")
+    header_size = 6 if flags & 0x04 else 4  # with a creation order per message
+    out: list[tuple[int, bytes]] = []
+    continuations: list[tuple[int, int]] = []
+    _chunk_messages(
+        chunk, data_start, data_end, header_size, wanted, ignored, out, attrs, continuations
+    )
+    seen = {addr}
+    # The chunks of one header never overlap, so together they fit in the file: a bound
+    # on the work damaged continuation messages can cause.
+    budget = size - len(chunk)
+    while continuations:
+        offset, length = continuations.pop()
+        if offset in seen:
+            raise Malformed(f"object header at {addr}: continuation chunks form a cycle")
+        seen.add(offset)
+        cstart = base + offset
+        if offset >= _UNDEFINED or length < 8 or cstart + length > size:
+            raise Malformed(f"continuation chunk at {offset} ({length} bytes) outside the file")
+        budget -= length
+        if budget < 0:
+            raise Malformed(f"object header at {addr}: chunks larger than the file")
+        chunk = bytes(buf[cstart : cstart + length])
+        if chunk[:4] != b"OCHK":
+            raise Malformed(f"no continuation chunk signature at address {offset}")
+        if checksums and not _checksum_ok(chunk):
+            raise Malformed(f"continuation chunk at {offset}: checksum mismatch")
+        _chunk_messages(
+            chunk, 4, length - 4, header_size, wanted, ignored, out, attrs, continuations
+        )
+    return out
+
+
+# -- attributes, links, datasets ------------------------------------------------------
+
+
+def _pad8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def _old_attribute_header_size(
+    version: int, name_size: int, type_size: int, space_size: int
+) -> int:
+    """Bytes before the value in an attribute message of version 1 or 2."""
+    if version == 2:
+        return 8 + name_size + type_size + space_size
+    if version == 1:  # each part padded to 8 bytes
+        return 8 + _pad8(name_size) + _pad8(type_size) + _pad8(space_size)
+    raise Unsupported(f"attribute message version {version}")
+
+
+def _new_attribute(head: bytes, expected: int) -> _Attr:
+    """Parse the part of an attribute message before its value (a cache miss)."""
+    if len(head) != expected:
+        raise Malformed("attribute message truncated")
+    version, flags, name_size, type_size, space_size = _ATTR.unpack_from(head, 0)
+    if flags & 0x03:
+        raise Unsupported("attribute with a shared datatype or dataspace")
+    p = 9 if version == 3 else 8
+    if name_size == 0 or head[p + name_size - 1] != 0:
+        raise Malformed("attribute name not NUL-terminated")
+    name = head[p : p + name_size - 1]
+    if b"\0" in name:
+        raise Malformed("attribute name holds a NUL")
+    p += name_size if version > 1 else _pad8(name_size)
+    dtype = _datatype(head[p : p + type_size])
+    p += type_size if version > 1 else _pad8(type_size)
+    space = _dataspace(head[p : p + space_size])
+    return _remember(_ATTRS, head, _Attr(name, dtype, space))
+
+
+def _swap(data: bytes, unit: int) -> bytes:
+    arr = np.frombuffer(data, dtype=f">u{unit}")
+    return arr.astype(f"<u{unit}").tobytes()
+
+
+def _strings(data: bytes, size: int, fix: Callable[[bytes], bytes]) -> bytes:
+    return b"".join(fix(data[i : i + size]).ljust(size, b"\0") for i in range(0, len(data), size))
+
+
+def _before_nul(s: bytes) -> bytes:
+    return s.split(b"\0", 1)[0]
+
+
+def _no_trailing_spaces(s: bytes) -> bytes:
+    return s.rstrip(b" ")
+
+
+def _convert(dtype: _Type, data: bytes) -> bytes:
+    conv = dtype.conv
+    if conv == _RAW or not data:
+        return data
+    if conv == _SWAP:
+        return _swap(data, dtype.swap)
+    if conv == _NULLTERM:
+        return _strings(data, dtype.size, _before_nul)
+    return _strings(data, dtype.size, _no_trailing_spaces)
+
+
+def _link(body: bytes) -> tuple[bytes, int]:
+    """``(name, object header address)`` of a hard link message."""
+    version, flags = body[0], body[1]
+    if version != 1:
+        raise Unsupported(f"link message version {version}")
+    if flags & 0xE0:
+        raise Malformed(f"link message with reserved flags {flags:#x}")
+    p = 2
+    link_type = 0
+    if flags & 0x08:
+        link_type = body[p]
+        p += 1
+    if flags & 0x04:
+        p += 8  # creation order
+    if flags & 0x10:
+        p += 1  # name character set
+    width = 1 << (flags & 3)
+    name_size = int.from_bytes(body[p : p + width], "little")
+    p += width
+    name = body[p : p + name_size]
+    if name_size == 0 or len(name) != name_size:
+        raise Malformed("link name empty or truncated")
+    if link_type != 0:
+        raise Unsupported(f"link of type {link_type} (not a hard link)")
+    (target,) = _U64.unpack_from(body, p + name_size)
+    return name, target
+
+
+def _dataset(buf: Buffer, base: int, addr: int, name: bytes, checksums: bool) -> list[bytes]:
+    """The digest fields of the dataset at ``addr``: tag, name, dtype, shape, data."""
+    raw: dict[int, bytes] = {}
+    for mtype, body in _object_messages(
+        buf, base, addr, _DATASET_WANTED, _DATASET_IGNORED, None, checksums
+    ):
+        if mtype in raw:
+            raise Malformed(f"dataset {name!r}: message {mtype:#x} given twice")
+        raw[mtype] = body
+    if len(raw) != 3:
+        raise Unsupported(f"member {name!r} is not a dataset")
+    dtype = _TYPES.get(raw[_DATATYPE]) or _datatype(raw[_DATATYPE])
+    space = _SPACES.get(raw[_DATASPACE]) or _dataspace(raw[_DATASPACE])
+    nbytes = dtype.size * space.count
+    layout = raw[_LAYOUT]
+    version, cls = layout[0], layout[1]
+    if not 3 <= version <= 5:
+        raise Unsupported(f"layout message version {version}")
+    if cls == 0:
+        (stored,) = _U16.unpack_from(layout, 2)
+        data = layout[4 : 4 + stored]
+        if stored != nbytes or len(data) != nbytes:
+            raise Malformed(f"dataset {name!r}: compact data of {stored} bytes, expected {nbytes}")
+    elif cls == 1:
+        where, stored = _PAIR64.unpack_from(layout, 2)
+        if where == _UNDEFINED:
+            if nbytes:
+                raise Unsupported(f"dataset {name!r}: data never written (fill value)")
+            data = b""
+        else:
+            if nbytes > _MAX_CONTIGUOUS:
+                raise Unsupported(f"dataset {name!r}: {nbytes} bytes of contiguous data")
+            data = bytes(buf[base + where : base + where + nbytes])
+            if stored < nbytes or len(data) != nbytes:
+                raise Malformed(f"dataset {name!r}: contiguous data outside the file")
+    else:
+        raise Unsupported(f"dataset {name!r}: layout class {cls}")
+    if dtype.conv:
+        data = _convert(dtype, data)
+    return [_TAG_D, _f(name), dtype.token, space.token, nbytes.to_bytes(8, "little"), data]
+
+
+def _group_digest(buf: Buffer, base: int, addr: int, checksums: bool) -> tuple[str, str | None]:
+    attrs: dict[bytes, bytes] = {}
+    links: dict[bytes, int] = {}
+    is_group = False
+    for mtype, body in _object_messages(buf, base, addr, _GROUP_WANTED, _IGNORED, attrs, checksums):
+        if mtype == _LINK:
+            name, target = _link(body)
+            if name in links:
+                raise Malformed(f"two links named {name!r}")
+            links[name] = target
+        elif mtype == _LINK_INFO:
+            is_group = True
+            if body[0] != 0:
+                raise Unsupported(f"link info message version {body[0]}")
+            (heap,) = _U64.unpack_from(body, 10 if body[1] & 1 else 2)
+            if heap != _UNDEFINED:
+                raise Unsupported("dense link storage")
+        else:  # attribute info
+            if body[0] != 0:
+                raise Unsupported(f"attribute info message version {body[0]}")
+            (heap,) = _U64.unpack_from(body, 4 if body[1] & 1 else 2)
+            if heap != _UNDEFINED:
+                raise Unsupported("dense attribute storage")
+    if not is_group:
+        raise Unsupported(f"object at {addr} is not a group with a link info message")
+    value = attrs.pop(_DIGEST_ATTR, None)
+    stored = None if value is None else value.rstrip(b"\0").decode("utf-8", errors="replace")
+    parts = [_DIGEST_MAGIC]
+    for name in sorted(links):
+        parts += _dataset(buf, base, links[name], name, checksums)
+    parts += map(attrs.__getitem__, sorted(attrs))
+    return _DIGEST_PREFIX + hashlib.sha256(b"".join(parts)).hexdigest(), stored
+
+
+# -- public API -----------------------------------------------------------------------
+
+
+def base_address(buf: Buffer) -> int:
+    """Where HDF5 addresses count from: the superblock (after any userblock)."""
+    size = len(buf)
+    offset = 0
+    while bytes(buf[offset : offset + 8]) != _SIGNATURE:
+        offset = 512 if offset == 0 else offset * 2
+        if offset + 8 > size:
+            raise Malformed("no HDF5 signature at offset 0, 512, 1024, ...")
+    if offset + 12 > size:
+        raise Malformed("file ends inside the superblock")
+    version = buf[offset + 8]
+    if version not in (2, 3):
+        raise Unsupported(f"superblock version {version}")
+    if (buf[offset + 9], buf[offset + 10]) != (8, 8):
+        raise Unsupported(f"{buf[offset + 9]}-byte offsets, {buf[offset + 10]}-byte lengths")
+    # The superblock records a base address too, but libhdf5 takes the place it found
+    # the superblock at when the two differ; do the same.
+    return offset
+
+
+def group_digest_at(
+    buf: Buffer, base: int, addr: int, *, checksums: bool = False
+) -> tuple[str, str | None]:
+    """(computed digest, stored h5guard_digest text or None) for the group at addr.
+
+    ``addr`` is the group's object header address relative to ``base`` (see
+    :func:`base_address`). Raises :class:`Unsupported` or :class:`Malformed`.
+    """
+    try:
+        return _group_digest(buf, base, addr, checksums)
+    except (IndexError, struct.error, ValueError, OverflowError) as err:
+        raise Malformed(f"{type(err).__name__}: {err}") from err
+
+
+def verify_groups_at(
+    path: str | os.PathLike[str],
+    groups: Mapping[str, tuple[int, str]],
+    *,
+    checksums: bool = False,
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Check groups of ``path`` against their expected digests, reading the file once.
+
+    ``groups``: key -> (object header address relative to the base address, expected
+    digest). Returns ``(problems, unsupported)``: ``problems`` has a ``(key, message)``
+    for each group whose bytes are malformed, whose computed digest differs from the
+    expected one, or whose stored ``h5guard_digest`` attribute differs or is missing;
+    ``unsupported`` lists the keys this reader cannot judge (verify those with libhdf5).
+    Raises OSError only if the file cannot be opened.
+    """
+    problems: list[tuple[str, str]] = []
+    unsupported: list[str] = []
+    if not groups:
+        return problems, unsupported
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return [(key, "the file is empty") for key in groups], unsupported
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            try:
+                base = base_address(buf)
+            except Unsupported:
+                return problems, list(groups)
+            except Malformed as err:
+                return [(key, f"unreadable superblock: {err}") for key in groups], unsupported
+            for key, (addr, want) in groups.items():
+                try:
+                    computed, stored = group_digest_at(buf, base, addr, checksums=checksums)
+                except Unsupported:
+                    unsupported.append(key)
+                    continue
+                except Malformed as err:
+                    problems.append((key, f"unreadable: {err}"))
+                    continue
+                if computed != want:
+                    problems.append((key, f"copied group has digest {computed}, expected {want}"))
+                elif stored is None:
+                    problems.append((key, f"copied group has no {_DIGEST_ATTR.decode()} attribute"))
+                elif stored != want:
+                    problems.append((key, f"copied group stores digest {stored}, expected {want}"))
+    return problems, unsupported
