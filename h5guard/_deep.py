@@ -290,20 +290,32 @@ def _size(path: str) -> int:
         return 0
 
 
-def sealed_summary(path: str, schema_json: str | None = None) -> FileSummary | None:
+def sealed_summary(
+    path: str, schema_json: str | None = None, root_attrs: Mapping[str, bytes] | None = None
+) -> FileSummary | None:
     """The summary of a shard whose seal matched, from its root attributes alone.
 
     The seal proves the bytes are the ones an h5guard writer committed, and that writer
     digested every group and checked it against the schema it embedded. None when the
     file does not carry what this needs (an index, the same schema): read it fully then.
+    ``root_attrs``: the root attributes' raw values when the caller parsed them already
+    (:func:`h5guard._fastread.root_attribute_values`); otherwise libhdf5 reads them.
     """
-    with h5py.File(path, "r", locking=False) as f:
-        attrs = _layout.read_attrs(f)
-    if _text(attrs, _layout.FORMAT_ATTR) != _layout.SHARD_FORMAT:
-        return None
-    index_text = _text(attrs, _layout.INDEX_ATTR)
-    embedded = _text(attrs, _layout.SCHEMA_ATTR)
-    if index_text is None:
+    if root_attrs is None:
+        with h5py.File(path, "r", locking=False) as f:
+            texts = {
+                name: _text(_layout.read_attrs(f), name)
+                for name in (_layout.FORMAT_ATTR, _layout.INDEX_ATTR, _layout.SCHEMA_ATTR)
+            }
+    else:
+        texts = {
+            name: root_attrs[name].rstrip(b"\0").decode("utf-8", "replace")
+            if name in root_attrs
+            else None
+            for name in (_layout.FORMAT_ATTR, _layout.INDEX_ATTR, _layout.SCHEMA_ATTR)
+        }
+    index_text, embedded = texts[_layout.INDEX_ATTR], texts[_layout.SCHEMA_ATTR]
+    if texts[_layout.FORMAT_ATTR] != _layout.SHARD_FORMAT or index_text is None:
         return None
     if schema_json is not None and (
         embedded is None or _normalized(embedded) != _normalized(schema_json)

@@ -663,6 +663,44 @@ def base_address(buf: Buffer) -> int:
     return offset
 
 
+def root_attribute_values(buf: Buffer) -> dict[str, bytes]:
+    """The root group's attributes as ``name -> stored value bytes`` (as h5py reads them).
+
+    What a merge needs from a sealed shard (its format, schema and index strings) without
+    opening it through libhdf5. Raises :class:`Unsupported` (e.g. attributes in dense
+    storage) or :class:`Malformed`.
+    """
+    try:
+        base = base_address(buf)
+        (root,) = _U64.unpack_from(buf, base + 36)  # v2/v3: after base, extension, EOF
+        attrs: dict[bytes, bytes] = {}
+        for _, body in _object_messages(
+            buf, base, root, frozenset({_ATTR_INFO}), _IGNORED | {_LINK, _LINK_INFO}, attrs, False
+        ):
+            if body[0] != 0:
+                raise Unsupported(f"attribute info message version {body[0]}")
+            (heap,) = _U64.unpack_from(body, 4 if body[1] & 1 else 2)
+            if heap != _UNDEFINED:
+                raise Unsupported("dense attribute storage")
+        out: dict[str, bytes] = {}
+        for name, fields in attrs.items():
+            if name == _DIGEST_ATTR:
+                out[name.decode("utf-8", "replace")] = fields
+                continue
+            # The digest fields F(b"A") F(name) F(dtype) F(shape) F(value): the value is last.
+            p = 0
+            for _ in range(4):
+                p += 8 + int.from_bytes(fields[p : p + 8], "little")
+            size = int.from_bytes(fields[p : p + 8], "little")
+            value = fields[p + 8 : p + 8 + size]
+            if len(value) != size:
+                raise Malformed(f"root attribute {name!r} truncated")
+            out[name.decode("utf-8", "replace")] = value
+        return out
+    except (IndexError, struct.error, ValueError, OverflowError) as err:
+        raise Malformed(f"{type(err).__name__}: {err}") from err
+
+
 def group_digest_at(
     buf: Buffer, base: int, addr: int, *, checksums: bool = False
 ) -> tuple[str, str | None]:

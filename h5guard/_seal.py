@@ -21,6 +21,7 @@ deliberate forgery: whoever rewrites the file can rewrite the seal.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from dataclasses import dataclass
 
@@ -73,6 +74,16 @@ def parse_seal(head: bytes) -> Seal | None:
     if len(digest) != 64 or not size.isdigit():
         return None
     return Seal(digest, int(size))
+
+
+def seal_matches(buf: bytes | memoryview | mmap.mmap) -> bool | None:
+    """:func:`check_seal` for a file already in memory (or memory-mapped)."""
+    seal = parse_seal(bytes(buf[:SEAL_SIZE]))
+    if seal is None:
+        return None
+    if len(buf) != seal.size:
+        return False
+    return hashlib.sha256(memoryview(buf)[SEAL_SIZE:]).hexdigest() == seal.sha256
 
 
 def check_seal(path: str | os.PathLike[str]) -> bool | None:

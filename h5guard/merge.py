@@ -510,7 +510,9 @@ def _verify_copy(partial: str, added: Mapping[str, tuple[int, str]]) -> list[Fin
     h5guard's own reader (:mod:`h5guard._fastread`) parses the copied objects straight
     from the file, independently of the libhdf5 that wrote them; groups outside the
     layout it knows (big chunked datasets, say) are read back through libhdf5. The new
-    file is one this process just wrote, so it is read in-process.
+    file is one this process just wrote, so it is read in-process. (Splitting the work
+    with a checker child was measured slower: its start-up slows the copy more than it
+    saves on the ~13 us per group this takes.)
     """
     if not added:
         return []
@@ -562,10 +564,11 @@ def merge(
     for name in extra_attrs:
         if name.startswith(_layout.RESERVED_PREFIX):
             raise ValueError(f"root_attrs: {name!r} uses the reserved prefix 'h5guard_'")
-    with (
-        _lock.exclusive(out, timeout=lock_timeout, purpose=f"h5guard merge {directory}"),
-        contextlib.closing(_Output(out)) as existing,
-    ):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            _lock.exclusive(out, timeout=lock_timeout, purpose=f"h5guard merge {directory}")
+        )
+        existing = stack.enter_context(contextlib.closing(_Output(out)))
         plan, new, effective, summaries = _plan(
             directory,
             existing,

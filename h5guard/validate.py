@@ -10,11 +10,12 @@ condemned: there is nothing to learn, and they are the likeliest to hurt libhdf5
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from h5guard import _atomic, _seal
+from h5guard import _atomic, _fastread, _seal
 from h5guard._deep import sealed_summary
 from h5guard._superblock import quick_check
 from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
@@ -123,10 +124,16 @@ def validate_many(
 
 
 def _sealed(path: str, schema_json: str | None) -> FileSummary | None:
-    if _seal.check_seal(path) is not True:
-        return None
+    """The summary of a shard whose seal matches, or None (then read it fully)."""
     try:
-        return sealed_summary(path, schema_json)
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            if _seal.seal_matches(buf) is not True:
+                return None
+            try:
+                root_attrs: dict[str, bytes] | None = _fastread.root_attribute_values(buf)
+            except (_fastread.Unsupported, _fastread.Malformed):
+                root_attrs = None  # e.g. attributes in dense storage: libhdf5 reads them
+        return sealed_summary(path, schema_json, root_attrs)
     except Exception as err:  # readable only in theory: let the sandbox say what is wrong
         log.debug("%s: sealed summary failed (%s); reading it fully", path, err)
         return None

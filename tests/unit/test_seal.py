@@ -135,10 +135,9 @@ def test_a_stricter_schema_than_the_embedded_one_is_checked_fully(tmp_path: Path
     assert any(Code.SCHEMA_SHAPE in r for r in report.quarantined[0].reasons)
 
 
-def test_sealed_shards_merge_without_a_checker_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The point of the seal: a merge of intact shards starts no sandbox child."""
+@pytest.fixture
+def checker_starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records every sandbox child started (the real ones still start)."""
     import h5guard.sandbox as sandbox_module
 
     started: list[int] = []
@@ -149,11 +148,57 @@ def test_sealed_shards_merge_without_a_checker_process(
         real(self, memory_limit)  # type: ignore[arg-type]
 
     monkeypatch.setattr(sandbox_module._Child, "__init__", counting)
+    return started
+
+
+def test_sealed_shards_merge_without_a_checker_process(
+    tmp_path: Path, checker_starts: list[int]
+) -> None:
+    """The point of the seal: a merge of intact shards starts no sandbox child."""
     shards = tmp_path / "shards"
     shards.mkdir()
     for first in (0, 10, 20):
         make_shard(shards, first)
     report = merge(shards, tmp_path / "out.h5")
     assert report.exit_code == 0 and report.groups_added == 9
-    assert started == []
+    assert checker_starts == []
     assert validate(tmp_path / "out.h5", schema=SCHEMA).ok
+
+
+def test_root_attributes_are_parsed_without_libhdf5_as_h5py_reads_them(tmp_path: Path) -> None:
+    import mmap
+
+    from h5guard import _fastread
+
+    path = make_shard(tmp_path)
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        values = _fastread.root_attribute_values(buf)
+    with h5py.File(path, "r") as f:
+        expected = {name: bytes(f.attrs[name]) for name in f.attrs}
+    assert {k: v.rstrip(b"\0") for k, v in values.items()} == expected
+
+
+def test_many_file_attributes_in_dense_storage_still_plan_from_the_index(
+    tmp_path: Path, checker_starts: list[int]
+) -> None:
+    """Past 8 root attributes libhdf5 moves them to a fractal heap, which h5guard's own
+    reader does not parse: the sealed shard is then summarized through libhdf5."""
+    import mmap
+
+    from h5guard import _fastread
+
+    attrs = {f"meta{i:02d}": f"value {i}" for i in range(12)}
+    with ShardWriter(tmp_path, schema=SCHEMA, prefix="d", file_attrs=attrs) as w:
+        w.add("g", {"xy": np.zeros((2, 2))}, {"status": "ok"})
+    [path] = w.committed
+    with (
+        open(path, "rb") as fh,
+        mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf,
+        pytest.raises(_fastread.Unsupported),
+    ):
+        _fastread.root_attribute_values(buf)
+    report = validate_many([str(path)], schema=SCHEMA, trust_seals=True)
+    assert report.ok
+    assert checker_starts == []
+    assert set(report.files[0].groups) == {"g"}
+    assert report.files[0].kind is FileKind.SHARD
