@@ -176,6 +176,7 @@ class Sandbox:
         self.timeout = timeout
         self.memory_limit = memory_limit
         self._idle: list[_Child] = []
+        self._owns_children = True
 
     def __enter__(self) -> Sandbox:
         return self
@@ -189,8 +190,22 @@ class Sandbox:
         self.close()
 
     def close(self) -> None:
+        if not self._owns_children:
+            return
         while self._idle:
             self._idle.pop().close()
+
+    def share(self, *, timeout: float) -> Sandbox:
+        """A sandbox that runs its calls in this one's child processes, with its own
+        per-call ``timeout``: an application that already keeps a pool of children (a
+        sweep's workers) checks files without starting new interpreters. The children
+        keep the memory limit they were started with; closing the view leaves them to
+        this sandbox, and the two must not run calls at the same time.
+        """
+        view = Sandbox(workers=self.workers, timeout=timeout, memory_limit=self.memory_limit)
+        view._idle = self._idle
+        view._owns_children = False
+        return view
 
     def call(self, target: str, *args: Any) -> SandboxResult:
         """Run ``module:function(*args)`` in a child and return its outcome."""

@@ -25,6 +25,7 @@ BATCH_TARGET = "optimizer._worker:run_batch"
 WARM_TARGET = "optimizer._worker:warm_up_worker"
 DEFAULT_CONFIG_TIMEOUT = 3600.0
 DEFAULT_WORKER_MEMORY = 4 * 1024**3
+DEFAULT_CHECK_TIMEOUT = 120.0  # per file checked in a worker (h5guard's own default)
 
 
 class EngineError(RuntimeError):
@@ -63,6 +64,10 @@ class Engine(abc.ABC):
 
     def warm_up(self) -> None:  # noqa: B027 - optional hook
         """Start the workers and import PyWake in each (benchmarks time without it)."""
+
+    def checker(self) -> Sandbox | None:
+        """A sandbox for h5guard's checks that reuses the engine's processes, if it has any."""
+        return None
 
     def check_temp_dir(self, temp_dir: str) -> None:  # noqa: B027 - optional hook
         """Raise :class:`EngineError` if workers cannot write ``temp_dir``."""
@@ -109,6 +114,11 @@ class LocalEngine(Engine):
                 yield index, BatchResult.from_reply(result.value)
             else:
                 yield index, BatchResult(failure=result.failure, detail=result.detail)
+
+    def checker(self) -> Sandbox:
+        # The workers have numpy and h5py loaded already: a check of the merged output
+        # in one of them saves starting a checker interpreter (~0.2 s) at the end.
+        return self._box.share(timeout=DEFAULT_CHECK_TIMEOUT)
 
     def warm_up(self) -> None:
         # As many calls as workers are in flight at once, so each child gets one.

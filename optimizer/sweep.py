@@ -92,18 +92,23 @@ def read_state(
     spec: Mapping[str, Any] | None = None,
     *,
     sandbox: Sandbox | None = None,
+    planned: Sequence[SweepConfig] | None = None,
 ) -> tuple[SweepState, dict[str, Any] | None]:
-    """What is planned, done and failed, from the files alone."""
+    """What is planned, done and failed, from the files alone.
+
+    ``planned``: the configs of ``spec`` when the caller has expanded it already.
+    """
     if spec is None:
         spec = _recorded_spec(output, temp_dir)
-    planned = tuple(expand_spec(spec)) if spec is not None else ()
+    if planned is None:
+        planned = tuple(expand_spec(spec)) if spec is not None else ()
     keys: frozenset[str] = frozenset()
     if os.path.isdir(temp_dir):
         keys = plan_merge(temp_dir, output, schema=RESULT_SCHEMA, sandbox=sandbox).keys
     elif os.path.exists(output):
         report = check([output], schema=RESULT_SCHEMA, sandbox=sandbox)
         keys = frozenset(report.files[0].groups) if report.files else frozenset()
-    state = _state_from_keys(planned, keys, _lock_holder(temp_dir))
+    state = _state_from_keys(tuple(planned), keys, _lock_holder(temp_dir))
     return state, dict(spec) if spec else None
 
 
@@ -242,10 +247,10 @@ def run_sweep(
         engine.check_temp_dir(tdir)
         _write_sweep_file(tdir, spec, configs)
         record_output(tdir, output)
-        box = stack.enter_context(Sandbox(workers=engine.workers))
+        box = engine.checker() or stack.enter_context(Sandbox(workers=engine.workers))
         result = RunResult(output=output, temp_dir=tdir, planned=len(configs))
         with _timer(result):
-            state, _ = read_state(output, tdir, spec, sandbox=box)
+            state, _ = read_state(output, tdir, spec, sandbox=box, planned=configs)
         todo = [c for c in configs if c.config_id not in state.done]
         if not retry_failed:
             todo = [c for c in todo if c.config_id not in state.failed]

@@ -171,6 +171,19 @@ def test_sandbox_timeout_crash_and_memory(tmp_path: Path) -> None:
         assert fine.ok and fine.value != os.getpid()
 
 
+def test_shared_sandbox_reuses_the_children_with_its_own_timeout() -> None:
+    with Sandbox(workers=1, timeout=60.0) as owner:
+        first = owner.call("os:getpid")
+        view = owner.share(timeout=0.5)
+        assert view.call("os:getpid").value == first.value  # no new interpreter
+        assert view.call("time:sleep", 30).failure == "timeout"  # the view's limit
+        second = view.call("os:getpid")  # a new child replaces the killed one
+        assert second.ok and second.value != first.value
+        with view:
+            pass  # closing the view leaves the owner's children alone
+        assert owner.call("os:getpid").value == second.value
+
+
 def test_sandbox_map_runs_all_calls(sandbox: Sandbox) -> None:
     results = dict(sandbox.map("math:sqrt", [(float(i * i),) for i in range(20)]))
     assert [results[i].value for i in range(20)] == [float(i) for i in range(20)]
