@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -17,7 +18,7 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
-from h5guard import _layout, _seal
+from h5guard import _fastread, _layout, _seal
 from h5guard.errors import SchemaError
 from h5guard.report import Code, FileKind, FileSummary, Finding, Severity
 from h5guard.schema import DatasetInfo, Schema
@@ -165,6 +166,62 @@ class _Inspector:
                 _layout.read_attrs(obj)
 
 
+class _FastGroups:
+    """Checks groups of an h5guard file with :mod:`h5guard._fastread` (~30x faster than
+    reading them through h5py), in the same sandboxed child.
+
+    libhdf5 still loads every object header (and so verifies its checksum) through
+    ``H5Oget_info``; the independent reader recomputes the digest and yields the values
+    for the schema. Only a group that passes everything is accepted here: anything else
+    (an unsupported construct, a digest that differs, a schema violation) is left to the
+    libhdf5 path, which says exactly what is wrong.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
+        try:
+            self._buf = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._base = _fastread.base_address(self._buf)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def accept(self, ins: _Inspector, f: h5py.File, key: str) -> bool:
+        link = key.encode("utf-8")
+        try:
+            if f.id.links.get_info(link).type != h5py.h5l.TYPE_HARD:
+                return False  # soft and external links are reported by the libhdf5 path
+            info = h5py.h5o.get_info(f.id, link)
+            if info.type != h5py.h5o.TYPE_GROUP:
+                return False
+            computed, stored, datasets, attrs = _fastread.read_group_at(
+                self._buf, self._base, info.addr, attributes=ins.schema is not None
+            )
+            if stored is None or computed != stored:
+                return False
+            for name in datasets:  # load (and checksum) each dataset's header too
+                h5py.h5o.get_info(f.id, link + b"/" + name.encode("utf-8"))
+        except Exception:  # damage of any kind: the libhdf5 path names it precisely
+            return False
+        if ins.schema is not None:
+            infos = {
+                name: DatasetInfo(
+                    dtype=arr.dtype,
+                    shape=arr.shape,
+                    all_finite=bool(np.isfinite(arr).all()) if arr.dtype.kind in "fc" else True,
+                )
+                for name, arr in datasets.items()
+            }
+            if ins.schema.check(infos, attrs):
+                return False
+        ins.groups[key] = stored
+        return True
+
+    def close(self) -> None:
+        self._buf.close()
+        self._file.close()
+
+
 def _pick_schema(ins: _Inspector, explicit_json: str | None, embedded: str | None) -> Schema | None:
     if explicit_json is not None:
         schema = Schema.from_json(explicit_json)
@@ -216,51 +273,13 @@ def inspect_file(path: str, schema_json: str | None = None) -> tuple[list[Findin
         except Exception as err:
             ins.add("/", Code.UNREADABLE, f"root group unreadable: {_one_line(err)}")
             return ins.findings, FileSummary(path, FileKind.UNREADABLE, size)
-        for name in names:
-            try:
-                link = f.get(name, getlink=True)
-                if not isinstance(link, h5py.HardLink):
-                    ins.add(
-                        f"/{name}",
-                        Code.UNEXPECTED_OBJECT,
-                        f"{type(link).__name__} not followed",
-                        Severity.WARNING,
-                    )
-                    continue
-                obj = f[name]
-            except Exception as err:
-                ins.add(f"/{name}", Code.OBJECT_UNREADABLE, f"unreadable: {_one_line(err)}")
-                continue
-            if isinstance(obj, h5py.Group):
-                ins.inspect_group(obj, name)
-            elif isinstance(obj, h5py.Dataset):
-                try:
-                    ins.read_dataset(obj, None)
-                except Exception as err:
-                    ins.add(f"/{name}", Code.OBJECT_UNREADABLE, f"unreadable: {_one_line(err)}")
-                    continue
-                if ins.owned:
-                    ins.add(
-                        f"/{name}",
-                        Code.UNEXPECTED_OBJECT,
-                        "dataset outside any group",
-                        Severity.WARNING,
-                    )
-        if _seal.check_seal(path) is False:
-            ins.add(
-                "/",
-                Code.SEAL_MISMATCH,
-                "the bytes changed after the shard was committed (its seal does not match);"
-                " every group was read and checked instead",
-                Severity.INFO,
-            )
-        if not ins.owned:
-            ins.add(
-                "/",
-                Code.NO_DIGESTS,
-                "not written by h5guard: readable, but silent data damage cannot be ruled out",
-                Severity.INFO,
-            )
+        fast = _fast_groups(path) if ins.owned else None
+        try:
+            _inspect_members(ins, f, names, fast)
+        finally:
+            if fast is not None:
+                fast.close()
+        _check_seal(ins, path)
     summary = FileSummary(
         path,
         kind if root_attrs is not None else FileKind.UNREADABLE,
@@ -269,6 +288,70 @@ def inspect_file(path: str, schema_json: str | None = None) -> tuple[list[Findin
         schema_json=embedded if embedded is not None else schema_json,
     )
     return ins.findings, summary
+
+
+def _fast_groups(path: str) -> _FastGroups | None:
+    try:
+        return _FastGroups(path)
+    except (OSError, ValueError, _fastread.Unsupported, _fastread.Malformed) as err:
+        log.debug("%s: h5guard's reader cannot read it (%s); libhdf5 only", path, err)
+        return None
+
+
+def _inspect_members(
+    ins: _Inspector, f: h5py.File, names: list[str], fast: _FastGroups | None
+) -> None:
+    for name in names:
+        try:
+            # The fast path first: it needs no h5py objects, which cost more than it does.
+            if fast is not None and fast.accept(ins, f, name):
+                continue
+            link = f.get(name, getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                ins.add(
+                    f"/{name}",
+                    Code.UNEXPECTED_OBJECT,
+                    f"{type(link).__name__} not followed",
+                    Severity.WARNING,
+                )
+                continue
+            obj = f[name]
+        except Exception as err:
+            ins.add(f"/{name}", Code.OBJECT_UNREADABLE, f"unreadable: {_one_line(err)}")
+            continue
+        if isinstance(obj, h5py.Group):
+            ins.inspect_group(obj, name)
+        elif isinstance(obj, h5py.Dataset):
+            try:
+                ins.read_dataset(obj, None)
+            except Exception as err:
+                ins.add(f"/{name}", Code.OBJECT_UNREADABLE, f"unreadable: {_one_line(err)}")
+                continue
+            if ins.owned:
+                ins.add(
+                    f"/{name}",
+                    Code.UNEXPECTED_OBJECT,
+                    "dataset outside any group",
+                    Severity.WARNING,
+                )
+
+
+def _check_seal(ins: _Inspector, path: str) -> None:
+    if _seal.check_seal(path) is False:
+        ins.add(
+            "/",
+            Code.SEAL_MISMATCH,
+            "the bytes changed after the shard was committed (its seal does not match);"
+            " every group was read and checked instead",
+            Severity.INFO,
+        )
+    if not ins.owned:
+        ins.add(
+            "/",
+            Code.NO_DIGESTS,
+            "not written by h5guard: readable, but silent data damage cannot be ruled out",
+            Severity.INFO,
+        )
 
 
 def _text(attrs: Mapping[str, npt.NDArray[Any]] | None, name: str) -> str | None:

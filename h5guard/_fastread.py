@@ -39,9 +39,10 @@ import mmap
 import os
 import struct
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from h5guard._superblock import lookup3
 
@@ -606,7 +607,10 @@ def _dataset(buf: Buffer, base: int, addr: int, name: bytes, checksums: bool) ->
     return [_TAG_D, _f(name), dtype.token, space.token, nbytes.to_bytes(8, "little"), data]
 
 
-def _group_digest(buf: Buffer, base: int, addr: int, checksums: bool) -> tuple[str, str | None]:
+def _group_parts(
+    buf: Buffer, base: int, addr: int, checksums: bool
+) -> tuple[dict[bytes, list[bytes]], dict[bytes, bytes], str | None]:
+    """``(dataset digest fields by name, attribute digest fields by name, stored digest)``."""
     attrs: dict[bytes, bytes] = {}
     links: dict[bytes, int] = {}
     is_group = False
@@ -633,11 +637,39 @@ def _group_digest(buf: Buffer, base: int, addr: int, checksums: bool) -> tuple[s
         raise Unsupported(f"object at {addr} is not a group with a link info message")
     value = attrs.pop(_DIGEST_ATTR, None)
     stored = None if value is None else value.rstrip(b"\0").decode("utf-8", errors="replace")
+    datasets = {name: _dataset(buf, base, links[name], name, checksums) for name in links}
+    return datasets, attrs, stored
+
+
+def _digest_of_parts(datasets: dict[bytes, list[bytes]], attrs: dict[bytes, bytes]) -> str:
     parts = [_DIGEST_MAGIC]
-    for name in sorted(links):
-        parts += _dataset(buf, base, links[name], name, checksums)
+    for name in sorted(datasets):
+        parts += datasets[name]
     parts += map(attrs.__getitem__, sorted(attrs))
-    return _DIGEST_PREFIX + hashlib.sha256(b"".join(parts)).hexdigest(), stored
+    return _DIGEST_PREFIX + hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+def _group_digest(buf: Buffer, base: int, addr: int, checksums: bool) -> tuple[str, str | None]:
+    datasets, attrs, stored = _group_parts(buf, base, addr, checksums)
+    return _digest_of_parts(datasets, attrs), stored
+
+
+def _fields(data: bytes, count: int) -> list[bytes]:
+    """Split ``count`` length-prefixed digest fields F(x) F(y) ... back into x, y, ..."""
+    out: list[bytes] = []
+    p = 0
+    for _ in range(count):
+        size = int.from_bytes(data[p : p + 8], "little")
+        out.append(data[p + 8 : p + 8 + size])
+        p += 8 + size
+    if p != len(data):
+        raise Malformed("digest fields do not add up")
+    return out
+
+
+def _array(dtype: bytes, shape: bytes, value: bytes) -> npt.NDArray[Any]:
+    dims = tuple(int(n) for n in shape.split(b",")) if shape else ()
+    return np.frombuffer(value, dtype=np.dtype(dtype.decode())).reshape(dims)
 
 
 # -- public API -----------------------------------------------------------------------
@@ -712,6 +744,32 @@ def group_digest_at(
     try:
         return _group_digest(buf, base, addr, checksums)
     except (IndexError, struct.error, ValueError, OverflowError) as err:
+        raise Malformed(f"{type(err).__name__}: {err}") from err
+
+
+def read_group_at(
+    buf: Buffer, base: int, addr: int, *, attributes: bool = True
+) -> tuple[str, str | None, dict[str, npt.NDArray[Any]], dict[str, npt.NDArray[Any]]]:
+    """``(computed digest, stored digest, datasets, attributes)`` of the group at ``addr``,
+    values as h5py would read them (read-only arrays over the parsed bytes).
+
+    For a checker that also applies a schema; ``attributes=False`` skips turning the
+    attributes into arrays (an empty dict comes back). Raises :class:`Unsupported` or
+    :class:`Malformed`.
+    """
+    try:
+        parts, attrs, stored = _group_parts(buf, base, addr, False)
+        datasets: dict[str, npt.NDArray[Any]] = {}
+        for name, (_, _, dtype, shape, _, data) in parts.items():
+            datasets[name.decode("utf-8")] = _array(
+                _fields(dtype, 1)[0], _fields(shape, 1)[0], data
+            )
+        values: dict[str, npt.NDArray[Any]] = {}
+        for name, fields in attrs.items() if attributes else ():
+            _, _, dtype, shape, value = _fields(fields, 5)
+            values[name.decode("utf-8")] = _array(dtype, shape, value)
+        return _digest_of_parts(parts, attrs), stored, datasets, values
+    except (IndexError, struct.error, ValueError, OverflowError, TypeError) as err:
         raise Malformed(f"{type(err).__name__}: {err}") from err
 
 
