@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
-from h5guard import _fastread, _layout, _seal
+from h5guard import _fastread, _layout
 from h5guard.errors import SchemaError
 from h5guard.report import Code, FileKind, FileSummary, Finding, Severity
 from h5guard.schema import DatasetInfo, Schema
@@ -279,7 +279,7 @@ def inspect_file(path: str, schema_json: str | None = None) -> tuple[list[Findin
         finally:
             if fast is not None:
                 fast.close()
-        _check_seal(ins, path)
+        _note_foreign(ins)
     summary = FileSummary(
         path,
         kind if root_attrs is not None else FileKind.UNREADABLE,
@@ -336,15 +336,7 @@ def _inspect_members(
                 )
 
 
-def _check_seal(ins: _Inspector, path: str) -> None:
-    if _seal.check_seal(path) is False:
-        ins.add(
-            "/",
-            Code.SEAL_MISMATCH,
-            "the bytes changed after the shard was committed (its seal does not match);"
-            " every group was read and checked instead",
-            Severity.INFO,
-        )
+def _note_foreign(ins: _Inspector) -> None:
     if not ins.owned:
         ins.add(
             "/",

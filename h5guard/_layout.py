@@ -274,7 +274,12 @@ def write_attr(obj: h5py.Group | h5py.File, name: str, arr: npt.NDArray[Any]) ->
 
 
 def iter_blocks(dset: h5py.Dataset) -> Iterator[npt.NDArray[Any]]:
-    """Read a dataset as C-ordered blocks of whole rows, at most READ_BLOCK bytes."""
+    """Read a dataset as C-ordered blocks of whole rows, at most READ_BLOCK bytes.
+
+    Big datasets are read into two buffers used in turn (fresh 16 MiB arrays cost their
+    page faults on every block): a block stays valid until the one after the next is
+    requested, which is what a reader hashing one block while reading the next needs.
+    """
     if dset.ndim == 0 or dset.nbytes <= READ_BLOCK:
         # Into an array of the stored dtype: dset[()] of a scalar fixed-length string
         # returns bytes with its trailing NULs stripped, which would change the digest.
@@ -283,10 +288,17 @@ def iter_blocks(dset: h5py.Dataset) -> Iterator[npt.NDArray[Any]]:
             dset.id.read(h5py.h5s.ALL, h5py.h5s.ALL, whole)
         yield whole
         return
-    row_bytes = max(1, dset.nbytes // max(1, dset.shape[0]))
+    shape = tuple(int(n) for n in dset.shape)
+    row_bytes = max(1, dset.nbytes // max(1, shape[0]))
     rows = max(1, READ_BLOCK // row_bytes)
-    for start in range(0, dset.shape[0], rows):
-        yield np.asarray(dset[start : start + rows])
+    buffers: list[npt.NDArray[Any]] = []
+    for i, start in enumerate(range(0, shape[0], rows)):
+        stop = min(shape[0], start + rows)
+        if len(buffers) < 2:
+            buffers.append(np.empty((rows, *shape[1:]), dtype=dset.dtype))
+        block = buffers[i % 2][: stop - start]
+        dset.read_direct(block, source_sel=np.s_[start:stop])
+        yield block
 
 
 def read_attr(obj: h5py.Group | h5py.File | h5py.Dataset, name: str) -> npt.NDArray[Any]:
