@@ -7,7 +7,6 @@ Frames on stdin/stdout are an 8-byte little-endian length and a pickle.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib
 import resource
 import signal
@@ -20,17 +19,7 @@ import h5py  # noqa: F401
 import numpy  # noqa: F401
 
 from h5guard import _deep  # noqa: F401
-from h5guard.sandbox import _read_frame, _write_frame
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # A child spinning inside libhdf5 never reads stdin again, so it would not notice
-    # its parent dying; ask the kernel to kill it instead.
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+from h5guard.sandbox import _read_frame, _write_frame, die_with_parent
 
 
 def _address_space() -> int:
@@ -51,7 +40,7 @@ def _limit_memory(extra: int) -> None:
 
 
 def main() -> None:
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     _limit_memory(int(sys.argv[1]))
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer

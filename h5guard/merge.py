@@ -28,6 +28,10 @@ import errno
 import json
 import logging
 import os
+import pickle
+import select
+import signal
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +51,7 @@ from h5guard.errors import (
     WriteError,
 )
 from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
-from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox
+from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox, die_with_parent
 from h5guard.schema import Schema
 from h5guard.validate import QUARANTINE_DIR, ProgressCallback, partial_finding, validate_many
 
@@ -504,19 +508,21 @@ def _write_partial(
     return added
 
 
+# Below this many added groups a forked helper costs more than the half it verifies.
+PARALLEL_VERIFY_MIN = 2000
+
+
 def _verify_copy(partial: str, added: Mapping[str, tuple[int, str]]) -> list[Finding]:
     """Recompute the digest of every added group from the bytes of the new output.
 
     h5guard's own reader (:mod:`h5guard._fastread`) parses the copied objects straight
     from the file, independently of the libhdf5 that wrote them; groups outside the
     layout it knows (big chunked datasets, say) are read back through libhdf5. The new
-    file is one this process just wrote, so it is read in-process. (Splitting the work
-    with a checker child was measured slower: its start-up slows the copy more than it
-    saves on the ~13 us per group this takes.)
+    file is one this process just wrote, so it is read in-process.
     """
     if not added:
         return []
-    mismatched, unsupported = _fastread.verify_groups_at(partial, added)
+    mismatched, unsupported = _verify_in_two(partial, added)
     problems = [
         Finding(partial, f"/{key}", Code.DIGEST_MISMATCH, Severity.ERROR, message)
         for key, message in mismatched
@@ -525,6 +531,69 @@ def _verify_copy(partial: str, added: Mapping[str, tuple[int, str]]) -> list[Fin
         log.debug("%d group(s) verified through libhdf5", len(unsupported))
         problems += _deep.verify_groups(partial, {k: added[k][1] for k in unsupported})
     return problems
+
+
+def _verify_in_two(
+    partial: str, added: Mapping[str, tuple[int, str]]
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Run the reader on half of the groups in a forked copy of this process.
+
+    Only when this process has a single thread (a fork copies just the calling thread,
+    so a lock held by another one would never be released in the child) and the work is
+    big enough; the child runs pure Python on the closed file and leaves with _exit, so
+    nothing of libhdf5's state in it is used. (A spawned checker was measured slower:
+    its interpreter start-up slows the copy more than it saves.) Any failure of the
+    child means this process verifies its half too.
+    """
+    fork = getattr(os, "fork", None)
+    if fork is None or len(added) < PARALLEL_VERIFY_MIN or threading.active_count() != 1:
+        return _fastread.verify_groups_at(partial, added)
+    keys = list(added)
+    mine = {k: added[k] for k in keys[: len(keys) // 2]}
+    theirs = {k: added[k] for k in keys[len(keys) // 2 :]}
+    read_end, write_end = os.pipe()
+    pid = fork()
+    if pid == 0:  # the child: verify, report, leave without running any exit handler
+        code = 1
+        try:
+            die_with_parent()
+            os.close(read_end)
+            with os.fdopen(write_end, "wb") as out:
+                pickle.dump(_fastread.verify_groups_at(partial, theirs), out)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    reply = b""
+    try:
+        problems, unsupported = _fastread.verify_groups_at(partial, mine)
+        # The reader never loops, but a verification must never hang: give the child a
+        # generous deadline (it has done half the work in the time this process took).
+        deadline = time.monotonic() + 60.0 + 0.001 * len(theirs)
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            chunks: list[bytes] = []
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    break
+                chunk = pipe.read(1 << 20)
+                if not chunk:
+                    reply = b"".join(chunks)
+                    break
+                chunks.append(chunk)
+    finally:
+        if not reply:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    try:
+        if status != 0:
+            raise ValueError(f"exit status {status}")
+        more, more_unsupported = pickle.loads(reply)
+    except Exception as err:
+        log.info("verification helper failed (%s); verifying its half here", err)
+        more, more_unsupported = _fastread.verify_groups_at(partial, theirs)
+    return problems + more, unsupported + more_unsupported
 
 
 def merge(

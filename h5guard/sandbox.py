@@ -11,6 +11,7 @@ killing the child; a child that dies is replaced. Either way the caller gets a
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import pickle
@@ -52,6 +53,20 @@ class SandboxResult:
     @property
     def ok(self) -> bool:
         return self.failure is None
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask the kernel (Linux) to SIGKILL this process when its parent dies.
+
+    A child spinning inside libhdf5 never reads its pipe again, so it would not notice
+    its parent dying on its own.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _write_frame(stream: IO[bytes], obj: Any) -> None:

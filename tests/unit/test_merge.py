@@ -408,3 +408,25 @@ def test_partial_of_a_writer_on_another_host_is_not_called_stale(tmp_path: Path)
     assert report.stale_partials == (str(dead),)
     assert elsewhere.read_bytes() == b"being written on node17"
     assert dead.read_bytes() == b"left by a dead writer"
+
+
+def test_forked_verification_in_a_single_threaded_process(tmp_path: Path) -> None:
+    """The merge forks a helper for half of a big verification only in a process with
+    one thread (pytest's may have more), so this runs in a fresh interpreter."""
+    script = Path(__file__).with_name("_verify_fork_child.py")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    keys = result["keys"]
+    # A wrong digest in this process's half and one in the child's half are both found.
+    assert result["mismatch_in_either_half"] == [keys[3], keys[30]]
+    assert result["clean"] == [[], []]
+    # The child killed mid-verification: this process verifies its half instead.
+    assert result["child_killed"] == [keys[35]]
+    assert result["forks"] == 3
