@@ -408,22 +408,6 @@ def sealed_summary(
     return FileSummary(path, FileKind.SHARD, _size(path), groups=groups, schema_json=embedded)
 
 
-def group_index(path: str) -> tuple[str | None, dict[str, str | None], str | None]:
-    """``(format, {key: stored digest}, embedded schema)`` of a file, reading no data.
-
-    Used on a merge output that h5guard wrote and verified when it wrote it, where a
-    full re-read on every merge would cost time proportional to all past results.
-    """
-    with h5py.File(path, "r", locking=False) as f:
-        fmt = _layout.text_attr(f, _layout.FORMAT_ATTR)
-        schema_json = _layout.text_attr(f, _layout.SCHEMA_ATTR)
-        index: dict[str, str | None] = {}
-        for key, obj in f.items():
-            if isinstance(obj, h5py.Group):
-                index[key] = _layout.text_attr(obj, _layout.DIGEST_ATTR)
-    return fmt, index, schema_json
-
-
 def verify_groups(path: str, expected: Mapping[str, str | None]) -> list[Finding]:
     """Re-read the named groups of ``path`` and check each against its expected digest."""
     ins = _Inspector(path, None)

@@ -128,8 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
         "merge",
         help="merge a directory of shards into one output, crash-safely",
         description=(
-            "Validate every shard, quarantine bad ones, and atomically replace OUTPUT with a "
-            "verified copy that holds the new groups. Holds OUTPUT.lock for the whole merge."
+            "Validate every shard (a sealed shard by hashing it, any other by a full read in "
+            "a sandboxed process), quarantine bad ones, and atomically replace OUTPUT with a "
+            "copy that holds the new groups, each verified against its digest. Holds "
+            "OUTPUT.lock for the whole merge."
         ),
         epilog="Exit codes: 0 merged cleanly, 1 merged but something was quarantined or conflicted, 2 could not run (output untouched).",
     )

@@ -104,6 +104,8 @@ class MergePlan:
     stale_partials: tuple[str, ...]
     live_partials: tuple[str, ...]
     report: Report
+    # Every key of the existing output: listed by plan_merge; merge() only looks up the
+    # keys it brings and leaves this empty.
     output_keys: frozenset[str] = frozenset()
     shard_keys: frozenset[str] = frozenset()  # keys of the valid shards
 
