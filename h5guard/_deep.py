@@ -204,14 +204,7 @@ class _FastGroups:
         except Exception:  # damage of any kind: the libhdf5 path names it precisely
             return False
         if ins.schema is not None:
-            infos = {
-                name: DatasetInfo(
-                    dtype=arr.dtype,
-                    shape=arr.shape,
-                    all_finite=bool(np.isfinite(arr).all()) if arr.dtype.kind in "fc" else True,
-                )
-                for name, arr in datasets.items()
-            }
+            infos = {name: DatasetInfo.of(arr) for name, arr in datasets.items()}
             if ins.schema.check(infos, attrs):
                 return False
         ins.groups[key] = stored
@@ -378,10 +371,11 @@ def sealed_summary(
     """
     if root_attrs is None:
         with h5py.File(path, "r", locking=False) as f:
-            texts = {
-                name: _text(_layout.read_attrs(f), name)
-                for name in (_layout.FORMAT_ATTR, _layout.INDEX_ATTR, _layout.SCHEMA_ATTR)
-            }
+            stored = _layout.read_attrs(f)
+        texts = {
+            name: _text(stored, name)
+            for name in (_layout.FORMAT_ATTR, _layout.INDEX_ATTR, _layout.SCHEMA_ATTR)
+        }
     else:
         texts = {
             name: root_attrs[name].rstrip(b"\0").decode("utf-8", "replace")

@@ -348,14 +348,7 @@ def _read_group(
         if computed != stored:
             raise _Lost(f"{_layout.DIGEST_ATTR} mismatch: stored {stored}, recomputed {computed}")
     if schema is not None:
-        infos = {
-            n: DatasetInfo(
-                dtype=a.dtype,
-                shape=a.shape,
-                all_finite=bool(np.isfinite(a).all()) if a.dtype.kind in "fc" else True,
-            )
-            for n, a in datasets.items()
-        }
+        infos = {n: DatasetInfo.of(a) for n, a in datasets.items()}
         problems = schema.check(infos, attrs)
         if problems:
             p = problems[0]

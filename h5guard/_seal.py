@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 SEAL_SIZE = 512
 _MAGIC = b"h5guard-seal/1\n"
-_HASH_BLOCK = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,16 +35,12 @@ class Seal:
     size: int
 
 
-def _hash_from(fd: int, start: int, size: int) -> str:
-    h = hashlib.sha256()
-    offset = start
-    while offset < size:
-        block = os.pread(fd, min(_HASH_BLOCK, size - offset), offset)
-        if not block:
-            break  # shrank underneath us: the hash then cannot match
-        h.update(block)
-        offset += len(block)
-    return h.hexdigest()
+def _sha256_after_seal(buf: bytes | memoryview | mmap.mmap) -> str:
+    return hashlib.sha256(memoryview(buf)[SEAL_SIZE:]).hexdigest()
+
+
+def _mapped(fd: int) -> mmap.mmap:
+    return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
 
 
 def write_seal(path: str | os.PathLike[str]) -> Seal:
@@ -55,8 +50,8 @@ def write_seal(path: str | os.PathLike[str]) -> Seal:
     """
     fd = os.open(path, os.O_RDWR)
     try:
-        size = os.fstat(fd).st_size
-        seal = Seal(_hash_from(fd, SEAL_SIZE, size), size)
+        with _mapped(fd) as buf:
+            seal = Seal(_sha256_after_seal(buf), len(buf))
         text = _MAGIC + f"sha256:{seal.sha256}\nsize:{seal.size}\n".encode()
         os.pwrite(fd, text.ljust(SEAL_SIZE, b"\0"), 0)
     finally:
@@ -83,25 +78,14 @@ def seal_matches(buf: bytes | memoryview | mmap.mmap) -> bool | None:
         return None
     if len(buf) != seal.size:
         return False
-    return hashlib.sha256(memoryview(buf)[SEAL_SIZE:]).hexdigest() == seal.sha256
+    return _sha256_after_seal(buf) == seal.sha256
 
 
 def check_seal(path: str | os.PathLike[str]) -> bool | None:
     """True if the file carries a seal matching its bytes, False if the seal does not
     match, None if it has no seal (or cannot be read: the other layers will say why)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
+        with open(path, "rb") as fh, _mapped(fh.fileno()) as buf:
+            return seal_matches(buf)
+    except (OSError, ValueError):  # ValueError: an empty file cannot be mapped
         return None
-    try:
-        seal = parse_seal(os.pread(fd, SEAL_SIZE, 0))
-        if seal is None:
-            return None
-        size = os.fstat(fd).st_size
-        if size != seal.size:
-            return False
-        return _hash_from(fd, SEAL_SIZE, size) == seal.sha256
-    except OSError:
-        return None
-    finally:
-        os.close(fd)

@@ -27,6 +27,7 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from h5guard.errors import SchemaError
 from h5guard.report import Code
@@ -152,6 +153,12 @@ class DatasetInfo:
     dtype: np.dtype[Any]
     shape: tuple[int, ...]
     all_finite: bool
+
+    @classmethod
+    def of(cls, arr: npt.NDArray[Any]) -> DatasetInfo:
+        """The info of a dataset held in memory (finiteness scanned for float/complex)."""
+        finite = bool(np.isfinite(arr).all()) if arr.dtype.kind in "fc" else True
+        return cls(dtype=arr.dtype, shape=tuple(arr.shape), all_finite=finite)
 
 
 @dataclass(frozen=True, slots=True)

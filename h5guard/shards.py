@@ -301,14 +301,7 @@ class ShardWriter:
         attrs: Mapping[str, npt.NDArray[Any]],
     ) -> None:
         assert self.schema is not None
-        infos = {
-            name: DatasetInfo(
-                dtype=a.dtype,
-                shape=a.shape,
-                all_finite=bool(np.isfinite(a).all()) if a.dtype.kind in "fc" else True,
-            )
-            for name, a in arrays.items()
-        }
+        infos = {name: DatasetInfo.of(a) for name, a in arrays.items()}
         problems = self.schema.check(infos, attrs)
         if problems:
             p = problems[0]
