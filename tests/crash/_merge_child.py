@@ -1,9 +1,10 @@
 """Child process for merge crash tests, plus the shard builders the merge tests share.
 
-Run as ``python tests/crash/_merge_child.py SHARD_DIR OUTPUT PHASE_LOG [--lock-timeout S]``:
+Run as ``python tests/crash/_merge_child.py SHARD_DIR OUTPUT PHASE_LOG [--lock-timeout S]
+[--parallel-verify-min N] [--slow-helper S]``:
 it runs :func:`h5guard.merge` and appends ``<phase> <CLOCK_MONOTONIC>`` lines to PHASE_LOG
-as the merge passes its steps (plan, quarantine, write, verify, verified, commit,
-committed, done),
+as the merge passes its steps (plan, quarantine, write, verify, forked (a verification
+helper was forked), verified, commit, committed, done),
 so the parent knows where its SIGKILL landed. The phases are observed by wrapping the
 merge's internal functions; what they do is unchanged. Exit codes as the CLI: 0/1 merged,
 2 ``LockTimeoutError`` (message on stderr).
@@ -41,6 +42,7 @@ PHASES = (
     "quarantine",
     "write",
     "verify",
+    "forked",
     "verified",
     "commit",
     "committed",
@@ -159,10 +161,8 @@ def run_and_kill(work: Path, anchor: str | None, offset: float) -> tuple[str, in
 # -- the child -----------------------------------------------------------------------
 def _instrument(log_path: str, output: str) -> Callable[[str], None]:
     import h5guard._atomic
-    import h5guard._deep
 
     atomic: Any = h5guard._atomic
-    deep: Any = h5guard._deep
     # ``h5guard.merge`` the attribute is the function; the module is in sys.modules.
     merge_mod: Any = sys.modules["h5guard.merge"]
 
@@ -181,7 +181,8 @@ def _instrument(log_path: str, output: str) -> Callable[[str], None]:
     merge_mod._plan = before("plan", merge_mod._plan)
     merge_mod._quarantine = before("quarantine", merge_mod._quarantine)
     merge_mod._write_partial = before("write", merge_mod._write_partial)
-    verify = deep.verify_groups
+    # The whole verification: h5guard's reader, its forked helper, the libhdf5 fallback.
+    verify = merge_mod._verify_copy
 
     def verify_wrapper(*args: Any, **kwargs: Any) -> Any:
         mark("verify")
@@ -189,7 +190,16 @@ def _instrument(log_path: str, output: str) -> Callable[[str], None]:
         mark("verified")
         return result
 
-    deep.verify_groups = verify_wrapper
+    merge_mod._verify_copy = verify_wrapper
+    fork = os.fork
+
+    def fork_wrapper() -> int:
+        pid = fork()
+        if pid:
+            mark("forked")  # the verification helper is running
+        return pid
+
+    os.fork = fork_wrapper
     commit = atomic.commit_file
 
     def commit_wrapper(partial: Any, final: Any) -> None:
@@ -204,15 +214,45 @@ def _instrument(log_path: str, output: str) -> Callable[[str], None]:
     return mark
 
 
+def _slow_down_helper(seconds: float) -> None:
+    from h5guard import _fastread
+
+    fastread: Any = _fastread
+    parent = os.getpid()
+    verify = fastread.verify_groups_at
+
+    def slow_in_child(*args: Any, **kwargs: Any) -> Any:
+        if os.getpid() != parent:
+            time.sleep(seconds)
+        return verify(*args, **kwargs)
+
+    fastread.verify_groups_at = slow_in_child
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("shard_dir")
     parser.add_argument("output")
     parser.add_argument("phase_log")
     parser.add_argument("--lock-timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--slow-helper",
+        type=float,
+        default=0.0,
+        help="a forked verification helper sleeps this long first (so a kill finds it)",
+    )
+    parser.add_argument(
+        "--parallel-verify-min",
+        type=int,
+        help="verify in a forked helper from this many added groups (the merge's threshold)",
+    )
     args = parser.parse_args(argv)
     output = os.path.abspath(args.output)
     mark = _instrument(args.phase_log, output)
+    if args.parallel_verify_min is not None:
+        sys.modules["h5guard.merge"].PARALLEL_VERIFY_MIN = args.parallel_verify_min
+    if args.slow_helper:
+        _slow_down_helper(args.slow_helper)
     mark("start")
     from h5guard import merge
 

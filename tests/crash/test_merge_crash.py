@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -31,10 +32,13 @@ from h5guard.merge import GROUPS_ATTR
 from tests.crash._merge_child import (
     expected_digest,
     output_index,
+    read_phases,
     run_and_kill,
     sha256_file,
+    wait_for_phase,
     write_shards,
 )
+from tests.procs import descendants
 
 REPO = Path(__file__).resolve().parents[2]
 BIG = 65536  # float64 values of bulk data per group: 512 KiB, so copying takes a while
@@ -278,3 +282,62 @@ def test_two_merges_of_one_directory_lock_or_wait(tmp_path: Path) -> None:
     again = merge(tmp, out, workers=1)
     assert (again.groups_added, again.shards_merged) == (0, 0)
     check_output(out, range(40))
+
+
+def test_sigkill_during_forked_verification_leaves_old_output_and_no_helper(
+    tmp_path: Path,
+) -> None:
+    """The merge forks a helper to verify half of a big copy. Killed right then, the old
+    output stays byte-identical, the helper dies with it (PR_SET_PDEATHSIG) instead of
+    living on as an orphan, and a re-run merges everything."""
+    root = tmp_path / "tpl"
+    tmp = root / "tmp"
+    tmp.mkdir(parents=True)
+    write_shards(tmp, range(0, 50), per_shard=50)
+    merge(tmp, root / "out.h5", workers=1)
+    write_shards(tmp, range(50, 650), per_shard=100)  # small groups: h5guard's reader
+    old_sha = sha256_file(root / "out.h5")
+    log = tmp_path / "phases.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "tests" / "crash" / "_merge_child.py"),
+            str(tmp),
+            str(root / "out.h5"),
+            str(log),
+            "--parallel-verify-min",
+            "1",
+            "--slow-helper",
+            "60",
+        ],
+        cwd=REPO,
+        # Not a pipe: an orphaned helper would hold it open and hang the read.
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_for_phase(log, "forked", proc, limit=60), read_phases(log)
+        helpers = descendants(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert helpers, "no verification helper was running at the kill"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(pid) for pid in helpers):
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in helpers), "the helper outlived the merge"
+    assert sha256_file(root / "out.h5") == old_sha
+    report = merge(tmp, root / "out.h5", workers=1)
+    assert report.exit_code == 0
+    assert output_index(root / "out.h5") == {f"g{i}": expected_digest(i) for i in range(650)}
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
