@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
-from h5guard import _atomic, _layout, _seal
+from h5guard import _atomic, _layout, _result, _seal
 from h5guard._version import __version__
 from h5guard.errors import (
     H5GuardError,
@@ -135,38 +135,17 @@ class ShardWriter:
         """Write one result group; commits when the batch policy says so."""
         if self._closed:
             raise WriterClosedError(f"{self.directory}: ShardWriter is closed")
-        _layout.check_key(key)
         if key in self._batch:
             raise ValueError(f"group key {key!r}: already added to this batch")
-        arrays = {name: _layout.normalize_value(f"{key}/{name}", v) for name, v in datasets.items()}
-        attr_arrays = {
-            name: _layout.normalize_value(f"{key}@{name}", v) for name, v in (attrs or {}).items()
-        }
-        for name in (*arrays, *attr_arrays):
-            if not name or "/" in name or name.startswith(_layout.RESERVED_PREFIX):
-                raise ValueError(
-                    f"group {key!r}: member name {name!r} is empty, contains '/', "
-                    "or uses the reserved prefix 'h5guard_'"
-                )
-        if self.schema is not None:
-            self._check_schema(key, arrays, attr_arrays)
-        nbytes = sum(a.nbytes for a in arrays.values()) + sum(
-            a.nbytes for a in attr_arrays.values()
-        )
+        result = _result.prepare(key, datasets, attrs, schema=self.schema)
+        nbytes = result.nbytes
         # A group costs its data plus a few KiB of headers; twice that leaves room for
         # HDF5's own allocations when the file is closed.
         _atomic.require_free_space(self.directory, 2 * nbytes + 64 * 1024, min_free=self.min_free)
-        digest = _layout.digest_of(arrays, attr_arrays)
+        digest = result.digest
         f = self._open_batch()
         try:
-            group = _layout.create_result_group(f, key)
-            for name, arr in arrays.items():
-                _layout.write_dataset(group, name, arr)
-            for name, arr in attr_arrays.items():
-                _layout.create_attr(group, name, arr)
-            _layout.create_attr(
-                group, _layout.DIGEST_ATTR, np.array(digest.encode(), dtype=np.bytes_)
-            )
+            _result.write(f, result)
         except Exception as err:
             self._remove_half_written(f, key, err)
             raise self._write_error(f"writing group {key!r} failed", err) from err
