@@ -35,6 +35,7 @@ than the rest of the parse, and the digest already covers everything the group h
 from __future__ import annotations
 
 import hashlib
+import json
 import mmap
 import os
 import struct
@@ -53,6 +54,10 @@ class Unsupported(Exception):
     """The group uses a construct outside the subset; the caller re-checks it with libhdf5."""
 
 
+class _TreeDigest(Unsupported):
+    """The group carries a v2 (tree) digest: :func:`_tree_digest` computes that one."""
+
+
 class Malformed(Exception):
     """The bytes do not parse as the subset claims (bad signature, out-of-range offset, truncated message...)."""
 
@@ -63,6 +68,7 @@ _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _UNDEFINED = 0xFFFF_FFFF_FFFF_FFFF
 _DIGEST_MAGIC = b"h5guard-digest-v1\0"
 _DIGEST_PREFIX = "sha256:"
+_DIGEST_V2_PREFIX = "sha256-v2:"
 _DIGEST_ATTR = b"h5guard_digest"
 
 # Limits that keep damaged bytes from turning into long loops or big allocations.
@@ -114,6 +120,13 @@ _IEEE = {
 }
 
 
+_PY_SCALAR_KINDS = {"<i8": "int", "<f8": "float", "|b1": "bool", "<c16": "complex"}
+_DIGEST_V2_MAGIC = b"h5guard-digest-v2\0"
+_KINDS_ATTR = b"h5guard_kinds"
+_RESERVED = b"h5guard_"
+_MAX_DEPTH = 33  # h5guard._tree.MAX_DEPTH plus the result's own group
+
+
 def _f(data: bytes) -> bytes:
     return len(data).to_bytes(8, "little") + data
 
@@ -125,16 +138,28 @@ _TAG_A = _f(b"A")
 class _Type:
     """A parsed datatype: its digest token and how to convert stored bytes."""
 
-    __slots__ = ("conv", "is_string", "size", "swap", "token")
+    __slots__ = ("conv", "is_string", "numpy", "scalar_kind", "size", "swap", "token", "utf8")
 
     def __init__(self, kind: str, size: int, conv: int, swap: int) -> None:
         self.size = size
         self.conv = conv
         self.swap = swap  # bytes per swapped unit when conv is _SWAP
+        self.utf8 = kind == "T"
+        if self.utf8:
+            kind = "S"
         self.is_string = kind == "S"
         # numpy's dtype.str in little-endian order (numpy itself refuses strings of 2 GiB)
         order = "|" if kind in "bS" or size == 1 else "<"
-        self.token = _f(f"{order}{kind}{size}".encode())
+        self.numpy = f"{order}{kind}{size}"
+        self.token = _f(self.numpy.encode())
+        # The v2 kind of a scalar of this type when no h5guard_kinds entry names one
+        # (h5guard._tree.default_kind): Python numbers only for native little-endian types.
+        if self.utf8:
+            self.scalar_kind = "str"
+        elif conv == _SWAP:
+            self.scalar_kind = "numpy"
+        else:
+            self.scalar_kind = _PY_SCALAR_KINDS.get(self.numpy, "numpy")
 
 
 class _Space:
@@ -152,11 +177,12 @@ class _Space:
 class _Attr:
     """Everything about an attribute message except its value, cached by its bytes."""
 
-    __slots__ = ("conv", "dtype", "name", "nbytes", "prefix", "scalar")
+    __slots__ = ("conv", "dtype", "name", "nbytes", "prefix", "scalar", "space")
 
     def __init__(self, name: bytes, dtype: _Type, space: _Space) -> None:
         self.name = name
         self.dtype = dtype
+        self.space = space
         self.conv = dtype.conv
         self.nbytes = dtype.size * space.count
         self.scalar = space.scalar
@@ -226,7 +252,8 @@ def _parse_type(b: bytes, p: int, depth: int) -> tuple[str, int, int, int, int]:
             raise Unsupported(f"string with padding {pad}, character set {cset}")
         if size == 0:
             raise Malformed("zero-length string type")
-        return "S", size, (_NULLTERM, _RAW, _SPACEPAD)[pad], 1, q
+        # "T": UTF-8 tagged text (its digest token is numpy's "|S<n>" all the same)
+        return ("T" if cset else "S"), size, (_NULLTERM, _RAW, _SPACEPAD)[pad], 1, q
     if cls == 6 and depth == 0:
         return _parse_complex(b, q, version, f0 | f1 << 8, size)
     if cls == 8 and depth == 0:
@@ -344,6 +371,7 @@ def _chunk_messages(
     out: list[tuple[int, bytes]],
     attrs: dict[bytes, bytes] | None,
     continuations: list[tuple[int, int]],
+    attr_objs: dict[bytes, _Attr] | None = None,
 ) -> None:
     """Sort the messages of ``chunk[p:end]`` into ``out``, ``attrs`` and ``continuations``."""
     cache_get = _ATTRS.get
@@ -380,6 +408,8 @@ def _chunk_messages(
             if name in attrs:
                 raise Malformed(f"two attributes named {name!r}")
             attrs[name] = attr.prefix + value
+            if attr_objs is not None:
+                attr_objs[name] = attr
             continue
         mtype, msize, mflags = unpack_message(chunk, p)
         body = p + header_size
@@ -411,6 +441,7 @@ def _object_messages(
     ignored: frozenset[int],
     attrs: dict[bytes, bytes] | None,
     checksums: bool,
+    attr_objs: dict[bytes, _Attr] | None = None,
 ) -> list[tuple[int, bytes]]:
     """The wanted messages, in order, of the version-2 object header at ``addr``.
 
@@ -443,7 +474,8 @@ def _object_messages(
     out: list[tuple[int, bytes]] = []
     continuations: list[tuple[int, int]] = []
     _chunk_messages(
-        chunk, data_start, data_end, header_size, wanted, ignored, out, attrs, continuations
+        chunk, data_start, data_end, header_size, wanted, ignored, out, attrs, continuations,
+        attr_objs,
     )
     seen = {addr}
     # The chunks of one header never overlap, so together they fit in the file: a bound
@@ -466,7 +498,8 @@ def _object_messages(
         if checksums and not _checksum_ok(chunk):
             raise Malformed(f"continuation chunk at {offset}: checksum mismatch")
         _chunk_messages(
-            chunk, 4, length - 4, header_size, wanted, ignored, out, attrs, continuations
+            chunk, 4, length - 4, header_size, wanted, ignored, out, attrs, continuations,
+            attr_objs,
         )
     return out
 
@@ -576,6 +609,14 @@ def _dataset(buf: Buffer, base: int, addr: int, name: bytes, checksums: bool) ->
         raw[mtype] = body
     if len(raw) != 3:
         raise Unsupported(f"member {name!r} is not a dataset")
+    dtype, space, nbytes, data = _dataset_value(buf, base, raw, name)
+    return [_TAG_D, _f(name), dtype.token, space.token, nbytes.to_bytes(8, "little"), data]
+
+
+def _dataset_value(
+    buf: Buffer, base: int, raw: dict[int, bytes], name: bytes
+) -> tuple[_Type, _Space, int, bytes]:
+    """A dataset's type, space, size and data (as h5py reads it) from its messages."""
     dtype = _TYPES.get(raw[_DATATYPE]) or _datatype(raw[_DATATYPE])
     space = _SPACES.get(raw[_DATASPACE]) or _dataspace(raw[_DATASPACE])
     nbytes = dtype.size * space.count
@@ -604,7 +645,7 @@ def _dataset(buf: Buffer, base: int, addr: int, name: bytes, checksums: bool) ->
         raise Unsupported(f"dataset {name!r}: layout class {cls}")
     if dtype.conv:
         data = _convert(dtype, data)
-    return [_TAG_D, _f(name), dtype.token, space.token, nbytes.to_bytes(8, "little"), data]
+    return dtype, space, nbytes, data
 
 
 def _group_parts(
@@ -637,6 +678,9 @@ def _group_parts(
         raise Unsupported(f"object at {addr} is not a group with a link info message")
     value = attrs.pop(_DIGEST_ATTR, None)
     stored = None if value is None else value.rstrip(b"\0").decode("utf-8", errors="replace")
+    if stored is not None and stored.startswith(_DIGEST_V2_PREFIX):
+        # A tree (v2) digest: h5guard._deep / h5guard.read verify those through libhdf5.
+        raise _TreeDigest("content digest v2 (result trees)")
     datasets = {name: _dataset(buf, base, links[name], name, checksums) for name in links}
     return datasets, attrs, stored
 
@@ -670,6 +714,151 @@ def _fields(data: bytes, count: int) -> list[bytes]:
 def _array(dtype: bytes, shape: bytes, value: bytes) -> npt.NDArray[Any]:
     dims = tuple(int(n) for n in shape.split(b",")) if shape else ()
     return np.frombuffer(value, dtype=np.dtype(dtype.decode())).reshape(dims)
+
+
+# -- digest v2 (result trees; docs/format.md) -------------------------------------------
+
+_ANY_WANTED = _GROUP_WANTED | _DATASET_WANTED
+_F_G = _f(b"G")
+_F_D = _f(b"D")
+
+
+def _kinds_entry(attrs: dict[bytes, bytes], objs: dict[bytes, _Attr]) -> dict[str, str]:
+    fields = attrs.pop(_KINDS_ATTR, None)
+    if fields is None:
+        return {}
+    value = fields[len(objs[_KINDS_ATTR].prefix) :]
+    try:
+        kinds = json.loads(value.rstrip(b"\0").decode("utf-8"))
+    except ValueError as err:
+        raise Malformed(f"h5guard_kinds is not JSON: {err}") from err
+    if not isinstance(kinds, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in kinds.items()
+    ):
+        raise Malformed("h5guard_kinds is not an object of strings")
+    return kinds
+
+
+def _kind(hint: str | None, dtype: _Type, space: _Space, data: bytes) -> bytes:
+    """The value's v2 kind: its h5guard_kinds entry, else the one its type implies."""
+    if hint is None:
+        if dtype.utf8:
+            hint = "str" if space.scalar else "U"
+        else:
+            hint = dtype.scalar_kind if space.scalar else "ndarray"
+    if hint == "U":  # as narrow as the longest element (at least 1)
+        width = 1
+        for i in range(0, len(data), dtype.size):
+            width = max(width, len(data[i : i + dtype.size].rstrip(b"\0").decode("utf-8")))
+        hint = f"U{width}"
+    return _f(hint.encode())
+
+
+def _attrs_v2(
+    attrs: dict[bytes, bytes], objs: dict[bytes, _Attr], kinds: Mapping[str, str], own: bool
+) -> bytes:
+    names = sorted(n for n in attrs if not n.startswith(_RESERVED))
+    known = {n.decode("utf-8", "replace") for n in names}
+    if set(kinds) - known - ({""} if own else set()):
+        raise Malformed(f"h5guard_kinds names missing attributes {sorted(set(kinds) - known)}")
+    parts = [len(names).to_bytes(8, "little")]
+    for name in names:
+        attr = objs[name]
+        value = attrs[name][len(attr.prefix) :]
+        kind = _kind(kinds.get(name.decode("utf-8")), attr.dtype, attr.space, value)
+        parts += [_f(name), kind, attr.dtype.token, attr.space.token]
+        parts += [attr.nbytes.to_bytes(8, "little"), value]
+    return b"".join(parts)
+
+
+class _Flat:
+    """What read_group_at hands a schema check: the values of a group of datasets."""
+
+    def __init__(self) -> None:
+        self.datasets: dict[bytes, tuple[_Type, _Space, bytes]] = {}
+        self.attrs: dict[bytes, tuple[_Type, _Space, bytes]] = {}
+        self.nested = False  # a subgroup or a dataset attribute: too much for a flat check
+
+
+def _node_v2(
+    buf: Buffer,
+    base: int,
+    addr: int,
+    checksums: bool,
+    depth: int,
+    out: list[bytes],
+    flat: _Flat | None,
+    name: bytes = b"",
+) -> str | None:
+    """Append the v2 digest fields of the object at ``addr``; the stored digest, if any."""
+    if depth > _MAX_DEPTH:
+        raise Unsupported("groups nested too deep")
+    attrs: dict[bytes, bytes] = {}
+    objs: dict[bytes, _Attr] = {}
+    raw: dict[int, bytes] = {}
+    links: dict[bytes, int] = {}
+    is_group = False
+    for mtype, body in _object_messages(
+        buf, base, addr, _ANY_WANTED, _IGNORED, attrs, checksums, objs
+    ):
+        if mtype == _LINK:
+            link_name, target = _link(body)
+            if link_name in links:
+                raise Malformed(f"two links named {link_name!r}")
+            links[link_name] = target
+        elif mtype == _LINK_INFO:
+            is_group = True
+            if body[0] != 0:
+                raise Unsupported(f"link info message version {body[0]}")
+            (heap,) = _U64.unpack_from(body, 10 if body[1] & 1 else 2)
+            if heap != _UNDEFINED:
+                raise Unsupported("dense link storage")
+        elif mtype == _ATTR_INFO:
+            if body[0] != 0:
+                raise Unsupported(f"attribute info message version {body[0]}")
+            (heap,) = _U64.unpack_from(body, 4 if body[1] & 1 else 2)
+            if heap != _UNDEFINED:
+                raise Unsupported("dense attribute storage")
+        else:
+            if mtype in raw:
+                raise Malformed(f"object at {addr}: message {mtype:#x} given twice")
+            raw[mtype] = body
+    value = attrs.pop(_DIGEST_ATTR, None)
+    stored = None if value is None else value.rstrip(b"\0").decode("utf-8", errors="replace")
+    kinds = _kinds_entry(attrs, objs)
+    if is_group:
+        if raw:
+            raise Malformed(f"group at {addr} carries dataset messages")
+        if flat is not None and depth == 1:
+            flat.nested = True
+        out += [_F_G, _attrs_v2(attrs, objs, kinds, False), len(links).to_bytes(8, "little")]
+        if flat is not None and depth == 0:
+            for attr_name in attrs:
+                if not attr_name.startswith(_RESERVED):
+                    a = objs[attr_name]
+                    flat.attrs[attr_name] = (a.dtype, a.space, attrs[attr_name][len(a.prefix) :])
+        for member in sorted(links):
+            out.append(_f(member))
+            _node_v2(buf, base, links[member], checksums, depth + 1, out, flat, member)
+        return stored
+    if len(raw) != 3 or depth == 0:
+        raise Unsupported(f"object at {addr} is not a group or a dataset of the subset")
+    dtype, space, nbytes, data = _dataset_value(buf, base, raw, b"")
+    if flat is not None and depth == 1:
+        if attrs:
+            flat.nested = True
+        flat.datasets[name] = (dtype, space, data)
+    out += [_F_D, _attrs_v2(attrs, objs, kinds, True), _kind(kinds.get(""), dtype, space, data)]
+    out += [dtype.token, space.token, nbytes.to_bytes(8, "little"), data]
+    return stored
+
+
+def _tree_digest(
+    buf: Buffer, base: int, addr: int, checksums: bool, flat: _Flat | None = None
+) -> tuple[str, str | None]:
+    out = [_DIGEST_V2_MAGIC]
+    stored = _node_v2(buf, base, addr, checksums, 0, out, flat)
+    return _DIGEST_V2_PREFIX + hashlib.sha256(b"".join(out)).hexdigest(), stored
 
 
 # -- public API -----------------------------------------------------------------------
@@ -742,7 +931,10 @@ def group_digest_at(
     :func:`base_address`). Raises :class:`Unsupported` or :class:`Malformed`.
     """
     try:
-        return _group_digest(buf, base, addr, checksums)
+        try:
+            return _group_digest(buf, base, addr, checksums)
+        except _TreeDigest:
+            return _tree_digest(buf, base, addr, checksums)
     except (IndexError, struct.error, ValueError, OverflowError) as err:
         raise Malformed(f"{type(err).__name__}: {err}") from err
 
@@ -758,7 +950,10 @@ def read_group_at(
     :class:`Malformed`.
     """
     try:
-        parts, attrs, stored = _group_parts(buf, base, addr, False)
+        try:
+            parts, attrs, stored = _group_parts(buf, base, addr, False)
+        except _TreeDigest:
+            return _read_flat_v2(buf, base, addr, attributes)
         datasets: dict[str, npt.NDArray[Any]] = {}
         for name, (_, _, dtype, shape, _, data) in parts.items():
             datasets[name.decode("utf-8")] = _array(
@@ -771,6 +966,29 @@ def read_group_at(
         return _digest_of_parts(parts, attrs), stored, datasets, values
     except (IndexError, struct.error, ValueError, OverflowError, TypeError) as err:
         raise Malformed(f"{type(err).__name__}: {err}") from err
+
+
+def _flat_array(dtype: _Type, space: _Space, data: bytes) -> npt.NDArray[Any]:
+    dims = tuple(int(n) for n in _fields(space.token, 1)[0].split(b",")) if not space.scalar else ()
+    if dtype.utf8:
+        import h5py  # only for the UTF-8 tag a schema's "str" rule looks for
+
+        return np.frombuffer(data, dtype=h5py.string_dtype("utf-8", dtype.size)).reshape(dims)
+    return np.frombuffer(data, dtype=np.dtype(dtype.numpy)).reshape(dims)
+
+
+def _read_flat_v2(
+    buf: Buffer, base: int, addr: int, attributes: bool
+) -> tuple[str, str | None, dict[str, npt.NDArray[Any]], dict[str, npt.NDArray[Any]]]:
+    flat = _Flat()
+    computed, stored = _tree_digest(buf, base, addr, False, flat)
+    if flat.nested:
+        raise Unsupported("a result tree (subgroups or dataset attributes): check it with libhdf5")
+    datasets = {n.decode("utf-8"): _flat_array(*v) for n, v in flat.datasets.items()}
+    values = (
+        {n.decode("utf-8"): _flat_array(*v) for n, v in flat.attrs.items()} if attributes else {}
+    )
+    return computed, stored, datasets, values
 
 
 def verify_groups_at(

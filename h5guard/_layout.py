@@ -263,9 +263,20 @@ def write_dataset(group: h5py.Group, name: str, arr: npt.NDArray[Any]) -> None:
 
 def create_attr(obj: h5py.Group | h5py.File, name: str, arr: npt.NDArray[Any]) -> None:
     """Add a new attribute (it must not exist yet) through the low-level API."""
+    create_attr_id(obj.id, name, arr)
+
+
+def create_attr_id(oid: Any, name: str, arr: npt.NDArray[Any]) -> None:
+    """:func:`create_attr` on a low-level object id (a group's or a dataset's)."""
     tid = h5py.h5t.py_create(arr.dtype, logical=True)
-    aid = h5py.h5a.create(obj.id, name.encode("utf-8"), tid, _space(arr))
+    aid = h5py.h5a.create(oid, name.encode("utf-8"), tid, _space(arr))
     aid.write(np.asarray(arr, order="C"))
+
+
+def create_subgroup(parent: h5py.Group, name: str) -> h5py.Group:
+    """A group nested in a result, with the same hardened creation properties."""
+    gid = h5py.h5g.create(parent.id, name.encode("utf-8"), lcpl=_LCPL, gcpl=_RESULT_GCPL)
+    return h5py.Group(gid)
 
 
 def write_attr(obj: h5py.Group | h5py.File, name: str, arr: npt.NDArray[Any]) -> None:

@@ -18,30 +18,28 @@ from typing import Any
 
 import h5py
 import numpy as np
-import numpy.typing as npt
 
-from h5guard import _layout
+from h5guard import _layout, _tree
 from h5guard.errors import SchemaError
-from h5guard.schema import DatasetInfo, Schema
-
-Array = npt.NDArray[Any]
+from h5guard.schema import Schema
 
 
 @dataclass(frozen=True, slots=True)
 class PreparedResult:
-    """A result ready to be journaled and written: every value already normalized."""
+    """A result ready to be journaled and written: a tree of normalized values.
+
+    ``root`` is the result's own group (:class:`h5guard._tree.GroupNode`); ``digest``
+    its v2 content digest (docs/format.md).
+    """
 
     key: str
-    datasets: Mapping[str, Array]
-    attrs: Mapping[str, Array]
+    root: _tree.GroupNode
     digest: str
 
     @property
     def nbytes(self) -> int:
         """Bytes of values (datasets and attributes), without HDF5's headers."""
-        return sum(a.nbytes for a in self.datasets.values()) + sum(
-            a.nbytes for a in self.attrs.values()
-        )
+        return _tree.nbytes(self.root)
 
 
 def prepare(
@@ -51,28 +49,21 @@ def prepare(
     *,
     schema: Schema | None,
 ) -> PreparedResult:
-    """Normalize, check and digest one result; raises before anything is written."""
+    """Normalize, check and digest one result; raises before anything is written.
+
+    Values h5guard cannot store raise :class:`~h5guard.UnsupportedValueError` (saying
+    what to store instead), results past the limits :class:`~h5guard.ResultLimitError`,
+    and only a result that breaks a given schema :class:`~h5guard.SchemaError`.
+    """
     _layout.check_key(key)
-    arrays = {name: _layout.normalize_value(f"{key}/{name}", v) for name, v in datasets.items()}
-    attr_arrays = {
-        name: _layout.normalize_value(f"{key}@{name}", v) for name, v in (attrs or {}).items()
-    }
-    for name in (*arrays, *attr_arrays):
-        if not name or "/" in name or name.startswith(_layout.RESERVED_PREFIX):
-            raise ValueError(
-                f"group {key!r}: member name {name!r} is empty, contains '/', "
-                "or uses the reserved prefix 'h5guard_'"
-            )
+    root = _tree.build(key, datasets, attrs)
     if schema is not None:
-        _check_schema(schema, key, arrays, attr_arrays)
-    return PreparedResult(key, arrays, attr_arrays, _layout.digest_of(arrays, attr_arrays))
+        _check_schema(schema, key, root)
+    return PreparedResult(key, root, _tree.digest(root))
 
 
-def _check_schema(
-    schema: Schema, key: str, arrays: Mapping[str, Array], attrs: Mapping[str, Array]
-) -> None:
-    infos = {name: DatasetInfo.of(a) for name, a in arrays.items()}
-    problems = schema.check(infos, attrs)
+def _check_schema(schema: Schema, key: str, root: _tree.GroupNode) -> None:
+    problems = schema.check_tree(root)
     if problems:
         p = problems[0]
         where = f"{key}/{p.obj}" if p.obj else key
@@ -82,37 +73,80 @@ def _check_schema(
 def write(f: h5py.File, result: PreparedResult) -> None:
     """Write ``result`` as a new top-level group of ``f``, digest attribute included."""
     group = _layout.create_result_group(f, result.key)
-    for name, arr in result.datasets.items():
-        _layout.write_dataset(group, name, arr)
-    for name, arr in result.attrs.items():
-        _layout.create_attr(group, name, arr)
+    _tree.write_members(group, result.root)
     _layout.create_attr(
         group, _layout.DIGEST_ATTR, np.array(result.digest.encode(), dtype=np.bytes_)
     )
 
 
 # -- the journal encoding ---------------------------------------------------------------
-# header (UTF-8 JSON): {"key", "digest", "members": [[kind, name, descr, shape], ...]}
-# payload: each member's values in C order, in the header's order, native byte order of
-# the descr (numpy's own ``descr`` string says it). Decoding recomputes the digest, so
-# any change of a byte is caught there, not trusted.
+# header (UTF-8 JSON): {"key", "digest", "root": NODE} where a group NODE is
+# ["G", ATTRS, [[name, NODE], ...]], a dataset NODE ["D", ATTRS, VALUE], ATTRS is
+# [[name, VALUE], ...] and VALUE is [kind, descr, shape]. The payload is every VALUE's
+# data in C order, in the order the header lists them (depth first, a node's attributes
+# before its members or its data), in the byte order its numpy ``descr`` says. Strings
+# of kind "str" and "U<n>" are UTF-8 (descr ``|S<n>``). Decoding recomputes the digest,
+# so any change of a byte is caught there, not trusted.
+
+
+def _value_meta(value: _tree.Value, buffers: list[memoryview]) -> list[Any]:
+    arr = value.array
+    contiguous = np.ascontiguousarray(arr) if arr.ndim else np.asarray(arr).reshape(())
+    buffers.append(memoryview(contiguous.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
+    return [value.kind, np.lib.format.dtype_to_descr(arr.dtype), list(arr.shape)]
+
+
+def _node_meta(node: _tree.Node, buffers: list[memoryview]) -> list[Any]:
+    attrs = [[name, _value_meta(v, buffers)] for name, v in node.attrs.items()]
+    if isinstance(node, _tree.DatasetNode):
+        return ["D", attrs, _value_meta(node.value, buffers)]
+    return ["G", attrs, [[name, _node_meta(m, buffers)] for name, m in node.members.items()]]
 
 
 def encode(result: PreparedResult) -> tuple[bytes, list[memoryview]]:
     """The header and the payload buffers (no copy of the data) of one result."""
-    members: list[list[Any]] = []
     buffers: list[memoryview] = []
-    for kind, values in (("D", result.datasets), ("A", result.attrs)):
-        for name, arr in values.items():
-            contiguous = np.ascontiguousarray(arr) if arr.ndim else np.asarray(arr).reshape(())
-            members.append([kind, name, np.lib.format.dtype_to_descr(arr.dtype), list(arr.shape)])
-            buffers.append(memoryview(contiguous.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
-    header = {"key": result.key, "digest": result.digest, "members": members}
+    header = {"key": result.key, "digest": result.digest, "root": _node_meta(result.root, buffers)}
     return json.dumps(header, ensure_ascii=False).encode("utf-8"), buffers
 
 
 class DecodeError(ValueError):
     """A journal record that does not decode to the result it claims (internal)."""
+
+
+class _Reader:
+    def __init__(self, key: str, payload: bytes | memoryview) -> None:
+        self.key = key
+        self.view = memoryview(payload)
+        self.offset = 0
+
+    def value(self, meta: Sequence[Any]) -> _tree.Value:
+        kind, descr, shape = meta
+        kind = str(kind)
+        dtype = np.lib.format.descr_to_dtype(_tuples(descr))
+        if kind == "str" or (kind.startswith("U") and kind[1:].isdigit()):
+            dtype = _tree.utf8_dtype(dtype.itemsize)
+        dims = tuple(int(n) for n in shape)
+        size = dtype.itemsize * math.prod(dims)
+        chunk = self.view[self.offset : self.offset + size]
+        if len(chunk) != size:
+            raise DecodeError(f"record of {self.key!r} ends inside a value")
+        self.offset += size
+        arr = np.frombuffer(chunk, dtype=dtype).reshape(dims).copy()
+        _tree.check_kind(kind, arr, self.key)
+        return _tree.Value(arr, kind)
+
+    def node(self, meta: Sequence[Any], depth: int) -> _tree.Node:
+        if depth > _tree.MAX_DEPTH + 1:
+            raise DecodeError(f"record of {self.key!r} nests too deep")
+        tag, attrs_meta, rest = meta
+        attrs = {str(name): self.value(v) for name, v in attrs_meta}
+        if tag == "D":
+            return _tree.DatasetNode(self.value(rest), attrs)
+        if tag != "G":
+            raise DecodeError(f"record of {self.key!r}: unknown node tag {tag!r}")
+        members = {str(name): self.node(m, depth + 1) for name, m in rest}
+        return _tree.GroupNode(attrs, members)
 
 
 def decode(header: bytes, payload: bytes | memoryview) -> PreparedResult:
@@ -121,37 +155,35 @@ def decode(header: bytes, payload: bytes | memoryview) -> PreparedResult:
         meta = json.loads(header.decode("utf-8"))
         key = str(meta["key"])
         digest = str(meta["digest"])
-        members: Sequence[Sequence[Any]] = meta["members"]
-        datasets: dict[str, Array] = {}
-        attrs: dict[str, Array] = {}
-        offset = 0
-        view = memoryview(payload)
-        for kind, name, descr, shape in members:
-            dtype = np.lib.format.descr_to_dtype(_tuples(descr))
-            dims = tuple(int(n) for n in shape)
-            size = dtype.itemsize * math.prod(dims)
-            chunk = view[offset : offset + size]
-            if len(chunk) != size:
-                raise DecodeError(f"record of {key!r} ends inside member {name!r}")
-            arr = np.frombuffer(chunk, dtype=dtype).reshape(dims).copy()
-            offset += size
-            (datasets if kind == "D" else attrs)[str(name)] = arr
-        if offset != len(view):
-            raise DecodeError(f"record of {key!r} has {len(view) - offset} byte(s) too many")
+        reader = _Reader(key, payload)
+        root = reader.node(meta["root"], 0)
+        if not isinstance(root, _tree.GroupNode):
+            raise DecodeError(f"record of {key!r}: the root is not a group")
+        if reader.offset != len(reader.view):
+            raise DecodeError(
+                f"record of {key!r} has {len(reader.view) - reader.offset} byte(s) too many"
+            )
     except DecodeError:
         raise
     except Exception as err:
         raise DecodeError(f"undecodable record: {err}") from err
-    computed = _layout.digest_of(datasets, attrs)
+    computed = _tree.digest(root)
     if computed != digest:
         raise DecodeError(f"record of {key!r}: stored digest {digest}, computed {computed}")
-    return PreparedResult(key, datasets, attrs, digest)
+    return PreparedResult(key, root, digest)
 
 
 def _tuples(descr: Any) -> Any:
     """JSON turned numpy's descr tuples into lists; give them back their shape."""
     if isinstance(descr, list):
-        return [
-            tuple(_tuples(x) for x in item) if isinstance(item, list) else item for item in descr
-        ]
+        return [_field(item) for item in descr]
     return descr
+
+
+def _field(item: Any) -> Any:
+    # A field is [name, descr] or [name, descr, shape]; descr may be nested fields.
+    if not isinstance(item, list):
+        return item
+    name, sub, *shape = item
+    fixed = _tuples(sub) if isinstance(sub, list) else sub
+    return (name, fixed, tuple(shape[0])) if shape else (name, fixed)

@@ -7,6 +7,12 @@ builtins (``except OSError``) still catch what they expect::
     H5GuardError (Exception)
     ├── SchemaError (ValueError)            a schema is malformed, or a group breaks it
     ├── InvalidKeyError (ValueError)        a group key that cannot name an HDF5 group
+    ├── UnsupportedValueError (TypeError, ValueError)
+    │                                       a value add() cannot store as given; says what to do
+    ├── ResultLimitError (ValueError)       a result deeper, bigger or wider than the limits
+    ├── ResultNotFoundError (KeyError)      read(): no result of that key in the file
+    ├── DigestMismatchError (ValueError)    read(): a group whose content differs from its digest
+    ├── MissingDependencyError (ImportError) an optional extra (pandas) is not installed
     ├── WriterClosedError (RuntimeError)    ShardWriter used after close()
     ├── InsufficientSpaceError (OSError)    refused before writing: the disk is too full
     ├── WriteError (OSError)                libhdf5 or the OS failed a write; nothing committed
@@ -54,6 +60,57 @@ class InvalidKeyError(H5GuardError, ValueError):
         super().__init__(f"group key {key!r}: {reason}")
         self.key = key
         self.reason = reason
+
+
+class UnsupportedValueError(H5GuardError, TypeError, ValueError):
+    """A value that h5guard cannot store as given (None, a dict, an object array, ...).
+
+    Both a TypeError (the wrong kind of object) and a ValueError (a right kind with a
+    value out of range, such as ``2**70``), so either ``except`` catches it. The message
+    says where the value was, what it was, and what to store instead.
+    """
+
+    def __init__(self, where: str, what: str, instead: str) -> None:
+        super().__init__(f"{where}: cannot store {what}; {instead}")
+        self.where = where
+        self.what = what
+        self.instead = instead
+
+
+class ResultLimitError(H5GuardError, ValueError):
+    """A result beyond the documented limits (nesting depth, object count, name size)."""
+
+
+class ResultNotFoundError(H5GuardError, KeyError):
+    """No result of the requested key in the file."""
+
+    def __init__(self, path: str, key: str) -> None:
+        super().__init__(f"{path}: no result {key!r} (list them with h5guard.iter_results)")
+        self.path = path
+        self.key = key
+
+    def __str__(self) -> str:
+        # KeyError renders its argument with repr(): keep the message readable.
+        return str(self.args[0])
+
+
+class DigestMismatchError(H5GuardError, ValueError):
+    """A group read back whose content does not match its stored digest (or has none)."""
+
+    def __init__(self, path: str, key: str, stored: str | None, computed: str) -> None:
+        if stored is None:
+            text = f"{path}:/{key}: group has no h5guard_digest attribute (computed {computed}); read it with verify=False to accept it unverified"
+        else:
+            text = f"{path}:/{key}: content digest differs: stored {stored}, computed {computed}; the group is damaged, restore it from its shard or salvage"
+        super().__init__(text)
+        self.path = path
+        self.key = key
+        self.stored = stored
+        self.computed = computed
+
+
+class MissingDependencyError(H5GuardError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
 
 
 class WriterClosedError(H5GuardError, RuntimeError):

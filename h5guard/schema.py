@@ -14,27 +14,79 @@ through JSON::
 
 dtype rules are a numpy dtype name (``"float64"``, ``"int32"``, ``"bool"``) or a kind:
 ``"float"``, ``"int"`` (signed or unsigned), ``"number"`` (any of those), ``"bool"``,
-``"string"``. A dataset with ``"required_when": {"status": "ok"}`` is only required
-when the group's attributes have those values (failure records carry no results).
+``"complex"``, ``"string"`` (any fixed-length text or bytes string), ``"str"`` (UTF-8
+text: a Python ``str`` or a numpy unicode array), ``"bytes"`` (Python ``bytes``),
+``"structured"`` (a compound dtype; ``"fields": {"x": "float64", ...}`` names exactly
+its fields and their rules). A dataset with ``"required_when": {"status": "ok"}`` is
+only required when the group's attributes have those values (failure records carry
+no results).
+
+Trees: a dataset spec may carry ``"attrs"`` (rules for the dataset's own attributes),
+and ``"groups": {"history": {"datasets": ..., "attrs": ..., "groups": ...,
+"required": true}}`` describes nested groups, at the top level or inside a group.
+Every value object here is frozen and pickles (so a schema can go to a process pool).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import h5py
 import numpy as np
 import numpy.typing as npt
 
 from h5guard.errors import SchemaError
 from h5guard.report import Code
 
+if TYPE_CHECKING:
+    from h5guard._tree import GroupNode
+
 SCHEMA_FORMAT_VERSION = 1
-_KINDS: Mapping[str, str] = MappingProxyType(
-    {"float": "f", "int": "iu", "number": "iuf", "bool": "b", "string": "S"}
+_V = TypeVar("_V")
+
+
+class FrozenMap(Mapping[str, _V]):
+    """A read-only mapping that pickles (``types.MappingProxyType`` does not)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, _V] | None = None) -> None:
+        self._data: dict[str, _V] = dict(data or {})
+
+    def __getitem__(self, key: str) -> _V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._data.items(), key=lambda kv: kv[0])))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenMap, (self._data,))
+
+
+_KINDS: Mapping[str, str] = FrozenMap(
+    {
+        "float": "f",
+        "int": "iu",
+        "number": "iuf",
+        "bool": "b",
+        "complex": "c",
+        "string": "S",
+        "str": "S",
+        "bytes": "u",
+        "structured": "V",
+    }
 )
 ShapeRule = tuple[int | str | None, ...]
 
@@ -51,7 +103,15 @@ def _check_dtype_rule(rule: str, where: str) -> str:
     return rule
 
 
-def dtype_matches(rule: str, dtype: np.dtype[Any]) -> bool:
+def dtype_matches(rule: str, dtype: np.dtype[Any], kind: str | None = None) -> bool:
+    """Whether a stored dtype (and its value kind, when known) satisfies a dtype rule."""
+    if rule == "str":
+        info = h5py.check_string_dtype(dtype)
+        return info is not None and info.encoding == "utf-8" and info.length is not None
+    if rule == "bytes":
+        return kind == "bytes" if kind is not None else dtype == np.uint8
+    if rule == "structured":
+        return dtype.names is not None
     if rule in _KINDS:
         return dtype.kind in _KINDS[rule]
     return np.dtype(rule) == dtype.newbyteorder("=")
@@ -65,7 +125,9 @@ class DatasetSpec:
     shape: ShapeRule | None = None
     finite: bool = False
     required: bool = True
-    required_when: Mapping[str, str] = field(default_factory=dict)
+    required_when: Mapping[str, str] = field(default_factory=FrozenMap)
+    attrs: Mapping[str, AttrSpec] = field(default_factory=FrozenMap)
+    fields: Mapping[str, str] | None = None  # structured: exactly these fields, with rules
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -79,11 +141,17 @@ class DatasetSpec:
             out["required"] = False
         if self.required_when:
             out["required_when"] = dict(self.required_when)
+        if self.attrs:
+            out["attrs"] = {k: v.to_dict() for k, v in sorted(self.attrs.items())}
+        if self.fields is not None:
+            out["fields"] = dict(self.fields)
         return out
 
     @staticmethod
     def from_dict(data: Mapping[str, Any], where: str) -> DatasetSpec:
-        _only_keys(data, {"dtype", "shape", "finite", "required", "required_when"}, where)
+        _only_keys(
+            data, {"dtype", "shape", "finite", "required", "required_when", "attrs", "fields"}, where
+        )
         dtype = data.get("dtype")
         if dtype is not None:
             if not isinstance(dtype, str):
@@ -101,12 +169,23 @@ class DatasetSpec:
         when = data.get("required_when", {})
         if not isinstance(when, Mapping) or not all(isinstance(v, str) for v in when.values()):
             raise SchemaError(f"{where}.required_when: expected {{attr: string}}, got {when!r}")
+        fields = data.get("fields")
+        if fields is not None:
+            if not isinstance(fields, Mapping) or not all(
+                isinstance(v, str) for v in fields.values()
+            ):
+                raise SchemaError(f"{where}.fields: expected {{field: dtype rule}}, got {fields!r}")
+            for name, rule in fields.items():
+                _check_dtype_rule(rule, f"{where}.fields.{name}")
+            fields = FrozenMap(fields)
         return DatasetSpec(
             dtype=dtype,
             shape=shape,
             finite=bool(data.get("finite", False)),
             required=bool(data.get("required", True)),
-            required_when=MappingProxyType(dict(when)),
+            required_when=FrozenMap(when),
+            attrs=_attr_specs(data.get("attrs", {}), f"{where}.attrs"),
+            fields=fields,
         )
 
 
@@ -146,6 +225,57 @@ class AttrSpec:
         )
 
 
+def _attr_specs(section: Any, where: str) -> Mapping[str, AttrSpec]:
+    if not isinstance(section, Mapping) or not all(isinstance(v, Mapping) for v in section.values()):
+        raise SchemaError(f"{where}: expected an object of objects")
+    return FrozenMap({k: AttrSpec.from_dict(v, f"{where}.{k}") for k, v in section.items()})
+
+
+def _dataset_specs(section: Any, where: str) -> Mapping[str, DatasetSpec]:
+    if not isinstance(section, Mapping) or not all(isinstance(v, Mapping) for v in section.values()):
+        raise SchemaError(f"{where}: expected an object of objects")
+    return FrozenMap({k: DatasetSpec.from_dict(v, f"{where}.{k}") for k, v in section.items()})
+
+
+def _group_specs(section: Any, where: str, depth: int) -> Mapping[str, GroupSpec]:
+    if not isinstance(section, Mapping) or not all(isinstance(v, Mapping) for v in section.values()):
+        raise SchemaError(f"{where}: expected an object of objects")
+    if depth > 32:
+        raise SchemaError(f"{where}: groups nested more than 32 deep")
+    return FrozenMap({k: GroupSpec.from_dict(v, f"{where}.{k}", depth) for k, v in section.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """Rules for a group nested inside a result."""
+
+    datasets: Mapping[str, DatasetSpec] = field(default_factory=FrozenMap)
+    attrs: Mapping[str, AttrSpec] = field(default_factory=FrozenMap)
+    groups: Mapping[str, GroupSpec] = field(default_factory=FrozenMap)
+    required: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "datasets": {k: v.to_dict() for k, v in sorted(self.datasets.items())},
+            "attrs": {k: v.to_dict() for k, v in sorted(self.attrs.items())},
+        }
+        if self.groups:
+            out["groups"] = {k: v.to_dict() for k, v in sorted(self.groups.items())}
+        if not self.required:
+            out["required"] = False
+        return out
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any], where: str, depth: int = 0) -> GroupSpec:
+        _only_keys(data, {"datasets", "attrs", "groups", "required"}, where)
+        return GroupSpec(
+            datasets=_dataset_specs(data.get("datasets", {}), f"{where}.datasets"),
+            attrs=_attr_specs(data.get("attrs", {}), f"{where}.attrs"),
+            groups=_group_specs(data.get("groups", {}), f"{where}.groups", depth + 1),
+            required=bool(data.get("required", True)),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class DatasetInfo:
     """What the checker knows of a stored dataset: enough to apply a schema."""
@@ -153,12 +283,37 @@ class DatasetInfo:
     dtype: np.dtype[Any]
     shape: tuple[int, ...]
     all_finite: bool
+    attrs: Mapping[str, Any] = field(default_factory=FrozenMap)
+    kind: str | None = None
 
     @classmethod
-    def of(cls, arr: npt.NDArray[Any]) -> DatasetInfo:
+    def of(
+        cls, arr: npt.NDArray[Any], *, attrs: Mapping[str, Any] | None = None, kind: str | None = None
+    ) -> DatasetInfo:
         """The info of a dataset held in memory (finiteness scanned for float/complex)."""
-        finite = bool(np.isfinite(arr).all()) if arr.dtype.kind in "fc" else True
-        return cls(dtype=arr.dtype, shape=tuple(arr.shape), all_finite=finite)
+        finite = True
+        if arr.dtype.kind in "fc":
+            finite = bool(np.isfinite(arr).all())
+        elif arr.dtype.names is not None:
+            finite = _structured_finite(arr)
+        return cls(
+            dtype=arr.dtype,
+            shape=tuple(arr.shape),
+            all_finite=finite,
+            attrs=FrozenMap(attrs),
+            kind=kind,
+        )
+
+
+def _structured_finite(arr: npt.NDArray[Any]) -> bool:
+    assert arr.dtype.names is not None
+    for name in arr.dtype.names:
+        sub = arr[name]
+        if sub.dtype.kind in "fc" and not np.isfinite(sub).all():
+            return False
+        if sub.dtype.names is not None and not _structured_finite(sub):
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,16 +328,20 @@ class Schema:
     """What every top-level group of a file must look like."""
 
     name: str = "unnamed"
-    datasets: Mapping[str, DatasetSpec] = field(default_factory=dict)
-    attrs: Mapping[str, AttrSpec] = field(default_factory=dict)
+    datasets: Mapping[str, DatasetSpec] = field(default_factory=FrozenMap)
+    attrs: Mapping[str, AttrSpec] = field(default_factory=FrozenMap)
+    groups: Mapping[str, GroupSpec] = field(default_factory=FrozenMap)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "h5guard_schema": SCHEMA_FORMAT_VERSION,
             "name": self.name,
             "datasets": {k: v.to_dict() for k, v in sorted(self.datasets.items())},
             "attrs": {k: v.to_dict() for k, v in sorted(self.attrs.items())},
         }
+        if self.groups:
+            out["groups"] = {k: v.to_dict() for k, v in sorted(self.groups.items())}
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -191,27 +350,17 @@ class Schema:
     def from_dict(data: Any, *, source: str = "schema") -> Schema:
         if not isinstance(data, Mapping):
             raise SchemaError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        _only_keys(data, {"h5guard_schema", "name", "datasets", "attrs"}, source)
+        _only_keys(data, {"h5guard_schema", "name", "datasets", "attrs", "groups"}, source)
         version = data.get("h5guard_schema", SCHEMA_FORMAT_VERSION)
         if version != SCHEMA_FORMAT_VERSION:
             raise SchemaError(
                 f"{source}: expected h5guard_schema {SCHEMA_FORMAT_VERSION}, got {version!r}"
             )
-        datasets = data.get("datasets", {})
-        attrs = data.get("attrs", {})
-        for label, section in (("datasets", datasets), ("attrs", attrs)):
-            if not isinstance(section, Mapping) or not all(
-                isinstance(v, Mapping) for v in section.values()
-            ):
-                raise SchemaError(f"{source}.{label}: expected an object of objects")
         return Schema(
             name=str(data.get("name", "unnamed")),
-            datasets=MappingProxyType(
-                {k: DatasetSpec.from_dict(v, f"{source}.datasets.{k}") for k, v in datasets.items()}
-            ),
-            attrs=MappingProxyType(
-                {k: AttrSpec.from_dict(v, f"{source}.attrs.{k}") for k, v in attrs.items()}
-            ),
+            datasets=_dataset_specs(data.get("datasets", {}), f"{source}.datasets"),
+            attrs=_attr_specs(data.get("attrs", {}), f"{source}.attrs"),
+            groups=_group_specs(data.get("groups", {}), f"{source}.groups", 0),
         )
 
     @staticmethod
@@ -232,70 +381,159 @@ class Schema:
         return Schema.from_json(text, source=path)
 
     def check(
-        self, datasets: Mapping[str, DatasetInfo], attrs: Mapping[str, Any]
+        self,
+        datasets: Mapping[str, DatasetInfo],
+        attrs: Mapping[str, Any],
+        groups: Mapping[str, GroupInfo] | None = None,
     ) -> list[SchemaViolation]:
-        """Every way a group (its datasets' infos and attribute values) breaks the schema."""
+        """Every way a group (its datasets' infos and attribute values) breaks the schema.
+
+        ``groups``: the group's subgroups (None: not known, so nested rules are skipped,
+        as for files written before trees).
+        """
         out: list[SchemaViolation] = []
-        attr_text = {k: _as_text(v) for k, v in attrs.items()}
-        bound: dict[str, int] = {}
-        for name, spec in sorted(self.datasets.items()):
-            info = datasets.get(name)
-            if info is None:
-                needed = spec.required and all(
-                    attr_text.get(a) == v for a, v in spec.required_when.items()
-                )
-                if needed:
-                    out.append(
-                        SchemaViolation(Code.SCHEMA_MISSING, name, "required dataset is missing")
-                    )
-                continue
-            if spec.dtype is not None and not dtype_matches(spec.dtype, info.dtype):
-                out.append(
-                    SchemaViolation(
-                        Code.SCHEMA_DTYPE, name, f"expected dtype {spec.dtype}, found {info.dtype}"
-                    )
-                )
-            if spec.shape is not None:
-                problem = _shape_problem(spec.shape, info.shape, bound)
-                if problem:
-                    out.append(SchemaViolation(Code.SCHEMA_SHAPE, name, problem))
-            if spec.finite and not info.all_finite:
-                out.append(
-                    SchemaViolation(
-                        Code.SCHEMA_NOT_FINITE,
-                        name,
-                        "expected only finite values, found NaN or inf",
-                    )
-                )
-        for name, aspec in sorted(self.attrs.items()):
-            if name not in attrs:
-                if aspec.required:
-                    out.append(
-                        SchemaViolation(
-                            Code.SCHEMA_MISSING, "", f"required attribute {name!r} is missing"
-                        )
-                    )
-                continue
-            value = np.asarray(attrs[name])
-            if aspec.dtype is not None and not dtype_matches(aspec.dtype, value.dtype):
-                out.append(
-                    SchemaViolation(
-                        Code.SCHEMA_DTYPE,
-                        "",
-                        f"attribute {name!r}: expected dtype {aspec.dtype}, found {value.dtype}",
-                    )
-                )
-            if aspec.allowed is not None:
-                plain = _plain(attrs[name])
-                if plain not in aspec.allowed:
-                    out.append(
-                        SchemaViolation(
-                            Code.SCHEMA_VALUE,
-                            "",
-                            f"attribute {name!r}: expected one of {list(aspec.allowed)}, found {plain!r}",
-                        )
-                    )
+        _check_level(self.datasets, self.attrs, self.groups, datasets, attrs, groups, "", out)
         return out
+
+    def check_tree(self, root: GroupNode) -> list[SchemaViolation]:
+        """:meth:`check` on a whole result tree (h5guard._tree), nested groups included."""
+        info = GroupInfo.of(root)
+        return self.check(info.datasets, info.attrs, info.groups)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """What the checker knows of a nested group: its datasets, attributes and subgroups."""
+
+    datasets: Mapping[str, DatasetInfo]
+    attrs: Mapping[str, Any]
+    groups: Mapping[str, GroupInfo]
+    kinds: Mapping[str, str] = field(default_factory=FrozenMap)
+
+    @classmethod
+    def of(cls, node: GroupNode) -> GroupInfo:
+        from h5guard._tree import DatasetNode
+
+        datasets: dict[str, DatasetInfo] = {}
+        groups: dict[str, GroupInfo] = {}
+        for name, child in node.members.items():
+            if isinstance(child, DatasetNode):
+                datasets[name] = DatasetInfo.of(
+                    child.value.array,
+                    attrs={n: v.array for n, v in child.attrs.items()},
+                    kind=child.value.kind,
+                )
+            else:
+                groups[name] = GroupInfo.of(child)
+        return cls(
+            FrozenMap(datasets),
+            FrozenMap({n: v.array for n, v in node.attrs.items()}),
+            FrozenMap(groups),
+            FrozenMap({n: v.kind for n, v in node.attrs.items()}),
+        )
+
+
+def _check_level(
+    dspecs: Mapping[str, DatasetSpec],
+    aspecs: Mapping[str, AttrSpec],
+    gspecs: Mapping[str, GroupSpec],
+    datasets: Mapping[str, DatasetInfo],
+    attrs: Mapping[str, Any],
+    groups: Mapping[str, GroupInfo] | None,
+    prefix: str,
+    out: list[SchemaViolation],
+) -> None:
+    attr_text = {k: _as_text(v) for k, v in attrs.items()}
+    bound: dict[str, int] = {}
+    for name, spec in sorted(dspecs.items()):
+        obj = prefix + name
+        info = datasets.get(name)
+        if info is None:
+            needed = spec.required and all(
+                attr_text.get(a) == v for a, v in spec.required_when.items()
+            )
+            if needed:
+                out.append(SchemaViolation(Code.SCHEMA_MISSING, obj, "required dataset is missing"))
+            continue
+        if spec.dtype is not None and not dtype_matches(spec.dtype, info.dtype, info.kind):
+            out.append(
+                SchemaViolation(
+                    Code.SCHEMA_DTYPE, obj, f"expected dtype {spec.dtype}, found {info.dtype}"
+                )
+            )
+        if spec.fields is not None:
+            problem = _fields_problem(spec.fields, info.dtype)
+            if problem:
+                out.append(SchemaViolation(Code.SCHEMA_DTYPE, obj, problem))
+        if spec.shape is not None:
+            problem = _shape_problem(spec.shape, info.shape, bound)
+            if problem:
+                out.append(SchemaViolation(Code.SCHEMA_SHAPE, obj, problem))
+        if spec.finite and not info.all_finite:
+            out.append(
+                SchemaViolation(
+                    Code.SCHEMA_NOT_FINITE, obj, "expected only finite values, found NaN or inf"
+                )
+            )
+        if spec.attrs:
+            _check_attrs(spec.attrs, info.attrs, obj, out)
+    _check_attrs(aspecs, attrs, prefix.rstrip("/"), out)
+    if groups is None:
+        return
+    for name, gspec in sorted(gspecs.items()):
+        obj = prefix + name
+        sub = groups.get(name)
+        if sub is None:
+            if gspec.required:
+                out.append(SchemaViolation(Code.SCHEMA_MISSING, obj, "required group is missing"))
+            continue
+        _check_level(
+            gspec.datasets, gspec.attrs, gspec.groups, sub.datasets, sub.attrs, sub.groups,
+            obj + "/", out,
+        )
+
+
+def _check_attrs(
+    specs: Mapping[str, AttrSpec], attrs: Mapping[str, Any], obj: str, out: list[SchemaViolation]
+) -> None:
+    for name, aspec in sorted(specs.items()):
+        if name not in attrs:
+            if aspec.required:
+                out.append(
+                    SchemaViolation(Code.SCHEMA_MISSING, obj, f"required attribute {name!r} is missing")
+                )
+            continue
+        value = np.asarray(attrs[name])
+        if aspec.dtype is not None and not dtype_matches(aspec.dtype, value.dtype):
+            out.append(
+                SchemaViolation(
+                    Code.SCHEMA_DTYPE,
+                    obj,
+                    f"attribute {name!r}: expected dtype {aspec.dtype}, found {value.dtype}",
+                )
+            )
+        if aspec.allowed is not None:
+            plain = _plain(attrs[name])
+            if plain not in aspec.allowed:
+                out.append(
+                    SchemaViolation(
+                        Code.SCHEMA_VALUE,
+                        obj,
+                        f"attribute {name!r}: expected one of {list(aspec.allowed)}, found {plain!r}",
+                    )
+                )
+
+
+def _fields_problem(rules: Mapping[str, str], dtype: np.dtype[Any]) -> str | None:
+    if dtype.names is None or dtype.fields is None:
+        return f"expected a structured dtype with fields {sorted(rules)}, found {dtype}"
+    if set(dtype.names) != set(rules):
+        return f"expected fields {sorted(rules)}, found {sorted(dtype.names)}"
+    for name, rule in rules.items():
+        sub = dtype.fields[name][0]
+        if not dtype_matches(rule, sub.base if sub.subdtype is not None else sub):
+            return f"field {name!r}: expected dtype {rule}, found {sub}"
+    return None
 
 
 def _only_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:

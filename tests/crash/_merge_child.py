@@ -33,7 +33,8 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from h5guard import LockTimeoutError, ShardWriter  # noqa: E402
-from h5guard._layout import DIGEST_ATTR, digest_of, normalize_value  # noqa: E402
+from h5guard import _result  # noqa: E402
+from h5guard._layout import DIGEST_ATTR  # noqa: E402
 
 F = TypeVar("F", bound=Callable[..., Any])
 PHASES = (
@@ -73,10 +74,7 @@ def make_group(
 def expected_digest(i: int, *, rows: int | None = None, big: int = 0, variant: int = 0) -> str:
     """The digest group ``i`` must carry, computed from its values, not from any file."""
     datasets, attrs = make_group(i, rows=rows, big=big, variant=variant)
-    return digest_of(
-        {k: normalize_value(k, v) for k, v in datasets.items()},
-        {k: normalize_value(k, v) for k, v in attrs.items()},
-    )
+    return _result.prepare(f"g{i}", datasets, attrs, schema=None).digest
 
 
 def write_shards(

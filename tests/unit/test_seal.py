@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from h5guard import Code, FileKind, Schema, ShardWriter, merge, validate
-from h5guard._layout import INDEX_ATTR, digest_of, normalize_value
+from h5guard import _result
+from h5guard._layout import INDEX_ATTR
 from h5guard._seal import SEAL_SIZE, check_seal, parse_seal
 from h5guard._superblock import quick_check
 from h5guard.schema import AttrSpec, DatasetSpec
@@ -73,9 +74,9 @@ def test_index_lists_every_group_with_the_digest_of_its_content(tmp_path: Path) 
     with h5py.File(path, "r") as f:
         index = f.attrs[INDEX_ATTR]
     expected = {
-        f"g{i:03d}": digest_of(
-            {"xy": np.full((4, 2), float(i))}, {"status": normalize_value("s", "ok")}
-        )
+        f"g{i:03d}": _result.prepare(
+            f"g{i:03d}", {"xy": np.full((4, 2), float(i))}, {"status": "ok"}, schema=None
+        ).digest
         for i in range(3)
     }
     assert json.loads(bytes(index).decode()) == expected
