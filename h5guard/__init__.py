@@ -30,7 +30,7 @@ from h5guard.errors import (
     WriterClosedError,
 )
 from h5guard.merge import MergePlan, MergeReport, Quarantined, merge, plan_merge, record_output
-from h5guard.read import Dataset, Group, Result, iter_results, read, to_dataframe
+from h5guard._read import Dataset, Group, Result, iter_results, read, to_dataframe
 from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
 from h5guard.salvage import FileSalvage, SalvageReport, salvage
 from h5guard.sandbox import Sandbox, SandboxResult

@@ -44,11 +44,20 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
-from h5guard import _layout
+from numpy.lib import recfunctions as rfn
+
+from h5guard import _layout, _tree
+from h5guard import _read
 from h5guard._superblock import UNDEFINED, SuperblockInfo, lookup3, quick_check
-from h5guard.errors import InsufficientSpaceError, InvalidKeyError, SchemaError
+from h5guard.errors import (
+    InsufficientSpaceError,
+    InvalidKeyError,
+    ResultLimitError,
+    UnsupportedValueError,
+)
+from h5guard._read import Dataset, Group
 from h5guard.report import Severity
-from h5guard.schema import DatasetInfo, Schema
+from h5guard.schema import Schema
 from h5guard.shards import SHARD_SUFFIX, ShardWriter
 
 log = logging.getLogger(__name__)
@@ -59,7 +68,6 @@ RUN_ATTR = "salvage_run"
 # Small batches: a reader killed midway loses (and a resumed one redoes) at most this
 # many groups, and the fsync per commit is cheap next to reading damaged files.
 COMMIT_EVERY = 200
-_STORABLE_KINDS = "biufcS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,12 +257,7 @@ def _decode_vlen(raw: npt.NDArray[Any], what: str) -> npt.NDArray[Any]:
         if text.endswith("\0"):
             raise _Lost(f"{what}: a string ends in NUL, which a fixed-length string drops")
         texts.append(text)
-    return np.array(texts, dtype=str).reshape(raw.shape)
-
-
-def _check_storable(dtype: np.dtype[Any], what: str) -> None:
-    if dtype.kind not in _STORABLE_KINDS or dtype.fields is not None or dtype.subdtype:
-        raise _Lost(f"{what} has dtype {dtype}; shards hold numbers, booleans and strings only")
+    return np.array(texts if raw.ndim else texts[0], dtype=str).reshape(raw.shape)
 
 
 def _is_vlen_string(dtype: np.dtype[Any]) -> bool:
@@ -262,30 +265,28 @@ def _is_vlen_string(dtype: np.dtype[Any]) -> bool:
     return info is not None and info.length is None
 
 
-def _read_attribute(obj: h5py.Group, name: str) -> npt.NDArray[Any]:
+def _read_attribute(obj: Any, name: str) -> tuple[npt.NDArray[Any], bool]:
+    """An attribute's stored value, and whether it was a variable-length string."""
     what = f"attribute {name!r}"
     aid = h5py.h5a.open(obj.id, name.encode("utf-8"))
     if aid.shape is None:
         raise _Lost(f"{what} has a null dataspace (no value); shards cannot store it")
     dtype = aid.dtype
-    if not _is_vlen_string(dtype):
-        _check_storable(dtype, what)
     out: npt.NDArray[Any] = np.empty(aid.shape, dtype=dtype)
     aid.read(out)
-    return _decode_vlen(out, what) if _is_vlen_string(dtype) else out
+    if _is_vlen_string(dtype):
+        return _decode_vlen(out, what), True
+    return out, False
 
 
-def _read_dataset(dset: h5py.Dataset, name: str) -> npt.NDArray[Any]:
+def _read_dataset(dset: h5py.Dataset, name: str) -> tuple[npt.NDArray[Any], bool]:
+    """A dataset's stored value, and whether it was a variable-length string."""
     what = f"dataset {name!r}"
     if dset.shape is None:
         raise _Lost(f"{what} has a null dataspace (no value); shards cannot store it")
-    if len(dset.attrs):
-        listed = ", ".join(repr(a) for a in sorted(dset.attrs)[:3])
-        raise _Lost(f"{what} has attribute(s) {listed}; shards keep group attributes only")
     dtype = dset.dtype
     if _is_vlen_string(dtype):
-        return _decode_vlen(np.asarray(dset[()], dtype=object), what)
-    _check_storable(dtype, what)
+        return _decode_vlen(np.asarray(dset[()], dtype=object), what), True
     if dset.size:
         # Unwritten storage reads back as fill values, which would pass for data.
         if dset.id.get_storage_size() == 0:
@@ -297,7 +298,7 @@ def _read_dataset(dset: h5py.Dataset, name: str) -> npt.NDArray[Any]:
             written = dset.id.get_num_chunks()
             if written < expected:
                 raise _Lost(f"{what}: only {written} of its {expected} chunks were written")
-    return np.asarray(dset[()])
+    return _read.read_dataset_array(dset), False
 
 
 def _text(value: npt.NDArray[Any]) -> str:
@@ -305,10 +306,70 @@ def _text(value: npt.NDArray[Any]) -> str:
     return bytes(item).decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
 
 
+class _Conversions:
+    """What salvage changed to make a foreign value storable (reported per file)."""
+
+    def __init__(self) -> None:
+        self.vlen: list[str] = []
+        self.repacked: list[str] = []
+
+
+def _as_given(
+    where: str, arr: npt.NDArray[Any], vlen: bool, conv: _Conversions
+) -> Any:
+    """A value of a file no h5guard writer digested, as ``add()`` should receive it:
+    the Python object h5guard.read returns for such a stored value."""
+    if vlen:
+        conv.vlen.append(where)
+        return str(arr[()]) if arr.ndim == 0 else arr
+    if arr.dtype.names is not None:
+        packed = rfn.repack_fields(arr)
+        if packed.dtype.itemsize != arr.dtype.itemsize:
+            conv.repacked.append(where)
+        arr = np.asarray(packed)
+    try:
+        return _read.python_value(_read.stored_value(where, arr, None))
+    except UnicodeDecodeError as err:
+        raise _Lost(f"{where}: tagged UTF-8 but holds invalid UTF-8 at byte {err.start}") from err
+
+
+def _foreign_attrs(obj: Any, where: str, conv: _Conversions) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in obj.attrs:
+        arr, vlen = _read_attribute(obj, name)
+        out[name] = _as_given(f"{where}@{name}", arr, vlen, conv)
+    return out
+
+
+def _foreign_members(group: h5py.Group, where: str, depth: int, conv: _Conversions) -> dict[str, Any]:
+    if depth > _tree.MAX_DEPTH:
+        raise _Lost(f"{where}: groups nested deeper than {_tree.MAX_DEPTH}")
+    out: dict[str, Any] = {}
+    for name in group:
+        member = group.get(name, getlink=True)
+        child = f"{where}/{name}"
+        if not isinstance(member, h5py.HardLink):
+            raise _Lost(f"{child} is a {type(member).__name__}; shards hold groups and datasets only")
+        obj = group[name]
+        if isinstance(obj, h5py.Group):
+            sub = _foreign_members(obj, child, depth + 1, conv)
+            sub_attrs = _foreign_attrs(obj, child, conv)
+            out[name] = Group(sub, sub_attrs) if sub_attrs else sub
+        elif isinstance(obj, h5py.Dataset):
+            arr, vlen = _read_dataset(obj, child)
+            data = _as_given(child, arr, vlen, conv)
+            dattrs = _foreign_attrs(obj, child, conv)
+            out[name] = Dataset(data, dattrs) if dattrs else data
+        else:
+            raise _Lost(f"{child} is a {type(obj).__name__}; shards hold groups and datasets only")
+    return out
+
+
 def _read_group(
-    f: h5py.File, key: str, schema: Schema | None
-) -> tuple[dict[str, npt.NDArray[Any]], dict[str, npt.NDArray[Any]]]:
-    """Every dataset and attribute of result group ``key``, normalized, verified."""
+    f: h5py.File, key: str, schema: Schema | None, conv: _Conversions
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The datasets and attributes of result group ``key`` as ``add()`` takes them, verified
+    against the group's digest when it has one."""
     link = f.get(key, getlink=True)
     if not isinstance(link, h5py.HardLink):
         raise _Lost(f"a {type(link).__name__} at the top level, not a result group")
@@ -321,35 +382,26 @@ def _read_group(
         _layout.check_key(key)
     except InvalidKeyError as err:
         raise _Lost(f"cannot name a shard group: {err.reason}") from err
-    raw_attrs = {name: _read_attribute(group, name) for name in group.attrs}
-    stored_digest = raw_attrs.pop(_layout.DIGEST_ATTR, None)
-    raw_sets: dict[str, npt.NDArray[Any]] = {}
-    for name in group:
-        member = group.get(name, getlink=True)
-        if not isinstance(member, h5py.HardLink):
-            raise _Lost(f"member {name!r} is a {type(member).__name__}; shards hold datasets only")
-        obj = group[name]
-        if isinstance(obj, h5py.Group):
-            raise _Lost(f"member {name!r} is a nested group; shards hold flat groups only")
-        if not isinstance(obj, h5py.Dataset):
-            raise _Lost(f"member {name!r} is a {type(obj).__name__}; shards hold datasets only")
-        raw_sets[name] = _read_dataset(obj, name)
-    for name in (*raw_sets, *raw_attrs):
-        if name.startswith(_layout.RESERVED_PREFIX):
-            raise _Lost(f"member {name!r} uses the reserved prefix {_layout.RESERVED_PREFIX!r}")
-    try:
-        datasets = {n: _layout.normalize_value(f"{key}/{n}", a) for n, a in raw_sets.items()}
-        attrs = {n: _layout.normalize_value(f"{key}@{n}", a) for n, a in raw_attrs.items()}
-    except SchemaError as err:
-        raise _Lost(str(err)) from err
-    if stored_digest is not None:
-        stored = _text(stored_digest)
-        computed = _layout.digest_of(datasets, attrs)
+    stored = _read.stored_digest(group)
+    if stored is not None:
+        # Written by h5guard: the tree as stored, trusted only if its digest agrees.
+        node = _read.read_tree(group, key)
+        computed = _read.computed_digest(node, stored)
         if computed != stored:
             raise _Lost(f"{_layout.DIGEST_ATTR} mismatch: stored {stored}, recomputed {computed}")
+        if not stored.startswith(_tree.DIGEST_V2_PREFIX):
+            node = _read.v1_strings(node)
+        datasets, attrs = _read.python_tree(node)
+    else:
+        datasets = _foreign_members(group, key, 0, conv)
+        attrs = _foreign_attrs(group, key, conv)
+    try:
+        # Refuses what a shard cannot hold (reserved names, opaque data, ...) with a reason.
+        root = _tree.build(key, datasets, attrs)
+    except (UnsupportedValueError, ResultLimitError, ValueError) as err:
+        raise _Lost(str(err)) from err
     if schema is not None:
-        infos = {n: DatasetInfo.of(a) for n, a in datasets.items()}
-        problems = schema.check(infos, attrs)
+        problems = schema.check_tree(root)
         if problems:
             p = problems[0]
             where = f" {p.obj}:" if p.obj else ""
@@ -395,8 +447,8 @@ class _Output:
     def add(
         self,
         key: str,
-        datasets: Mapping[str, npt.NDArray[Any]],
-        attrs: Mapping[str, npt.NDArray[Any]],
+        datasets: Mapping[str, Any],
+        attrs: Mapping[str, Any],
     ) -> str | None:
         """Write one group; returns why it was lost, or None."""
         if self._writer is None:
@@ -503,12 +555,13 @@ def _salvage_copy(
     handled = set(ignore) | set(skip)
     lost: list[tuple[str, str]] = []
     listed = False
+    conv = _Conversions()
     with _Output(out_dir, source, run_id, schema) as out:
         f, names, problem = _open(copy)
         if f is not None:
             listed = bool(names) or problem is None
             with f:
-                _walk(f, names, handled, schema, out, lost, progress)
+                _walk(f, names, handled, schema, out, lost, progress, conv)
         if problem is not None and _recorded_eof_short(copy):
             # Metadata written after the last completed flush (a cache eviction, or a
             # kill inside flush()) can point past the recorded end of file; the bytes
@@ -520,7 +573,7 @@ def _salvage_copy(
             g, more, second = _open(copy)
             if g is not None and (more or second is None):
                 with g:
-                    extra = _walk(g, more, handled, schema, out, lost, progress)
+                    extra = _walk(g, more, handled, schema, out, lost, progress, conv)
                 if extra:
                     notes.append(
                         f"{extra} group(s) were found only with the end-of-file address raised "
@@ -536,6 +589,7 @@ def _salvage_copy(
                     problem = f"{problem}; with the end-of-file address raised: {second}"
         progress.at("close")
     progress.at("done")
+    notes.extend(_conversion_notes(conv, set(out.recovered)))
     if not listed:
         return FileOutcome(fatal=problem, notes=tuple(notes))
     return FileOutcome(
@@ -547,6 +601,20 @@ def _salvage_copy(
     )
 
 
+def _conversion_notes(conv: _Conversions, recovered: set[str]) -> list[str]:
+    """Say what salvage changed to store a value, for the groups it recovered."""
+    notes: list[str] = []
+    for label, where in (
+        ("variable-length string(s) stored as fixed-length UTF-8", conv.vlen),
+        ("compound value(s) repacked without padding bytes", conv.repacked),
+    ):
+        kept = [w for w in where if w.split("/", 1)[0].split("@", 1)[0] in recovered]
+        if kept:
+            shown = ", ".join(kept[:5]) + (f", ... ({len(kept)} in all)" if len(kept) > 5 else "")
+            notes.append(f"converted {len(kept)} {label}: {shown}")
+    return notes
+
+
 def _walk(
     f: h5py.File,
     names: list[str],
@@ -555,6 +623,7 @@ def _walk(
     out: _Output,
     lost: list[tuple[str, str]],
     progress: _Progress,
+    conv: _Conversions,
 ) -> int:
     """Read and write each group of ``names`` not yet handled; returns how many were kept."""
     kept = 0
@@ -564,7 +633,7 @@ def _walk(
         handled.add(key)
         progress.at("group", key)
         try:
-            datasets, attrs = _read_group(f, key, schema)
+            datasets, attrs = _read_group(f, key, schema, conv)
         except _Lost as err:
             lost.append((key, err.reason))
             continue

@@ -399,7 +399,7 @@ def _build_group(
     depth: int,
     budget: _Budget,
 ) -> GroupNode:
-    from h5guard.read import Dataset, Group  # the public value classes; no cycle at import
+    from h5guard._read import Dataset, Group  # the public value classes; no cycle at import
 
     if depth > MAX_DEPTH:
         raise ResultLimitError(

@@ -13,6 +13,7 @@ from h5guard import (
     Schema,
     SchemaError,
     ShardWriter,
+    UnsupportedValueError,
     WriterClosedError,
     validate,
 )
@@ -44,7 +45,7 @@ def test_commit_makes_final_file_and_removes_partial(tmp_path: Path) -> None:
     assert quick_check(str(final))[0] == []
     with h5py.File(final, "r") as f:
         assert list(f) == ["a"]
-        assert f["a"].attrs[DIGEST_ATTR].startswith(b"sha256:")
+        assert f["a"].attrs[DIGEST_ATTR].startswith(b"sha256-v2:")
 
 
 def test_exception_inside_with_discards_batch(tmp_path: Path) -> None:
@@ -115,7 +116,7 @@ def test_bad_keys_are_refused(tmp_path: Path, key: object) -> None:
 
 
 def test_unsupported_dtype_is_refused(tmp_path: Path) -> None:
-    with ShardWriter(tmp_path) as w, pytest.raises(SchemaError, match="object"):
+    with ShardWriter(tmp_path) as w, pytest.raises(UnsupportedValueError, match="object array"):
         w.add("a", {"v": np.array([object()], dtype=object)})
 
 

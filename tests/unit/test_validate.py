@@ -42,7 +42,7 @@ def test_good_shard_is_clean(tmp_path: Path, sandbox: Sandbox) -> None:
     [summary] = report.files
     assert summary.kind is FileKind.SHARD
     assert sorted(summary.groups) == ["g0", "g1", "g2"]
-    assert all(d and d.startswith("sha256:") for d in summary.groups.values())
+    assert all(d and d.startswith("sha256-v2:") for d in summary.groups.values())
 
 
 def test_missing_empty_and_not_hdf5(tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def test_digest_mismatch_is_found(tmp_path: Path, sandbox: Sandbox) -> None:
     assert Code.DIGEST_MISMATCH in codes(report)
     [finding] = [f for f in report.findings if f.code is Code.DIGEST_MISMATCH]
     assert finding.obj == "/g0"
-    assert "stored sha256:" in finding.message and "computed sha256:" in finding.message
+    assert "stored sha256-v2:" in finding.message and "computed sha256-v2:" in finding.message
 
 
 def test_missing_digest_in_h5guard_file(tmp_path: Path, sandbox: Sandbox) -> None:

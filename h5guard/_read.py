@@ -254,7 +254,7 @@ def computed_digest(node: _tree.GroupNode, stored: str | None) -> str:
     return _tree.digest(node)
 
 
-def _v1_strings(node: _tree.GroupNode) -> _tree.GroupNode:
+def v1_strings(node: _tree.GroupNode) -> _tree.GroupNode:
     """v1 stored every ``str`` as untagged bytes: give scalar ones back as ``str``."""
 
     def fix(v: _tree.Value) -> _tree.Value:
@@ -281,7 +281,7 @@ def _result(path: str, group: h5py.Group, key: str, verify: bool) -> Result:
         if stored != computed:
             raise DigestMismatchError(path, key, stored, computed)
     if stored is not None and not stored.startswith(_tree.DIGEST_V2_PREFIX):
-        node = _v1_strings(node)
+        node = v1_strings(node)
     datasets, attrs = python_tree(node)
     return Result(key, datasets, attrs, stored, path)
 
