@@ -68,6 +68,8 @@ VERDICTS: tuple[Verdict, ...] = (
     "timeout",
     "crashed",
 )
+# Verdicts of a file whose groups could not be listed at all.
+_UNLISTABLE = frozenset({"truncated", "unreadable", "timeout", "crashed"})
 # Each resume can cost a full timeout; a file that hangs on every group is given up.
 MAX_RESUMES = 2
 _CHILD_TARGET = "h5guard._salvage_child:salvage_file"
@@ -89,21 +91,34 @@ class FileSalvage:
     shards: tuple[str, ...] = ()
     note: str = ""
 
+    @property
+    def results_unknown(self) -> bool:
+        """No group of the file could even be listed: whatever results it held are lost."""
+        return self.verdict in _UNLISTABLE and not self.recovered and not self.lost
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.path,
             "verdict": self.verdict,
             "recovered": list(self.recovered),
             "lost": [{"key": k, "reason": r} for k, r in self.lost],
+            "results_unknown": self.results_unknown,
             "shards": list(self.shards),
             "note": self.note,
         }
 
     def render_text(self) -> str:
-        head = (
-            f"{self.path}: {self.verdict.upper()}: {len(self.recovered)} group(s) recovered, "
-            f"{len(self.lost)} lost"
-        )
+        if self.results_unknown:
+            # "0 recovered, 0 lost" would read as "nothing was there": say what is known.
+            head = (
+                f"{self.path}: {self.verdict.upper()}: no group could be listed, so how many "
+                "results it held is unknown; any it held are lost"
+            )
+        else:
+            head = (
+                f"{self.path}: {self.verdict.upper()}: {len(self.recovered)} group(s) "
+                f"recovered, {len(self.lost)} lost"
+            )
         if self.note:
             head += f"; {self.note}"
         return "\n".join([head, *(f"{self.path}:/{k}: LOST {r}" for k, r in self.lost)])
@@ -167,6 +182,12 @@ class SalvageReport:
             f"salvaged {self.groups_recovered} group(s) from {len(self.files)} file(s) into "
             f"{self.out_dir} ({len(self.shards)} shard(s)); {self.groups_lost} group(s) lost; "
             f"{bad} file(s) not fully recovered"
+            + (
+                f"; {unknown} file(s) unreadable, their results unknown and lost"
+                if (unknown := sum(1 for f in self.files if f.results_unknown))
+                else ""
+            )
+            + ("; no *.h5 or *.h5.partial file found" if not self.files else "")
         )
         return "\n".join(lines)
 
@@ -238,8 +259,12 @@ def _expand(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]) ->
     for raw in items:
         path = os.fspath(raw)
         if os.path.isdir(path):
+            # Uncommitted batches (``*.h5.partial``) are HDF5 files too: the results in
+            # them were never committed anywhere else, so they are read like the rest.
             found = [
-                str(p) for p in sorted(Path(path).iterdir()) if p.suffix == ".h5" and p.is_file()
+                str(p)
+                for p in sorted(Path(path).iterdir())
+                if p.is_file() and (p.suffix == ".h5" or p.name.endswith(".h5.partial"))
             ]
         elif os.path.lexists(path):
             found = [path]
