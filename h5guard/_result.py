@@ -93,7 +93,14 @@ def _value_meta(value: _tree.Value, buffers: list[memoryview]) -> list[Any]:
     arr = value.array
     contiguous = np.ascontiguousarray(arr) if arr.ndim else np.asarray(arr).reshape(())
     buffers.append(memoryview(contiguous.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
-    return [value.kind, np.lib.format.dtype_to_descr(arr.dtype), list(arr.shape)]
+    # UTF-8 strings carry h5py's tag as dtype metadata, which numpy's descr drops (with a
+    # warning): the kind says they are UTF-8, so record the plain "|S<n>".
+    descr = (
+        f"|S{arr.dtype.itemsize}"
+        if _tree.is_utf8(arr.dtype)
+        else np.lib.format.dtype_to_descr(arr.dtype)
+    )
+    return [value.kind, descr, list(arr.shape)]
 
 
 def _node_meta(node: _tree.Node, buffers: list[memoryview]) -> list[Any]:
