@@ -68,6 +68,23 @@ def prepare(
     return PreparedResult(key, arrays, attr_arrays, _layout.digest_of(arrays, attr_arrays))
 
 
+def prepare_attrs(key: str, attrs: Mapping[str, Any]) -> PreparedResult:
+    """Attributes alone (a shard's file attributes), normalized and digested like a result's."""
+    arrays = {name: _layout.normalize_value(f"{key}@{name}", v) for name, v in attrs.items()}
+    return PreparedResult(key, {}, arrays, _layout.digest_of({}, arrays))
+
+
+def write_root_attrs(f: h5py.File, attrs: PreparedResult) -> None:
+    """Store :func:`prepare_attrs`' values as attributes of the file's root group."""
+    for name, arr in attrs.attrs.items():
+        _layout.write_attr(f, name, arr)
+
+
+def check_schema(schema: Schema, result: PreparedResult) -> None:
+    """Raise :class:`~h5guard.SchemaError` if ``result`` breaks ``schema``."""
+    _check_schema(schema, result.key, result.datasets, result.attrs)
+
+
 def _check_schema(
     schema: Schema, key: str, arrays: Mapping[str, Array], attrs: Mapping[str, Array]
 ) -> None:

@@ -18,6 +18,9 @@ from tests.crash._merge_child import expected_digest, output_index, write_shards
 
 REPO = Path(__file__).resolve().parents[2]
 REPORT_KEYS = {
+    "recovered",
+    "interrupted",
+    "lost",
     "output",
     "ok",
     "shards_merged",
