@@ -14,6 +14,7 @@ from h5guard._lock import exclusive
 from h5guard._version import __version__
 from h5guard.errors import (
     DigestMismatchError,
+    DuplicateKeyError,
     H5GuardError,
     InsufficientSpaceError,
     InvalidKeyError,
@@ -28,6 +29,7 @@ from h5guard.errors import (
     UnsupportedValueError,
     WriteError,
     WriterClosedError,
+    WriterTransferError,
 )
 from h5guard.merge import MergePlan, MergeReport, Quarantined, merge, plan_merge, record_output
 from h5guard._read import Dataset, Group, Result, iter_results, read, to_dataframe
@@ -44,6 +46,7 @@ __all__ = [
     "Dataset",
     "DatasetSpec",
     "DigestMismatchError",
+    "DuplicateKeyError",
     "FileKind",
     "FileSalvage",
     "FileSummary",
@@ -75,6 +78,7 @@ __all__ = [
     "UnsupportedValueError",
     "WriteError",
     "WriterClosedError",
+    "WriterTransferError",
     "__version__",
     "check",
     "exclusive",

@@ -62,6 +62,23 @@ def prepare(
     return PreparedResult(key, root, _tree.digest(root))
 
 
+def prepare_attrs(key: str, attrs: Mapping[str, Any]) -> PreparedResult:
+    """Attributes alone (a shard's file attributes), normalized and digested like a result's."""
+    root = _tree.GroupNode(_tree.build(key, {}, attrs).attrs)
+    return PreparedResult(key, root, _tree.digest(root))
+
+
+def write_root_attrs(f: h5py.File, attrs: PreparedResult) -> None:
+    """Store :func:`prepare_attrs`' values as attributes of the file's root group."""
+    for name, value in attrs.root.attrs.items():
+        _layout.write_attr(f, name, value.array)
+
+
+def check_schema(schema: Schema, result: PreparedResult) -> None:
+    """Raise :class:`~h5guard.SchemaError` if ``result`` breaks ``schema``."""
+    _check_schema(schema, result.key, result.root)
+
+
 def _check_schema(schema: Schema, key: str, root: _tree.GroupNode) -> None:
     problems = schema.check_tree(root)
     if problems:

@@ -13,7 +13,9 @@ builtins (``except OSError``) still catch what they expect::
     ├── ResultNotFoundError (KeyError)      read(): no result of that key in the file
     ├── DigestMismatchError (ValueError)    read(): a group whose content differs from its digest
     ├── MissingDependencyError (ImportError) an optional extra (pandas) is not installed
+    ├── DuplicateKeyError (ValueError)      a key this writer has already added
     ├── WriterClosedError (RuntimeError)    ShardWriter used after close()
+    ├── WriterTransferError (TypeError)     a ShardWriter sent to another process
     ├── InsufficientSpaceError (OSError)    refused before writing: the disk is too full
     ├── WriteError (OSError)                libhdf5 or the OS failed a write; nothing committed
     ├── UnreadableOutputError (OSError)     a merge output that fails validation
@@ -111,6 +113,12 @@ class DigestMismatchError(H5GuardError, ValueError):
 
 class MissingDependencyError(H5GuardError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+class DuplicateKeyError(H5GuardError, ValueError):
+    """``add()`` of a key the same writer has already added (results are immutable)."""
+
+
+class WriterTransferError(H5GuardError, TypeError):
+    """A ShardWriter was pickled: each process must create its own writer."""
 
 
 class WriterClosedError(H5GuardError, RuntimeError):

@@ -18,6 +18,9 @@ from tests.crash._merge_child import expected_digest, output_index, write_shards
 
 REPO = Path(__file__).resolve().parents[2]
 REPORT_KEYS = {
+    "recovered",
+    "interrupted",
+    "lost",
     "output",
     "ok",
     "shards_merged",
@@ -154,7 +157,7 @@ def test_main_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["merge", str(tmp), "-o", str(out), "--nope"]) == 2
     assert "unrecognized arguments: --nope" in capsys.readouterr().err
     assert main(["status", str(tmp), "-o", str(out)]) == 0
-    assert "would add:       0 new group(s)" in capsys.readouterr().out
+    assert "would add:        0 new group(s)" in capsys.readouterr().out
 
 
 def test_status_reports_counts_and_changes_nothing(tmp_path: Path) -> None:
@@ -174,17 +177,20 @@ def test_status_reports_counts_and_changes_nothing(tmp_path: Path) -> None:
     proc = run("status", tmp)
     assert proc.returncode == 1, proc.stderr
     text = proc.stdout
-    assert f"output:          {out} (6 group(s))" in text
-    assert "valid shards:    3 holding 7 group(s)" in text
-    assert "would add:       4 new group(s), 2 duplicate(s)" in text
-    assert "conflicts:       1" in text
-    assert "would quarantine: 1 shard(s)" in text and "cut.h5" in text
-    assert "partials:        1 being written, 1 stale" in text
+    assert f"output:           {out} (6 group(s))" in text
+    assert "valid shards:     3 holding 7 group(s)" in text
+    assert "would add:        4 new group(s), 2 duplicate(s)" in text
+    assert "conflicts:        1 (on conflict: quarantine)" in text
+    # The bad file and the shard whose g0 conflicts: what the merge will move aside.
+    assert "would quarantine: 2 file(s)" in text and "cut.h5" in text
+    assert "still being written: 1" in text
+    assert "lost:             1" in text and f"{child.pid}-00000000.h5.partial" in text
     proc = run("status", tmp, "--json")
     doc = json.loads(proc.stdout)
     assert (doc["output_groups"], doc["valid_shards"], doc["new_groups"]) == (6, 3, 4)
     assert doc["duplicates"] == 2 and [c["key"] for c in doc["conflicts"]] == ["g0"]
     assert [Path(b["path"]).name for b in doc["bad_shards"]] == ["cut.h5"]
+    assert len(doc["would_quarantine"]) == 2 and len(doc["lost"]) == 1 and doc["ok"] is False
     assert tree_hash(tmp_path) == before, "status modified something"
     assert not (tmp / "quarantine").exists()
     line = one_line_error(run("status", tmp_path / "missing"))
