@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from h5guard._lock import exclusive
+from h5guard._read import Dataset, Group, Result, iter_results, read, to_dataframe
 from h5guard._version import __version__
 from h5guard.errors import (
     DigestMismatchError,
@@ -32,7 +33,6 @@ from h5guard.errors import (
     WriterTransferError,
 )
 from h5guard.merge import MergePlan, MergeReport, Quarantined, merge, plan_merge, record_output
-from h5guard._read import Dataset, Group, Result, iter_results, read, to_dataframe
 from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
 from h5guard.salvage import FileSalvage, SalvageReport, salvage
 from h5guard.sandbox import Sandbox, SandboxResult

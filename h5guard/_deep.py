@@ -18,8 +18,7 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
-from h5guard import _fastread, _layout, _tree
-from h5guard import _read
+from h5guard import _fastread, _layout, _read, _tree
 from h5guard.errors import SchemaError
 from h5guard.report import Code, FileKind, FileSummary, Finding, Severity
 from h5guard.schema import DatasetInfo, Schema

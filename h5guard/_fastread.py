@@ -474,7 +474,15 @@ def _object_messages(
     out: list[tuple[int, bytes]] = []
     continuations: list[tuple[int, int]] = []
     _chunk_messages(
-        chunk, data_start, data_end, header_size, wanted, ignored, out, attrs, continuations,
+        chunk,
+        data_start,
+        data_end,
+        header_size,
+        wanted,
+        ignored,
+        out,
+        attrs,
+        continuations,
         attr_objs,
     )
     seen = {addr}
@@ -498,7 +506,15 @@ def _object_messages(
         if checksums and not _checksum_ok(chunk):
             raise Malformed(f"continuation chunk at {offset}: checksum mismatch")
         _chunk_messages(
-            chunk, 4, length - 4, header_size, wanted, ignored, out, attrs, continuations,
+            chunk,
+            4,
+            length - 4,
+            header_size,
+            wanted,
+            ignored,
+            out,
+            attrs,
+            continuations,
             attr_objs,
         )
     return out

@@ -195,7 +195,9 @@ def _read_attr_values(obj: Any, where: str, own: bool) -> tuple[dict[str, _tree.
     kinds = _kinds(raw.pop(_tree.KINDS_ATTR, None), where)
     unknown = set(kinds) - set(raw) - ({""} if own else set())
     if unknown:
-        raise ValueError(f"{where}: {_tree.KINDS_ATTR} names missing attribute(s) {sorted(unknown)}")
+        raise ValueError(
+            f"{where}: {_tree.KINDS_ATTR} names missing attribute(s) {sorted(unknown)}"
+        )
     values = {
         name: stored_value(f"{where}@{name}", arr, kinds.get(name))
         for name, arr in raw.items()
@@ -241,7 +243,12 @@ def read_tree(group: h5py.Group, where: str, depth: int = 0) -> _tree.GroupNode:
 def stored_digest(group: h5py.Group) -> str | None:
     if _layout.DIGEST_ATTR not in group.attrs:
         return None
-    return _layout.read_attr(group, _layout.DIGEST_ATTR).tobytes().rstrip(b"\0").decode("utf-8", "replace")
+    return (
+        _layout.read_attr(group, _layout.DIGEST_ATTR)
+        .tobytes()
+        .rstrip(b"\0")
+        .decode("utf-8", "replace")
+    )
 
 
 def computed_digest(node: _tree.GroupNode, stored: str | None) -> str:

@@ -43,11 +43,10 @@ from typing import Any
 import h5py
 import numpy as np
 import numpy.typing as npt
-
 from numpy.lib import recfunctions as rfn
 
-from h5guard import _layout, _tree
-from h5guard import _read
+from h5guard import _layout, _read, _tree
+from h5guard._read import Dataset, Group
 from h5guard._superblock import UNDEFINED, SuperblockInfo, lookup3, quick_check
 from h5guard.errors import (
     InsufficientSpaceError,
@@ -55,7 +54,6 @@ from h5guard.errors import (
     ResultLimitError,
     UnsupportedValueError,
 )
-from h5guard._read import Dataset, Group
 from h5guard.report import Severity
 from h5guard.schema import Schema
 from h5guard.shards import SHARD_SUFFIX, ShardWriter
@@ -314,9 +312,7 @@ class _Conversions:
         self.repacked: list[str] = []
 
 
-def _as_given(
-    where: str, arr: npt.NDArray[Any], vlen: bool, conv: _Conversions
-) -> Any:
+def _as_given(where: str, arr: npt.NDArray[Any], vlen: bool, conv: _Conversions) -> Any:
     """A value of a file no h5guard writer digested, as ``add()`` should receive it:
     the Python object h5guard.read returns for such a stored value."""
     if vlen:
@@ -341,7 +337,9 @@ def _foreign_attrs(obj: Any, where: str, conv: _Conversions) -> dict[str, Any]:
     return out
 
 
-def _foreign_members(group: h5py.Group, where: str, depth: int, conv: _Conversions) -> dict[str, Any]:
+def _foreign_members(
+    group: h5py.Group, where: str, depth: int, conv: _Conversions
+) -> dict[str, Any]:
     if depth > _tree.MAX_DEPTH:
         raise _Lost(f"{where}: groups nested deeper than {_tree.MAX_DEPTH}")
     out: dict[str, Any] = {}
@@ -349,7 +347,9 @@ def _foreign_members(group: h5py.Group, where: str, depth: int, conv: _Conversio
         member = group.get(name, getlink=True)
         child = f"{where}/{name}"
         if not isinstance(member, h5py.HardLink):
-            raise _Lost(f"{child} is a {type(member).__name__}; shards hold groups and datasets only")
+            raise _Lost(
+                f"{child} is a {type(member).__name__}; shards hold groups and datasets only"
+            )
         obj = group[name]
         if isinstance(obj, h5py.Group):
             sub = _foreign_members(obj, child, depth + 1, conv)

@@ -194,8 +194,9 @@ def _check_structured(dtype: np.dtype[Any], where: str) -> None:
 
 def _array_value(where: str, arr: Array, kind: str) -> Value:
     dt = arr.dtype
+    string_info = h5py.check_string_dtype(dt)
     if h5py.check_vlen_dtype(dt) is not None or (
-        h5py.check_string_dtype(dt) is not None and h5py.check_string_dtype(dt).length is None  # type: ignore[union-attr]
+        string_info is not None and string_info.length is None
     ):
         raise _refuse(
             where,
@@ -338,7 +339,9 @@ def _no_surrogates(value: str, where: str) -> bool:
 
 def _check_name(where: str, name: object) -> str:
     if not isinstance(name, str):
-        raise ValueError(f"{where}: member name {name!r}: expected a str, got {type(name).__name__}")
+        raise ValueError(
+            f"{where}: member name {name!r}: expected a str, got {type(name).__name__}"
+        )
     if not name or "/" in name or "\0" in name or name in (".", ".."):
         raise ValueError(
             f"{where}: member name {name!r}: expected a non-empty name without '/' or NUL"
@@ -407,7 +410,9 @@ def _build_group(
             "(e.g. 'iter_000/x' -> a dataset 'x' with one row per iteration)"
         )
     if not isinstance(members, Mapping):
-        raise _refuse(where, f"members given as {type(members).__name__}", "pass a dict of name -> value")
+        raise _refuse(
+            where, f"members given as {type(members).__name__}", "pass a dict of name -> value"
+        )
     out: dict[str, Node] = {}
     for name, raw in members.items():
         _check_name(where, name)
@@ -418,7 +423,9 @@ def _build_group(
         elif isinstance(raw, Mapping):
             out[name] = _build_group(child, raw, None, depth + 1, budget)
         elif isinstance(raw, Dataset):
-            out[name] = DatasetNode(normalize(child, raw.data), _attr_values(child, raw.attrs, budget))
+            out[name] = DatasetNode(
+                normalize(child, raw.data), _attr_values(child, raw.attrs, budget)
+            )
         else:
             out[name] = DatasetNode(normalize(child, raw))
     return GroupNode(_attr_values(where, attrs, budget), out)
@@ -453,7 +460,10 @@ def dtype_token(dtype: np.dtype[Any]) -> str:
         return f"{dtype_token(base)}({','.join(str(n) for n in shape)})"
     if dtype.names is not None:
         assert dtype.fields is not None
-        fields = [[name, dtype.fields[name][1], dtype_token(dtype.fields[name][0])] for name in dtype.names]
+        fields = [
+            [name, dtype.fields[name][1], dtype_token(dtype.fields[name][0])]
+            for name in dtype.names
+        ]
         return json.dumps([dtype.itemsize, fields], ensure_ascii=False, separators=(",", ":"))
     if dtype.byteorder in "<>=":
         return dtype.newbyteorder("<").str

@@ -113,6 +113,8 @@ class DigestMismatchError(H5GuardError, ValueError):
 
 class MissingDependencyError(H5GuardError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
 class DuplicateKeyError(H5GuardError, ValueError):
     """``add()`` of a key the same writer has already added (results are immutable)."""
 

@@ -150,7 +150,9 @@ class DatasetSpec:
     @staticmethod
     def from_dict(data: Mapping[str, Any], where: str) -> DatasetSpec:
         _only_keys(
-            data, {"dtype", "shape", "finite", "required", "required_when", "attrs", "fields"}, where
+            data,
+            {"dtype", "shape", "finite", "required", "required_when", "attrs", "fields"},
+            where,
         )
         dtype = data.get("dtype")
         if dtype is not None:
@@ -226,19 +228,25 @@ class AttrSpec:
 
 
 def _attr_specs(section: Any, where: str) -> Mapping[str, AttrSpec]:
-    if not isinstance(section, Mapping) or not all(isinstance(v, Mapping) for v in section.values()):
+    if not isinstance(section, Mapping) or not all(
+        isinstance(v, Mapping) for v in section.values()
+    ):
         raise SchemaError(f"{where}: expected an object of objects")
     return FrozenMap({k: AttrSpec.from_dict(v, f"{where}.{k}") for k, v in section.items()})
 
 
 def _dataset_specs(section: Any, where: str) -> Mapping[str, DatasetSpec]:
-    if not isinstance(section, Mapping) or not all(isinstance(v, Mapping) for v in section.values()):
+    if not isinstance(section, Mapping) or not all(
+        isinstance(v, Mapping) for v in section.values()
+    ):
         raise SchemaError(f"{where}: expected an object of objects")
     return FrozenMap({k: DatasetSpec.from_dict(v, f"{where}.{k}") for k, v in section.items()})
 
 
 def _group_specs(section: Any, where: str, depth: int) -> Mapping[str, GroupSpec]:
-    if not isinstance(section, Mapping) or not all(isinstance(v, Mapping) for v in section.values()):
+    if not isinstance(section, Mapping) or not all(
+        isinstance(v, Mapping) for v in section.values()
+    ):
         raise SchemaError(f"{where}: expected an object of objects")
     if depth > 32:
         raise SchemaError(f"{where}: groups nested more than 32 deep")
@@ -288,7 +296,11 @@ class DatasetInfo:
 
     @classmethod
     def of(
-        cls, arr: npt.NDArray[Any], *, attrs: Mapping[str, Any] | None = None, kind: str | None = None
+        cls,
+        arr: npt.NDArray[Any],
+        *,
+        attrs: Mapping[str, Any] | None = None,
+        kind: str | None = None,
     ) -> DatasetInfo:
         """The info of a dataset held in memory (finiteness scanned for float/complex)."""
         finite = True
@@ -488,8 +500,14 @@ def _check_level(
                 out.append(SchemaViolation(Code.SCHEMA_MISSING, obj, "required group is missing"))
             continue
         _check_level(
-            gspec.datasets, gspec.attrs, gspec.groups, sub.datasets, sub.attrs, sub.groups,
-            obj + "/", out,
+            gspec.datasets,
+            gspec.attrs,
+            gspec.groups,
+            sub.datasets,
+            sub.attrs,
+            sub.groups,
+            obj + "/",
+            out,
         )
 
 
@@ -500,7 +518,9 @@ def _check_attrs(
         if name not in attrs:
             if aspec.required:
                 out.append(
-                    SchemaViolation(Code.SCHEMA_MISSING, obj, f"required attribute {name!r} is missing")
+                    SchemaViolation(
+                        Code.SCHEMA_MISSING, obj, f"required attribute {name!r} is missing"
+                    )
                 )
             continue
         value = np.asarray(attrs[name])

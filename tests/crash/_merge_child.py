@@ -32,8 +32,11 @@ _ROOT = Path(__file__).resolve().parents[2]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from h5guard import LockTimeoutError, ShardWriter  # noqa: E402
-from h5guard import _result  # noqa: E402
+from h5guard import (  # noqa: E402
+    LockTimeoutError,
+    ShardWriter,
+    _result,
+)
 from h5guard._layout import DIGEST_ATTR  # noqa: E402
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -25,7 +25,11 @@ def test_example_runs_in_an_empty_directory(tmp_path: Path, index: int) -> None:
     # test comes first on the path.
     env = {"PYTHONPATH": str(DOC.parents[1]), "PATH": "/usr/bin:/bin"}
     run = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert run.returncode == 0, run.stderr

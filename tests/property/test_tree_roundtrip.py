@@ -47,7 +47,12 @@ def numeric_arrays(draw: st.DrawFn) -> np.ndarray[Any, Any]:
 def structured_arrays(draw: st.DrawFn) -> np.ndarray[Any, Any]:
     dtype = draw(st.sampled_from(_STRUCTURED))
     shape = draw(hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=3))
-    raw = draw(st.binary(min_size=dtype.itemsize * int(np.prod(shape)), max_size=dtype.itemsize * int(np.prod(shape))))
+    raw = draw(
+        st.binary(
+            min_size=dtype.itemsize * int(np.prod(shape)),
+            max_size=dtype.itemsize * int(np.prod(shape)),
+        )
+    )
     arr = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
     # Booleans are one byte of 0 or 1 in HDF5's enum: keep them valid.
     for name in dtype.names or ():
@@ -106,7 +111,9 @@ def _plain_h5py_value(obj: Any, name: str | None = None) -> Any:
     value = obj.attrs[name]
     info = h5py.check_string_dtype(obj.attrs.get_id(name).dtype)
     if info is not None and info.encoding == "utf-8":
-        return np.char.decode(np.asarray(value).astype(f"S{np.asarray(value).dtype.itemsize}"), "utf-8")
+        return np.char.decode(
+            np.asarray(value).astype(f"S{np.asarray(value).dtype.itemsize}"), "utf-8"
+        )
     return value
 
 
@@ -144,7 +151,9 @@ def _check_plain(group: h5py.Group, datasets: dict[str, Any], attrs: dict[str, A
         elif isinstance(member, dict):
             _check_plain(obj, member, {})
         else:
-            data, dattrs = (member.data, member.attrs) if isinstance(member, Dataset) else (member, {})
+            data, dattrs = (
+                (member.data, member.attrs) if isinstance(member, Dataset) else (member, {})
+            )
             assert _same_plain(_plain_h5py_value(obj), data), obj.name
             for aname, avalue in dattrs.items():
                 assert _same_plain(_plain_h5py_value(obj, aname), avalue), (obj.name, aname)

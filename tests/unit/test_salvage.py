@@ -285,9 +285,7 @@ def test_one_bad_group_never_stops_the_rest(tmp_path: Path) -> None:
     # Trees, compound data and dataset attributes read completely: recovered (#14).
     assert sorted(fs.recovered) == sorted([*keys, "nested", "compound", "with_attr"])
     lost = dict(fs.lost)
-    assert set(lost) == {
-        "null_attr", "empty_attr", "bad_digest", "corrupt", "unwritten", "soft"
-    }
+    assert set(lost) == {"null_attr", "empty_attr", "bad_digest", "corrupt", "unwritten", "soft"}
     assert "dataset at the top level" in lost["null_attr"]
     assert "null dataspace" in lost["empty_attr"]
     assert "mismatch" in lost["bad_digest"]

@@ -10,8 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from h5guard import Code, FileKind, Schema, ShardWriter, merge, validate
-from h5guard import _result
+from h5guard import Code, FileKind, Schema, ShardWriter, _result, merge, validate
 from h5guard._layout import INDEX_ATTR
 from h5guard._seal import SEAL_SIZE, check_seal, parse_seal
 from h5guard._superblock import quick_check

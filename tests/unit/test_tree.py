@@ -31,8 +31,11 @@ from h5guard import (
     SchemaError,
     ShardWriter,
     UnsupportedValueError,
+    _fastread,
+    _layout,
+    _result,
+    _tree,
 )
-from h5guard import _fastread, _layout, _result, _tree
 from h5guard._read import _equal
 
 STRUCT = np.dtype([("x", "<f8"), ("n", ">i4"), ("ok", "?")])
@@ -74,7 +77,11 @@ REFUSED = [
     (np.array(["2024-01-01"], dtype="datetime64[D]"), "datetime", "int64"),
     (np.zeros(2, dtype=np.longdouble), "extended precision", "float64"),
     (np.zeros(2, dtype=[("s", "U3")]), "unicode dtype", "np.char.encode"),
-    (np.zeros(2, dtype=np.dtype([("a", "u1"), ("b", "<f8")], align=True)), "padding", "repack_fields"),
+    (
+        np.zeros(2, dtype=np.dtype([("a", "u1"), ("b", "<f8")], align=True)),
+        "padding",
+        "repack_fields",
+    ),
     ("ab\x00", "ending in NUL", "as bytes"),
     ("\ud800", "lone surrogates", "errors='replace'"),
     ({1, 2}, "builtins.set", "json.dumps"),
@@ -259,7 +266,9 @@ def test_read_names_the_group_and_both_digests_on_damage(tmp_path: Path) -> None
     with pytest.raises(DigestMismatchError) as info:
         h5guard.read(path, "k")
     text = str(info.value)
-    assert ":/k: content digest differs: stored sha256-v2:" in text and "computed sha256-v2:" in text
+    assert (
+        ":/k: content digest differs: stored sha256-v2:" in text and "computed sha256-v2:" in text
+    )
     assert info.value.stored != info.value.computed
     with pytest.raises(ResultNotFoundError, match="no result 'nope'"):
         h5guard.read(path, "nope")
@@ -318,7 +327,9 @@ def test_own_reader_verifies_v2_or_leaves_it_to_libhdf5(tmp_path: Path) -> None:
         w.add("structured", {"r": datasets["records"]})
     path = w.committed[0]
     with h5py.File(path, "r", locking=False) as f:
-        expected = {k: (h5py.h5o.get_info(f.id, k.encode()).addr, h5guard.read(path, k).digest) for k in f}
+        expected = {
+            k: (h5py.h5o.get_info(f.id, k.encode()).addr, h5guard.read(path, k).digest) for k in f
+        }
     base = _fastread.base_address(Path(path).read_bytes())
     problems, unsupported = _fastread.verify_groups_at(path, expected)
     assert problems == [] and unsupported == ["structured"]  # compound: libhdf5's job
