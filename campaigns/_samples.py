@@ -10,8 +10,7 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
-from h5guard import AttrSpec, DatasetSpec, Schema, ShardWriter, merge
-from h5guard._layout import digest_of, normalize_value
+from h5guard import AttrSpec, Dataset, DatasetSpec, Group, Schema, ShardWriter, _result, merge
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"
@@ -35,13 +34,29 @@ def group(i: int, *, wake: int = 0, variant: int = 0) -> tuple[dict[str, Any], d
     """Result group ``i``: compact (n, 2) layout and (n,) aep, optional chunked ``wake``."""
     rng = np.random.default_rng([i, variant])
     n = 4 + i % 13
-    datasets: dict[str, npt.NDArray[Any]] = {
+    datasets: dict[str, Any] = {
         "layout": rng.uniform(0.0, 1000.0, (n, 2)),
         "aep": rng.uniform(10.0, 20.0, n),
     }
     if wake:
         datasets["wake"] = rng.random(wake)
     attrs: dict[str, Any] = {"status": "ok", "seed": np.int64(i), "wind_speed": 9.5 + i % 7}
+    if i % 3 == 2:
+        # A result tree (#14): a dataset with attributes, nested groups with attributes,
+        # compound records, UTF-8 text and raw bytes, so damage lands in those too.
+        records = np.zeros(n, dtype=[("turbine", "<i4"), ("power_kw", "<f8"), ("ok", "?")])
+        records["turbine"] = np.arange(n)
+        records["power_kw"] = rng.uniform(0.0, 3000.0, n)
+        records["ok"] = rng.random(n) > 0.2
+        datasets["layout"] = Dataset(datasets["layout"], attrs={"units": "m", "crs": "local"})
+        datasets["records"] = records
+        datasets["history"] = {
+            f"iter_{k:03d}": Group({"x": rng.random(n), "f": np.float64(k)}, attrs={"step": k})
+            for k in range(3)
+        }
+        datasets["labels"] = np.array([f"wt-{k}-ñ" for k in range(n)])
+        attrs["label"] = "Nørre Økse"
+        attrs["raw"] = bytes([0, 1, 255, 0, 0])
     if i % 4 == 1:
         # More than 8 attributes: libhdf5 moves them to dense storage (a fractal heap
         # and a v2 B-tree name index), so those structures are in the files too.
@@ -52,10 +67,7 @@ def group(i: int, *, wake: int = 0, variant: int = 0) -> tuple[dict[str, Any], d
 
 def expected_digest(i: int, *, wake: int = 0, variant: int = 0) -> str:
     datasets, attrs = group(i, wake=wake, variant=variant)
-    return digest_of(
-        {k: normalize_value(k, v) for k, v in datasets.items()},
-        {k: normalize_value(k, v) for k, v in attrs.items()},
-    )
+    return _result.prepare(f"g{i}", datasets, attrs, schema=None).digest
 
 
 def write_shards(

@@ -37,7 +37,7 @@ import numpy as np
 from campaigns import _samples
 from campaigns._common import TINY_SWEEP_SPEC, CampaignResult, Deadline, Row, problems_by_path, stop
 from h5guard import Sandbox, Schema, ShardWriter, validate_many
-from h5guard._layout import digest_of, normalize_value
+from h5guard import _result
 
 NAME = "concurrency"
 GROUPS_PER_DIR = 6
@@ -80,10 +80,7 @@ def fake_result(m: int, i: int) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def fake_digest(m: int, i: int) -> str:
     datasets, attrs = fake_result(m, i)
-    return digest_of(
-        {k: normalize_value(k, v) for k, v in datasets.items()},
-        {k: normalize_value(k, v) for k, v in attrs.items()},
-    )
+    return _result.prepare(f"ext{m}-{i}", datasets, attrs, schema=None).digest
 
 
 def write_fake_shards(directory: Path, m: int, schema: Schema) -> set[str]:
