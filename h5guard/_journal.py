@@ -199,6 +199,8 @@ def scan(path: str | os.PathLike[str]) -> JournalScan:
         data = fh.read()
     name = os.fspath(path)
     if not data.startswith(MAGIC):
+        if MAGIC.startswith(data):  # the writer died while creating it: no add() returned
+            return JournalScan(name, None, (), "journal cut short in its magic", True)
         return JournalScan(name, None, (), "not an h5guard journal (no magic)")
     records: list[JournalRecord] = []
     pos = len(MAGIC)
@@ -235,7 +237,8 @@ def scan(path: str | os.PathLike[str]) -> JournalScan:
     if not records:
         # Not even the meta record is whole: the writer died while creating the journal,
         # before its first add() could return.
-        return JournalScan(name, None, (), torn or "no meta record", interrupted)
+        # (Ending right after the magic is the same: the meta record was never written.)
+        return JournalScan(name, None, (), torn or "no meta record", interrupted or torn is None)
     try:
         meta = json.loads(records[0].header.decode("utf-8"))
     except ValueError:

@@ -116,7 +116,7 @@ def run_executor(
         del kwargs["initializer"], kwargs["initargs"]
     executor = make(max_workers=2, **kwargs)
     futures: list[Future[tuple[str, int]]] = [executor.submit(task, directory, i) for i in range(N)]
-    keys, pids = collect(lambda f=f: f.result(timeout=120) for f in futures)
+    keys, _pids = collect(lambda f=f: f.result(timeout=120) for f in futures)
     promised += keys
     if ending == "sigkill":
         promised += die_in_one_worker(
@@ -174,7 +174,7 @@ def run_dask(ending: str, directory: str) -> list[str]:
         Client(cluster) as client,
     ):
         futures = [client.submit(task, directory, i, pure=False) for i in range(N)]
-        keys, pids = collect(lambda f=f: f.result(timeout=120) for f in futures)
+        keys, _pids = collect(lambda f=f: f.result(timeout=120) for f in futures)
         if ending == "sigkill":
             keys += die_in_one_worker(
                 lambda: client.submit(p.add_then_die, directory, N, pure=False, retries=0),
