@@ -41,7 +41,7 @@ def group(i: int, *, wake: int = 0, variant: int = 0) -> tuple[dict[str, Any], d
     if wake:
         datasets["wake"] = rng.random(wake)
     attrs: dict[str, Any] = {"status": "ok", "seed": np.int64(i), "wind_speed": 9.5 + i % 7}
-    if i % 3 == 2:
+    if i % 6 == 2:
         # A result tree (#14): a dataset with attributes, nested groups with attributes,
         # compound records, UTF-8 text and raw bytes, so damage lands in those too.
         records = np.zeros(n, dtype=[("turbine", "<i4"), ("power_kw", "<f8"), ("ok", "?")])
@@ -52,7 +52,7 @@ def group(i: int, *, wake: int = 0, variant: int = 0) -> tuple[dict[str, Any], d
         datasets["records"] = records
         datasets["history"] = {
             f"iter_{k:03d}": Group({"x": rng.random(n), "f": np.float64(k)}, attrs={"step": k})
-            for k in range(3)
+            for k in range(2)
         }
         datasets["labels"] = np.array([f"wt-{k}-ñ" for k in range(n)])
         attrs["label"] = "Nørre Økse"

@@ -37,6 +37,20 @@ class PreparedResult:
     digest: str
 
     @property
+    def datasets(self) -> dict[str, Any]:
+        """The top-level datasets' stored arrays (subgroups left out): a flat view."""
+        return {
+            name: node.value.array
+            for name, node in self.root.members.items()
+            if isinstance(node, _tree.DatasetNode)
+        }
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The result group's attributes as stored arrays."""
+        return {name: value.array for name, value in self.root.attrs.items()}
+
+    @property
     def nbytes(self) -> int:
         """Bytes of values (datasets and attributes), without HDF5's headers."""
         return _tree.nbytes(self.root)
