@@ -158,11 +158,10 @@ class _Inspector:
         """A group with a v2 (tree) digest: read the whole tree, digest, apply the schema."""
         where = f"/{key}"
         try:
-            node = _read.read_tree(group, key)
+            computed, info = _read.verify_tree(group, key, finite=self.schema is not None)
         except Exception as err:
             self.add(where, Code.OBJECT_UNREADABLE, f"unreadable: {_one_line(err)}")
             return
-        computed = _tree.digest(node)
         if computed != stored_text:
             self.add(
                 where,
@@ -171,7 +170,7 @@ class _Inspector:
             )
             return
         if self.schema is not None:
-            violations = self.schema.check_tree(node)
+            violations = self.schema.check(info.datasets, info.attrs, info.groups)
             for v in violations:
                 self.add(f"{where}/{v.obj}" if v.obj else where, v.code, v.message)
             if violations:

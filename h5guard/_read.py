@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from h5guard import _layout, _tree
 from h5guard.errors import DigestMismatchError, MissingDependencyError, ResultNotFoundError
+from h5guard.schema import DatasetInfo, FrozenMap, GroupInfo
 
 __all__ = ["Dataset", "Group", "Result", "iter_results", "read", "to_dataframe"]
 
@@ -238,6 +239,86 @@ def read_tree(group: h5py.Group, where: str, depth: int = 0) -> _tree.GroupNode:
         else:
             raise ValueError(f"{child}: {type(obj).__name__} in a result")
     return _tree.GroupNode(attrs, members)
+
+
+def verify_tree(
+    group: h5py.Group, key: str, *, finite: bool
+) -> tuple[str, GroupInfo]:
+    """The v2 digest of a stored result, and what a schema check needs of it.
+
+    Like :func:`read_tree` then :func:`h5guard._tree.digest`, but datasets larger than
+    ``READ_BLOCK`` are hashed block by block and never held whole (a checker in a
+    memory-limited sandbox reads results of any size). ``finite``: scan big float data
+    for NaN/inf (what a schema's ``finite`` rule needs; small data is always scanned).
+    """
+    digest = _tree.TreeDigest()
+    info = _digest_group(group, key, 0, digest, finite)
+    return digest.hexdigest(), info
+
+
+def _digest_group(
+    group: h5py.Group, where: str, depth: int, d: _tree.TreeDigest, finite: bool
+) -> GroupInfo:
+    if depth > _tree.MAX_DEPTH:
+        raise ValueError(f"{where}: groups nested deeper than {_tree.MAX_DEPTH}")
+    attrs, _ = _read_attr_values(group, where, own=False)
+    d.field(b"G")
+    d.attrs(attrs)
+    names = sorted(group, key=lambda n: n.encode("utf-8"))
+    d.count(len(names))
+    datasets: dict[str, DatasetInfo] = {}
+    groups: dict[str, GroupInfo] = {}
+    for name in names:
+        child = f"{where}/{name}"
+        link = group.get(name, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            raise ValueError(f"{child}: {type(link).__name__} in a result (h5guard writes none)")
+        obj = group[name]
+        d.field(name.encode("utf-8"))
+        if isinstance(obj, h5py.Group):
+            groups[name] = _digest_group(obj, child, depth + 1, d, finite)
+        elif isinstance(obj, h5py.Dataset):
+            datasets[name] = _digest_dataset(obj, child, d, finite)
+        else:
+            raise ValueError(f"{child}: {type(obj).__name__} in a result")
+    return GroupInfo(
+        FrozenMap(datasets),
+        FrozenMap({n: v.array for n, v in attrs.items()}),
+        FrozenMap(groups),
+        FrozenMap({n: v.kind for n, v in attrs.items()}),
+    )
+
+
+def _digest_dataset(
+    dset: h5py.Dataset, where: str, d: _tree.TreeDigest, finite: bool
+) -> DatasetInfo:
+    attrs, own = _read_attr_values(dset, where, own=True)
+    d.field(b"D")
+    d.attrs(attrs)
+    attr_arrays = {n: v.array for n, v in attrs.items()}
+    if dset.shape is None:
+        raise ValueError(f"{where}: dataset with a null dataspace holds no value")
+    dtype, shape = dset.dtype, tuple(int(n) for n in dset.shape)
+    kind = own or _tree.default_kind(dtype, shape)
+    if dset.nbytes <= _layout.READ_BLOCK or kind == "U":
+        value = stored_value(where, read_dataset_array(dset), own)
+        d.value(value)
+        return DatasetInfo.of(value.array, attrs=attr_arrays, kind=value.kind)
+    # Big: hash it as it streams; the kind is checked against a data-less stand-in.
+    _tree.check_kind(kind, np.broadcast_to(np.zeros((), dtype=dtype), shape), where)
+    d.value_head(kind, dtype, shape)
+    all_finite = True
+    scan = finite and dtype.kind in "fc"
+
+    def blocks() -> Iterator[npt.NDArray[Any]]:
+        nonlocal all_finite
+        for block in _layout.iter_blocks(dset):
+            if scan and all_finite and not np.isfinite(block).all():
+                all_finite = False
+            yield block
+
+    d.blocks(_tree.stored_nbytes(dtype, shape), blocks())
+    return DatasetInfo(dtype, shape, all_finite, FrozenMap(attr_arrays), kind)
 
 
 def stored_digest(group: h5py.Group) -> str | None:
