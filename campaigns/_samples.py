@@ -8,7 +8,6 @@ from typing import Any
 
 import h5py
 import numpy as np
-import numpy.typing as npt
 
 from h5guard import AttrSpec, Dataset, DatasetSpec, Group, Schema, ShardWriter, _result, merge
 

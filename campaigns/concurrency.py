@@ -36,8 +36,7 @@ import numpy as np
 
 from campaigns import _samples
 from campaigns._common import TINY_SWEEP_SPEC, CampaignResult, Deadline, Row, problems_by_path, stop
-from h5guard import Sandbox, Schema, ShardWriter, validate_many
-from h5guard import _result
+from h5guard import Sandbox, Schema, ShardWriter, _result, validate_many
 
 NAME = "concurrency"
 GROUPS_PER_DIR = 6
