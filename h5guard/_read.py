@@ -241,9 +241,7 @@ def read_tree(group: h5py.Group, where: str, depth: int = 0) -> _tree.GroupNode:
     return _tree.GroupNode(attrs, members)
 
 
-def verify_tree(
-    group: h5py.Group, key: str, *, finite: bool
-) -> tuple[str, GroupInfo]:
+def verify_tree(group: h5py.Group, key: str, *, finite: bool) -> tuple[str, GroupInfo]:
     """The v2 digest of a stored result, and what a schema check needs of it.
 
     Like :func:`read_tree` then :func:`h5guard._tree.digest`, but datasets larger than
