@@ -10,7 +10,11 @@ Layout (chosen because it turned damage into errors in every case we measured):
 * strings are fixed-length UTF-8 (variable-length strings live in the global heap,
   which has no checksum and whose damage made readers spin forever).
 
-Digest (``h5guard_digest`` attribute of every group, ``sha256:<hex>``): SHA-256 over
+Results written since trees (#14) carry the v2 digest (``sha256-v2:<hex>``, over the
+whole tree and each value's kind): see :mod:`h5guard._tree` and docs/format.md. The v1
+digest below is still verified for older files.
+
+Digest v1 (``h5guard_digest`` attribute of every group, ``sha256:<hex>``): SHA-256 over
 
     b"h5guard-digest-v1\\0"
     then for each dataset, by name in byte order:   F(b"D") F(name) F(dtype) F(shape) F(data)

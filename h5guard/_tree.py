@@ -267,7 +267,7 @@ def normalize(where: str, value: Any) -> Value:
     if isinstance(value, complex):
         return Value(np.asarray(value, dtype=np.complex128), "complex")
     if isinstance(value, str):
-        encoded = value.encode("utf-8", errors="strict") if _no_surrogates(value, where) else b""
+        encoded = _utf8(value, where)
         if encoded.endswith(b"\0"):
             raise _refuse(
                 where,
@@ -325,16 +325,15 @@ def normalize(where: str, value: Any) -> Value:
     )
 
 
-def _no_surrogates(value: str, where: str) -> bool:
+def _utf8(value: str, where: str) -> bytes:
     try:
-        value.encode("utf-8")
+        return value.encode("utf-8")
     except UnicodeEncodeError as err:
         raise _refuse(
             where,
             "text that is not valid Unicode (lone surrogates)",
             "decode the source with errors='replace', or store the raw bytes as bytes",
         ) from err
-    return True
 
 
 def _check_name(where: str, name: object) -> str:
