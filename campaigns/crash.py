@@ -1,10 +1,11 @@
 """Crash campaign: SIGKILL writers, merges and whole sweeps at random moments.
 
-(a) ``writer``: a forked child commits groups with ``ShardWriter(commit_every=3)`` and
-    logs each committed key after an fsync; it is SIGKILLed after a random delay. Every
-    committed shard must validate clean, every logged key must be present exactly once
-    with the right digest, and a re-run (writing the missing keys) must complete with
-    every key exactly once.
+(a) ``writer``: a forked child adds groups with ``ShardWriter(commit_every=3)`` and
+    logs each key after its ``add()`` returned (fsynced); it is SIGKILLed after a random
+    delay. A merge of its directory (which recovers the dead writer's journal) must
+    hold every logged key exactly once with the right digest and pass validation, with
+    nothing reported lost; a re-run writing the missing keys, merged, must complete the
+    output with every key exactly once.
 (b) ``merge``: ``h5guard merge`` (the CLI, a real process) merges new shards (plus a
     non-HDF5 file and a stale partial) into an output that already holds groups, and is
     SIGKILLed after a random delay. The output must be the old one byte for byte or the
@@ -45,33 +46,28 @@ from campaigns._common import (
     sha256_file,
     stop,
 )
-from h5guard import Sandbox, Severity, ShardWriter, merge, validate_many
+from h5guard import H5GuardError, Sandbox, Severity, ShardWriter, merge, validate_many
 
 NAME = "crash"
 WRITER_KEYS = 30
 LEGEND = (
-    "runs = trials (one SIGKILL each); flagged = committed files that failed validation after "
-    "the kill; passed-unchanged = trials where every check held; silent = wrong values; "
-    "crashes = re-runs that failed; hangs = re-runs that overran; lost = committed results "
-    "missing; recomputed = configs optimized more than once."
+    "runs = trials (one SIGKILL each); flagged = merges after the kill that failed, quarantined "
+    "or reported a loss (writer) or outputs that failed validation; passed-unchanged = trials "
+    "where every check held; silent = wrong values; crashes = re-runs that failed; hangs = "
+    "re-runs that overran; lost = results whose add() returned (writer) or committed results "
+    "(merge, sweep) missing; recomputed = configs optimized more than once."
 )
 
 
 # -- (a) the writer ----------------------------------------------------------------------
 def _writer_child(directory: Path, log: Path, keys: list[int]) -> None:
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    logged = 0
     with ShardWriter(directory, schema=_samples.SCHEMA, commit_every=3, prefix="shard") as w:
         for i in keys:
             datasets, attrs = _samples.group(i, wake=_samples.wake_of(i, 4))
             w.add(f"g{i}", datasets, attrs)
-            if len(w.committed_keys) > logged:
-                os.write(fd, "".join(f"{k}\n" for k in w.committed_keys[logged:]).encode())
-                os.fsync(fd)
-                logged = len(w.committed_keys)
-    if len(w.committed_keys) > logged:
-        os.write(fd, "".join(f"{k}\n" for k in w.committed_keys[logged:]).encode())
-        os.fsync(fd)
+            os.write(fd, f"g{i}\n".encode())  # add() returned: promised
+            os.fsync(fd)
     os.close(fd)
 
 
@@ -87,20 +83,20 @@ def _fork_writer(directory: Path, log: Path, keys: list[int]) -> int:
     return pid
 
 
-def _shard_state(
-    directory: Path, box: Sandbox
-) -> tuple[dict[str, list[str]], dict[str, str], list[str]]:
-    """``{key: [shards]}``, ``{key: digest}`` and problems of the committed shards."""
-    finals = sorted(str(p) for p in directory.glob("*.h5"))
-    report = validate_many(finals, sandbox=box)
-    where: dict[str, list[str]] = {}
-    digests: dict[str, str] = {}
-    problems = [str(f) for f in report.findings if f.severity >= Severity.WARNING]
-    for summary in report.files:
-        for key, digest in summary.groups.items():
-            where.setdefault(key, []).append(Path(summary.path).name)
-            digests[key] = digest or ""
-    return where, digests, problems
+def _merged_state(
+    directory: Path, out: Path, box: Sandbox
+) -> tuple[dict[str, str], list[str], int]:
+    """Merge ``directory`` into ``out``: ``{key: digest}`` of the output, problems, exit."""
+    try:
+        report = merge(directory, out, schema=_samples.SCHEMA, sandbox=box)
+    except (H5GuardError, OSError) as err:
+        return {}, [f"merge failed: {err}"], 2
+    checked = validate_many([str(out)], sandbox=box)
+    problems = [str(f) for f in checked.findings if f.severity >= Severity.WARNING]
+    problems += [f"LOST: {why}" for why in report.lost]
+    problems += [q.reasons[0] for q in report.quarantined if q.reasons]
+    digests = {k: d or "" for k, d in checked.files[0].groups.items()}
+    return digests, problems, report.exit_code
 
 
 def _expected(i: int) -> str:
@@ -132,29 +128,29 @@ def writer_trial(
         os.waitpid(pid, 0)
         row.runs += 1
     ok = True
-    where, digests, problems = _shard_state(directory, box)
+    out = work / "out.h5"
+    digests, problems, code = _merged_state(directory, out, box)
     promised = set(log.read_text().split()) if log.exists() else set()
     if counted and promised:
-        result.tally("writer kills after at least one logged commit")
-    if problems:
+        result.tally("writer kills after at least one returned add()")
+    if problems or code != 0:
         ok = False
         row.flagged = (row.flagged or 0) + 1
-        result.violate(row, f"committed shard invalid after SIGKILL: {problems[0]}")
-    missing = promised - set(where)
+        result.violate(row, f"merge after SIGKILL: exit {code}, {problems[:1]}")
+    missing = promised - set(digests)
     if missing:
         ok = False
         row.lost = (row.lost or 0) + len(missing)
         result.violate(
-            row, f"logged-as-committed keys missing after SIGKILL: {sorted(missing)[:5]}"
+            row, f"keys whose add() returned missing after SIGKILL: {sorted(missing)[:5]}"
         )
-    dups = {k: v for k, v in where.items() if len(v) > 1}
     wrong = [k for k, d in digests.items() if d != _expected(int(k[1:]))]
-    if dups or wrong:
+    if wrong or len(set(digests) - promised) > 1:
         ok = False
         row.silent = (row.silent or 0) + len(wrong)
-        result.violate(row, f"duplicated {sorted(dups)[:3]} or wrong-digest {wrong[:3]} groups")
-    # Re-run: a fresh writer commits what is missing.
-    todo = [i for i in range(WRITER_KEYS) if f"g{i}" not in where]
+        result.violate(row, f"wrong-digest {wrong[:3]} or unpromised groups in the output")
+    # Re-run: a fresh writer adds what is missing, and a merge completes the output.
+    todo = [i for i in range(WRITER_KEYS) if f"g{i}" not in digests]
     pid = _fork_writer(directory, work / "rerun.log", todo)
     deadline = time.monotonic() + 120
     status = None
@@ -173,23 +169,19 @@ def writer_trial(
         row.crashes += 1
         result.violate(row, f"the re-run writer failed (wait status {status})")
         return
-    where, digests, problems = _shard_state(directory, box)
-    if problems or set(where) != {f"g{i}" for i in range(WRITER_KEYS)}:
+    digests, problems, code = _merged_state(directory, out, box)
+    if problems or code != 0 or set(digests) != {f"g{i}" for i in range(WRITER_KEYS)}:
         ok = False
-        lost = {f"g{i}" for i in range(WRITER_KEYS)} - set(where)
+        lost = {f"g{i}" for i in range(WRITER_KEYS)} - set(digests)
         row.lost = (row.lost or 0) + len(lost)
         result.violate(
-            row, f"after the re-run: problems {problems[:1]}, missing {sorted(lost)[:5]}"
+            row,
+            f"after the re-run: exit {code}, problems {problems[:1]}, missing {sorted(lost)[:5]}",
         )
-    if any(len(v) > 1 for v in where.values()):
-        ok = False
-        result.violate(row, "after the re-run a key is in two shards")
     if ok and counted:
         row.passed = (row.passed or 0) + 1
-    if counted and list(directory.glob("*.partial")):
-        result.tally(
-            "writer trials leaving a stale *.partial of the killed writer (merges skip it)"
-        )
+    if list(directory.glob("*.journal")) or list(directory.glob("*.partial")):
+        result.violate(row, "a journal or partial was left after the merges")
 
 
 def _calibrate_writer(work: Path) -> float:

@@ -20,6 +20,7 @@ from h5guard import (
     ShardWriter,
     UnreadableOutputError,
     __version__,
+    check,
     merge,
     plan_merge,
     record_output,
@@ -432,3 +433,24 @@ def test_forked_verification_in_a_single_threaded_process(tmp_path: Path) -> Non
     # The child killed mid-verification: this process verifies its half instead.
     assert result["child_killed"] == [keys[35]]
     assert result["forks"] == 3
+
+
+def test_file_attrs_reach_the_output_per_shard(tmp_path: Path) -> None:
+    """Regression: worker-level attributes were stored in each shard, then dropped."""
+    tmp = tmp_path / "tmp"
+    out = tmp_path / "out.h5"
+    for worker in (1, 2):
+        with ShardWriter(
+            tmp, prefix=f"w{worker}", file_attrs={"worker": worker, "host": "n1"}
+        ) as w:
+            w.add(f"g{worker}", *make_group(worker))
+    assert merge(tmp, out, workers=1).exit_code == 0
+    with ShardWriter(tmp, prefix="w3", file_attrs={"worker": 3}) as w:  # an incremental merge
+        w.add("g3", *make_group(3))
+    assert merge(tmp, out, workers=1).exit_code == 0
+    with h5py.File(out, "r") as f:
+        sources = json.loads(bytes(f.attrs["h5guard_sources"]).decode())
+    assert sorted(v["worker"] for v in sources.values()) == [1, 2, 3]
+    assert all(name.endswith(".h5") for name in sources)
+    assert {v.get("host") for v in sources.values()} == {"n1", None}
+    assert check([out]).ok
