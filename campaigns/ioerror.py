@@ -3,7 +3,8 @@
 Injected failures (in a forked child, with ``unittest.mock.patch``; the parent checks
 the files afterwards), each with ENOSPC, EIO and EACCES, at the first or second call:
 
-* ShardWriter commit protocol: ``write`` (``h5guard._layout.write_dataset`` raises the
+* ShardWriter commit protocol (each once as a one-off fault and once as a lasting one,
+  where every call fails): ``write`` (``h5guard._layout.write_dataset`` raises the
   OSError h5py raises for a failed HDF5 write, whose message names the file), ``close``
   (``h5py.File.close`` of the batch file closes, then raises libhdf5's RuntimeError for
   a failed flush), ``fsync`` of the partial file, ``replace`` (``os.replace`` to the
@@ -638,7 +639,7 @@ def _full_writer(result: CampaignResult, mnt: Path, box: Sandbox, *, race: bool)
     prior = {p.name: sha256_file(p) for p in directory.glob("*.h5")}
 
     def op() -> dict[str, Any]:
-        out: dict[str, Any] = {"error": None, "errors": [], "fired": True, "where": ""}
+        out: dict[str, Any] = {"error": None, "errors": [], "fired": True, "where": "", "added": []}
         writer = None
         if not race:
             fill_file_system(mnt, leave=1 << 20)
@@ -646,12 +647,15 @@ def _full_writer(result: CampaignResult, mnt: Path, box: Sandbox, *, race: bool)
             with ShardWriter(directory, schema=_samples.SCHEMA, commit_every=1000) as writer:
                 for i in WRITER_KEYS:
                     writer.add(f"g{i}", *_samples.group(i))
+                    out["added"].append(f"g{i}")
                 if race:
                     fill_file_system(mnt, leave=0)
         except BaseException as err:
             out["error"] = _describe_error(err)
         out["committed"] = list(writer.committed_keys) if writer else []
-        out["leftovers"] = sorted(p.name for p in directory.iterdir() if not p.name.endswith(".h5"))
+        out["leftovers"] = sorted(
+            p.name for p in directory.iterdir() if not p.name.endswith((".h5", ".journal"))
+        )
         return out
 
     status, out = _forked(op, timeout=120)
@@ -704,9 +708,11 @@ def _cases(rng: random.Random) -> list[_Case]:
     for protocol, steps in (("writer", WRITER_STEPS), ("merge", MERGE_STEPS)):
         for step in steps:
             for e in ERRNOS:
-                nths = (
-                    (1, 2) if protocol == "writer" and step != "write, caller continues" else (1,)
-                )
+                # 0: a lasting fault (every call fails); 1, 2: a one-off fault, which the
+                # writer's next automatic commit heals (the results wait in the journal).
+                nths = (0, 1, 2) if protocol == "writer" else (1,)
+                if step == "write, caller continues":
+                    nths = (0, 1)
                 if protocol == "merge" and step == "write":
                     nths = (1, 5)
                 for nth in nths:
