@@ -44,7 +44,7 @@ MAX_NAME_BYTES = 1024  # UTF-8 bytes of one member or attribute name
 MAX_ATTR_BYTES = 1024 * 1024  # one attribute's value; bigger values belong in a dataset
 
 _PY_SCALAR_KINDS = {"int": "<i8", "float": "<f8", "bool": "|b1", "complex": "<c16"}
-_FIXED_KINDS = frozenset({"int", "float", "bool", "complex", "str", "bytes", "numpy", "ndarray"})
+_SCALAR_DEFAULTS = {token: kind for kind, token in _PY_SCALAR_KINDS.items()}
 _NUMBER_KINDS = "biufc"
 _UTF8_DT_CACHE: dict[int, np.dtype[Any]] = {}
 
@@ -58,8 +58,10 @@ def utf8_dtype(size: int) -> np.dtype[Any]:
 
 
 def is_utf8(dtype: np.dtype[Any]) -> bool:
-    info = h5py.check_string_dtype(dtype)
-    return info is not None and info.length is not None and info.encoding == "utf-8"
+    """A fixed-length string dtype carrying h5py's UTF-8 tag (what h5py.check_string_dtype
+    says, read straight from the metadata: this runs for every value written)."""
+    metadata = dtype.metadata
+    return metadata is not None and dtype.kind == "S" and metadata.get("h5py_encoding") == "utf-8"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -94,10 +96,7 @@ def default_kind(dtype: np.dtype[Any], shape: tuple[int, ...]) -> str:
     if is_utf8(dtype):
         return "str" if shape == () else "U"
     if shape == ():
-        for kind, token in _PY_SCALAR_KINDS.items():
-            if dtype.str == token and dtype.names is None:
-                return kind
-        return "numpy"
+        return "numpy" if dtype.names is not None else _SCALAR_DEFAULTS.get(dtype.str, "numpy")
     return "ndarray"
 
 
@@ -497,7 +496,10 @@ class TreeDigest:
     def value(self, value: Value) -> None:
         arr = value.array
         self.value_head(value.kind, arr.dtype, arr.shape)
-        data = np.ascontiguousarray(_le(arr)).reshape(-1).view(np.uint8) if arr.size else b""
+        if arr.nbytes <= 4096:  # small values: one copy is cheaper than the views
+            self.field(_le(arr).tobytes())
+            return
+        data = np.ascontiguousarray(_le(arr)).reshape(-1).view(np.uint8)
         self.field(memoryview(data))  # type: ignore[arg-type]
 
     def blocks(self, nbytes_total: int, blocks: Iterator[Array]) -> None:
