@@ -253,3 +253,26 @@ def test_merge_state_machine(tmp_path: Path, sandbox: Sandbox) -> None:
     )
     print(f"rules run: {dict(Machine.ran)}")
     assert Machine.ran["merge_now"] >= 1 and Machine.ran["kill_a_merge"] >= 1, Machine.ran
+
+
+def test_merge_machine_crash_rules_in_a_fixed_sequence(tmp_path: Path, sandbox: Sandbox) -> None:
+    """The short random run may not draw every rule: this sequence always runs the crash
+    rules, with the same model checks."""
+
+    class Machine(MergeMachine):
+        pass
+
+    Machine.base = tmp_path
+    Machine.box = sandbox
+    Machine.counter = itertools.count()
+    Machine.ran = Counter()
+    m = Machine()
+    m.write_shard(list(KEYS[:2]), 0)
+    m.crash_writer([KEYS[0], KEYS[2]], "journal")
+    m.crash_writer([KEYS[3]], "legacy-partial")
+    m.crash_writer([KEYS[1]], "torn")
+    m.merge_now()
+    m.crash_writer([KEYS[4]], "journal")
+    m.kill_a_merge("write", 0.0)
+    m.merge_now()
+    assert Machine.ran["crash_writer journal"] == 2 and Machine.ran["merge_now"] == 2
