@@ -35,13 +35,15 @@ def _parser(name: str) -> argparse.ArgumentParser:
     elif name == "layout-sweep":
         from optimizer.cli import build_parser
     else:
-        raise ValueError(f"<!-- cli: {name} -->: unknown command (expected h5guard or layout-sweep)")
+        raise ValueError(
+            f"<!-- cli: {name} -->: unknown command (expected h5guard or layout-sweep)"
+        )
     return build_parser()
 
 
 def _fixed_width(parser: argparse.ArgumentParser) -> None:
     # argparse builds its formatter from formatter_class(prog=...); a partial pins the width.
-    parser.formatter_class = functools.partial(  # type: ignore[assignment]
+    parser.formatter_class = functools.partial(
         argparse.HelpFormatter, width=WIDTH, max_help_position=30
     )
 
