@@ -25,7 +25,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 NO_RUN = "# no-run:"
-_FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.M | re.S)
+_FENCE = re.compile(
+    r"^(?P<indent> *)```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.M | re.S
+)
 
 
 @dataclass(frozen=True)
