@@ -133,6 +133,11 @@ def test_docs_build_strict_offline(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "WARNING" not in proc.stderr, proc.stderr
 
+    # The site works from disk: no script or style sheet is loaded from elsewhere.
+    for page in site.rglob("*.html"):
+        remote = re.findall(r'(?:src|href)="(https?://[^"]+\.(?:js|css)[^"]*)"', page.read_text())
+        assert not remote, f"{page.relative_to(site)} loads {remote}"
+
     # The CLI reference holds every subcommand of both parsers, as --help prints it.
     _subcommands = _load_hooks()._subcommands
     from h5guard.cli import build_parser as h5guard_parser
