@@ -171,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 every planned config is done, 1 configs failed or are pending (or the spec is unknown, so nothing can be said about what is pending), 2 could not run.",
     )
     p.add_argument(
-        "-o", "--output", default=DEFAULT_OUTPUT, help=f"output file (default {DEFAULT_OUTPUT})"
+        "-o",
+        "--output",
+        help=f"output file (default: the one the run recorded in --temp-dir, else {DEFAULT_OUTPUT})",
     )
     p.add_argument("--temp-dir", metavar="DIR", help="temp dir (default OUTPUT_temp)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -314,20 +316,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _recorded_output(temp_dir: str | None) -> str | None:
+    """The output a run recorded in ``temp_dir`` (what ``h5guard merge DIR`` would use)."""
+    if temp_dir is None or not os.path.isdir(temp_dir):
+        return None
+    from h5guard import MergeSourceError, plan_merge
+
+    try:
+        return plan_merge(temp_dir).output
+    except MergeSourceError:
+        return None
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
-    temp_dir = args.temp_dir or os.fspath(default_temp_dir(args.output))
-    if not os.path.exists(args.output) and not os.path.isdir(temp_dir):
+    # Read-only: an output it can infer from the temp dir is inferred, not demanded.
+    output = args.output or _recorded_output(args.temp_dir) or DEFAULT_OUTPUT
+    temp_dir = args.temp_dir or os.fspath(default_temp_dir(output))
+    if not os.path.exists(output) and not os.path.isdir(temp_dir):
         raise UsageError(
-            f"layout-sweep status: neither {args.output} nor {temp_dir} exists; nothing to show"
+            f"layout-sweep status: neither {output} nor {temp_dir} exists; nothing to show"
         )
-    state, spec = read_state(args.output, temp_dir)
+    state, spec = read_state(output, temp_dir)
     counts: dict[str, int | None] = dict(state.counts())
     if spec is None:
         # Nothing is planned that we know of: count every result found, and say that
         # planned and pending are unknown instead of printing zeros.
         counts.update(planned=None, done=len(state.done), failed=len(state.failed), pending=None)
     doc = {
-        "output": os.path.abspath(args.output),
+        "output": os.path.abspath(output),
         "temp_dir": os.path.abspath(temp_dir),
         "running": state.running,
         **counts,

@@ -107,3 +107,14 @@ def test_missing_wind_stack_is_one_line_naming_the_install(
     assert "pip install ./sweep" in lines[0]
     assert captured.out == ""
     assert not out.exists() and not (tmp_path / "out.h5_temp").exists()  # nothing started
+
+
+def test_status_infers_the_output_its_temp_dir_recorded(one_config: Path, tmp_path: Path) -> None:
+    # From another directory, naming only the temp dir: the output is the one the run
+    # recorded there, not ./layouts.h5 (which would count the merged results as pending).
+    temp_dir = one_config / "out.h5_temp"
+    proc = run("optimizer.cli", "status", "--temp-dir", str(temp_dir), "--json", cwd=tmp_path)
+    doc = json.loads(proc.stdout)
+    assert doc["output"] == str(one_config / "out.h5")
+    assert (doc["planned"], doc["done"], doc["failed"], doc["pending"]) == (1, 1, 0, 0)
+    assert proc.returncode == 0, proc.stderr
