@@ -83,7 +83,7 @@ def _version_line() -> str:
 
 # What each subcommand imports from the wind stack (checked before anything runs, so a
 # missing dependency is one line, not a sweep whose every config fails in the workers).
-_NEEDS = {"run": ("py_wake", "scipy"), "report": ("py_wake",), "show": ()}
+_NEEDS = {"run": ("py_wake", "scipy"), "report": ("py_wake",), "show": ("py_wake",)}
 INSTALL_SWEEP = "pip install ./sweep (from a checkout of the h5guard repository)"
 
 

@@ -85,7 +85,8 @@ def test_status_with_its_spec_is_unchanged(one_config: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("command", "missing"), [("run", "py_wake"), ("run", "scipy"), ("report", "py_wake")]
+    ("command", "missing"),
+    [("run", "py_wake"), ("run", "scipy"), ("report", "py_wake"), ("show", "py_wake")],
 )
 def test_missing_wind_stack_is_one_line_naming_the_install(
     command: str,
@@ -97,7 +98,11 @@ def test_missing_wind_stack_is_one_line_naming_the_install(
     # A None entry in sys.modules makes the module unimportable, as when it is absent.
     monkeypatch.setitem(sys.modules, missing, None)
     out = tmp_path / "out.h5"
-    args = ["run", "-o", str(out), *TINY] if command == "run" else ["report", str(out)]
+    args = {
+        "run": ["run", "-o", str(out), *TINY],
+        "report": ["report", str(out)],
+        "show": ["show", str(out), "cfg-0"],
+    }[command]
     code = main(args)
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
