@@ -81,8 +81,9 @@ class Fault:
     where: str = ""
 
     def fire(self, where: str) -> bool:
+        """Fail the ``nth`` call (``nth == 0``: every call, a fault that does not go away)."""
         self.calls += 1
-        if self.calls == self.nth:
+        if self.nth == 0 or self.calls == self.nth:
             self.where = where
             return True
         return False
@@ -252,7 +253,7 @@ def _clear(error: dict[str, Any] | None, names: list[str]) -> bool:
 
 # -- the ShardWriter protocol --------------------------------------------------------------
 def _writer_op(directory: Path, fault: Fault | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"error": None, "errors": []}
+    out: dict[str, Any] = {"error": None, "errors": [], "added": []}
     ctx = {"fsync_file": ".h5.partial", "fsync_dir": str(directory), "replace_src": ".h5.partial"}
     writer: ShardWriter | None = None
     with _inject(fault, "writer", ctx) if fault else contextlib.nullcontext():
@@ -262,21 +263,29 @@ def _writer_op(directory: Path, fault: Fault | None) -> dict[str, Any]:
                 for i in WRITER_KEYS:
                     try:
                         writer.add(f"g{i}", *_samples.group(i))
+                        out["added"].append(f"g{i}")
                     except OSError as err:  # what a sweep worker does: record, go on
                         out["errors"].append(_describe_error(err))
-                writer.close()
+                try:
+                    writer.close()
+                except OSError as err:
+                    out["errors"].append(_describe_error(err))
             else:
                 with ShardWriter(
                     directory, schema=_samples.SCHEMA, commit_every=3, min_free=0
                 ) as writer:
                     for i in WRITER_KEYS:
                         writer.add(f"g{i}", *_samples.group(i))
+                        out["added"].append(f"g{i}")
         except BaseException as err:
             out["error"] = _describe_error(err)
     out["committed"] = list(writer.committed_keys) if writer else []
     out["fired"] = bool(fault and fault.where)
     out["where"] = fault.where if fault else ""
-    out["leftovers"] = sorted(p.name for p in directory.iterdir() if not p.name.endswith(".h5"))
+    # A failed commit leaves its results in the journal, for the next merge: not a leftover.
+    out["leftovers"] = sorted(
+        p.name for p in directory.iterdir() if not p.name.endswith((".h5", ".journal"))
+    )
     return out
 
 
@@ -339,8 +348,13 @@ def _judge_writer(
     if fault is not None and fault.step == "write, caller continues":
         error = out["errors"][0] if out["errors"] else None
     names = [str(directory), ".partial", ".h5"]
+    healed = error is None and set(out["added"]) <= set(out["committed"])
     # ``ok`` is about the files; how the error reached the caller is counted apart.
-    if error is None:
+    if healed:
+        # A failed automatic commit inside add() is retried at the next one (the results
+        # are safe in the journal meanwhile): a fault that went away did no harm.
+        pass
+    elif error is None:
         row.silent = (row.silent or 0) + 1
         result.violate(
             row,
@@ -377,6 +391,22 @@ def _judge_writer(
         ok = False
         row.lost = (row.lost or 0) + len(lost)
         result.violate(row, f"{what}: keys reported committed are missing: {lost}")
+    # Every add() that returned is in the output of a merge (journals recovered).
+    merged_out = directory.parent / f"{directory.name}-judged.h5"
+    try:
+        merge(directory, merged_out, keep_shards=True, sandbox=box)
+        merged = dict(validate_many([str(merged_out)], sandbox=box).files[0].groups)
+    except (H5GuardError, OSError) as err:
+        merged = {}
+        result.violate(row, f"{what}: merging the directory afterwards failed: {err}")
+    finally:
+        with contextlib.suppress(OSError):
+            merged_out.unlink()
+    missing = [k for k in out["added"] if k not in merged]
+    if missing:
+        ok = False
+        row.lost = (row.lost or 0) + len(missing)
+        result.violate(row, f"{what}: add() returned but the merge lacks {missing}")
     wrong = [
         k
         for k, d in digests.items()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from h5guard._lock import exclusive
 from h5guard._version import __version__
 from h5guard.errors import (
+    DuplicateKeyError,
     H5GuardError,
     InsufficientSpaceError,
     InvalidKeyError,
@@ -21,6 +22,7 @@ from h5guard.errors import (
     UnreadableOutputError,
     WriteError,
     WriterClosedError,
+    WriterTransferError,
 )
 from h5guard.merge import MergePlan, MergeReport, Quarantined, merge, plan_merge, record_output
 from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
@@ -34,6 +36,7 @@ __all__ = [
     "AttrSpec",
     "Code",
     "DatasetSpec",
+    "DuplicateKeyError",
     "FileKind",
     "FileSalvage",
     "FileSummary",
@@ -58,6 +61,7 @@ __all__ = [
     "UnreadableOutputError",
     "WriteError",
     "WriterClosedError",
+    "WriterTransferError",
     "__version__",
     "check",
     "exclusive",

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from h5guard import _version
 from h5guard.errors import H5GuardError
-from h5guard.merge import DEFAULT_LOCK_TIMEOUT, merge, plan_merge
+from h5guard.merge import DEFAULT_LOCK_TIMEOUT, ON_CONFLICT, MergePlan, merge, plan_merge
 from h5guard.report import Report, Severity
 from h5guard.salvage import salvage
 from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT
@@ -93,6 +93,18 @@ def _add_sandbox_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="log what is being done on stderr")
 
 
+def _add_on_conflict(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--on-conflict",
+        choices=ON_CONFLICT,
+        default="quarantine",
+        help=(
+            "a key already merged with another digest: move its shard to quarantine/ "
+            "(default), or keep the merged version and drop the other"
+        ),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="h5guard",
@@ -133,7 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
             "copy that holds the new groups, each verified against its digest. Holds "
             "OUTPUT.lock for the whole merge."
         ),
-        epilog="Exit codes: 0 merged cleanly, 1 merged but something was quarantined or conflicted, 2 could not run (output untouched).",
+        epilog=(
+            "Journals of writers that are gone (a pool that never closed its writers, a killed "
+            "worker) are recovered into shards first. Readable HDF5 files that h5guard did not "
+            "write are refused (convert them with 'h5guard salvage'). "
+            "Exit codes: 0 merged cleanly, 1 merged but something was quarantined, conflicted or is "
+            "known to be lost, 2 could not run (output untouched)."
+        ),
     )
     p.add_argument("shard_dir", metavar="TEMP_DIR", help="directory of committed shards")
     p.add_argument(
@@ -149,17 +167,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help=f"seconds to wait for another merge on the same output (default {DEFAULT_LOCK_TIMEOUT:g})",
     )
+    _add_on_conflict(p)
     _add_sandbox_options(p)
     p.set_defaults(run=_cmd_merge)
 
     p = sub.add_parser(
         "status",
         help="show what a merge of TEMP_DIR would do, changing nothing",
-        description="Validate the shards of TEMP_DIR and compare them with the output; modifies nothing.",
-        epilog="Exit codes: 0 everything would merge cleanly, 1 something would be quarantined or conflict, 2 could not run.",
+        description=(
+            "Run the merge's own planning on TEMP_DIR: what it would add, recover, quarantine "
+            "and report lost; modifies nothing."
+        ),
+        epilog="Exit codes: 0 everything would merge cleanly, 1 something would be quarantined, conflict or is lost, 2 could not run.",
     )
     p.add_argument("shard_dir", metavar="TEMP_DIR", help="directory of committed shards")
-    p.add_argument("-o", "--output", help="output file (default: the one recorded in TEMP_DIR)")
+    p.add_argument(
+        "-o",
+        "--output",
+        help="output file (default: the one recorded in TEMP_DIR; without one, plan a first merge)",
+    )
+    _add_on_conflict(p)
     _add_sandbox_options(p)
     p.set_defaults(run=_cmd_status)
 
@@ -274,6 +301,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             memory_limit=args.memory_limit,
             progress=update,
+            on_conflict=args.on_conflict,
         )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
@@ -296,22 +324,38 @@ def _cmd_status(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             memory_limit=args.memory_limit,
             progress=update,
+            on_conflict=args.on_conflict,
         )
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
     else:
-        shard_groups = plan.new_groups + plan.duplicates + len(plan.conflicts)
-        print(f"output:          {plan.output} ({plan.output_groups} group(s))")
-        print(f"valid shards:    {len(plan.shards)} holding {shard_groups} group(s)")
-        print(f"would add:       {plan.new_groups} new group(s), {plan.duplicates} duplicate(s)")
-        print(f"conflicts:       {len(plan.conflicts)}")
-        print(f"would quarantine:{len(plan.bad_shards):>2} shard(s)")
-        for q in plan.bad_shards:
-            print(f"  {q.reasons[0] if q.reasons else q.path}")
-        print(
-            f"partials:        {len(plan.live_partials)} being written, {len(plan.stale_partials)} stale"
-        )
-    return 1 if (plan.bad_shards or plan.conflicts) else 0
+        print(_render_plan(plan))
+    return plan.exit_code
+
+
+def _render_plan(plan: MergePlan) -> str:
+    shard_groups = plan.new_groups + plan.duplicates + len(plan.conflicts)
+    output = (
+        f"{plan.output} ({plan.output_groups} group(s))"
+        if plan.output
+        else "none recorded (planned as a first merge; name one with -o)"
+    )
+    recovered = sum(n for _, n in plan.recovered)
+    lines = [
+        f"output:           {output}",
+        f"valid shards:     {len(plan.shards)} holding {shard_groups} group(s)",
+        f"would recover:    {recovered} result(s) from {len(plan.recovered)} journal(s) of writers that are gone",
+        f"would add:        {plan.new_groups} new group(s), {plan.duplicates} duplicate(s)",
+        f"conflicts:        {len(plan.conflicts)} (on conflict: {plan.on_conflict})",
+        f"would quarantine: {len(plan.quarantines)} file(s)",
+    ]
+    lines += [f"  {q.reasons[0] if q.reasons else q.path}" for q in plan.bad_shards]
+    lines += [f"  {k!r} conflicts in {s}" for k, s in plan.conflicts]
+    lines.append(f"still being written: {len(plan.live_partials)}")
+    lines += [f"interrupted add(): {k!r} in {j}" for j, k in plan.interrupted]
+    lines.append(f"lost:             {len(plan.lost)}")
+    lines += [f"  LOST: {why}" for why in plan.lost]
+    return "\n".join(lines)
 
 
 def _cmd_salvage(args: argparse.Namespace) -> int:

@@ -7,7 +7,9 @@ builtins (``except OSError``) still catch what they expect::
     H5GuardError (Exception)
     ├── SchemaError (ValueError)            a schema is malformed, or a group breaks it
     ├── InvalidKeyError (ValueError)        a group key that cannot name an HDF5 group
+    ├── DuplicateKeyError (ValueError)      a key this writer has already added
     ├── WriterClosedError (RuntimeError)    ShardWriter used after close()
+    ├── WriterTransferError (TypeError)     a ShardWriter sent to another process
     ├── InsufficientSpaceError (OSError)    refused before writing: the disk is too full
     ├── WriteError (OSError)                libhdf5 or the OS failed a write; nothing committed
     ├── UnreadableOutputError (OSError)     a merge output that fails validation
@@ -54,6 +56,14 @@ class InvalidKeyError(H5GuardError, ValueError):
         super().__init__(f"group key {key!r}: {reason}")
         self.key = key
         self.reason = reason
+
+
+class DuplicateKeyError(H5GuardError, ValueError):
+    """``add()`` of a key the same writer has already added (results are immutable)."""
+
+
+class WriterTransferError(H5GuardError, TypeError):
+    """A ShardWriter was pickled: each process must create its own writer."""
 
 
 class WriterClosedError(H5GuardError, RuntimeError):

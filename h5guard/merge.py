@@ -41,27 +41,30 @@ from typing import Any
 import h5py
 import numpy as np
 
-from h5guard import _atomic, _deep, _fastread, _layout, _lock
+from h5guard import _atomic, _deep, _fastread, _journal, _layout, _lock, _result
 from h5guard._version import __version__
 from h5guard.errors import (
     H5GuardError,
     InsufficientSpaceError,
     MergeSourceError,
+    SchemaError,
     UnreadableOutputError,
     WriteError,
 )
 from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
 from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox, die_with_parent
 from h5guard.schema import Schema
+from h5guard.shards import JournalState, read_journal, recover_journal
 from h5guard.validate import QUARANTINE_DIR, ProgressCallback, partial_finding, validate_many
 
 log = logging.getLogger(__name__)
 
 RECORD_FILE = ".h5guard-output.json"
 GROUPS_ATTR = "h5guard_groups"
+SOURCES_ATTR = "h5guard_sources"  # JSON {shard file name: its file attributes}
 LAST_MERGE_ATTR = "h5guard_last_merge"
 DEFAULT_LOCK_TIMEOUT = 60.0
-_FOREIGN_REASON = "not an h5guard shard: its groups carry no digests, so it cannot be merged"
+ON_CONFLICT = ("quarantine", "keep-existing")
 
 
 def record_output(shard_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> None:
@@ -104,6 +107,10 @@ class MergePlan:
     stale_partials: tuple[str, ...]
     live_partials: tuple[str, ...]
     report: Report
+    recovered: tuple[tuple[str, int], ...] = ()  # (journal, results) of writers that are gone
+    interrupted: tuple[tuple[str, str], ...] = ()  # (journal, key) of add() calls cut short
+    lost: tuple[str, ...] = ()  # results known to be lost, each with where and why
+    on_conflict: str = "quarantine"
     # Every key of the existing output: listed by plan_merge; merge() only looks up the
     # keys it brings and leaves this empty.
     output_keys: frozenset[str] = frozenset()
@@ -113,6 +120,20 @@ class MergePlan:
     def keys(self) -> frozenset[str]:
         """Every group key that is committed somewhere: in the output or a valid shard."""
         return self.output_keys | self.shard_keys
+
+    @property
+    def quarantines(self) -> tuple[str, ...]:
+        """Every file the merge will move to ``quarantine/``: bad ones, and conflicting
+        ones under ``on_conflict="quarantine"``."""
+        conflicted = (
+            sorted({s for _, s in self.conflicts}) if self.on_conflict == "quarantine" else []
+        )
+        return tuple(q.path for q in self.bad_shards) + tuple(conflicted)
+
+    @property
+    def exit_code(self) -> int:
+        """What the merge's exit code will be: 1 while anything is lost or quarantined."""
+        return 1 if (self.quarantines or self.lost) else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -126,6 +147,12 @@ class MergePlan:
             "conflicts": [{"key": k, "shard": s} for k, s in self.conflicts],
             "stale_partials": list(self.stale_partials),
             "live_partials": list(self.live_partials),
+            "recovered": [{"journal": j, "results": n} for j, n in self.recovered],
+            "interrupted": [{"journal": j, "key": k} for j, k in self.interrupted],
+            "lost": list(self.lost),
+            "would_quarantine": list(self.quarantines),
+            "on_conflict": self.on_conflict,
+            "ok": self.exit_code == 0,
         }
 
 
@@ -147,10 +174,14 @@ class MergeReport:
     findings: tuple[Finding, ...] = field(default=())
 
     conflicts_resolved: bool = False  # merged with on_conflict="keep-existing"
+    recovered: tuple[tuple[str, int], ...] = ()
+    interrupted: tuple[tuple[str, str], ...] = ()
+    lost: tuple[str, ...] = ()
 
     @property
     def exit_code(self) -> int:
-        return 1 if (self.quarantined or (self.conflicts and not self.conflicts_resolved)) else 0
+        problems = self.quarantined or self.lost
+        return 1 if (problems or (self.conflicts and not self.conflicts_resolved)) else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -166,6 +197,9 @@ class MergeReport:
             "groups_total": self.groups_total,
             "shards_deleted": self.shards_deleted,
             "seconds": round(self.seconds, 3),
+            "recovered": [{"journal": j, "results": n} for j, n in self.recovered],
+            "interrupted": [{"journal": j, "key": k} for j, k in self.interrupted],
+            "lost": list(self.lost),
         }
 
     def render_text(self) -> str:
@@ -181,20 +215,35 @@ class MergeReport:
         ]
         for q in self.quarantined:
             lines.append(f"quarantined {q.path}: {q.reasons[0] if q.reasons else ''}")
-        lines += [f"stale partial (its writer died; batch lost): {p}" for p in self.stale_partials]
-        lines += [f"partial still being written, not merged: {p}" for p in self.live_partials]
+        lines += [
+            f"recovered {n} result(s) from the journal of a writer that did not commit: {j}"
+            for j, n in self.recovered
+        ]
+        lines += [
+            f"interrupted: result {k!r} was being added when its writer died (its add() never returned): {j}"
+            for j, k in self.interrupted
+        ]
+        lines += [f"LOST: {why}" for why in self.lost]
+        lines += [f"still being written, not merged: {p}" for p in self.live_partials]
         return "\n".join(lines)
 
 
 def _resolve(
-    shard_dir: str | os.PathLike[str], output: str | os.PathLike[str] | None
+    shard_dir: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None,
+    *,
+    need_output: bool = True,
 ) -> tuple[str, str]:
+    """The shard directory and the absolute output path ("" when none is known and
+    ``need_output`` is false: a plan against no output, as for a first merge)."""
     directory = os.fspath(shard_dir)
     if not os.path.isdir(directory):
         raise MergeSourceError(f"{directory}: expected a directory of shards, found none")
     if output is None:
         output = recorded_output(directory)
         if output is None:
+            if not need_output:
+                return directory, ""
             raise MergeSourceError(
                 f"{directory}: no output is recorded for this directory; name one with -o OUTPUT"
             )
@@ -207,23 +256,62 @@ def _resolve(
     return directory, out
 
 
-def _shard_files(directory: str, output: str) -> tuple[list[str], list[str], list[str]]:
-    shards: list[str] = []
-    stale: list[str] = []
-    live: list[str] = []
+@dataclass(frozen=True, slots=True)
+class _Sources:
+    shards: list[str]
+    journals: list[str]
+    stale: list[str]  # partials without a journal whose writer is known to be gone
+    live: list[str]  # journals and partials whose writer may still be running
+
+
+def _sources(directory: str, output: str) -> _Sources:
+    found = _Sources([], [], [], [])
     # The output (and its partial) may live in the shard directory: it is no shard, and
     # "merging" it into itself would delete it.
     own = {os.path.realpath(output), os.path.realpath(output + _atomic.PARTIAL_SUFFIX)}
+    names = {p.name for p in Path(directory).iterdir()}
     for p in sorted(Path(directory).iterdir()):
-        if not p.is_file() or os.path.realpath(p) in own:
+        if not p.is_file() or (output and os.path.realpath(p) in own):
             continue
-        if p.name.endswith(_atomic.PARTIAL_SUFFIX):
+        if p.name.endswith(_journal.JOURNAL_SUFFIX):
+            found.journals.append(str(p))
+        elif p.name.endswith(_atomic.PARTIAL_SUFFIX):
+            stem = p.name.removesuffix(_atomic.PARTIAL_SUFFIX)
+            if stem + _journal.JOURNAL_SUFFIX in names:
+                continue  # a commit in progress (or cut short): its journal speaks for it
             # Stale only when its writer is known to be dead; a writer on another host
             # (a shared file system) may still be writing it.
-            (stale if _atomic.partial_owner_alive(p.name) is False else live).append(str(p))
+            alive = _atomic.partial_owner_alive(p.name)
+            (found.stale if alive is False else found.live).append(str(p))
         elif p.suffix == ".h5":
-            shards.append(str(p))
-    return shards, stale, live
+            found.shards.append(str(p))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Journals:
+    """The journals of writers that are gone, read under their locks."""
+
+    states: list[JournalState]
+    results: dict[str, list[_result.PreparedResult]]  # journal path -> its results
+    live: list[str]
+
+
+def _read_journals(paths: Sequence[str], stack: contextlib.ExitStack) -> _Journals:
+    states: list[JournalState] = []
+    results: dict[str, list[_result.PreparedResult]] = {}
+    live: list[str] = []
+    for path in paths:
+        # Held until the caller's stack closes: nobody else recovers it meanwhile, and
+        # its writer cannot come back (a journal is never reopened).
+        if not stack.enter_context(_journal.claim(path)):
+            if os.path.exists(path):
+                live.append(path)
+            continue
+        state, decoded = read_journal(path)
+        states.append(state)
+        results[path] = decoded
+    return _Journals(states, results, live)
 
 
 class _Output:
@@ -239,7 +327,7 @@ class _Output:
         self.file: h5py.File | None = None
         self.schema_json: str | None = None
         self.count = 0
-        if not os.path.exists(path):
+        if not path or not os.path.exists(path):
             return
         quick = validate_many([path], deep=False)
         errors = [f for f in quick.findings if f.severity is Severity.ERROR]
@@ -306,19 +394,26 @@ def _plan(
     schema: Schema | None,
     sandbox: Sandbox | None,
     progress: ProgressCallback | None,
+    stack: contextlib.ExitStack,
     *,
     timeout: float,
     memory_limit: int,
     workers: int | None,
+    on_conflict: str,
     list_output_keys: bool = False,
-) -> tuple[MergePlan, dict[str, str | None], Schema | None, dict[str, FileSummary]]:
-    """What to merge; also returns the new keys with their digests, in merge order."""
+) -> tuple[MergePlan, dict[str, str | None], Schema | None, dict[str, FileSummary], _Journals]:
+    """What to merge; the one planning path of both :func:`merge` and :func:`plan_merge`.
+
+    Also returns the new keys with their digests in merge order, the schema the output
+    will embed, each source's summary, and the journals to recover.
+    """
     effective = schema
     if effective is None and output.schema_json is not None:
         effective = Schema.from_json(output.schema_json, source=f"{output.path} embedded schema")
-    shards, stale, live = _shard_files(directory, output.path)
+    found = _sources(directory, output.path)
+    journals = _read_journals(found.journals, stack)
     report = validate_many(
-        shards,
+        found.shards,
         schema=effective,
         sandbox=sandbox,
         progress=progress,
@@ -329,6 +424,7 @@ def _plan(
     )
     good: list[str] = []
     bad: list[Quarantined] = []
+    foreign: list[str] = []
     summaries: dict[str, FileSummary] = {}
     # Indexed once: looking each shard up in the report would be quadratic in shards.
     problems_of: dict[str, list[Finding]] = {}
@@ -336,20 +432,56 @@ def _plan(
         if finding.severity >= Severity.WARNING:
             problems_of.setdefault(finding.path, []).append(finding)
     summary_of = {s.path: s for s in report.files}
-    for path in shards:
+    for path in found.shards:
         problems = problems_of.get(path, [])
         summary = summary_of[path]
-        if problems:
+        if _readable_foreign(summary, problems):
+            foreign.append(path)
+        elif problems:
             bad.append(Quarantined(path, tuple(str(f) for f in problems)))
         elif summary.kind not in (FileKind.SHARD, FileKind.OUTPUT) or None in set(
             summary.groups.values()
         ):
-            # Readable HDF5 that h5guard did not write: its groups carry no digests, so
-            # the output could never be verified (or merged into) again.
-            bad.append(Quarantined(path, (f"{path}:/: {Code.NO_DIGESTS} {_FOREIGN_REASON}",)))
+            foreign.append(path)
         else:
             summaries[path] = summary
             good.append(path)
+    if foreign:
+        # Readable HDF5 that a pipeline wrote without h5guard: its groups carry no
+        # digests, so they could never be verified once merged, and moving the user's
+        # files aside without being asked is not the merge's to do.
+        raise MergeSourceError(
+            f"{directory}: {len(foreign)} readable HDF5 file(s) that h5guard did not write "
+            f"(e.g. {os.path.basename(foreign[0])}); merge takes only h5guard shards and "
+            f"leaves them untouched. Convert them first: h5guard salvage {directory} -o "
+            "SALVAGED_DIR, then h5guard merge SALVAGED_DIR -o OUTPUT"
+        )
+    recovered: list[tuple[str, int]] = []
+    interrupted: list[tuple[str, str]] = []
+    lost: list[str] = [
+        f"{p}: uncommitted batch of a writer that died without a journal; "
+        "h5guard salvage may recover part of it"
+        for p in found.stale
+    ]
+    for state in journals.states:
+        lost.extend(state.lost)
+        if state.interrupted is not None:
+            interrupted.append((state.path, state.interrupted))
+        if state.committed or not state.results:
+            continue
+        violations = _schema_violations(effective, state, journals.results[state.path])
+        if violations:
+            bad.append(Quarantined(state.path, tuple(violations)))
+            continue
+        recovered.append((state.path, len(state.results)))
+        summaries[state.shard] = FileSummary(
+            state.shard,
+            FileKind.SHARD,
+            os.path.getsize(state.path),
+            state.groups,
+            state.schema_json,
+        )
+        good.append(state.shard)
     new: dict[str, str | None] = {}
     dups = 0
     conflicts: list[tuple[str, str]] = []
@@ -375,21 +507,56 @@ def _plan(
         new_groups=len(new),
         duplicates=dups,
         conflicts=tuple(conflicts),
-        stale_partials=tuple(stale),
-        live_partials=tuple(live),
+        stale_partials=tuple(found.stale),
+        live_partials=tuple(found.live + journals.live),
         report=report,
+        recovered=tuple(recovered),
+        interrupted=tuple(interrupted),
+        lost=tuple(lost),
+        on_conflict=on_conflict,
         output_keys=output.keys() if list_output_keys else frozenset(),
         shard_keys=frozenset(k for p in good for k in summaries[p].groups),
     )
     if effective is None:
-        effective = _common_schema(summaries.values())
-    return plan, new, effective, summaries
+        effective = _common_schema([summaries[p] for p in good], output.count)
+    return plan, new, effective, summaries, journals
 
 
-def _common_schema(summaries: Any) -> Schema | None:
-    texts = {s.schema_json for s in summaries if s.schema_json is not None}
-    if len(texts) == 1:
-        return Schema.from_json(texts.pop())
+def _readable_foreign(summary: FileSummary, problems: Sequence[Finding]) -> bool:
+    """HDF5 that libhdf5 reads, written by someone else (its only "problem" is that)."""
+    return summary.kind is FileKind.FOREIGN and all(
+        f.severity < Severity.ERROR or f.code is Code.NO_DIGESTS or f.code.startswith("SCHEMA_")
+        for f in problems
+    )
+
+
+def _schema_violations(
+    schema: Schema | None, state: JournalState, results: Sequence[_result.PreparedResult]
+) -> list[str]:
+    """A recovered batch is checked like a shard: against the schema the output embeds."""
+    if schema is None or schema.to_json() == state.schema_json:
+        return []  # its writer checked every result against this very schema at add()
+    out: list[str] = []
+    for result in results:
+        try:
+            _result.check_schema(schema, result)
+        except SchemaError as err:
+            out.append(f"{state.path}:/{result.key}: {err}")
+    return out
+
+
+def _common_schema(summaries: Sequence[FileSummary], existing_groups: int) -> Schema | None:
+    """The schema every source carries, if they all carry the same one.
+
+    Sources with different schemas, or some with none (failure records written without
+    one, say), give an output with no schema: embedding one would make ``h5guard check``
+    fail the groups that never claimed to follow it.
+    """
+    texts = {s.schema_json for s in summaries}
+    if existing_groups == 0 and len(texts) == 1 and None not in texts:
+        return Schema.from_json(str(texts.pop()))
+    if len(texts) > 1:
+        log.info("sources carry %d different schemas (or none); the output embeds none", len(texts))
     return None
 
 
@@ -403,30 +570,40 @@ def plan_merge(
     workers: int | None = None,
     progress: ProgressCallback | None = None,
     sandbox: Sandbox | None = None,
+    on_conflict: str = "quarantine",
 ) -> MergePlan:
-    """What :func:`merge` would do now, without taking the lock or changing any file.
+    """What :func:`merge` would do now, without taking the output's lock or changing any file.
 
-    ``sandbox``: a checker pool to reuse for shards that need a full read (callers doing
-    several operations save the start-up of a new pool each time); ``timeout``/
-    ``memory_limit`` are then its own.
+    It runs the merge's own planning, so it predicts exactly what a merge started now
+    would do. Without ``output`` and with none recorded in ``shard_dir``, it plans as
+    for a first merge into a new output. ``sandbox``: a checker pool to reuse for shards
+    that need a full read; ``timeout``/``memory_limit`` are then its own.
     """
-    directory, out = _resolve(shard_dir, output)
-    existing = _Output(out)
-    try:
-        plan, _, _, _ = _plan(
+    _check_on_conflict(on_conflict)
+    directory, out = _resolve(shard_dir, output, need_output=False)
+    with contextlib.ExitStack() as stack:
+        existing = stack.enter_context(contextlib.closing(_Output(out)))
+        plan, _, _, _, _ = _plan(
             directory,
             existing,
             schema,
             sandbox,
             progress,
+            stack,
             timeout=timeout,
             memory_limit=memory_limit,
             workers=workers,
+            on_conflict=on_conflict,
             list_output_keys=True,
         )
-    finally:
-        existing.close()
     return plan
+
+
+def _check_on_conflict(on_conflict: str) -> None:
+    if on_conflict not in ON_CONFLICT:
+        raise ValueError(
+            f"on_conflict: expected 'quarantine' or 'keep-existing', got {on_conflict!r}"
+        )
 
 
 def _quarantine(path: str, reasons: Sequence[str], directory: str) -> Quarantined:
@@ -482,12 +659,18 @@ def _write_partial(
         f = _layout.create_file(partial, "w")
     added: dict[str, tuple[int, str]] = {}
     todo = set(new)
+    sources: dict[str, dict[str, Any]] = {}
     try:
+        if SOURCES_ATTR in f.attrs:
+            sources = json.loads(_layout.text_attr(f, SOURCES_ATTR) or "{}")
         for shard in plan.shards:
             keys = [k for k in sorted(summaries[shard].groups) if k in todo]
             if not keys:
                 continue
             with h5py.File(shard, "r", locking=False) as src:
+                attrs = _file_attrs(src)
+                if attrs:
+                    sources[os.path.basename(shard)] = attrs
                 for key in keys:
                     link = key.encode("utf-8")
                     # The low-level call: h5py's Group.copy spends as long resolving its
@@ -505,9 +688,29 @@ def _write_partial(
         )
         for name, value in root_attrs.items():
             _layout.write_attr(f, name, _layout.normalize_value(name, value))
+        if sources:
+            text = json.dumps(sources, sort_keys=True, ensure_ascii=False)
+            _layout.write_attr(f, SOURCES_ATTR, np.array(text.encode(), dtype=np.bytes_))
     finally:
         f.close()
     return added
+
+
+def _file_attrs(src: h5py.File) -> dict[str, Any]:
+    """A shard's worker-level attributes (``ShardWriter(file_attrs=...)``), as JSON values."""
+    out: dict[str, Any] = {}
+    for name in src.attrs:
+        if not name.startswith(_layout.RESERVED_PREFIX):
+            out[name] = _jsonable(_layout.read_attr(src, name))
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    arr = np.asarray(value)
+    if arr.dtype.kind == "S":
+        decoded = np.char.decode(arr, "utf-8", errors="backslashreplace")
+        return decoded.tolist()
+    return arr.tolist()
 
 
 # Below this many added groups a forked helper costs more than the half it verifies.
@@ -625,10 +828,7 @@ def merge(
     :class:`~h5guard.UnreadableOutputError` or :class:`~h5guard.MergeSourceError` when
     it cannot run; the output is then untouched.
     """
-    if on_conflict not in ("quarantine", "keep-existing"):
-        raise ValueError(
-            f"on_conflict: expected 'quarantine' or 'keep-existing', got {on_conflict!r}"
-        )
+    _check_on_conflict(on_conflict)
     started = time.monotonic()
     directory, out = _resolve(shard_dir, output)
     extra_attrs = dict(root_attrs or {})
@@ -640,18 +840,25 @@ def merge(
             _lock.exclusive(out, timeout=lock_timeout, purpose=f"h5guard merge {directory}")
         )
         existing = stack.enter_context(contextlib.closing(_Output(out)))
-        plan, new, effective, summaries = _plan(
+        plan, new, effective, summaries, journals = _plan(
             directory,
             existing,
             schema,
             sandbox,
             progress,
+            stack,
             timeout=timeout,
             memory_limit=memory_limit,
             workers=workers,
+            on_conflict=on_conflict,
         )
         existing.close()
         quarantined = [_quarantine(q.path, q.reasons, directory) for q in plan.bad_shards]
+        bad = {q.path for q in plan.bad_shards}
+        for state in journals.states:
+            if state.path not in bad:
+                # Under the journal's lock (held by the stack): its shard, then no journal.
+                recover_journal(state, journals.results[state.path])
         partial = out + _atomic.PARTIAL_SUFFIX
         needs_write = plan.new_groups > 0 or extra_attrs or not os.path.exists(out)
         if needs_write:
@@ -723,4 +930,7 @@ def merge(
         seconds=time.monotonic() - started,
         conflicts_resolved=on_conflict == "keep-existing",
         findings=plan.report.findings + tuple(partial_finding(p) for p in plan.stale_partials),
+        recovered=plan.recovered,
+        interrupted=plan.interrupted,
+        lost=plan.lost,
     )

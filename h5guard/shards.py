@@ -1,9 +1,12 @@
-"""ShardWriter: how a worker process writes results without ever leaving a bad file.
+"""ShardWriter: how a worker process writes results that are never lost.
 
-Results are buffered into an open ``*.partial`` file. A commit closes it, fsyncs it,
-renames it to a final, unique, never-again-modified shard name and fsyncs the
-directory. A crash therefore loses at most the results added since the last commit,
-and a file under a final name is always complete.
+``add()`` appends the result to the batch's journal (``<stem>.h5.journal``, see
+:mod:`h5guard._journal`) and returns only when the kernel holds all of it: from then on
+the result survives whatever happens to the process. A commit writes the batch as an
+HDF5 shard (``.partial``, closed, sealed, fsynced, renamed to ``<stem>.h5``, directory
+fsynced) and only then deletes the journal. A writer that never commits (a pool that
+never calls ``close()``, SIGTERM, SIGKILL, an exception) leaves a journal that
+:func:`h5guard.merge` turns into a shard, once the writer's process is gone.
 """
 
 from __future__ import annotations
@@ -14,31 +17,37 @@ import errno
 import json
 import logging
 import os
-import time
+import socket
 import uuid
-from collections.abc import Mapping
+import weakref
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
-import h5py
 import numpy as np
-import numpy.typing as npt
 
-from h5guard import _atomic, _layout, _seal
+from h5guard import _atomic, _journal, _layout, _result, _seal
 from h5guard._version import __version__
 from h5guard.errors import (
+    DuplicateKeyError,
     H5GuardError,
     InsufficientSpaceError,
-    SchemaError,
     WriteError,
     WriterClosedError,
+    WriterTransferError,
 )
-from h5guard.schema import DatasetInfo, Schema
+from h5guard.schema import Schema
 
 log = logging.getLogger(__name__)
 
 SHARD_SUFFIX = ".h5"
+# Below this many bytes a batch is also kept in memory, so a commit does not read its
+# journal back; above it, results are read back one at a time (bounded memory).
+_IN_MEMORY_BATCH = 64 * 1024 * 1024
+# File attributes travel in the journal's meta record under this pseudo-key.
+_FILE_KEY = "/"
 
 
 def new_shard_stem(prefix: str) -> str:
@@ -47,21 +56,57 @@ def new_shard_stem(prefix: str) -> str:
     return f"{prefix}-{stamp}-{_atomic.writer_tag()}-{uuid.uuid4().hex[:8]}"
 
 
+def journal_path(directory: Path, stem: str) -> Path:
+    return directory / f"{stem}{SHARD_SUFFIX}{_journal.JOURNAL_SUFFIX}"
+
+
+# Writers of this process, so that a forked child drops its inherited journals at once
+# (it must never write to, commit or hold the lock of its parent's batch).
+_WRITERS: weakref.WeakSet[ShardWriter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_WRITERS):
+        writer._leave_parent_batch()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class ShardWriter:
     """Write result groups into committed, immutable shard files in ``directory``.
 
-    Use it as a context manager::
+    Use it as a context manager, or keep one for a worker's whole life::
 
         with ShardWriter("run_tmp", schema=schema) as writer:
             writer.add("config-1", {"x": xs}, {"status": "ok"})
 
-    Each ``add`` writes one top-level group with a content digest. The open batch is
-    committed every ``commit_every`` results or ``commit_interval`` seconds
-    (whichever comes first), on :meth:`commit`, and on a clean exit. An exception
-    inside the ``with`` block discards the uncommitted batch.
+    **The guarantee**: once ``add()`` has returned, the result is in the output of the
+    next :func:`h5guard.merge` of ``directory``, whatever then happens to this process
+    (``close()`` never called, garbage collection, a pool's close/join or terminate,
+    SIGTERM, SIGKILL, an exception or Ctrl-C in the ``with`` block, a fork). A power
+    loss or kernel crash can lose the results added since the last commit, unless
+    ``sync_every_add=True`` (one fsync per ``add()``).
 
-    ``min_free`` bytes must stay free on the file system beyond what a group needs;
+    The batch is committed to a shard every ``commit_every`` results, on
+    :meth:`commit`, on :meth:`close` and when the ``with`` block ends, also by an
+    exception (which is then re-raised): results are independent, so what was added
+    is kept. :meth:`discard` throws the uncommitted batch away, explicitly.
+
+    A key may be added once per writer: a second ``add()`` of it raises
+    :class:`~h5guard.DuplicateKeyError` (a result is immutable; recomputations belong to
+    the merge's ``on_conflict`` policy).
+
+    ``file_attrs``: worker-level attributes stored at the root of each shard; a merge
+    records them, per shard, in the output's ``h5guard_sources`` root attribute.
+
+    ``min_free`` bytes must stay free on the file system beyond what a result needs;
     otherwise ``add`` raises :class:`~h5guard.InsufficientSpaceError` before writing.
+
+    A writer belongs to the process that created it: in a forked child it starts a
+    batch of its own, and it cannot be pickled (create one per worker, e.g. in a pool
+    initializer or at the start of the task).
     """
 
     def __init__(
@@ -71,39 +116,49 @@ class ShardWriter:
         schema: Schema | None = None,
         prefix: str = "shard",
         commit_every: int = 100,
-        commit_interval: float = 60.0,
         min_free: int = _atomic.DEFAULT_MIN_FREE,
         file_attrs: Mapping[str, Any] | None = None,
+        sync_every_add: bool = False,
     ) -> None:
-        if commit_every < 1:
-            raise ValueError(f"commit_every: expected an integer >= 1, got {commit_every}")
-        if commit_interval <= 0:
-            raise ValueError(f"commit_interval: expected seconds > 0, got {commit_interval}")
-        if "-" in prefix or "/" in prefix or not prefix:
+        if isinstance(commit_every, bool) or not isinstance(commit_every, int) or commit_every < 1:
+            raise ValueError(f"commit_every: expected an integer >= 1, got {commit_every!r}")
+        if not isinstance(prefix, str) or "-" in prefix or "/" in prefix or not prefix:
             raise ValueError(
                 f"prefix: expected a non-empty name without '-' or '/', got {prefix!r}"
             )
         self.directory = Path(directory)
-        if not self.directory.is_dir():
-            raise NotADirectoryError(f"{self.directory}: expected an existing directory")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise WriteError(
+                str(self.directory), "expected a directory for shards, and cannot create one", err
+            ) from err
         self.schema = schema
         self.prefix = prefix
         self.commit_every = commit_every
-        self.commit_interval = commit_interval
         self.min_free = min_free
-        self._file_attrs = {k: _layout.normalize_value(k, v) for k, v in (file_attrs or {}).items()}
-        for k in self._file_attrs:
+        self.sync_every_add = sync_every_add
+        for k in file_attrs or {}:
             if k.startswith(_layout.RESERVED_PREFIX):
                 raise ValueError(f"file_attrs: {k!r} uses the reserved prefix 'h5guard_'")
-        self._file: h5py.File | None = None
-        self._partial: Path | None = None
-        self._poisoned: BaseException | None = None
-        self._batch: dict[str, str] = {}  # key -> digest
-        self._batch_started = 0.0
+        self._file_attrs = _result.prepare_attrs(_FILE_KEY, dict(file_attrs or {}))
+        self._pid = os.getpid()
+        self._journal: _journal.JournalWriter | None = None
+        self._stem = ""
+        self._batch: dict[str, str] = {}  # key -> digest, in add() order
+        self._held: list[_result.PreparedResult] | None = []  # None once over the limit
         self._batch_bytes = 0
+        self._keys: set[str] = set()
         self._closed = False
         self.committed: list[Path] = []
         self.committed_keys: list[str] = []
+        _WRITERS.add(self)
+
+    def __reduce__(self) -> NoReturn:
+        raise WriterTransferError(
+            f"ShardWriter({str(self.directory)!r}) cannot be sent to another process: "
+            "create one ShardWriter in each worker (in the pool initializer or the task)"
+        )
 
     # -- context manager -------------------------------------------------------
     def __enter__(self) -> ShardWriter:
@@ -117,13 +172,25 @@ class ShardWriter:
     ) -> None:
         if exc_type is None:
             self.close()
-        else:
-            self.discard()
+            return
+        # The block failed, but every result it added is independent and complete: keep
+        # them, and let the block's own exception propagate.
+        try:
+            self.close()
+        except Exception as err:
+            log.error(
+                "%s: committing after %s failed (%s); the results stay in %s for the next merge",
+                self.directory,
+                exc_type.__name__,
+                err,
+                self._journal.path if self._journal else "the journal",
+            )
 
     # -- public API ------------------------------------------------------------
     @property
     def pending(self) -> int:
-        """Results added since the last commit."""
+        """Results added since the last commit (safe in the journal, not yet in a shard)."""
+        self._own_process()
         return len(self._batch)
 
     def add(
@@ -132,119 +199,154 @@ class ShardWriter:
         datasets: Mapping[str, Any],
         attrs: Mapping[str, Any] | None = None,
     ) -> None:
-        """Write one result group; commits when the batch policy says so."""
+        """Add one result; when this returns, the result is safe (see the class docs)."""
+        self._own_process()
         if self._closed:
             raise WriterClosedError(f"{self.directory}: ShardWriter is closed")
-        _layout.check_key(key)
-        if key in self._batch:
-            raise ValueError(f"group key {key!r}: already added to this batch")
-        arrays = {name: _layout.normalize_value(f"{key}/{name}", v) for name, v in datasets.items()}
-        attr_arrays = {
-            name: _layout.normalize_value(f"{key}@{name}", v) for name, v in (attrs or {}).items()
-        }
-        for name in (*arrays, *attr_arrays):
-            if not name or "/" in name or name.startswith(_layout.RESERVED_PREFIX):
-                raise ValueError(
-                    f"group {key!r}: member name {name!r} is empty, contains '/', "
-                    "or uses the reserved prefix 'h5guard_'"
-                )
-        if self.schema is not None:
-            self._check_schema(key, arrays, attr_arrays)
-        nbytes = sum(a.nbytes for a in arrays.values()) + sum(
-            a.nbytes for a in attr_arrays.values()
-        )
-        # A group costs its data plus a few KiB of headers; twice that leaves room for
-        # HDF5's own allocations when the file is closed.
-        _atomic.require_free_space(self.directory, 2 * nbytes + 64 * 1024, min_free=self.min_free)
-        digest = _layout.digest_of(arrays, attr_arrays)
-        f = self._open_batch()
-        try:
-            group = _layout.create_result_group(f, key)
-            for name, arr in arrays.items():
-                _layout.write_dataset(group, name, arr)
-            for name, arr in attr_arrays.items():
-                _layout.create_attr(group, name, arr)
-            _layout.create_attr(
-                group, _layout.DIGEST_ATTR, np.array(digest.encode(), dtype=np.bytes_)
+        if key in self._keys:
+            raise DuplicateKeyError(
+                f"group key {key!r}: already added by this writer; a result is written once "
+                "(use another key, or let the merge's on_conflict decide between recomputations)"
             )
-        except Exception as err:
-            self._remove_half_written(f, key, err)
-            raise self._write_error(f"writing group {key!r} failed", err) from err
-        self._batch[key] = digest
+        result = _result.prepare(key, datasets, attrs, schema=self.schema)
+        # A group costs its data plus a few KiB of headers, twice over (journal, shard),
+        # plus room for HDF5's own allocations when the shard is closed.
+        nbytes = result.nbytes
+        _atomic.require_free_space(self.directory, 2 * nbytes + 64 * 1024, min_free=self.min_free)
+        journal = self._open_batch()
+        header, buffers = _result.encode(result)
+        try:
+            journal.append(header, buffers)
+        except OSError as err:
+            raise self._write_error(f"journaling group {key!r} failed", err, journal.path) from err
+        self._batch[key] = result.digest
+        self._keys.add(key)
         self._batch_bytes += nbytes
-        if (
-            len(self._batch) >= self.commit_every
-            or time.monotonic() - self._batch_started >= self.commit_interval
-        ):
-            self.commit()
+        if self._held is not None:
+            self._held.append(result)
+            if self._batch_bytes > _IN_MEMORY_BATCH:
+                self._held = None
+        if len(self._batch) >= self.commit_every:
+            try:
+                self.commit()
+            except (WriteError, InsufficientSpaceError) as err:
+                # The result is safe in the journal; the next commit tries again.
+                log.warning("%s; %d result(s) stay in the journal", err, len(self._batch))
 
     def commit(self) -> Path | None:
-        """Make every result added so far durable; returns the new shard's path."""
-        if self._file is None or self._partial is None:
+        """Write the batch as a shard; returns its path (None if nothing was pending)."""
+        self._own_process()
+        journal = self._journal
+        if journal is None:
             return None
-        partial = self._partial
-        final = partial.with_name(partial.name[: -len(_atomic.PARTIAL_SUFFIX)])
-        keys = sorted(self._batch)
-        if self._poisoned is not None:
-            cause = self._poisoned
-            self._drop_batch()
-            raise WriteError(
-                str(partial),
-                f"batch of {len(keys)} group(s) discarded: a failed write left a group "
-                "that could not be removed",
-                cause,
-            )
+        if not self._batch:
+            journal.remove()
+            self._journal = None
+            return None
+        final = self.directory / f"{self._stem}{SHARD_SUFFIX}"
+        keys = list(self._batch)
+        held = self._held
+        results: Iterable[_result.PreparedResult] = (
+            held if held is not None else _read_back(journal, len(keys))
+        )
         try:
-            # The index lets a merge plan from one attribute instead of one per group.
-            index = json.dumps(self._batch, sort_keys=True, ensure_ascii=False)
-            _layout.write_attr(
-                self._file, _layout.INDEX_ATTR, np.array(index.encode(), dtype=np.bytes_)
+            write_shard(
+                final,
+                results,
+                schema_json=self.schema.to_json() if self.schema is not None else None,
+                file_attrs=self._file_attrs,
             )
-            self._file.close()
-            _seal.write_seal(partial)
         except Exception as err:
-            with contextlib.suppress(Exception):
-                self._file.close()
-            self._forget_batch()
-            _atomic.remove_quietly(partial)
-            raise self._write_error("closing the shard failed", err, path=partial) from err
-        self._forget_batch()
-        _atomic.commit_file(partial, final)
+            raise self._write_error("committing the batch failed", err, final) from err
+        journal.remove()
+        self._journal = None
+        self._batch = {}
+        self._held = []
+        self._batch_bytes = 0
         self.committed.append(final)
         self.committed_keys.extend(keys)
         log.debug("committed %d group(s) to %s", len(keys), final)
         return final
 
     def discard(self) -> None:
-        """Throw the uncommitted batch away and close the writer."""
-        self._drop_batch()
+        """Throw the uncommitted batch away (journal included) and close the writer."""
+        self._own_process()
+        if self._journal is not None:
+            log.info(
+                "discarding %d uncommitted result(s) of %s", len(self._batch), self._journal.path
+            )
+            self._journal.remove()
+            self._journal = None
+        for key in self._batch:
+            self._keys.discard(key)
+        self._batch = {}
+        self._held = []
+        self._batch_bytes = 0
         self._closed = True
 
-    def _drop_batch(self) -> None:
-        partial = self._partial
-        if self._file is not None:
-            try:
-                self._file.close()
-            except Exception as err:  # the file is being thrown away anyway
-                log.debug("closing discarded %s failed: %s", partial, err)
-        self._forget_batch()
-        if partial is not None:
-            _atomic.remove_quietly(partial)
-            log.info("discarded uncommitted batch %s", partial)
-
-    def _remove_half_written(self, f: h5py.File, key: str, err: BaseException) -> None:
-        """Unlink a group whose write failed, so the batch holds only whole groups."""
+    def close(self) -> None:
+        """Commit what is pending and close the writer."""
+        self._own_process()
+        if self._closed:
+            return
         try:
-            if key in f:
-                del f[key]
-        except Exception as again:
-            log.warning(
-                "cannot remove half-written group %s (%s); batch will be discarded", key, again
-            )
-            self._poisoned = err
+            self.commit()
+        finally:
+            self._closed = True
+            if self._journal is not None:
+                # The commit failed: release the lock, so that a merge can recover it.
+                self._journal.close()
 
-    def _write_error(self, what: str, err: BaseException, *, path: Path | None = None) -> OSError:
-        where = str(path or self._partial or self.directory)
+    # -- internals -------------------------------------------------------------
+    def _open_batch(self) -> _journal.JournalWriter:
+        if self._journal is not None:
+            return self._journal
+        self._stem = new_shard_stem(self.prefix)
+        header, buffers = _result.encode(self._file_attrs)
+        meta = {
+            "stem": self._stem,
+            "schema": self.schema.to_json() if self.schema is not None else None,
+            "file_attrs": header.decode("utf-8"),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+        }
+        path = journal_path(self.directory, self._stem)
+        try:
+            journal = _journal.JournalWriter(path, meta, buffers, fsync_each=self.sync_every_add)
+            if self.sync_every_add:
+                _atomic.fsync_dir(self.directory)
+        except OSError as err:
+            raise self._write_error("creating the batch journal failed", err, path) from err
+        self._journal = journal
+        return journal
+
+    def _own_process(self) -> None:
+        if os.getpid() != self._pid:
+            self._leave_parent_batch()
+
+    def _leave_parent_batch(self) -> None:
+        """This writer was inherited through a fork: the batch is the parent's."""
+        if os.getpid() == self._pid:
+            return
+        log.info(
+            "ShardWriter(%s) of process %d is used in process %d: starting a batch of its own",
+            self.directory,
+            self._pid,
+            os.getpid(),
+        )
+        if self._journal is not None:
+            self._journal.abandon()
+        self._pid = os.getpid()
+        self._journal = None
+        self._batch = {}
+        self._held = []
+        self._batch_bytes = 0
+        self._keys = set()
+        self.committed = []
+        self.committed_keys = []
+
+    def _write_error(self, what: str, err: BaseException, path: Path) -> OSError:
         if isinstance(err, H5GuardError) and isinstance(err, OSError):
             return err
         if getattr(err, "errno", None) == errno.ENOSPC or "errno = 28," in str(err):
@@ -253,57 +355,144 @@ class ShardWriter:
                 self._batch_bytes + self.min_free,
                 _atomic.free_bytes(self.directory),
             )
-        return WriteError(where, what, err)
+        safe = (
+            f"; {len(self._batch)} result(s) are safe in {self._journal.path}"
+            if (self._journal is not None and self._batch)
+            else ""
+        )
+        return WriteError(str(path), what + safe, err)
 
-    def close(self) -> None:
-        """Commit what is pending and close the writer."""
-        if self._closed:
-            return
+
+def _read_back(journal: _journal.JournalWriter, count: int) -> Iterable[_result.PreparedResult]:
+    for index in range(count):
+        header, payload = journal.read(index)
+        yield _result.decode(header, payload)
+
+
+def write_shard(
+    final: Path,
+    results: Iterable[_result.PreparedResult],
+    *,
+    schema_json: str | None,
+    file_attrs: _result.PreparedResult | None,
+) -> dict[str, str]:
+    """Write ``results`` as the sealed shard ``final``, through ``final.partial``.
+
+    Returns the shard's index (key -> digest). On any failure nothing is left under
+    either name; the caller's journal still holds the results.
+    """
+    partial = final.with_name(final.name + _atomic.PARTIAL_SUFFIX)
+    index: dict[str, str] = {}
+    f = None
+    try:
+        f = _layout.create_file(os.fspath(partial), "w", userblock=_seal.SEAL_SIZE)
+        f.attrs[_layout.FORMAT_ATTR] = np.bytes_(_layout.SHARD_FORMAT.encode())
+        f.attrs[_layout.VERSION_ATTR] = np.bytes_(__version__.encode())
+        if schema_json is not None:
+            f.attrs[_layout.SCHEMA_ATTR] = np.bytes_(schema_json.encode())
+        if file_attrs is not None:
+            _result.write_root_attrs(f, file_attrs)
+        for result in results:
+            _result.write(f, result)
+            index[result.key] = result.digest
+        # The index lets a merge plan from one attribute instead of one per group.
+        text = json.dumps(index, sort_keys=True, ensure_ascii=False)
+        _layout.write_attr(f, _layout.INDEX_ATTR, np.array(text.encode(), dtype=np.bytes_))
+        f.close()
+        f = None
+        _seal.write_seal(partial)
+        _atomic.commit_file(partial, final)
+    except BaseException:
+        if f is not None:
+            with contextlib.suppress(Exception):
+                f.close()
+        _atomic.remove_quietly(partial)
+        raise
+    return index
+
+
+# -- recovery of the journals of writers that are gone -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JournalState:
+    """What the journal of a writer that is gone holds, verified record by record."""
+
+    path: str
+    shard: str  # the shard its batch becomes (or already became)
+    schema_json: str | None
+    results: tuple[tuple[str, str], ...]  # (key, digest) of each whole, verified record
+    interrupted: str | None  # a result whose add() was cut short by the writer's death
+    lost: tuple[str, ...]  # why results that were (or may have been) added cannot be read
+    committed: bool  # its shard exists: the writer died after committing, before cleanup
+
+    @property
+    def groups(self) -> dict[str, str | None]:
+        return dict(self.results)
+
+
+def read_journal(path: str | os.PathLike[str]) -> tuple[JournalState, list[_result.PreparedResult]]:
+    """Decode and verify every record of a journal (of a writer known to be gone)."""
+    scan = _journal.scan(path)
+    name = os.fspath(path)
+    stem = scan.stem
+    if stem is None:
+        stem = Path(name).name.removesuffix(_journal.JOURNAL_SUFFIX).removesuffix(SHARD_SUFFIX)
+    shard = str(Path(name).with_name(f"{stem}{SHARD_SUFFIX}"))
+    meta = scan.meta or {}
+    schema_json = meta.get("schema") if isinstance(meta.get("schema"), str) else None
+    results: list[_result.PreparedResult] = []
+    lost: list[str] = []
+    interrupted: str | None = None
+    if scan.meta is None and not scan.interrupted:
+        lost.append(f"{name}: {scan.torn}; any result it held is lost")
+    for i, record in enumerate(scan.records):
         try:
-            self.commit()
-        finally:
-            self._closed = True
+            results.append(_result.decode(record.header, record.payload))
+        except _result.DecodeError as err:
+            lost.append(f"{name}: record {i + 1}: {err}")
+    if scan.interrupted:
+        if scan.cut is not None:
+            interrupted = _journal.record_key(scan.cut) or "(unknown key)"
+    elif scan.meta is not None and scan.torn is not None:
+        lost.append(f"{name}: {scan.torn}; results after it, if any, are lost")
+    state = JournalState(
+        path=name,
+        shard=shard,
+        schema_json=schema_json,
+        results=tuple((r.key, r.digest) for r in results),
+        interrupted=interrupted,
+        lost=tuple(lost),
+        committed=os.path.exists(shard) and _seal.check_seal(shard) is True,
+    )
+    return state, results
 
-    # -- internals -------------------------------------------------------------
-    def _open_batch(self) -> h5py.File:
-        if self._file is not None:
-            return self._file
-        stem = new_shard_stem(self.prefix)
-        partial = self.directory / f"{stem}{SHARD_SUFFIX}{_atomic.PARTIAL_SUFFIX}"
-        f = _layout.create_file(os.fspath(partial), "x", userblock=_seal.SEAL_SIZE)
-        try:
-            f.attrs[_layout.FORMAT_ATTR] = np.bytes_(_layout.SHARD_FORMAT.encode())
-            f.attrs[_layout.VERSION_ATTR] = np.bytes_(__version__.encode())
-            if self.schema is not None:
-                f.attrs[_layout.SCHEMA_ATTR] = np.bytes_(self.schema.to_json().encode())
-            for k, v in self._file_attrs.items():
-                _layout.write_attr(f, k, v)
-        except BaseException:
-            f.close()
-            _atomic.remove_quietly(partial)
-            raise
-        self._file = f
-        self._partial = partial
-        self._batch_started = time.monotonic()
-        return f
 
-    def _forget_batch(self) -> None:
-        self._poisoned = None
-        self._file = None
-        self._partial = None
-        self._batch = {}
-        self._batch_bytes = 0
+def recover_journal(state: JournalState, results: Iterable[_result.PreparedResult]) -> None:
+    """Turn a gone writer's journal into its shard, then delete the journal.
 
-    def _check_schema(
-        self,
-        key: str,
-        arrays: Mapping[str, npt.NDArray[Any]],
-        attrs: Mapping[str, npt.NDArray[Any]],
-    ) -> None:
-        assert self.schema is not None
-        infos = {name: DatasetInfo.of(a) for name, a in arrays.items()}
-        problems = self.schema.check(infos, attrs)
-        if problems:
-            p = problems[0]
-            where = f"{key}/{p.obj}" if p.obj else key
-            raise SchemaError(f"group {where}: {p.code} {p.message} (schema {self.schema.name!r})")
+    The caller holds the journal's lock (:func:`h5guard._journal.claim`).
+    """
+    final = Path(state.shard)
+    if not state.committed and state.results:
+        write_shard(
+            final, results, schema_json=state.schema_json, file_attrs=_file_attrs_of(state.path)
+        )
+        log.info("recovered %d result(s) from %s into %s", len(state.results), state.path, final)
+    _atomic.remove_quietly(final.with_name(final.name + _atomic.PARTIAL_SUFFIX))
+    _atomic.remove_quietly(state.path)
+    _atomic.fsync_dir(final.parent)
+
+
+def _file_attrs_of(path: str) -> _result.PreparedResult | None:
+    scan = _journal.scan(path)
+    header = scan.meta.get("file_attrs") if scan.meta else None
+    if not isinstance(header, str):
+        return None
+    try:
+        return _result.decode(header.encode("utf-8"), scan.meta_payload)
+    except _result.DecodeError as err:
+        log.warning(
+            "%s: file attributes unreadable (%s); the shard is written without them", path, err
+        )
+        return None

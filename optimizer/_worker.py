@@ -96,7 +96,6 @@ def run_batch(
         schema=RESULT_SCHEMA,
         prefix="worker",
         commit_every=len(configs) + 1,
-        commit_interval=1e9,
     )
     storing += time.perf_counter() - started
     with writer:

@@ -18,6 +18,9 @@ from tests.crash._merge_child import expected_digest, output_index, write_shards
 
 REPO = Path(__file__).resolve().parents[2]
 REPORT_KEYS = {
+    "recovered",
+    "interrupted",
+    "lost",
     "output",
     "ok",
     "shards_merged",
@@ -154,7 +157,7 @@ def test_main_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["merge", str(tmp), "-o", str(out), "--nope"]) == 2
     assert "unrecognized arguments: --nope" in capsys.readouterr().err
     assert main(["status", str(tmp), "-o", str(out)]) == 0
-    assert "would add:       0 new group(s)" in capsys.readouterr().out
+    assert "would add:        0 new group(s)" in capsys.readouterr().out
 
 
 def test_status_reports_counts_and_changes_nothing(tmp_path: Path) -> None:
@@ -174,17 +177,20 @@ def test_status_reports_counts_and_changes_nothing(tmp_path: Path) -> None:
     proc = run("status", tmp)
     assert proc.returncode == 1, proc.stderr
     text = proc.stdout
-    assert f"output:          {out} (6 group(s))" in text
-    assert "valid shards:    3 holding 7 group(s)" in text
-    assert "would add:       4 new group(s), 2 duplicate(s)" in text
-    assert "conflicts:       1" in text
-    assert "would quarantine: 1 shard(s)" in text and "cut.h5" in text
-    assert "partials:        1 being written, 1 stale" in text
+    assert f"output:           {out} (6 group(s))" in text
+    assert "valid shards:     3 holding 7 group(s)" in text
+    assert "would add:        4 new group(s), 2 duplicate(s)" in text
+    assert "conflicts:        1 (on conflict: quarantine)" in text
+    # The bad file and the shard whose g0 conflicts: what the merge will move aside.
+    assert "would quarantine: 2 file(s)" in text and "cut.h5" in text
+    assert "still being written: 1" in text
+    assert "lost:             1" in text and f"{child.pid}-00000000.h5.partial" in text
     proc = run("status", tmp, "--json")
     doc = json.loads(proc.stdout)
     assert (doc["output_groups"], doc["valid_shards"], doc["new_groups"]) == (6, 3, 4)
     assert doc["duplicates"] == 2 and [c["key"] for c in doc["conflicts"]] == ["g0"]
     assert [Path(b["path"]).name for b in doc["bad_shards"]] == ["cut.h5"]
+    assert len(doc["would_quarantine"]) == 2 and len(doc["lost"]) == 1 and doc["ok"] is False
     assert tree_hash(tmp_path) == before, "status modified something"
     assert not (tmp / "quarantine").exists()
     line = one_line_error(run("status", tmp_path / "missing"))
@@ -205,3 +211,51 @@ def test_retrofit_pool_example_runs(tmp_path: Path) -> None:
     assert proc.stdout.rstrip().splitlines()[-1].startswith("OK: 1 file(s), 40 group(s)")
     assert len(output_index(tmp_path / "results.h5")) == 40
     assert list((tmp_path / "results_tmp").glob("*.h5")) == []
+
+
+def test_status_without_an_output_plans_a_first_merge(tmp_path: Path) -> None:
+    """Regression: status exited 2 for a missing -o although it only reads."""
+    tmp = tmp_path / "tmp"
+    write_shards(tmp, range(3), per_shard=3)
+    proc = run("status", tmp)
+    assert proc.returncode == 0, proc.stderr
+    assert "none recorded (planned as a first merge" in proc.stdout
+    assert "would add:        3 new group(s)" in proc.stdout
+    # merge still needs to know where to write
+    assert "no output is recorded" in one_line_error(run("merge", tmp))
+
+
+def test_on_conflict_option(tmp_path: Path) -> None:
+    tmp, out = populated(tmp_path)
+    assert run("merge", tmp, "-o", out).returncode == 0
+    write_shards(tmp, [0], per_shard=1, variant=1, prefix="rerun")
+    status = run("status", tmp, "-o", out, "--on-conflict", "keep-existing", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["would_quarantine"] == []
+    status = run("status", tmp, "-o", out, "--json")
+    assert status.returncode == 1 and len(json.loads(status.stdout)["would_quarantine"]) == 1
+    proc = run("merge", tmp, "-o", out, "--on-conflict", "keep-existing")
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp / "quarantine").exists()
+    assert output_index(out)["g0"] == expected_digest(0)
+    assert "invalid choice" in one_line_error(run("merge", tmp, "-o", out, "--on-conflict", "x"))
+
+
+def test_merge_recovers_the_journal_of_a_killed_writer(tmp_path: Path) -> None:
+    tmp, out = tmp_path / "tmp", tmp_path / "out.h5"
+    code = (
+        "import os, signal, numpy as np, h5guard\n"
+        f"w = h5guard.ShardWriter({str(tmp)!r})\n"
+        "for i in range(7): w.add(f'k{i}', {'v': np.arange(i + 1)})\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=False, timeout=60)
+    status = run("status", tmp, "-o", out)
+    assert (
+        status.returncode == 0
+        and "would recover:    7 result(s) from 1 journal(s)" in status.stdout
+    )
+    proc = run("merge", tmp, "-o", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["groups_added"] == 7 and [r["results"] for r in doc["recovered"]] == [7]
+    assert run("check", out).returncode == 0

@@ -108,13 +108,12 @@ def test_mixed_directory_merges_good_and_quarantines_bad(tmp_path: Path) -> None
     with ShardWriter(tmp, prefix="wrongschema") as w:  # (n, 3) where the schema says (n, 2)
         w.add("g400", {"layout": np.zeros((5, 3)), "aep": np.asarray(1.0)}, {"status": "ok"})
     wrong = w.committed[0]
-    shutil.copy(FIXTURES / "foreign.h5", tmp / "foreign.h5")
     shutil.copy(FIXTURES / "open_for_write.h5", tmp / "open_for_write.h5")
     stale = dead_partial_name(tmp)
     stale.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 600)
     live_writer = ShardWriter(tmp, prefix="live")
     live_writer.add("g500", *make_group(500))
-    [live] = list(tmp.glob("live-*.partial"))
+    [live] = list(tmp.glob("live-*.journal"))
     partial_bytes = {stale: stale.read_bytes(), live: live.read_bytes()}
     before = h5_files(tmp)
     try:
@@ -137,7 +136,6 @@ def test_mixed_directory_merges_good_and_quarantines_bad(tmp_path: Path) -> None
         flipped_big.name: "OBJECT_UNREADABLE",
         "notes.h5": "NOT_HDF5",
         wrong.name: "SCHEMA_SHAPE",
-        "foreign.h5": "SCHEMA_DTYPE",  # vlen strings; without a schema: NO_DIGESTS
         "open_for_write.h5": "OPEN_FOR_WRITE",
     }
     assert {Path(q.path).name for q in report.quarantined} == set(bad)
@@ -155,7 +153,26 @@ def test_mixed_directory_merges_good_and_quarantines_bad(tmp_path: Path) -> None
     assert report.live_partials == (str(live),)
     assert any(f.code == "PARTIAL_FILE" and f.path == str(stale) for f in report.findings)
     assert status.stale_partials == (str(stale),) and status.live_partials == (str(live),)
-    assert "stale partial" in report.render_text()
+    # A dead writer's partial without a journal: its results are lost, and said so.
+    assert len(report.lost) == 1 and str(stale) in report.lost[0]
+    assert f"LOST: {stale}" in report.render_text()
+    assert status.lost == report.lost and status.exit_code == 1
+
+
+def test_readable_foreign_files_are_refused_and_left_alone(tmp_path: Path) -> None:
+    """A plain-h5py worker file is the user's data: never moved, never merged digest-less."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    write_shards(tmp, range(3), per_shard=3)
+    shutil.copy(FIXTURES / "foreign.h5", tmp / "worker_17.h5")
+    before = {p.name: p.read_bytes() for p in tmp.iterdir()}
+    for schema in (None, SCHEMA):
+        with pytest.raises(MergeSourceError, match=r"worker_17\.h5.*h5guard salvage"):
+            merge(tmp, tmp_path / "out.h5", schema=schema, workers=1)
+        with pytest.raises(MergeSourceError, match="h5guard salvage"):
+            plan_merge(tmp, tmp_path / "out.h5", schema=schema, workers=1)
+    assert {p.name: p.read_bytes() for p in tmp.iterdir()} == before
+    assert not (tmp_path / "out.h5").exists()
 
 
 def test_wrong_schema_against_schema_embedded_in_output(tmp_path: Path) -> None:
@@ -287,8 +304,9 @@ def test_missing_directory_or_output_is_a_merge_source_error(tmp_path: Path) -> 
     write_shards(tmp, range(2), per_shard=2)
     with pytest.raises(MergeSourceError, match="no output is recorded"):
         merge(tmp)
-    with pytest.raises(MergeSourceError, match="no output is recorded"):
-        plan_merge(tmp)
+    # Planning only reads: without an output it plans as for a first merge.
+    first = plan_merge(tmp, workers=1)
+    assert (first.output, first.output_groups, first.new_groups) == ("", 0, 2)
     with pytest.raises(MergeSourceError, match="existing directory"):
         merge(tmp, tmp_path / "missing-dir" / "out.h5")
     with pytest.raises(MergeSourceError, match="found a directory"):
@@ -359,22 +377,6 @@ def test_output_inside_the_shard_directory_is_not_a_shard(tmp_path: Path) -> Non
     assert output_index(out) == expected(range(4))
     assert again.stale_partials == () and again.shards_merged == 0
     assert not (tmp / "all.h5.partial").exists()
-
-
-def test_foreign_hdf5_file_is_quarantined_not_merged(tmp_path: Path) -> None:
-    """Regression: a readable non-h5guard file was merged without digests, after which
-    verification failed and every later merge of the directory was refused."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    out = tmp_path / "out.h5"
-    write_shards(tmp, range(3), per_shard=3)
-    shutil.copy(FIXTURES / "foreign.h5", tmp / "worker_7.h5")
-    report = merge(tmp, out, workers=1)
-    assert output_index(out) == expected(range(3))
-    assert "NO_DIGESTS" in str(quarantine_note(tmp, "worker_7.h5")["reasons"])
-    write_shards(tmp, [3], per_shard=1)
-    assert merge(tmp, out, workers=1).groups_total == 4
-    assert report.exit_code == 1
 
 
 def test_quarantine_never_overwrites_an_earlier_quarantined_file(tmp_path: Path) -> None:

@@ -1,0 +1,291 @@
+"""The writer's append-only journal: what makes a result safe the moment ``add()`` returns.
+
+Why a journal: a result handed to ``ShardWriter.add`` has to survive whatever then
+happens to the process (a pool that never calls ``close()``, SIGTERM, SIGKILL, a fork,
+an exception). Exit hooks cover only clean shutdowns, and a signal can land inside a
+libhdf5 call, so nothing that lives in the process can be relied on. Bytes that
+``write(2)`` has accepted are in the kernel: they survive any death of the process
+(not a power loss: that is bounded by the shard's fsync at commit). So ``add()`` appends
+one self-checking record per result to ``<stem>.h5.journal`` and returns only when the
+kernel holds all of it; the HDF5 shard is written from the journal at commit.
+
+File layout::
+
+    b"h5guard-journal/1\\n"
+    record 0: the batch's meta (shard stem, schema, file attributes, who wrote it)
+    record 1..n: one result each
+
+    record = b"H5GR" | u32 header length | u64 payload length
+             | u32 CRC-32 of the 16 bytes before it and the header | header | payload
+
+The header and payload of a result are :func:`h5guard._result.encode`'s; decoding
+recomputes the result's digest, so a record is either exactly what was added or
+rejected. A record cut short (the writer died inside ``add()``, whose call then never
+returned) ends the journal.
+
+Liveness: the writer holds an exclusive ``flock`` on its journal for as long as the
+batch is open. The kernel drops it when the process dies, however it dies, so a
+journal whose lock can be taken belongs to a writer that is gone, and its results can
+be recovered into a shard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+JOURNAL_SUFFIX = ".journal"
+MAGIC = b"h5guard-journal/1\n"
+_RECORD = b"H5GR"
+_FRAME = struct.Struct("<4sIQ")  # magic, header length, payload length
+_CRC = struct.Struct("<I")
+# A header is JSON naming a result's members: a megabyte means a corrupted length.
+_MAX_HEADER = 1 << 24
+
+
+def _frame(header: bytes, payload_len: int) -> bytes:
+    head = _FRAME.pack(_RECORD, len(header), payload_len)
+    return head + _CRC.pack(zlib.crc32(header, zlib.crc32(head))) + header
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class JournalWriter:
+    """The open journal of one batch, locked by this process while it is open."""
+
+    def __init__(
+        self,
+        path: Path,
+        meta: dict[str, Any],
+        meta_payload: Sequence[memoryview] = (),
+        *,
+        fsync_each: bool = False,
+    ) -> None:
+        self.path = path
+        self.fsync_each = fsync_each
+        self.pid = os.getpid()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            header = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
+            _write_all(fd, MAGIC + _frame(header, sum(b.nbytes for b in meta_payload)))
+            for buf in meta_payload:
+                _write_all(fd, buf)
+            if fsync_each:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        self.fd: int | None = fd
+        self.end = os.lseek(fd, 0, os.SEEK_CUR)
+        # (offset of the header, header length, payload length) of each whole record
+        self.records: list[tuple[int, int, int]] = []
+
+    def append(self, header: bytes, buffers: Sequence[memoryview]) -> None:
+        """Write one record; returns only when the kernel holds all of it.
+
+        On any failure (a full disk, an interrupt) the journal is cut back to its last
+        whole record, so a later record never follows a torn one.
+        """
+        fd = self._fd()
+        start = self.end
+        payload_len = sum(b.nbytes for b in buffers)
+        try:
+            _write_all(fd, _frame(header, payload_len))
+            for buf in buffers:
+                _write_all(fd, buf)
+            if self.fsync_each:
+                os.fsync(fd)
+        except BaseException:
+            try:
+                os.ftruncate(fd, start)
+                os.lseek(fd, start, os.SEEK_SET)
+            except OSError as err:
+                # The journal now ends in a torn record; recovery stops there, which
+                # is right for this record (its add() fails) but would hide any later
+                # one, so the writer must not append again.
+                self.close()
+                raise OSError(
+                    err.errno, f"{self.path}: journal could not be cut back after a failed write"
+                ) from err
+            raise
+        offset = start + _FRAME.size + _CRC.size
+        self.records.append((offset, len(header), payload_len))
+        self.end = offset + len(header) + payload_len
+
+    def read(self, index: int) -> tuple[bytes, bytes]:
+        """Header and payload of the ``index``-th result (0-based; the meta is not one)."""
+        offset, hlen, plen = self.records[index]
+        data = os.pread(self._fd(), hlen + plen, offset)
+        return data[:hlen], data[hlen:]
+
+    def _fd(self) -> int:
+        if self.fd is None:
+            raise OSError(errno.EBADF, f"{self.path}: journal is closed")
+        return self.fd
+
+    def close(self) -> None:
+        """Release the lock (the journal stays on disk for recovery)."""
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def abandon(self) -> None:
+        """In a forked child: drop the inherited descriptor, never touching the file."""
+        self.close()
+
+    def __del__(self) -> None:
+        # A writer dropped without close() (a task's fresh globals, say) must not keep
+        # its journal locked for the rest of the process's life: that would hide it
+        # from recovery until the process exits.
+        self.close()
+
+    def remove(self) -> None:
+        """Delete the journal (its results are committed) and release the lock."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRecord:
+    header: bytes
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class JournalScan:
+    """What a journal holds, read without trusting any of it."""
+
+    path: str
+    meta: dict[str, Any] | None
+    records: tuple[JournalRecord, ...]
+    torn: str | None  # why reading stopped before the end of the file, if it did
+    # The file ends inside its last record: the writer died during that add(), whose
+    # call therefore never returned. Anything else that stops the reading is damage.
+    interrupted: bool = False
+    meta_payload: bytes = b""
+    cut: JournalRecord | None = None  # the record the writer died writing, if its header is whole
+
+    @property
+    def stem(self) -> str | None:
+        stem = self.meta.get("stem") if self.meta else None
+        return stem if isinstance(stem, str) else None
+
+
+def scan(path: str | os.PathLike[str]) -> JournalScan:
+    """Every whole record of a journal, and where and why reading stopped early."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    name = os.fspath(path)
+    if not data.startswith(MAGIC):
+        if MAGIC.startswith(data):  # the writer died while creating it: no add() returned
+            return JournalScan(name, None, (), "journal cut short in its magic", True)
+        return JournalScan(name, None, (), "not an h5guard journal (no magic)")
+    records: list[JournalRecord] = []
+    pos = len(MAGIC)
+    torn: str | None = None
+    interrupted = False
+    cut: JournalRecord | None = None
+    frame_size = _FRAME.size + _CRC.size
+    while pos < len(data):
+        frame = data[pos : pos + frame_size]
+        if len(frame) < frame_size:
+            torn, interrupted = f"record frame cut short at byte {pos}", True
+            break
+        magic, hlen, plen = _FRAME.unpack_from(frame)
+        (crc,) = _CRC.unpack_from(frame, _FRAME.size)
+        if magic != _RECORD or hlen > _MAX_HEADER:
+            torn = f"no record at byte {pos}"
+            break
+        body = pos + frame_size
+        header = data[body : body + hlen]
+        if len(header) < hlen:
+            torn, interrupted = f"record header at byte {pos} cut short", True
+            break
+        if zlib.crc32(header, zlib.crc32(frame[: _FRAME.size])) != crc:
+            torn = f"record header at byte {pos} is damaged (CRC mismatch)"
+            break
+        payload = data[body + hlen : body + hlen + plen]
+        if len(payload) < plen:
+            torn = f"record at byte {pos} is cut short ({len(payload)} of {plen} payload bytes)"
+            interrupted = True
+            cut = JournalRecord(header, b"")  # its key is still worth naming
+            break
+        records.append(JournalRecord(header, payload))
+        pos = body + hlen + plen
+    if not records:
+        # Not even the meta record is whole: the writer died while creating the journal,
+        # before its first add() could return.
+        # (Ending right after the magic is the same: the meta record was never written.)
+        return JournalScan(name, None, (), torn or "no meta record", interrupted or torn is None)
+    try:
+        meta = json.loads(records[0].header.decode("utf-8"))
+    except ValueError:
+        return JournalScan(name, None, (), "meta record is not JSON")
+    if not isinstance(meta, dict):
+        return JournalScan(name, None, (), "meta record is not a JSON object")
+    return JournalScan(name, meta, tuple(records[1:]), torn, interrupted, records[0].payload, cut)
+
+
+def record_key(record: JournalRecord) -> str | None:
+    """The key a record claims, even when its payload is cut short."""
+    try:
+        key = json.loads(record.header.decode("utf-8")).get("key")
+    except (ValueError, AttributeError):
+        return None
+    return key if isinstance(key, str) else None
+
+
+@contextlib.contextmanager
+def claim(path: str | os.PathLike[str]) -> Iterator[bool]:
+    """Yield True, holding the journal's lock, if its writer is gone; False if it runs.
+
+    The lock is taken on an open descriptor and then checked against the path again:
+    another recoverer may have finished and removed the journal in between, and the
+    lock would then be on a deleted file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        yield same
+    finally:
+        os.close(fd)
+
+
+def writer_alive(path: str | os.PathLike[str]) -> bool:
+    """Whether a process still holds the journal open (its batch is still being written)."""
+    with claim(path) as gone:
+        return not gone and os.path.exists(path)

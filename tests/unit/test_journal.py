@@ -1,0 +1,145 @@
+"""The writer's journal: every truncation and every damage is classified, never trusted."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from h5guard import ShardWriter, merge
+from h5guard._journal import claim, writer_alive
+from h5guard.shards import read_journal
+
+
+def journal_of(tmp_path: Path, n: int = 3) -> tuple[Path, ShardWriter]:
+    w = ShardWriter(tmp_path, commit_every=1000)
+    for i in range(n):
+        w.add(f"k{i}", {"v": np.arange(i + 2, dtype=np.int32)}, {"note": f"r{i}"})
+    [path] = tmp_path.glob("*.journal")
+    return path, w
+
+
+def test_a_live_writer_holds_its_journal(tmp_path: Path) -> None:
+    path, w = journal_of(tmp_path)
+    assert writer_alive(path)
+    with claim(path) as gone:
+        assert not gone
+    w.close()
+    assert not path.exists()
+
+
+def test_a_dropped_writer_releases_its_journal(tmp_path: Path) -> None:
+    path, w = journal_of(tmp_path)
+    del w  # never closed: garbage collection must release the lock, not the results
+    assert path.exists() and not writer_alive(path)
+    state, results = read_journal(path)
+    assert [k for k, _ in state.results] == ["k0", "k1", "k2"] and not state.lost
+    np.testing.assert_array_equal(results[2].datasets["v"], np.arange(4, dtype=np.int32))
+
+
+def test_every_truncation_offset_is_an_interrupted_add_never_a_loss(tmp_path: Path) -> None:
+    path, w = journal_of(tmp_path)
+    assert w._journal is not None
+    records = list(w._journal.records)
+    data = path.read_bytes()
+    w.discard()
+    ends = [off + hlen + plen for off, hlen, plen in records]
+    cut = tmp_path / "cut.h5.journal"
+    for size in range(len(data) + 1):
+        cut.write_bytes(data[:size])
+        state, _ = read_journal(cut)
+        assert len(state.results) == sum(1 for end in ends if end <= size), size
+        assert not state.lost, (size, state.lost)
+        # A cut inside a result's payload names the result whose add() never returned.
+        named = any(off + hlen <= size < off + hlen + plen for off, hlen, plen in records)
+        assert (state.interrupted is not None) == named, size
+
+
+@pytest.mark.parametrize("where", ["header", "payload"])
+def test_damage_inside_a_record_is_a_named_loss(tmp_path: Path, where: str) -> None:
+    path, w = journal_of(tmp_path)
+    w._journal.close()  # type: ignore[union-attr]  # as if the writer died
+    raw = bytearray(path.read_bytes())
+    needle = b'"k1"' if where == "header" else np.arange(3, dtype=np.int32).tobytes()
+    at = raw.find(needle)
+    raw[at + 1] ^= 0x01
+    path.write_bytes(bytes(raw))
+    state, _ = read_journal(path)
+    assert state.lost and "k0" in dict(state.results)
+    report = merge(tmp_path, tmp_path / "out.h5", workers=1)
+    assert report.exit_code == 1 and report.lost == state.lost
+    assert "LOST:" in report.render_text()
+
+
+def test_sync_every_add_fsyncs_each_add(tmp_path: Path) -> None:
+    real = os.fsync
+    synced: list[str] = []
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    with mock.patch("os.fsync", fsync):
+        with ShardWriter(tmp_path / "a", sync_every_add=True, commit_every=100) as w:
+            for i in range(4):
+                w.add(f"k{i}", {"v": np.arange(2)})
+        # the meta record, then one per add()
+        assert sum(p.endswith(".journal") for p in synced) == 5
+        synced.clear()
+        with ShardWriter(tmp_path / "b") as w:
+            w.add("k", {"v": np.arange(2)})
+        assert not any(p.endswith(".journal") for p in synced)
+        assert any(p.endswith(".h5.partial") for p in synced)  # the commit is fsynced
+
+
+def test_a_forked_child_never_touches_its_parents_batch(tmp_path: Path) -> None:
+    w = ShardWriter(tmp_path, commit_every=1000)
+    w.add("parent-0", {"v": np.arange(2)})
+    [parent_journal] = tmp_path.glob("*.journal")
+    before = parent_journal.read_bytes()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            w.add("child-0", {"v": np.arange(3)})
+            w.close()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert parent_journal.read_bytes() == before and writer_alive(parent_journal)
+    w.add("parent-1", {"v": np.arange(2)})
+    w.close()
+    report = merge(tmp_path, tmp_path / "out.h5", workers=1)
+    assert report.exit_code == 0 and report.groups_added == 3
+
+
+def test_sigkill_inside_add_is_reported_as_interrupted(tmp_path: Path) -> None:
+    """The kill lands while add() writes: that one result is named, not counted as lost."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            w = ShardWriter(tmp_path)
+            w.add("k0", {"v": np.arange(2)})
+            real_write = os.write
+            calls = []
+
+            def write_then_die(fd: int, data: bytes) -> int:
+                calls.append(1)
+                if len(calls) == 2:  # the frame went out, the payload did not
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real_write(fd, data)
+
+            with mock.patch("h5guard._journal.os.write", write_then_die):
+                w.add("k1", {"v": np.arange(1000)})
+        finally:
+            os._exit(3)
+    os.waitpid(pid, 0)
+    report = merge(tmp_path, tmp_path / "out.h5", workers=1)
+    assert report.exit_code == 0 and report.groups_added == 1
+    assert [k for _, k in report.interrupted] == ["k1"]
