@@ -28,7 +28,14 @@ OWN = {"h5guard", "numpy", "h5py", "filelock", "tqdm"}
 BOOTSTRAP = {"pip", "setuptools", "wheel"}  # what venv itself puts there
 WIND_STACK = ("py_wake", "scipy", "matplotlib", "pandas", "xarray", "optimizer", "distributed")
 # The h5guard-only pages: their examples must run with h5guard's dependencies alone.
-LIBRARY_PAGES = ("start-h5guard.md", "schemas.md", "merge.md", "salvage.md", "errors.md")
+LIBRARY_PAGES = (
+    "start-h5guard.md",
+    "guarantee.md",
+    "schemas.md",
+    "merge.md",
+    "salvage.md",
+    "errors.md",
+)
 _NO_INDEX = re.compile(
     r"Failed to establish a new connection|Temporary failure in name resolution|"
     r"Network is unreachable|Could not fetch URL|ProxyError"

@@ -91,6 +91,21 @@ def test_python_example_runs_as_written(block: Block, tmp_path: Path) -> None:
     assert proc.returncode == 0, f"{block.id} failed:\n{proc.stdout}\n{proc.stderr}"
 
 
+def test_the_exception_tree_is_the_one_in_the_code() -> None:
+    import h5guard.errors
+
+    page = (REPO / "docs" / "errors.md").read_text(encoding="utf-8")
+    drawn = re.search(r"```text\n(?P<tree>H5GuardError.*?)```", page, re.S)
+    assert drawn, "docs/errors.md: no exception tree"
+    doc = h5guard.errors.__doc__ or ""
+    code_tree = [
+        line.strip()
+        for line in doc.splitlines()
+        if line.strip().startswith(("H5GuardError", "├", "└"))
+    ]
+    assert [line.strip() for line in drawn.group("tree").splitlines()] == code_tree
+
+
 @pytest.mark.parametrize("block", TOML, ids=[b.id for b in TOML])
 def test_toml_example_is_a_valid_spec(block: Block) -> None:
     import tomllib
