@@ -482,6 +482,9 @@ def _plan(
             state.schema_json,
         )
         good.append(state.shard)
+    # Merge order is path order, recovered batches included: the first version of a key
+    # wins, so the order has to be one a user (and a test's model) can predict.
+    good.sort()
     new: dict[str, str | None] = {}
     dups = 0
     conflicts: list[tuple[str, str]] = []

@@ -68,17 +68,51 @@ def _workers(text: str) -> int:
     return value
 
 
+def _version_line() -> str:
+    """``layout-sweep VERSION (h5guard VERSION)``: the name and version first, as h5guard's."""
+    from importlib import metadata
+
+    from h5guard import __version__ as h5guard_version
+
+    try:
+        own = metadata.version("layout-sweep")
+    except metadata.PackageNotFoundError:  # run from a checkout: released together
+        own = h5guard_version
+    return f"layout-sweep {own} (h5guard {h5guard_version})"
+
+
+# What each subcommand imports from the wind stack (checked before anything runs, so a
+# missing dependency is one line, not a sweep whose every config fails in the workers).
+_NEEDS = {"run": ("py_wake", "scipy"), "report": ("py_wake",), "show": ("py_wake",)}
+INSTALL_SWEEP = "pip install ./sweep (from a checkout of the h5guard repository)"
+
+
+def _require_sweep_deps(command: str) -> None:
+    import importlib.util
+
+    missing = []
+    for module in _NEEDS.get(command, ()):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(module.replace("_", "-"))
+    if missing:
+        raise UsageError(
+            f"layout-sweep {command} needs {' and '.join(missing)}, which "
+            f"{'is' if len(missing) == 1 else 'are'} not installed; install the sweep with: "
+            f"{INSTALL_SWEEP}"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="layout-sweep",
         description="Parallel PyWake wind-farm layout optimization sweeps that never lose a result.",
         epilog="Exit codes: 0 all done and clean, 1 failed or missing configs, 2 could not run.",
     )
-    from h5guard import __version__
-
-    parser.add_argument(
-        "--version", action="version", version=f"layout-sweep (h5guard {__version__})"
-    )
+    parser.add_argument("--version", action="version", version=_version_line())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser(
@@ -134,9 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="planned / done / failed / pending, from the files only",
         description="Show the state of a sweep from its output and temp dir; works while a run is going or after it died. Changes nothing.",
+        epilog="Exit codes: 0 every planned config is done, 1 configs failed or are pending (or the spec is unknown, so nothing can be said about what is pending), 2 could not run.",
     )
     p.add_argument(
-        "-o", "--output", default=DEFAULT_OUTPUT, help=f"output file (default {DEFAULT_OUTPUT})"
+        "-o",
+        "--output",
+        help=f"output file (default: the one the run recorded in --temp-dir, else {DEFAULT_OUTPUT})",
     )
     p.add_argument("--temp-dir", metavar="DIR", help="temp dir (default OUTPUT_temp)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -279,16 +316,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _recorded_output(temp_dir: str | None) -> str | None:
+    """The output a run recorded in ``temp_dir`` (what ``h5guard merge DIR`` would use)."""
+    if temp_dir is None or not os.path.isdir(temp_dir):
+        return None
+    from h5guard import MergeSourceError, plan_merge
+
+    try:
+        return plan_merge(temp_dir).output
+    except MergeSourceError:
+        return None
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
-    temp_dir = args.temp_dir or os.fspath(default_temp_dir(args.output))
-    if not os.path.exists(args.output) and not os.path.isdir(temp_dir):
+    # Read-only: an output it can infer from the temp dir is inferred, not demanded.
+    output = args.output or _recorded_output(args.temp_dir) or DEFAULT_OUTPUT
+    temp_dir = args.temp_dir or os.fspath(default_temp_dir(output))
+    if not os.path.exists(output) and not os.path.isdir(temp_dir):
         raise UsageError(
-            f"layout-sweep status: neither {args.output} nor {temp_dir} exists; nothing to show"
+            f"layout-sweep status: neither {output} nor {temp_dir} exists; nothing to show"
         )
-    state, spec = read_state(args.output, temp_dir)
-    counts = state.counts()
+    state, spec = read_state(output, temp_dir)
+    counts: dict[str, int | None] = dict(state.counts())
+    if spec is None:
+        # Nothing is planned that we know of: count every result found, and say that
+        # planned and pending are unknown instead of printing zeros.
+        counts.update(planned=None, done=len(state.done), failed=len(state.failed), pending=None)
     doc = {
-        "output": os.path.abspath(args.output),
+        "output": os.path.abspath(output),
         "temp_dir": os.path.abspath(temp_dir),
         "running": state.running,
         **counts,
@@ -301,12 +356,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
             print(
                 "planned: unknown (no sweep.json in the temp dir and no sweep_spec in the output)"
             )
+        shown = {k: "unknown" if v is None else v for k, v in counts.items()}
         print(
-            f"planned {counts['planned']}, done {counts['done']}, failed {counts['failed']}, "
-            f"pending {counts['pending']}"
+            f"planned {shown['planned']}, done {shown['done']}, failed {shown['failed']}, "
+            f"pending {shown['pending']}"
         )
         print(f"run in progress: {state.running}" if state.running else "no run in progress")
-    return EXIT_OK if not counts["failed"] and not counts["pending"] else EXIT_PROBLEMS
+    clean = spec is not None and not counts["failed"] and not counts["pending"]
+    return EXIT_OK if clean else EXIT_PROBLEMS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -322,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=level, format="layout-sweep: %(levelname)s: %(message)s", stream=sys.stderr
         )
+        _require_sweep_deps(args.command)
         code: int = args.run(args)
         return code
     except (

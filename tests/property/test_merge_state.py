@@ -1,8 +1,9 @@
 """A state machine over a shard directory and its output, checked against a dict model.
 
 Rules write shards (keys from a small pool, so duplicates and conflicts happen), damage
-committed shards, crash writers (a stale ``.partial``, or a torn file under a final
-name), merge, and crash merges (a leftover ``OUTPUT.partial``, or a real merge process
+committed shards, crash writers (one that dies with its journal open, whose batch the
+next merge recovers; an old-style stale ``.partial`` without a journal, reported lost;
+or a torn file under a final name), merge, and crash merges (a leftover ``OUTPUT.partial``, or a real merge process
 SIGKILLed at a drawn moment). The model is the output a merge must produce: for each key
 the first committed good version, in merge order (the output's, then shards by path).
 After every merge the output's ``{key: digest}`` must equal it; after a killed merge
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -92,6 +92,7 @@ class MergeMachine(RuleBasedStateMachine):
         self.pending: dict[Path, Model] = {}  # committed good shards not merged yet
         self.damaged: set[Path] = set()  # must be quarantined by the next merge
         self.partials: dict[Path, str] = {}  # writer leftovers: never touched
+        self.journal_of: dict[Path, Path] = {}  # pending shard -> the journal it comes from
         self.kills = 0
         self.names = itertools.count()
 
@@ -110,29 +111,43 @@ class MergeMachine(RuleBasedStateMachine):
 
     @rule(
         keys=st.lists(st.sampled_from(KEYS), min_size=1, max_size=2, unique=True),
-        torn=st.booleans(),
+        how=st.sampled_from(["journal", "legacy-partial", "torn"]),
     )
-    def crash_writer(self, keys: list[str], torn: bool) -> None:
-        """A writer dies with its batch open: what it leaves is a copy of its open file."""
-        self.ran["crash_writer"] += 1
-        w = ShardWriter(self.tmp, prefix="crashed", commit_every=100)
-        try:
+    def crash_writer(self, keys: list[str], how: str) -> None:
+        """A writer dies with its batch open."""
+        self.ran[f"crash_writer {how}"] += 1
+        n = next(self.names)
+        if how == "journal":  # a real death: the child journals its adds and exits at once
+            before = set(self.tmp.glob("*.journal"))
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    w = ShardWriter(self.tmp, prefix="crashed", commit_every=100)
+                    for key in keys:
+                        w.add(key, *content(key, 0))
+                finally:
+                    os._exit(0)
+            os.waitpid(pid, 0)
+            [journal] = set(self.tmp.glob("*.journal")) - before
+            shard = journal.with_name(journal.name.removesuffix(".journal"))
+            self.pending[shard] = {key: digest(key, 0) for key in keys}
+            self.journal_of[shard] = journal
+            return
+        with ShardWriter(self.root / "scratch", prefix="crashed", commit_every=100) as w:
             for key in keys:
                 w.add(key, *content(key, 0))
-            [partial] = self.tmp.glob("crashed-*.partial")
-            n = next(self.names)
-            if torn:  # a non-h5guard writer's file under its final name: must be refused
-                target = self.tmp / f"worker{n}.h5"
-                shutil.copy(partial, target)
-                self.damaged.add(target)
-            else:
-                host = writer_tag().rsplit("-", 1)[0]
-                name = f"shard-20200101T000000-{host}-{dead_pid()}-{n:08x}.h5.partial"
-                target = self.tmp / name
-                shutil.copy(partial, target)
-                self.partials[target] = sha256_file(target)
-        finally:
-            w.discard()
+        [shard] = w.committed
+        if how == "torn":  # a non-h5guard writer's file under its final name: refused
+            target = self.tmp / f"worker{n}.h5"
+            raw = shard.read_bytes()
+            target.write_bytes(raw[: len(raw) // 2])
+            self.damaged.add(target)
+        else:  # what a writer without a journal left: its batch is lost, and said so
+            host = writer_tag().rsplit("-", 1)[0]
+            target = self.tmp / f"shard-20200101T000000-{host}-{dead_pid()}-{n:08x}.h5.partial"
+            target.write_bytes(shard.read_bytes()[:2000])
+            self.partials[target] = sha256_file(target)
+        shard.unlink()
 
     @precondition(lambda self: bool(self.pending))
     @rule(data=st.data(), how=st.sampled_from(["empty", "truncate", "garbage", "bitflip"]))
@@ -168,7 +183,9 @@ class MergeMachine(RuleBasedStateMachine):
         assert quarantined == {p.name for p in self.damaged | conflicted}
         assert {(self.tmp / "quarantine" / n).exists() for n in quarantined} <= {True}
         assert {Path(s).name for _, s in report.conflicts} == {p.name for p in conflicted}
-        assert report.exit_code == (1 if quarantined else 0)
+        assert report.exit_code == (1 if quarantined or self.partials else 0)
+        assert len(report.lost) == len(self.partials)
+        assert not list(self.tmp.glob("*.journal"))
         left = {p for p in self.tmp.iterdir() if p.suffix == ".h5"}
         assert left == set(), f"not merged and not quarantined: {left}"
         assert not Path(f"{self.out}.partial").exists()
@@ -202,7 +219,8 @@ class MergeMachine(RuleBasedStateMachine):
             report = validate(self.out, sandbox=self.box)
             assert report.ok, report.render_text()
         for path in list(self.pending):
-            if not path.exists():
+            journal = self.journal_of.get(path)
+            if not path.exists() and not (journal is not None and journal.exists()):
                 assert actual == want, f"{path.name} gone before the output was replaced"
                 del self.pending[path]
         for path in list(self.damaged):
@@ -235,3 +253,26 @@ def test_merge_state_machine(tmp_path: Path, sandbox: Sandbox) -> None:
     )
     print(f"rules run: {dict(Machine.ran)}")
     assert Machine.ran["merge_now"] >= 1 and Machine.ran["kill_a_merge"] >= 1, Machine.ran
+
+
+def test_merge_machine_crash_rules_in_a_fixed_sequence(tmp_path: Path, sandbox: Sandbox) -> None:
+    """The short random run may not draw every rule: this sequence always runs the crash
+    rules, with the same model checks."""
+
+    class Machine(MergeMachine):
+        pass
+
+    Machine.base = tmp_path
+    Machine.box = sandbox
+    Machine.counter = itertools.count()
+    Machine.ran = Counter()
+    m = Machine()
+    m.write_shard(list(KEYS[:2]), 0)
+    m.crash_writer([KEYS[0], KEYS[2]], "journal")
+    m.crash_writer([KEYS[3]], "legacy-partial")
+    m.crash_writer([KEYS[1]], "torn")
+    m.merge_now()
+    m.crash_writer([KEYS[4]], "journal")
+    m.kill_a_merge("write", 0.0)
+    m.merge_now()
+    assert Machine.ran["crash_writer journal"] == 2 and Machine.ran["merge_now"] == 2
