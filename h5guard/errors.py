@@ -7,8 +7,7 @@ builtins (``except OSError``) still catch what they expect::
     H5GuardError (Exception)
     ├── SchemaError (ValueError)            a schema is malformed, or a group breaks it
     ├── InvalidKeyError (ValueError)        a group key that cannot name an HDF5 group
-    ├── UnsupportedValueError (TypeError, ValueError)
-    │                                       a value add() cannot store as given; says what to do
+    ├── UnsupportedValueError (TypeError, ValueError)  a value add() cannot store; says what to do
     ├── ResultLimitError (ValueError)       a result deeper, bigger or wider than the limits
     ├── ResultNotFoundError (KeyError)      read(): no result of that key in the file
     ├── DigestMismatchError (ValueError)    read(): a group whose content differs from its digest
