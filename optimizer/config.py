@@ -10,7 +10,7 @@ its axes::
     [[sweep]]
     site = "iea37"            # or a list: ["iea37", "hornsrev1"]
     n_turbines = [16]
-    start = "grid"            # "grid" or "baseline"
+    start = "grid"            # "grid", "baseline" or "lattice" (lattice with a boundary ring)
     grid_size = [4, 5]
     random_pct = [25, 50]
     seeds = [0, 1, 2]         # or "0-9"
@@ -19,6 +19,14 @@ its axes::
     method = "SLSQP"
     maxiter = 100
     tol = 1e-6
+    wec = [3.0, 2.6, 2.2, 1.8, 1.4]   # wake expansion continuation: one loose solve per factor
+                                      # (a list of such lists is an axis); default [] (none)
+    wec_tol = 1e-2            # SLSQP ftol of the continuation solves
+    evaluator = "fast"        # "pywake" (default) or "fast": numpy IEA37 model inside the loop
+
+Options added after the first release (``wec``, ``wec_tol``, ``evaluator``) are left out of the
+canonical form when they hold their defaults, so every config that does not use them keeps the
+id it always had.
 """
 
 from __future__ import annotations
@@ -33,10 +41,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from optimizer.layouts import STARTS, check_start
-from optimizer.optimize import METHODS
+from optimizer.optimize import EVALUATORS, FAST_SITES, METHODS, WEC_SITES
 from optimizer.sites import get_site
 
 CONFIG_ID_PREFIX = "cfg-"
+# Options added after configs were first stored, with the defaults that keep the old ids.
+_LATER_DEFAULTS: Mapping[str, Any] = {"wec": [], "wec_tol": 1e-2, "evaluator": "pywake"}
 
 
 class SpecError(ValueError):
@@ -56,9 +66,17 @@ class SweepConfig:
     method: str
     maxiter: int
     tol: float
+    wec: tuple[float, ...] = ()
+    wec_tol: float = 1e-2
+    evaluator: str = "pywake"
 
     def canonical(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["wec"] = list(self.wec)
+        for name, default in _LATER_DEFAULTS.items():
+            if data[name] == default:
+                del data[name]
+        return data
 
     def canonical_json(self) -> str:
         return json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
@@ -81,6 +99,7 @@ class SweepConfig:
             "method",
             "maxiter",
             "tol",
+            *_LATER_DEFAULTS,
         }
         extra = sorted(set(data) - known)
         if extra:
@@ -103,7 +122,22 @@ class SweepConfig:
             method=_choice(data.get("method", "SLSQP"), METHODS, f"{where}: method"),
             maxiter=_integer(data.get("maxiter", 100), f"{where}: maxiter", low=1),
             tol=_number(data.get("tol", 1e-6), f"{where}: tol", 0.0, 1.0, open_low=True),
+            wec=_schedule(data.get("wec", []), f"{where}: wec"),
+            wec_tol=_number(
+                data.get("wec_tol", 1e-2), f"{where}: wec_tol", 0.0, 1.0, open_low=True
+            ),
+            evaluator=_choice(data.get("evaluator", "pywake"), EVALUATORS, f"{where}: evaluator"),
         )
+        if config.evaluator == "fast" and config.site not in FAST_SITES:
+            raise SpecError(
+                f"{where}: evaluator: 'fast' covers only site(s) {list(FAST_SITES)}, got site "
+                f"{config.site!r}; use evaluator = 'pywake'"
+            )
+        if config.wec and config.site not in WEC_SITES:
+            raise SpecError(
+                f"{where}: wec: wake expansion continuation exists only for site(s) "
+                f"{list(WEC_SITES)}, got site {config.site!r}; use wec = []"
+            )
         try:
             check_start(
                 site,
@@ -135,6 +169,21 @@ def _number(value: Any, what: str, low: float, high: float, *, open_low: bool = 
         bracket = "(" if open_low else "["
         raise SpecError(f"{what}: expected a value in {bracket}{low:g}, {high:g}], got {value!r}")
     return float(value)
+
+
+def _schedule(value: Any, what: str) -> tuple[float, ...]:
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list):
+        raise SpecError(f"{what}: expected a list of wake expansion factors >= 1, got {value!r}")
+    out = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
+            raise SpecError(f"{what}: expected a list of numbers >= 1, got {value!r}")
+        if item < 1.0:
+            raise SpecError(f"{what}: expected wake expansion factors >= 1, got {value!r}")
+        out.append(float(item))
+    return tuple(out)
 
 
 def _choice(value: Any, allowed: Sequence[str], what: str) -> str:
@@ -181,7 +230,18 @@ _BLOCK_KEYS = {
     "method",
     "maxiter",
     "tol",
+    "wec",
+    "wec_tol",
+    "evaluator",
 }
+
+
+def _wec_axis(block: Mapping[str, Any]) -> list[Any]:
+    # A list of numbers is one schedule; a list of lists is an axis of schedules.
+    value = block.get("wec", [])
+    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+        return list(value)
+    return [value]
 
 
 def expand_spec(spec: Mapping[str, Any], *, source: str = "spec") -> list[SweepConfig]:
@@ -220,6 +280,9 @@ def expand_spec(spec: Mapping[str, Any], *, source: str = "spec") -> list[SweepC
             "method": _axis(merged, "method", "SLSQP", where),
             "maxiter": _axis(merged, "maxiter", 100, where),
             "tol": _axis(merged, "tol", 1e-6, where),
+            "wec": _wec_axis(merged),
+            "wec_tol": _axis(merged, "wec_tol", 1e-2, where),
+            "evaluator": _axis(merged, "evaluator", "pywake", where),
         }
         names = list(axes)
         for values in itertools.product(*axes.values()):
