@@ -289,16 +289,19 @@ def _ring(site: SiteSpec, n_turbines: int, count: int, phase: float) -> FloatArr
     points = v[k] + t[:, None] * edges[k]
     # Move a hair inwards so that round-off cannot put a point on the wrong side of an edge.
     _, centroid = _area_and_centroid(site, n_turbines)
-    return (points + 1e-9 * (centroid - points)).astype(np.float64)
+    inward: FloatArray = (points + 1e-9 * (centroid - points)).astype(np.float64)
+    return inward
 
 
 def _inner_distance(site: SiteSpec, n_turbines: int, xy: FloatArray) -> FloatArray:
     """Distance of each point inside the boundary to the boundary (negative outside)."""
     circle = site.circle(n_turbines)
     if circle is not None:
-        return circle.radius - np.hypot(xy[:, 0] - circle.center[0], xy[:, 1] - circle.center[1])
+        r: FloatArray = np.hypot(xy[:, 0] - circle.center[0], xy[:, 1] - circle.center[1])
+        inside: FloatArray = circle.radius - r
+        return inside
     normals, offsets = polygon_halfplanes(site.boundary(n_turbines))
-    return np.min(xy @ normals.T + offsets, axis=1)
+    return np.min(xy @ normals.T + offsets, axis=1).astype(np.float64)
 
 
 def _smallest_gap(xy: FloatArray) -> float:

@@ -54,6 +54,9 @@ CONSTRAINT_MARGIN_M = 1e-4
 # so that round-off does not flip the outcome (and the ``converged`` flag).
 _AEP_TIE_RTOL = 1e-9
 _REPAIR_MAXITER = 200
+# Pairs farther apart than this many minimum spacings at the start of a solve are left out of
+# its spacing constraints (see _Problem.watch_pairs_near).
+_WATCH_RADIUS_SPACINGS = 3.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -287,11 +290,33 @@ class _Problem:
         jac[rows, n + j] = -dy
         return jac
 
+    def watch_pairs_near(self, xy: FloatArray | None) -> None:
+        """Constrain only pairs closer than ``_WATCH_RADIUS_SPACINGS`` spacings in ``xy``
+        (``None``: every pair). SLSQP's work grows with the number of constraints, and a
+        polish moves turbines far less than that; the caller checks every pair afterwards."""
+        i, j = np.triu_indices(self.n, k=1)
+        if xy is not None:
+            dist = np.hypot(*(xy[i] - xy[j]).T)
+            near = dist < _WATCH_RADIUS_SPACINGS * self.site.min_spacing_m
+            i, j = i[near], j[near]
+        self.pair_i, self.pair_j = i, j
+
+    def unwatched_pair_too_close(self, xy: FloatArray) -> bool:
+        """Whether a pair outside the spacing constraints is closer than the spacing."""
+        watched = np.zeros((self.n, self.n), dtype=bool)
+        watched[self.pair_i, self.pair_j] = True
+        i, j = np.triu_indices(self.n, k=1)
+        other = ~watched[i, j]
+        if not np.any(other):
+            return False
+        dist = np.hypot(*(xy[i[other]] - xy[j[other]]).T)
+        return bool(dist.min() < self.site.min_spacing_m)
+
     def constraints(self) -> list[dict[str, Any]]:
         cons: list[dict[str, Any]] = [
             {"type": "ineq", "fun": self.boundary_con, "jac": self.boundary_jac}
         ]
-        if self.n > 1:
+        if len(self.pair_i) > 0:
             cons.append({"type": "ineq", "fun": self.spacing_con, "jac": self.spacing_jac})
         return cons
 
@@ -302,6 +327,7 @@ class _Problem:
         """Nearest feasible layout to ``xy`` (least squares), without any AEP evaluation."""
         from scipy.optimize import minimize  # imported when used: the CLI must start fast
 
+        self.watch_pairs_near(None)
         target = self.to_u(xy)
         res = minimize(
             lambda u: 0.5 * float(np.sum((u - target) ** 2)),
@@ -459,17 +485,27 @@ def optimize_layout(
         stage_aep = problem.aep_gwh(xy)
         # Keep the objective O(1); a zero AEP (all turbines idle) must not divide by zero.
         problem.aep_scale = stage_aep if stage_aep > 0.0 else 1.0
-        res = minimize(
-            problem.objective,
-            problem.to_u(xy),
-            jac=problem.objective_grad,
-            method="SLSQP",
-            bounds=problem.bounds(),
-            constraints=problem.constraints(),
-            options={"maxiter": int(maxiter), "ftol": float(stage_tol)},
-        )
-        iterations += int(res.nit)
-        xy = problem.to_xy(np.asarray(res.x, dtype=np.float64))
+        problem.watch_pairs_near(xy)
+        stage_start = xy
+        while True:
+            res = minimize(
+                problem.objective,
+                problem.to_u(stage_start),
+                jac=problem.objective_grad,
+                method="SLSQP",
+                bounds=problem.bounds(),
+                constraints=problem.constraints(),
+                options={"maxiter": int(maxiter), "ftol": float(stage_tol)},
+            )
+            iterations += int(res.nit)
+            xy = problem.to_xy(np.asarray(res.x, dtype=np.float64))
+            if not problem.unwatched_pair_too_close(xy):
+                break
+            # A pair left out of the constraints came too close: solve again with every pair,
+            # from the same start, so the result does not depend on where the culling failed.
+            logger.debug("unwatched pair closer than the spacing; solving with every pair")
+            problem.watch_pairs_near(None)
+            problem.best = _Best()
     layout, aep, converged, message = _choose_layout(problem, res, xy)
     if evaluator == "fast":
         # PyWake is the model of record: the stored AEP is its value, not the fast model's.
