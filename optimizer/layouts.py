@@ -301,7 +301,8 @@ def _inner_distance(site: SiteSpec, n_turbines: int, xy: FloatArray) -> FloatArr
         inside: FloatArray = circle.radius - r
         return inside
     normals, offsets = polygon_halfplanes(site.boundary(n_turbines))
-    return np.min(xy @ normals.T + offsets, axis=1).astype(np.float64)
+    nearest_edge: FloatArray = np.min(xy @ normals.T + offsets, axis=1)
+    return nearest_edge
 
 
 def _smallest_gap(xy: FloatArray) -> float:
