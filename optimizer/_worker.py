@@ -70,6 +70,7 @@ def _optimize(config: SweepConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         wec=config.wec,
         wec_tol=config.wec_tol,
         evaluator=config.evaluator,
+        lattice=config.lattice,
     )
     return result_group(config, result)
 

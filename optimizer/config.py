@@ -23,8 +23,14 @@ its axes::
                                       # (a list of such lists is an axis); default [] (none)
     wec_tol = 1e-2            # SLSQP ftol of the continuation solves
     evaluator = "fast"        # "pywake" (default) or "fast": numpy IEA37 model inside the loop
+    # start = "lattice" parameter ranges, each [low, high] (a list of such lists is an axis):
+    ring_turbines = [4, 12]           # turbines on the boundary
+    lattice_spacing = [0.8, 1.15]     # lattice spacing / sqrt(area / n)
+    lattice_rotation_deg = [0, 90]    # lattice rotation
+    lattice_margin_m = [0, 400]       # how far inside the boundary the lattice turbines stay
 
-Options added after the first release (``wec``, ``wec_tol``, ``evaluator``) are left out of the
+Options added after the first release (``wec``, ``wec_tol``, ``evaluator`` and the lattice
+ranges) are left out of the
 canonical form when they hold their defaults, so every config that does not use them keeps the
 id it always had.
 """
@@ -40,13 +46,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from optimizer.layouts import STARTS, check_start
+from optimizer.layouts import DEFAULT_LATTICE, STARTS, LatticeRanges, check_start
 from optimizer.optimize import EVALUATORS, FAST_SITES, METHODS, WEC_SITES
 from optimizer.sites import get_site
 
 CONFIG_ID_PREFIX = "cfg-"
 # Options added after configs were first stored, with the defaults that keep the old ids.
-_LATER_DEFAULTS: Mapping[str, Any] = {"wec": [], "wec_tol": 1e-2, "evaluator": "pywake"}
+_LATER_DEFAULTS: Mapping[str, Any] = {
+    "wec": [],
+    "wec_tol": 1e-2,
+    "evaluator": "pywake",
+    "ring_turbines": list(DEFAULT_LATTICE.ring_turbines),
+    "lattice_spacing": list(DEFAULT_LATTICE.spacing_factor),
+    "lattice_rotation_deg": list(DEFAULT_LATTICE.rotation_deg),
+    "lattice_margin_m": list(DEFAULT_LATTICE.inner_margin_m),
+}
+# Lattice options given as [low, high]: (lowest, highest allowed value, integers only).
+_RANGE_OPTIONS: Mapping[str, tuple[float, float, bool]] = {
+    "ring_turbines": (0, 10_000, True),
+    "lattice_spacing": (0.1, 10.0, False),
+    "lattice_rotation_deg": (-360.0, 360.0, False),
+    "lattice_margin_m": (0.0, 1e6, False),
+}
 
 
 class SpecError(ValueError):
@@ -69,10 +90,24 @@ class SweepConfig:
     wec: tuple[float, ...] = ()
     wec_tol: float = 1e-2
     evaluator: str = "pywake"
+    ring_turbines: tuple[int, int] = DEFAULT_LATTICE.ring_turbines
+    lattice_spacing: tuple[float, float] = DEFAULT_LATTICE.spacing_factor
+    lattice_rotation_deg: tuple[float, float] = DEFAULT_LATTICE.rotation_deg
+    lattice_margin_m: tuple[float, float] = DEFAULT_LATTICE.inner_margin_m
+
+    @property
+    def lattice(self) -> LatticeRanges:
+        return LatticeRanges(
+            ring_turbines=self.ring_turbines,
+            spacing_factor=self.lattice_spacing,
+            rotation_deg=self.lattice_rotation_deg,
+            inner_margin_m=self.lattice_margin_m,
+        )
 
     def canonical(self) -> dict[str, Any]:
         data = asdict(self)
-        data["wec"] = list(self.wec)
+        for name in ("wec", *_RANGE_OPTIONS):
+            data[name] = list(data[name])
         for name, default in _LATER_DEFAULTS.items():
             if data[name] == default:
                 del data[name]
@@ -127,6 +162,10 @@ class SweepConfig:
                 data.get("wec_tol", 1e-2), f"{where}: wec_tol", 0.0, 1.0, open_low=True
             ),
             evaluator=_choice(data.get("evaluator", "pywake"), EVALUATORS, f"{where}: evaluator"),
+            **{
+                name: _range(data.get(name, _LATER_DEFAULTS[name]), f"{where}: {name}", *limits)
+                for name, limits in _RANGE_OPTIONS.items()
+            },
         )
         if config.evaluator == "fast" and config.site not in FAST_SITES:
             raise SpecError(
@@ -169,6 +208,23 @@ def _number(value: Any, what: str, low: float, high: float, *, open_low: bool = 
         bracket = "(" if open_low else "["
         raise SpecError(f"{what}: expected a value in {bracket}{low:g}, {high:g}], got {value!r}")
     return float(value)
+
+
+def _range(value: Any, what: str, low: float, high: float, integer: bool) -> Any:
+    kind = "integers" if integer else "numbers"
+    expected = f"expected [low, high] with {kind} {low:g} <= low <= high <= {high:g}"
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list) or len(value) != 2:
+        raise SpecError(f"{what}: {expected}, got {value!r}")
+    for item in value:
+        bad_type = isinstance(item, bool) or not isinstance(item, int | float)
+        if bad_type or not math.isfinite(item) or (integer and not float(item).is_integer()):
+            raise SpecError(f"{what}: {expected}, got {value!r}")
+    lo, hi = value
+    if not low <= lo <= hi <= high:
+        raise SpecError(f"{what}: {expected}, got {value!r}")
+    return (int(lo), int(hi)) if integer else (float(lo), float(hi))
 
 
 def _schedule(value: Any, what: str) -> tuple[float, ...]:
@@ -233,12 +289,13 @@ _BLOCK_KEYS = {
     "wec",
     "wec_tol",
     "evaluator",
+    *_RANGE_OPTIONS,
 }
 
 
-def _wec_axis(block: Mapping[str, Any]) -> list[Any]:
-    # A list of numbers is one schedule; a list of lists is an axis of schedules.
-    value = block.get("wec", [])
+def _list_axis(block: Mapping[str, Any], name: str) -> list[Any]:
+    # A list of numbers is one value (a schedule, a range); a list of lists is an axis.
+    value = block.get(name, _LATER_DEFAULTS[name])
     if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
         return list(value)
     return [value]
@@ -280,7 +337,8 @@ def expand_spec(spec: Mapping[str, Any], *, source: str = "spec") -> list[SweepC
             "method": _axis(merged, "method", "SLSQP", where),
             "maxiter": _axis(merged, "maxiter", 100, where),
             "tol": _axis(merged, "tol", 1e-6, where),
-            "wec": _wec_axis(merged),
+            "wec": _list_axis(merged, "wec"),
+            **{name: _list_axis(merged, name) for name in _RANGE_OPTIONS},
             "wec_tol": _axis(merged, "wec_tol", 1e-2, where),
             "evaluator": _axis(merged, "evaluator", "pywake", where),
         }

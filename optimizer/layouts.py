@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -47,6 +48,24 @@ LATTICE_SIDE_RATIO = (0.95, 1.08)
 LATTICE_ANGLE_DEG = (87.0, 93.0)
 LATTICE_RING_TURBINES = (4, 12)
 LATTICE_INNER_MARGIN_M = (0.0, 400.0)
+LATTICE_ROTATION_DEG = (0.0, 90.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LatticeRanges:
+    """Ranges the lattice-with-ring parameters are drawn from (uniformly; ring count: integers).
+
+    The defaults explore every near-square lattice; a record spec may narrow them to the
+    structure of known good layouts (e.g. 8 ring turbines).
+    """
+
+    ring_turbines: tuple[int, int] = LATTICE_RING_TURBINES
+    spacing_factor: tuple[float, float] = LATTICE_SPACING_FACTOR
+    rotation_deg: tuple[float, float] = LATTICE_ROTATION_DEG
+    inner_margin_m: tuple[float, float] = LATTICE_INNER_MARGIN_M
+
+
+DEFAULT_LATTICE = LatticeRanges()
 # Draws tried before giving up on a lattice that keeps the spacing (then the draw with the
 # largest smallest gap is used); a feasible one almost always turns up in the first few.
 LATTICE_MAX_DRAWS = 200
@@ -312,7 +331,12 @@ def _smallest_gap(xy: FloatArray) -> float:
     return float(np.hypot(*(xy[i] - xy[j]).T).min())
 
 
-def lattice_layout(site: SiteSpec, n_turbines: int, rng: np.random.Generator) -> FloatArray:
+def lattice_layout(
+    site: SiteSpec,
+    n_turbines: int,
+    rng: np.random.Generator,
+    ranges: LatticeRanges = DEFAULT_LATTICE,
+) -> FloatArray:
     """A lattice-with-ring starting layout of exactly ``n_turbines``, inside the boundary.
 
     ``nb`` turbines go equally spaced on the boundary (fewer if ``n_turbines`` is small), the
@@ -327,17 +351,17 @@ def lattice_layout(site: SiteSpec, n_turbines: int, rng: np.random.Generator) ->
     best: FloatArray | None = None
     best_gap = -math.inf
     for _ in range(LATTICE_MAX_DRAWS):
-        rotation = rng.uniform(0.0, 0.5 * math.pi)
-        spacing = math.sqrt(area / n_turbines) * rng.uniform(*LATTICE_SPACING_FACTOR)
+        rotation = math.radians(rng.uniform(*ranges.rotation_deg))
+        spacing = math.sqrt(area / n_turbines) * rng.uniform(*ranges.spacing_factor)
         ratio = rng.uniform(*LATTICE_SIDE_RATIO)
         angle = math.radians(rng.uniform(*LATTICE_ANGLE_DEG))
         offset = rng.uniform(0.0, 1.0, size=2)
         n_ring = min(
-            int(rng.integers(LATTICE_RING_TURBINES[0], LATTICE_RING_TURBINES[1] + 1)),
+            int(rng.integers(ranges.ring_turbines[0], ranges.ring_turbines[1] + 1)),
             n_turbines - 1,
         )
         phase = rng.uniform(0.0, 1.0)
-        margin = rng.uniform(*LATTICE_INNER_MARGIN_M)
+        margin = rng.uniform(*ranges.inner_margin_m)
         v1 = spacing * np.array([math.cos(rotation), math.sin(rotation)])
         v2 = spacing * ratio * np.array([math.cos(rotation + angle), math.sin(rotation + angle)])
         # Enough lattice rows and columns to cover the boundary from the centroid outwards.
@@ -397,8 +421,12 @@ def initial_layout(
     grid_size: int,
     random_pct: float,
     seed: int,
+    lattice: LatticeRanges = DEFAULT_LATTICE,
 ) -> FloatArray:
-    """Starting layout, shape (n_turbines, 2), metres; deterministic for a given ``seed``."""
+    """Starting layout, shape (n_turbines, 2), metres; deterministic for a given ``seed``.
+
+    ``lattice`` gives the parameter ranges of ``start="lattice"``.
+    """
     check_start(
         site, n_turbines=n_turbines, start=start, grid_size=grid_size, random_pct=random_pct
     )
@@ -414,7 +442,7 @@ def initial_layout(
         fixed = candidates[picks]
         layout = np.vstack((fixed, _place_random(site, n_turbines, fixed, n_rand, rng)))
     elif start == "lattice":
-        layout = lattice_layout(site, n_turbines, rng)
+        layout = lattice_layout(site, n_turbines, rng, lattice)
         moved = np.sort(rng.choice(n_turbines, size=n_rand, replace=False))
         keep = np.setdiff1d(np.arange(n_turbines), moved)
         layout[moved] = _place_random(site, n_turbines, layout[keep], n_rand, rng)

@@ -29,6 +29,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from optimizer.layouts import (
+    DEFAULT_LATTICE,
+    LatticeRanges,
     boundary_violation,
     check_start,
     initial_layout,
@@ -442,6 +444,7 @@ def optimize_layout(
     wec: tuple[float, ...] = (),
     wec_tol: float = 1e-2,
     evaluator: str = "pywake",
+    lattice: LatticeRanges = DEFAULT_LATTICE,
 ) -> LayoutResult:
     """Maximise the AEP of one configuration; see the module docstring for the guarantees.
 
@@ -468,7 +471,13 @@ def optimize_layout(
     check_start(spec, n_turbines=n, start=start, grid_size=grid_size, random_pct=random_pct)
 
     xy0 = initial_layout(
-        spec, n_turbines=n, start=start, grid_size=grid_size, random_pct=random_pct, seed=seed
+        spec,
+        n_turbines=n,
+        start=start,
+        grid_size=grid_size,
+        random_pct=random_pct,
+        seed=seed,
+        lattice=lattice,
     )
     record = _Problem(spec, n, _PyWakeModel(spec.wind_farm_model(n)))
     initial_aep = record.aep_gwh(xy0)

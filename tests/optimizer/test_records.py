@@ -169,3 +169,32 @@ def test_cli_sweep_with_lattice_starts_and_wec_checks_clean(tmp_path: Path) -> N
     again = run("run", str(spec), "-o", str(out), "--workers", "1", "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["skipped"] == 3
+
+
+def test_report_shows_the_best_layout_beside_par4_and_par12(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    spec = tmp_path / "small.toml"
+    spec.write_text(
+        '[[sweep]]\nsite = "iea37"\nn_turbines = 16\nstart = "lattice"\nseeds = [3]\n'
+        '[optimizer]\nmaxiter = 10\nevaluator = "fast"\n'
+    )
+    out = tmp_path / "small.h5"
+    assert run("run", str(spec), "-o", str(out), "-q").returncode == 0
+    proc = run("report", str(out), "-o", str(tmp_path / "report"), "--json", "--no-check")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    [comparison] = summary["published"]
+    assert comparison["site"] == "iea37-16"
+    published = comparison["published_aep_gwh"]
+    # Recomputed with PyWake, not copied: the published files claim 418,924.4 / 421,561.9 MWh.
+    assert published["par4"] == pytest.approx(418.924, abs=1e-3)
+    assert published["par12"] == pytest.approx(421.562, abs=1e-3)
+    for entry in ("par4", "par12"):
+        assert comparison["difference_gwh"][entry] == pytest.approx(
+            comparison["best_aep_gwh"] - published[entry], abs=1e-3
+        )
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert 'id="published"' in page and "par12" in page
+    assert (tmp_path / "report" / "published-iea37-16.png").stat().st_size > 0
+    text = run("report", str(out), "-o", str(tmp_path / "report"), "--no-check")
+    assert "vs published par4" in text.stdout and "par12" in text.stdout
