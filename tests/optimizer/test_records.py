@@ -78,6 +78,8 @@ def test_configs_without_the_new_options_keep_their_ids() -> None:
     assert SweepConfig.from_mapping(explicit).config_id == old
     assert SweepConfig.from_mapping({**base, "evaluator": "fast"}).config_id != old
     assert SweepConfig.from_mapping({**base, "wec": [2, 1.5]}).config_id != old
+    assert SweepConfig.from_mapping({**base, "ring_turbines": [4, 12]}).config_id == old
+    assert SweepConfig.from_mapping({**base, "ring_turbines": [8, 8]}).config_id != old
 
 
 def test_wec_schedule_is_one_value_and_a_list_of_lists_is_an_axis() -> None:
@@ -100,6 +102,9 @@ def test_wec_schedule_is_one_value_and_a_list_of_lists_is_an_axis() -> None:
         ({"site": "hornsrev1", "evaluator": "fast"}, "evaluator: 'fast' covers only site"),
         ({"site": "hornsrev1", "wec": [2]}, "wec: wake expansion continuation exists only"),
         ({"start": "hexagon"}, r"start: expected one of \['grid', 'baseline', 'lattice'\]"),
+        ({"ring_turbines": [12, 4]}, r"ring_turbines: expected \[low, high\] with integers"),
+        ({"lattice_spacing": [0.9]}, r"lattice_spacing: expected \[low, high\] with numbers"),
+        ({"lattice_margin_m": [-1, 5]}, r"lattice_margin_m: expected \[low, high\]"),
     ],
 )
 def test_bad_options_name_the_option(override: dict[str, object], message: str) -> None:
