@@ -71,6 +71,8 @@ def _optimize(config: SweepConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         wec_tol=config.wec_tol,
         evaluator=config.evaluator,
         lattice=config.lattice,
+        hops=config.hops,
+        hop_m=config.hop_m,
     )
     return result_group(config, result)
 

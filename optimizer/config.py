@@ -28,6 +28,8 @@ its axes::
     lattice_spacing = [0.8, 1.15]     # lattice spacing / sqrt(area / n)
     lattice_rotation_deg = [0, 90]    # lattice rotation
     lattice_margin_m = [0, 400]       # how far inside the boundary the lattice turbines stay
+    hops = 0                  # basin hopping: jitter the optimum by up to hop_m, polish again,
+    hop_m = 50.0              # keep it if better; this many times (default 0: none)
 
 Options added after the first release (``wec``, ``wec_tol``, ``evaluator`` and the lattice
 ranges) are left out of the
@@ -60,6 +62,8 @@ _LATER_DEFAULTS: Mapping[str, Any] = {
     "lattice_spacing": list(DEFAULT_LATTICE.spacing_factor),
     "lattice_rotation_deg": list(DEFAULT_LATTICE.rotation_deg),
     "lattice_margin_m": list(DEFAULT_LATTICE.inner_margin_m),
+    "hops": 0,
+    "hop_m": 50.0,
 }
 # Lattice options given as [low, high]: (lowest, highest allowed value, integers only).
 _RANGE_OPTIONS: Mapping[str, tuple[float, float, bool]] = {
@@ -94,6 +98,8 @@ class SweepConfig:
     lattice_spacing: tuple[float, float] = DEFAULT_LATTICE.spacing_factor
     lattice_rotation_deg: tuple[float, float] = DEFAULT_LATTICE.rotation_deg
     lattice_margin_m: tuple[float, float] = DEFAULT_LATTICE.inner_margin_m
+    hops: int = 0
+    hop_m: float = 50.0
 
     @property
     def lattice(self) -> LatticeRanges:
@@ -166,6 +172,8 @@ class SweepConfig:
                 name: _range(data.get(name, _LATER_DEFAULTS[name]), f"{where}: {name}", *limits)
                 for name, limits in _RANGE_OPTIONS.items()
             },
+            hops=_integer(data.get("hops", 0), f"{where}: hops", low=0),
+            hop_m=_number(data.get("hop_m", 50.0), f"{where}: hop_m", 0.0, 1e5, open_low=True),
         )
         if config.evaluator == "fast" and config.site not in FAST_SITES:
             raise SpecError(
@@ -290,6 +298,8 @@ _BLOCK_KEYS = {
     "wec_tol",
     "evaluator",
     *_RANGE_OPTIONS,
+    "hops",
+    "hop_m",
 }
 
 
@@ -341,6 +351,8 @@ def expand_spec(spec: Mapping[str, Any], *, source: str = "spec") -> list[SweepC
             **{name: _list_axis(merged, name) for name in _RANGE_OPTIONS},
             "wec_tol": _axis(merged, "wec_tol", 1e-2, where),
             "evaluator": _axis(merged, "evaluator", "pywake", where),
+            "hops": _axis(merged, "hops", 0, where),
+            "hop_m": _axis(merged, "hop_m", 50.0, where),
         }
         names = list(axes)
         for values in itertools.product(*axes.values()):

@@ -400,7 +400,7 @@ def lattice_layout(
     return best
 
 
-def _pull_inside(site: SiteSpec, n_turbines: int, xy: FloatArray) -> FloatArray:
+def pull_inside(site: SiteSpec, n_turbines: int, xy: FloatArray) -> FloatArray:
     # Published baselines are rounded and can sit ~1e-5 m outside a circle; snap them onto it so
     # every starting layout is exactly feasible with respect to the boundary.
     circle = site.circle(n_turbines)
@@ -449,7 +449,7 @@ def initial_layout(
     else:
         baseline = site.baseline_fn(n_turbines)
         assert baseline is not None  # guaranteed by check_start
-        layout = _pull_inside(site, n_turbines, np.array(baseline, dtype=np.float64))
+        layout = pull_inside(site, n_turbines, np.array(baseline, dtype=np.float64))
         moved = np.sort(rng.choice(n_turbines, size=n_rand, replace=False))
         keep = np.setdiff1d(np.arange(n_turbines), moved)
         layout[moved] = _place_random(site, n_turbines, layout[keep], n_rand, rng)

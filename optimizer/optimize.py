@@ -35,6 +35,7 @@ from optimizer.layouts import (
     check_start,
     initial_layout,
     polygon_halfplanes,
+    pull_inside,
     spacing_violation,
 )
 from optimizer.sites import FloatArray, SiteSpec, get_site
@@ -56,6 +57,8 @@ CONSTRAINT_MARGIN_M = 1e-4
 # so that round-off does not flip the outcome (and the ``converged`` flag).
 _AEP_TIE_RTOL = 1e-9
 _REPAIR_MAXITER = 200
+# Second random stream of a config's seed, for basin hopping.
+_HOP_STREAM = 1
 # Pairs farther apart than this many minimum spacings at the start of a solve are left out of
 # its spacing constraints (see _Problem.watch_pairs_near).
 _WATCH_RADIUS_SPACINGS = 3.0
@@ -343,6 +346,36 @@ class _Problem:
         return self.to_xy(np.asarray(res.x, dtype=np.float64))
 
 
+def _solve(
+    problem: _Problem, xy: FloatArray, *, maxiter: int, tol: float
+) -> tuple[Any, FloatArray]:
+    """One SLSQP solve from ``xy``; returns SciPy's result and the final layout."""
+    from scipy.optimize import minimize
+
+    start_aep = problem.aep_gwh(xy)
+    # Keep the objective O(1); a zero AEP (all turbines idle) must not divide by zero.
+    problem.aep_scale = start_aep if start_aep > 0.0 else 1.0
+    problem.watch_pairs_near(xy)
+    while True:
+        res = minimize(
+            problem.objective,
+            problem.to_u(xy),
+            jac=problem.objective_grad,
+            method="SLSQP",
+            bounds=problem.bounds(),
+            constraints=problem.constraints(),
+            options={"maxiter": int(maxiter), "ftol": float(tol)},
+        )
+        final = problem.to_xy(np.asarray(res.x, dtype=np.float64))
+        if not problem.unwatched_pair_too_close(final):
+            return res, final
+        # A pair left out of the constraints came too close: solve again with every pair,
+        # from the same start, so the result does not depend on where the culling failed.
+        logger.debug("unwatched pair closer than the spacing; solving with every pair")
+        problem.watch_pairs_near(None)
+        problem.best = _Best()
+
+
 def _choose_layout(
     problem: _Problem, res: Any, final_xy: FloatArray
 ) -> tuple[FloatArray, float, bool, str]:
@@ -398,6 +431,8 @@ def _check_options(
     wec: tuple[float, ...],
     wec_tol: float,
     evaluator: str,
+    hops: int,
+    hop_m: float,
 ) -> None:
     if method not in METHODS:
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
@@ -406,6 +441,10 @@ def _check_options(
     for name, value in (("tol", tol), ("wec_tol", wec_tol)):
         if not (isinstance(value, int | float | np.number) and math.isfinite(value) and value > 0):
             raise ValueError(f"{name}: expected a finite value > 0, got {value!r}")
+    if isinstance(hops, bool) or not isinstance(hops, int | np.integer) or hops < 0:
+        raise ValueError(f"hops: expected an integer >= 0, got {hops!r}")
+    if not (isinstance(hop_m, int | float | np.number) and math.isfinite(hop_m) and hop_m > 0):
+        raise ValueError(f"hop_m: expected a finite distance > 0 (metres), got {hop_m!r}")
     if evaluator not in EVALUATORS:
         raise ValueError(f"evaluator: expected one of {list(EVALUATORS)}, got {evaluator!r}")
     if evaluator == "fast" and site.name not in FAST_SITES:
@@ -445,13 +484,17 @@ def optimize_layout(
     wec_tol: float = 1e-2,
     evaluator: str = "pywake",
     lattice: LatticeRanges = DEFAULT_LATTICE,
+    hops: int = 0,
+    hop_m: float = 50.0,
 ) -> LayoutResult:
     """Maximise the AEP of one configuration; see the module docstring for the guarantees.
 
     ``n_turbines=None`` uses the site's default farm size. ``tol`` is SLSQP's ``ftol`` on the
     objective AEP / initial AEP. ``wec`` is a wake expansion continuation schedule: one SLSQP
     solve at ``ftol=wec_tol`` per factor, in order, before the final solve at factor 1 and
-    ``tol``. ``evaluator="fast"`` evaluates the model with numpy inside the loop; the returned
+    ``tol``. ``hops`` rounds of monotonic basin hopping follow: the best layout so far is
+    jittered by up to ``hop_m`` metres per coordinate, polished again, and kept if better.
+    ``evaluator="fast"`` evaluates the model with numpy inside the loop; the returned
     AEPs are always the site's PyWake model's. Raises ``ValueError`` for impossible options and
     ``FloatingPointError`` if the model returns a non-finite AEP or gradient.
     """
@@ -467,6 +510,8 @@ def optimize_layout(
         wec=schedule,
         wec_tol=wec_tol,
         evaluator=evaluator,
+        hops=hops,
+        hop_m=hop_m,
     )
     check_start(spec, n_turbines=n, start=start, grid_size=grid_size, random_pct=random_pct)
 
@@ -482,8 +527,6 @@ def optimize_layout(
     record = _Problem(spec, n, _PyWakeModel(spec.wind_farm_model(n)))
     initial_aep = record.aep_gwh(xy0)
 
-    from scipy.optimize import minimize
-
     counters = record.counters
     iterations = 0
     xy = xy0
@@ -491,31 +534,28 @@ def optimize_layout(
     for xi, stage_tol in [*((xi, wec_tol) for xi in schedule), (1.0, tol)]:
         problem = _Problem(spec, n, _model(spec, n, evaluator=evaluator, xi=xi))
         problem.counters = counters
-        stage_aep = problem.aep_gwh(xy)
-        # Keep the objective O(1); a zero AEP (all turbines idle) must not divide by zero.
-        problem.aep_scale = stage_aep if stage_aep > 0.0 else 1.0
-        problem.watch_pairs_near(xy)
-        stage_start = xy
-        while True:
-            res = minimize(
-                problem.objective,
-                problem.to_u(stage_start),
-                jac=problem.objective_grad,
-                method="SLSQP",
-                bounds=problem.bounds(),
-                constraints=problem.constraints(),
-                options={"maxiter": int(maxiter), "ftol": float(stage_tol)},
-            )
-            iterations += int(res.nit)
-            xy = problem.to_xy(np.asarray(res.x, dtype=np.float64))
-            if not problem.unwatched_pair_too_close(xy):
-                break
-            # A pair left out of the constraints came too close: solve again with every pair,
-            # from the same start, so the result does not depend on where the culling failed.
-            logger.debug("unwatched pair closer than the spacing; solving with every pair")
-            problem.watch_pairs_near(None)
-            problem.best = _Best()
+        res, xy = _solve(problem, xy, maxiter=maxiter, tol=stage_tol)
+        iterations += int(res.nit)
     layout, aep, converged, message = _choose_layout(problem, res, xy)
+    if hops:
+        # Monotonic basin hopping: jitter the best layout, polish again, keep improvements.
+        # Its own random stream, so the start of a config does not depend on ``hops``.
+        hop_rng = np.random.default_rng([seed, _HOP_STREAM])
+        accepted = 0
+        for _ in range(hops):
+            trial = pull_inside(spec, n, layout + hop_rng.uniform(-hop_m, hop_m, size=layout.shape))
+            hop_problem = _Problem(spec, n, problem.model)
+            hop_problem.counters = counters
+            hop_res, hop_xy = _solve(hop_problem, trial, maxiter=maxiter, tol=tol)
+            iterations += int(hop_res.nit)
+            hop_layout, hop_aep, hop_converged, hop_message = _choose_layout(
+                hop_problem, hop_res, hop_xy
+            )
+            bv, sv = hop_problem.violations(hop_layout)
+            if bv <= 0.0 and sv <= 0.0 and hop_aep > aep * (1.0 + _AEP_TIE_RTOL):
+                layout, aep, converged, message = hop_layout, hop_aep, hop_converged, hop_message
+                accepted += 1
+        message = f"{message}; basin hopping: {accepted} of {hops} hops improved"
     if evaluator == "fast":
         # PyWake is the model of record: the stored AEP is its value, not the fast model's.
         aep = record.aep_gwh(layout)
