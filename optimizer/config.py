@@ -28,6 +28,8 @@ its axes::
     lattice_spacing = [0.8, 1.15]     # lattice spacing / sqrt(area / n)
     lattice_rotation_deg = [0, 90]    # lattice rotation
     lattice_margin_m = [0, 400]       # how far inside the boundary the lattice turbines stay
+    ring_mode = "equal"               # or "paired": four groups about the lattice axes,
+    ring_pair_deg = [12, 25]          # each spread over +- U(range) degrees
     hops = 0                  # basin hopping: jitter the optimum by up to hop_m, polish again,
     hop_m = 50.0              # keep it if better; this many times (default 0: none)
 
@@ -48,7 +50,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from optimizer.layouts import DEFAULT_LATTICE, STARTS, LatticeRanges, check_start
+from optimizer.layouts import DEFAULT_LATTICE, RING_MODES, STARTS, LatticeRanges, check_start
 from optimizer.optimize import EVALUATORS, FAST_SITES, METHODS, WEC_SITES
 from optimizer.sites import get_site
 
@@ -64,6 +66,8 @@ _LATER_DEFAULTS: Mapping[str, Any] = {
     "lattice_margin_m": list(DEFAULT_LATTICE.inner_margin_m),
     "hops": 0,
     "hop_m": 50.0,
+    "ring_mode": DEFAULT_LATTICE.ring_mode,
+    "ring_pair_deg": list(DEFAULT_LATTICE.ring_pair_deg),
 }
 # Lattice options given as [low, high]: (lowest, highest allowed value, integers only).
 _RANGE_OPTIONS: Mapping[str, tuple[float, float, bool]] = {
@@ -71,6 +75,7 @@ _RANGE_OPTIONS: Mapping[str, tuple[float, float, bool]] = {
     "lattice_spacing": (0.1, 10.0, False),
     "lattice_rotation_deg": (-360.0, 360.0, False),
     "lattice_margin_m": (0.0, 1e6, False),
+    "ring_pair_deg": (0.0, 45.0, False),
 }
 
 
@@ -100,6 +105,8 @@ class SweepConfig:
     lattice_margin_m: tuple[float, float] = DEFAULT_LATTICE.inner_margin_m
     hops: int = 0
     hop_m: float = 50.0
+    ring_mode: str = DEFAULT_LATTICE.ring_mode
+    ring_pair_deg: tuple[float, float] = DEFAULT_LATTICE.ring_pair_deg
 
     @property
     def lattice(self) -> LatticeRanges:
@@ -108,6 +115,8 @@ class SweepConfig:
             spacing_factor=self.lattice_spacing,
             rotation_deg=self.lattice_rotation_deg,
             inner_margin_m=self.lattice_margin_m,
+            ring_mode=self.ring_mode,
+            ring_pair_deg=self.ring_pair_deg,
         )
 
     def canonical(self) -> dict[str, Any]:
@@ -174,6 +183,9 @@ class SweepConfig:
             },
             hops=_integer(data.get("hops", 0), f"{where}: hops", low=0),
             hop_m=_number(data.get("hop_m", 50.0), f"{where}: hop_m", 0.0, 1e5, open_low=True),
+            ring_mode=_choice(
+                data.get("ring_mode", DEFAULT_LATTICE.ring_mode), RING_MODES, f"{where}: ring_mode"
+            ),
         )
         if config.evaluator == "fast" and config.site not in FAST_SITES:
             raise SpecError(
@@ -300,6 +312,7 @@ _BLOCK_KEYS = {
     *_RANGE_OPTIONS,
     "hops",
     "hop_m",
+    "ring_mode",
 }
 
 
@@ -353,6 +366,7 @@ def expand_spec(spec: Mapping[str, Any], *, source: str = "spec") -> list[SweepC
             "evaluator": _axis(merged, "evaluator", "pywake", where),
             "hops": _axis(merged, "hops", 0, where),
             "hop_m": _axis(merged, "hop_m", 50.0, where),
+            "ring_mode": _axis(merged, "ring_mode", DEFAULT_LATTICE.ring_mode, where),
         }
         names = list(axes)
         for values in itertools.product(*axes.values()):

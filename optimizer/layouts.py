@@ -49,6 +49,11 @@ LATTICE_ANGLE_DEG = (87.0, 93.0)
 LATTICE_RING_TURBINES = (4, 12)
 LATTICE_INNER_MARGIN_M = (0.0, 400.0)
 LATTICE_ROTATION_DEG = (0.0, 90.0)
+# ring_mode "equal": the ring turbines equally spaced with a random phase. "paired": in four
+# groups, one per lattice axis (or per diagonal, at random), each group spread over +- U(range)
+# degrees about its axis; par12's layouts have 8 ring turbines in pairs ~37 degrees apart.
+RING_MODES: tuple[str, ...] = ("equal", "paired")
+LATTICE_RING_PAIR_DEG = (12.0, 25.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,6 +68,8 @@ class LatticeRanges:
     spacing_factor: tuple[float, float] = LATTICE_SPACING_FACTOR
     rotation_deg: tuple[float, float] = LATTICE_ROTATION_DEG
     inner_margin_m: tuple[float, float] = LATTICE_INNER_MARGIN_M
+    ring_mode: str = "equal"
+    ring_pair_deg: tuple[float, float] = LATTICE_RING_PAIR_DEG
 
 
 DEFAULT_LATTICE = LatticeRanges()
@@ -288,10 +295,28 @@ def _area_and_centroid(site: SiteSpec, n_turbines: int) -> tuple[float, FloatArr
     return abs(area), np.array([cx, cy], dtype=np.float64)
 
 
-def _ring(site: SiteSpec, n_turbines: int, count: int, phase: float) -> FloatArray:
-    """``count`` points equally spaced along the boundary; ``phase`` in [0, 1) of one gap."""
+def _paired_fractions(count: int, axis: float, spread: float) -> FloatArray:
+    """Fractions of a turn for ``count`` ring turbines in four groups about ``axis`` + k 90 deg."""
+    groups = [count // 4 + (1 if k < count % 4 else 0) for k in range(4)]
+    angles: list[float] = []
+    for k, size in enumerate(groups):
+        offsets = np.linspace(-spread, spread, size) if size > 1 else np.zeros(size)
+        angles.extend(axis + k * 0.5 * math.pi + offsets)
+    return (np.asarray(angles, dtype=np.float64) / (2.0 * math.pi)) % 1.0
+
+
+def _ring(
+    site: SiteSpec,
+    n_turbines: int,
+    count: int,
+    phase: float,
+    fractions: FloatArray | None = None,
+) -> FloatArray:
+    """``count`` points along the boundary: equally spaced with ``phase`` in [0, 1) of one gap,
+    or at the given ``fractions`` of the way round."""
     circle = site.circle(n_turbines)
-    fractions = (np.arange(count) + phase) / count
+    if fractions is None:
+        fractions = (np.arange(count) + phase) / count
     if circle is not None:
         theta = 2.0 * np.pi * fractions
         cx, cy = circle.center
@@ -362,6 +387,12 @@ def lattice_layout(
         )
         phase = rng.uniform(0.0, 1.0)
         margin = rng.uniform(*ranges.inner_margin_m)
+        fractions = None
+        if ranges.ring_mode == "paired":
+            # Drawn after every "equal" parameter, so "equal" draws stay what they always were.
+            axis = rotation + (0.25 * math.pi if rng.integers(2) else 0.0)
+            spread = math.radians(rng.uniform(*ranges.ring_pair_deg))
+            fractions = _paired_fractions(n_ring, axis, spread)
         v1 = spacing * np.array([math.cos(rotation), math.sin(rotation)])
         v2 = spacing * ratio * np.array([math.cos(rotation + angle), math.sin(rotation + angle)])
         # Enough lattice rows and columns to cover the boundary from the centroid outwards.
@@ -374,7 +405,7 @@ def lattice_layout(
         if len(inner) < n_inner:
             continue
         order = np.argsort(np.hypot(*(inner - centroid).T), kind="stable")
-        ring = _ring(site, n_turbines, n_ring, phase) if n_ring > 0 else np.empty((0, 2))
+        ring = _ring(site, n_turbines, n_ring, phase, fractions) if n_ring > 0 else np.empty((0, 2))
         layout = np.vstack((ring, inner[order[:n_inner]])).astype(np.float64)
         if np.any(boundary_violation(site, n_turbines, layout) > 0.0):
             continue

@@ -123,3 +123,24 @@ def test_narrowed_ranges_are_respected(seed: int) -> None:
     # The lattice turbines stay at least the smallest margin inside the circle.
     assert np.all(r[~ring] <= 2000.0 - 100.0)
     assert spacing_violation(IEA37, xy) == 0.0
+
+
+@settings(deadline=None, max_examples=20)
+@given(seed=seeds, n=st.sampled_from([16, 36, 64]))
+def test_paired_ring_groups_the_ring_about_four_axes(seed: int, n: int) -> None:
+    from optimizer.layouts import LatticeRanges
+
+    ranges = LatticeRanges(ring_mode="paired", ring_turbines=(8, 8), ring_pair_deg=(15.0, 20.0))
+    xy = initial_layout(
+        IEA37, n_turbines=n, start="lattice", grid_size=4, random_pct=0, seed=seed, lattice=ranges
+    )
+    radius = IEA37.circle(n).radius  # type: ignore[union-attr]
+    r = np.hypot(xy[:, 0], xy[:, 1])
+    assert np.all(r <= radius) and spacing_violation(IEA37, xy) == 0.0
+    ring = xy[np.abs(r - radius) < 1e-3]
+    assert len(ring) == 8
+    # Pairs: sorted angular gaps alternate between 2 * spread (30-40 deg) and 90 - 2 * spread.
+    theta = np.sort(np.degrees(np.arctan2(ring[:, 1], ring[:, 0])) % 360.0)
+    gaps = np.sort(np.diff(np.r_[theta, theta[0] + 360.0]))
+    assert np.all((gaps[:4] >= 30.0 - 1e-6) & (gaps[:4] <= 40.0 + 1e-6))
+    assert np.allclose(gaps[:4] + gaps[4:][::-1], 90.0, atol=10.0)

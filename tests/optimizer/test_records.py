@@ -203,3 +203,28 @@ def test_report_shows_the_best_layout_beside_par4_and_par12(tmp_path: Path) -> N
     assert (tmp_path / "report" / "published-iea37-16.png").stat().st_size > 0
     text = run("report", str(out), "-o", str(tmp_path / "report"), "--no-check")
     assert "vs published par4" in text.stdout and "par12" in text.stdout
+
+
+def test_basin_hopping_never_loses_and_is_deterministic() -> None:
+    kwargs = {
+        "site": "iea37",
+        "n_turbines": 16,
+        "start": "lattice",
+        "grid_size": 4,
+        "random_pct": 0.0,
+        "seed": 11,
+        "maxiter": 40,
+        "tol": 1e-6,
+        "evaluator": "fast",
+    }
+    plain = optimize_layout(**kwargs)  # type: ignore[arg-type]
+    hopped = optimize_layout(**kwargs, hops=4, hop_m=60.0)  # type: ignore[arg-type]
+    again = optimize_layout(**kwargs, hops=4, hop_m=60.0)  # type: ignore[arg-type]
+    assert np.array_equal(plain.initial_layout, hopped.initial_layout)
+    assert hopped.aep_gwh >= plain.aep_gwh
+    assert "basin hopping" in hopped.message
+    assert np.array_equal(hopped.layout, again.layout) and hopped.aep_gwh == again.aep_gwh
+    xy = np.asarray(hopped.layout)
+    assert np.all(np.hypot(xy[:, 0], xy[:, 1]) <= 1300.0)
+    i, j = np.triu_indices(16, k=1)
+    assert np.hypot(*(xy[i] - xy[j]).T).min() >= 260.0
