@@ -11,7 +11,11 @@ the optimizer's time goes. All figures come from runs made by this script.
   report's way of storing them (plain h5py appends to one file per worker, then a
   naive copy loop into the output);
 * the optimizer's time split per config: PyWake AEP and gradient evaluations vs the rest
-  (SLSQP and our constraint code), from the timings every result records.
+  (SLSQP and our constraint code), from the timings every result records;
+* the fast path: the same lattice-start sweep (IEA37, 16 and 64 turbines) with
+  ``evaluator = "pywake"`` (today's path) and ``evaluator = "fast"`` (the numpy model inside
+  the loop), 2 workers: configs per second of each, and the AEPs they store (which must be
+  equal: both store PyWake's AEP of layouts reached through the same model).
 """
 
 from __future__ import annotations
@@ -45,6 +49,44 @@ def spec(configs: int, maxiter: int) -> dict[str, Any]:
         ],
         "optimizer": {"maxiter": maxiter, "tol": 1e-6},
     }
+
+
+def evaluator_spec(evaluator: str, n_turbines: int, configs: int) -> dict[str, Any]:
+    return {
+        "sweep": [
+            {
+                "site": "iea37",
+                "n_turbines": n_turbines,
+                "start": "lattice",
+                "seeds": f"0-{configs - 1}",
+            }
+        ],
+        "optimizer": {"maxiter": 200, "tol": 1e-8, "evaluator": evaluator},
+    }
+
+
+def compare_evaluators(tmp: Path, n_turbines: int, configs: int) -> None:
+    stored: dict[str, dict[int, float]] = {}
+    rates: dict[str, float] = {}
+    for evaluator in ("pywake", "fast"):
+        sweep_spec = evaluator_spec(evaluator, n_turbines, configs)
+        seconds, out, _ = run(tmp, f"{evaluator}-{n_turbines}", 2, sweep_spec)
+        rates[evaluator] = configs / seconds
+        stored[evaluator] = {
+            int(json.loads(a["config"])["seed"]): float(a["aep_gwh"]) for _, _, a in records(out)
+        }
+        print(
+            f"  iea37-{n_turbines} lattice, evaluator {evaluator:>6}: {configs} configs in "
+            f"{seconds:6.1f} s = {rates[evaluator]:6.3f} configs/s, best AEP "
+            f"{max(stored[evaluator].values()):.3f} GWh, mean {np.mean(list(stored[evaluator].values())):.3f}"
+        )
+    diff = max(
+        abs(stored["fast"][seed] / stored["pywake"][seed] - 1.0) for seed in stored["pywake"]
+    )
+    print(
+        f"  iea37-{n_turbines}: fast path {rates['fast'] / rates['pywake']:.2f}x the configs/s; "
+        f"largest relative difference of a stored AEP, same seed: {diff:.1e}"
+    )
 
 
 def run(
@@ -120,6 +162,13 @@ def main() -> None:
     )
     parser.add_argument("--configs", type=int, default=16)
     parser.add_argument("--maxiter", type=int, default=60)
+    parser.add_argument(
+        "--fast-configs",
+        type=int,
+        default=16,
+        metavar="N",
+        help="configs per evaluator in the fast-path comparison (0: skip it; default 16)",
+    )
     args = parser.parse_args()
     sweep_spec = spec(args.configs, args.maxiter)
     n = len(expand_spec(sweep_spec))
@@ -156,6 +205,10 @@ def main() -> None:
         iters = np.mean([float(a["iterations"]) for _, _, a in groups])
         pywake = json.loads(groups[0][2]["versions"])["py-wake"]
         print(f"  mean SLSQP iterations {iters:.1f}; PyWake {pywake}")
+        if args.fast_configs > 0:
+            print("fast path against today's path (PyWake + autograd in the loop), 2 workers:")
+            compare_evaluators(tmp, 16, args.fast_configs)
+            compare_evaluators(tmp, 64, max(2, args.fast_configs // 4))
 
 
 if __name__ == "__main__":

@@ -242,6 +242,30 @@ def layout_figure(
     return fig
 
 
+def published_figure(
+    *,
+    title: str,
+    boundary: FloatArray | None,
+    panels: Sequence[tuple[str, FloatArray]],
+    min_spacing_m: float | None,
+) -> Figure:
+    """Layouts side by side (ours first, then the published ones), one panel each."""
+    fig = _figure(4.6 * max(1, len(panels)), 5.2)
+    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    for ax, (label, layout) in zip(axes, panels, strict=False):
+        _draw_layout(
+            ax,
+            boundary=boundary,
+            initial=None,
+            optimized=layout,
+            min_spacing_m=min_spacing_m,
+            legend=False,
+        )
+        ax.set_title(label, fontsize="small")
+    fig.suptitle(title, fontsize="medium")
+    return fig
+
+
 def _category_order(label: str) -> tuple[int, float, str]:
     try:
         return (0, float(label), label)

@@ -110,6 +110,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
                     f"  {site['site']:>14}: best {best:.2f} GWh, median gain {gain_text} "
                     f"({site['done']} done)"
                 )
+        for c in s["published"]:
+            diffs = ", ".join(
+                f"{entry} {aep:.2f} ({c['difference_gwh'][entry]:+.2f} GWh)"
+                for entry, aep in c["published_aep_gwh"].items()
+            )
+            print(f"  {c['site']:>14}: best {c['best_aep_gwh']:.2f} GWh vs published {diffs}")
         print(
             f"report: {os.path.relpath(result.index_html)} ({len(result.images)} image(s), "
             f"{s['seconds']:.1f} s)"

@@ -67,6 +67,12 @@ def _optimize(config: SweepConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         method=config.method,
         maxiter=config.maxiter,
         tol=config.tol,
+        wec=config.wec,
+        wec_tol=config.wec_tol,
+        evaluator=config.evaluator,
+        lattice=config.lattice,
+        hops=config.hops,
+        hop_m=config.hop_m,
     )
     return result_group(config, result)
 

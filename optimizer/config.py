@@ -10,7 +10,7 @@ its axes::
     [[sweep]]
     site = "iea37"            # or a list: ["iea37", "hornsrev1"]
     n_turbines = [16]
-    start = "grid"            # "grid" or "baseline"
+    start = "grid"            # "grid", "baseline" or "lattice" (lattice with a boundary ring)
     grid_size = [4, 5]
     random_pct = [25, 50]
     seeds = [0, 1, 2]         # or "0-9"
@@ -19,6 +19,24 @@ its axes::
     method = "SLSQP"
     maxiter = 100
     tol = 1e-6
+    wec = [3.0, 2.6, 2.2, 1.8, 1.4]   # wake expansion continuation: one loose solve per factor
+                                      # (a list of such lists is an axis); default [] (none)
+    wec_tol = 1e-2            # SLSQP ftol of the continuation solves
+    evaluator = "fast"        # "pywake" (default) or "fast": numpy IEA37 model inside the loop
+    # start = "lattice" parameter ranges, each [low, high] (a list of such lists is an axis):
+    ring_turbines = [4, 12]           # turbines on the boundary
+    lattice_spacing = [0.8, 1.15]     # lattice spacing / sqrt(area / n)
+    lattice_rotation_deg = [0, 90]    # lattice rotation
+    lattice_margin_m = [0, 400]       # how far inside the boundary the lattice turbines stay
+    ring_mode = "equal"               # or "paired": four groups about the lattice axes,
+    ring_pair_deg = [12, 25]          # each spread over +- U(range) degrees
+    hops = 0                  # basin hopping: jitter the optimum by up to hop_m, polish again,
+    hop_m = 50.0              # keep it if better; this many times (default 0: none)
+
+Options added after the first release (``wec``, ``wec_tol``, ``evaluator`` and the lattice
+ranges) are left out of the
+canonical form when they hold their defaults, so every config that does not use them keeps the
+id it always had.
 """
 
 from __future__ import annotations
@@ -32,11 +50,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from optimizer.layouts import STARTS, check_start
-from optimizer.optimize import METHODS
+from optimizer.layouts import DEFAULT_LATTICE, RING_MODES, STARTS, LatticeRanges, check_start
+from optimizer.optimize import EVALUATORS, FAST_SITES, METHODS, WEC_SITES
 from optimizer.sites import get_site
 
 CONFIG_ID_PREFIX = "cfg-"
+# Options added after configs were first stored, with the defaults that keep the old ids.
+_LATER_DEFAULTS: Mapping[str, Any] = {
+    "wec": [],
+    "wec_tol": 1e-2,
+    "evaluator": "pywake",
+    "ring_turbines": list(DEFAULT_LATTICE.ring_turbines),
+    "lattice_spacing": list(DEFAULT_LATTICE.spacing_factor),
+    "lattice_rotation_deg": list(DEFAULT_LATTICE.rotation_deg),
+    "lattice_margin_m": list(DEFAULT_LATTICE.inner_margin_m),
+    "hops": 0,
+    "hop_m": 50.0,
+    "ring_mode": DEFAULT_LATTICE.ring_mode,
+    "ring_pair_deg": list(DEFAULT_LATTICE.ring_pair_deg),
+}
+# Lattice options given as [low, high]: (lowest, highest allowed value, integers only).
+_RANGE_OPTIONS: Mapping[str, tuple[float, float, bool]] = {
+    "ring_turbines": (0, 10_000, True),
+    "lattice_spacing": (0.1, 10.0, False),
+    "lattice_rotation_deg": (-360.0, 360.0, False),
+    "lattice_margin_m": (0.0, 1e6, False),
+    "ring_pair_deg": (0.0, 45.0, False),
+}
 
 
 class SpecError(ValueError):
@@ -56,9 +96,37 @@ class SweepConfig:
     method: str
     maxiter: int
     tol: float
+    wec: tuple[float, ...] = ()
+    wec_tol: float = 1e-2
+    evaluator: str = "pywake"
+    ring_turbines: tuple[int, int] = DEFAULT_LATTICE.ring_turbines
+    lattice_spacing: tuple[float, float] = DEFAULT_LATTICE.spacing_factor
+    lattice_rotation_deg: tuple[float, float] = DEFAULT_LATTICE.rotation_deg
+    lattice_margin_m: tuple[float, float] = DEFAULT_LATTICE.inner_margin_m
+    hops: int = 0
+    hop_m: float = 50.0
+    ring_mode: str = DEFAULT_LATTICE.ring_mode
+    ring_pair_deg: tuple[float, float] = DEFAULT_LATTICE.ring_pair_deg
+
+    @property
+    def lattice(self) -> LatticeRanges:
+        return LatticeRanges(
+            ring_turbines=self.ring_turbines,
+            spacing_factor=self.lattice_spacing,
+            rotation_deg=self.lattice_rotation_deg,
+            inner_margin_m=self.lattice_margin_m,
+            ring_mode=self.ring_mode,
+            ring_pair_deg=self.ring_pair_deg,
+        )
 
     def canonical(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for name in ("wec", *_RANGE_OPTIONS):
+            data[name] = list(data[name])
+        for name, default in _LATER_DEFAULTS.items():
+            if data[name] == default:
+                del data[name]
+        return data
 
     def canonical_json(self) -> str:
         return json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
@@ -81,6 +149,7 @@ class SweepConfig:
             "method",
             "maxiter",
             "tol",
+            *_LATER_DEFAULTS,
         }
         extra = sorted(set(data) - known)
         if extra:
@@ -103,7 +172,31 @@ class SweepConfig:
             method=_choice(data.get("method", "SLSQP"), METHODS, f"{where}: method"),
             maxiter=_integer(data.get("maxiter", 100), f"{where}: maxiter", low=1),
             tol=_number(data.get("tol", 1e-6), f"{where}: tol", 0.0, 1.0, open_low=True),
+            wec=_schedule(data.get("wec", []), f"{where}: wec"),
+            wec_tol=_number(
+                data.get("wec_tol", 1e-2), f"{where}: wec_tol", 0.0, 1.0, open_low=True
+            ),
+            evaluator=_choice(data.get("evaluator", "pywake"), EVALUATORS, f"{where}: evaluator"),
+            **{
+                name: _range(data.get(name, _LATER_DEFAULTS[name]), f"{where}: {name}", *limits)
+                for name, limits in _RANGE_OPTIONS.items()
+            },
+            hops=_integer(data.get("hops", 0), f"{where}: hops", low=0),
+            hop_m=_number(data.get("hop_m", 50.0), f"{where}: hop_m", 0.0, 1e5, open_low=True),
+            ring_mode=_choice(
+                data.get("ring_mode", DEFAULT_LATTICE.ring_mode), RING_MODES, f"{where}: ring_mode"
+            ),
         )
+        if config.evaluator == "fast" and config.site not in FAST_SITES:
+            raise SpecError(
+                f"{where}: evaluator: 'fast' covers only site(s) {list(FAST_SITES)}, got site "
+                f"{config.site!r}; use evaluator = 'pywake'"
+            )
+        if config.wec and config.site not in WEC_SITES:
+            raise SpecError(
+                f"{where}: wec: wake expansion continuation exists only for site(s) "
+                f"{list(WEC_SITES)}, got site {config.site!r}; use wec = []"
+            )
         try:
             check_start(
                 site,
@@ -135,6 +228,38 @@ def _number(value: Any, what: str, low: float, high: float, *, open_low: bool = 
         bracket = "(" if open_low else "["
         raise SpecError(f"{what}: expected a value in {bracket}{low:g}, {high:g}], got {value!r}")
     return float(value)
+
+
+def _range(value: Any, what: str, low: float, high: float, integer: bool) -> Any:
+    kind = "integers" if integer else "numbers"
+    expected = f"expected [low, high] with {kind} {low:g} <= low <= high <= {high:g}"
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list) or len(value) != 2:
+        raise SpecError(f"{what}: {expected}, got {value!r}")
+    for item in value:
+        bad_type = isinstance(item, bool) or not isinstance(item, int | float)
+        if bad_type or not math.isfinite(item) or (integer and not float(item).is_integer()):
+            raise SpecError(f"{what}: {expected}, got {value!r}")
+    lo, hi = value
+    if not low <= lo <= hi <= high:
+        raise SpecError(f"{what}: {expected}, got {value!r}")
+    return (int(lo), int(hi)) if integer else (float(lo), float(hi))
+
+
+def _schedule(value: Any, what: str) -> tuple[float, ...]:
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list):
+        raise SpecError(f"{what}: expected a list of wake expansion factors >= 1, got {value!r}")
+    out = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
+            raise SpecError(f"{what}: expected a list of numbers >= 1, got {value!r}")
+        if item < 1.0:
+            raise SpecError(f"{what}: expected wake expansion factors >= 1, got {value!r}")
+        out.append(float(item))
+    return tuple(out)
 
 
 def _choice(value: Any, allowed: Sequence[str], what: str) -> str:
@@ -181,7 +306,22 @@ _BLOCK_KEYS = {
     "method",
     "maxiter",
     "tol",
+    "wec",
+    "wec_tol",
+    "evaluator",
+    *_RANGE_OPTIONS,
+    "hops",
+    "hop_m",
+    "ring_mode",
 }
+
+
+def _list_axis(block: Mapping[str, Any], name: str) -> list[Any]:
+    # A list of numbers is one value (a schedule, a range); a list of lists is an axis.
+    value = block.get(name, _LATER_DEFAULTS[name])
+    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+        return list(value)
+    return [value]
 
 
 def expand_spec(spec: Mapping[str, Any], *, source: str = "spec") -> list[SweepConfig]:
@@ -220,6 +360,13 @@ def expand_spec(spec: Mapping[str, Any], *, source: str = "spec") -> list[SweepC
             "method": _axis(merged, "method", "SLSQP", where),
             "maxiter": _axis(merged, "maxiter", 100, where),
             "tol": _axis(merged, "tol", 1e-6, where),
+            "wec": _list_axis(merged, "wec"),
+            **{name: _list_axis(merged, name) for name in _RANGE_OPTIONS},
+            "wec_tol": _axis(merged, "wec_tol", 1e-2, where),
+            "evaluator": _axis(merged, "evaluator", "pywake", where),
+            "hops": _axis(merged, "hops", 0, where),
+            "hop_m": _axis(merged, "hop_m", 50.0, where),
+            "ring_mode": _axis(merged, "ring_mode", DEFAULT_LATTICE.ring_mode, where),
         }
         names = list(axes)
         for values in itertools.product(*axes.values()):

@@ -10,8 +10,12 @@ Starting layouts
     spread picks among the remaining points, listed in serpentine (boustrophedon) order.
 ``start="baseline"``
     The site's published baseline layout.
+``start="lattice"``
+    A near-square lattice with a ring of turbines on the boundary, every parameter drawn from
+    ``seed`` (see :func:`lattice_layout`); ``grid_size`` is not used. Good optimized layouts of
+    IEA37 case study 1 look like this (near-square lattices with 8 turbines on the circle).
 
-In both cases ``random_pct`` percent of the turbines (rounded half up) are instead placed at
+In every case ``random_pct`` percent of the turbines (rounded half up) are instead placed at
 random: for ``grid`` they replace the last picks, for ``baseline`` a random subset of the
 baseline turbines is relocated. Random positions are drawn uniformly in the bounding box by
 rejection sampling, accepting only points inside the boundary that keep the minimum spacing to
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,7 +37,45 @@ from optimizer.sites import FloatArray, SiteSpec
 
 logger = logging.getLogger(__name__)
 
-STARTS: tuple[str, ...] = ("grid", "baseline")
+STARTS: tuple[str, ...] = ("grid", "baseline", "lattice")
+
+# Lattice-with-ring parameters: each draw takes a rotation ~ U(0, 90 deg), a spacing of
+# sqrt(area / n) times U(0.8, 1.15), a side ratio ~ U(0.95, 1.08), an angle between the lattice
+# vectors of 90 +- 3 deg, a random offset, 4-12 turbines equally spaced on the boundary with a
+# random phase, and an inner margin ~ U(0, 400 m) that keeps the lattice turbines off the ring.
+LATTICE_SPACING_FACTOR = (0.8, 1.15)
+LATTICE_SIDE_RATIO = (0.95, 1.08)
+LATTICE_ANGLE_DEG = (87.0, 93.0)
+LATTICE_RING_TURBINES = (4, 12)
+LATTICE_INNER_MARGIN_M = (0.0, 400.0)
+LATTICE_ROTATION_DEG = (0.0, 90.0)
+# ring_mode "equal": the ring turbines equally spaced with a random phase. "paired": in four
+# groups, one per lattice axis (or per diagonal, at random), each group spread over +- U(range)
+# degrees about its axis; par12's layouts have 8 ring turbines in pairs ~37 degrees apart.
+RING_MODES: tuple[str, ...] = ("equal", "paired")
+LATTICE_RING_PAIR_DEG = (12.0, 25.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LatticeRanges:
+    """Ranges the lattice-with-ring parameters are drawn from (uniformly; ring count: integers).
+
+    The defaults explore every near-square lattice; a record spec may narrow them to the
+    structure of known good layouts (e.g. 8 ring turbines).
+    """
+
+    ring_turbines: tuple[int, int] = LATTICE_RING_TURBINES
+    spacing_factor: tuple[float, float] = LATTICE_SPACING_FACTOR
+    rotation_deg: tuple[float, float] = LATTICE_ROTATION_DEG
+    inner_margin_m: tuple[float, float] = LATTICE_INNER_MARGIN_M
+    ring_mode: str = "equal"
+    ring_pair_deg: tuple[float, float] = LATTICE_RING_PAIR_DEG
+
+
+DEFAULT_LATTICE = LatticeRanges()
+# Draws tried before giving up on a lattice that keeps the spacing (then the draw with the
+# largest smallest gap is used); a feasible one almost always turns up in the first few.
+LATTICE_MAX_DRAWS = 200
 
 _RANDOM_BATCH = 256
 _RANDOM_MAX_TRIES = 8 * _RANDOM_BATCH
@@ -186,7 +229,7 @@ def check_start(
                 f"grid_size: a {grid_size}x{grid_size} grid has {n_points} points inside the "
                 f"boundary, expected at least {n_fixed} for the non-random turbines"
             )
-    elif site.baseline_fn(n_turbines) is None:
+    elif start == "baseline" and site.baseline_fn(n_turbines) is None:
         raise ValueError(
             f"start: site {site.name!r} has no baseline layout for {n_turbines} turbines, "
             f"got start='baseline'"
@@ -239,7 +282,156 @@ def _place_random(
     return layout[len(placed) :]
 
 
-def _pull_inside(site: SiteSpec, n_turbines: int, xy: FloatArray) -> FloatArray:
+def _area_and_centroid(site: SiteSpec, n_turbines: int) -> tuple[float, FloatArray]:
+    circle = site.circle(n_turbines)
+    if circle is not None:
+        return math.pi * circle.radius**2, np.asarray(circle.center, dtype=np.float64)
+    v = site.boundary(n_turbines)
+    x, y = v[:, 0], v[:, 1]
+    cross = x * np.roll(y, -1) - np.roll(x, -1) * y
+    area = 0.5 * float(np.sum(cross))
+    cx = float(np.sum((x + np.roll(x, -1)) * cross)) / (6.0 * area)
+    cy = float(np.sum((y + np.roll(y, -1)) * cross)) / (6.0 * area)
+    return abs(area), np.array([cx, cy], dtype=np.float64)
+
+
+def _paired_fractions(count: int, axis: float, spread: float) -> FloatArray:
+    """Fractions of a turn for ``count`` ring turbines in four groups about ``axis`` + k 90 deg."""
+    groups = [count // 4 + (1 if k < count % 4 else 0) for k in range(4)]
+    angles: list[float] = []
+    for k, size in enumerate(groups):
+        offsets = np.linspace(-spread, spread, size) if size > 1 else np.zeros(size)
+        angles.extend(axis + k * 0.5 * math.pi + offsets)
+    return (np.asarray(angles, dtype=np.float64) / (2.0 * math.pi)) % 1.0
+
+
+def _ring(
+    site: SiteSpec,
+    n_turbines: int,
+    count: int,
+    phase: float,
+    fractions: FloatArray | None = None,
+) -> FloatArray:
+    """``count`` points along the boundary: equally spaced with ``phase`` in [0, 1) of one gap,
+    or at the given ``fractions`` of the way round."""
+    circle = site.circle(n_turbines)
+    if fractions is None:
+        fractions = (np.arange(count) + phase) / count
+    if circle is not None:
+        theta = 2.0 * np.pi * fractions
+        cx, cy = circle.center
+        # Points exactly on the circle can land 1e-13 m outside in floating point; pull them in.
+        r = circle.radius * (1.0 - 1e-12)
+        return np.column_stack((cx + r * np.cos(theta), cy + r * np.sin(theta)))
+    v = site.boundary(n_turbines)
+    edges = np.roll(v, -1, axis=0) - v
+    lengths = np.linalg.norm(edges, axis=1)
+    cumulative = np.concatenate(([0.0], np.cumsum(lengths)))
+    arc = fractions * cumulative[-1]
+    k = np.clip(np.searchsorted(cumulative, arc, side="right") - 1, 0, len(v) - 1)
+    t = (arc - cumulative[k]) / lengths[k]
+    points = v[k] + t[:, None] * edges[k]
+    # Move a hair inwards so that round-off cannot put a point on the wrong side of an edge.
+    _, centroid = _area_and_centroid(site, n_turbines)
+    inward: FloatArray = (points + 1e-9 * (centroid - points)).astype(np.float64)
+    return inward
+
+
+def _inner_distance(site: SiteSpec, n_turbines: int, xy: FloatArray) -> FloatArray:
+    """Distance of each point inside the boundary to the boundary (negative outside)."""
+    circle = site.circle(n_turbines)
+    if circle is not None:
+        r: FloatArray = np.hypot(xy[:, 0] - circle.center[0], xy[:, 1] - circle.center[1])
+        inside: FloatArray = circle.radius - r
+        return inside
+    normals, offsets = polygon_halfplanes(site.boundary(n_turbines))
+    nearest_edge: FloatArray = np.min(xy @ normals.T + offsets, axis=1)
+    return nearest_edge
+
+
+def _smallest_gap(xy: FloatArray) -> float:
+    if len(xy) < 2:
+        return math.inf
+    i, j = np.triu_indices(len(xy), k=1)
+    return float(np.hypot(*(xy[i] - xy[j]).T).min())
+
+
+def lattice_layout(
+    site: SiteSpec,
+    n_turbines: int,
+    rng: np.random.Generator,
+    ranges: LatticeRanges = DEFAULT_LATTICE,
+) -> FloatArray:
+    """A lattice-with-ring starting layout of exactly ``n_turbines``, inside the boundary.
+
+    ``nb`` turbines go equally spaced on the boundary (fewer if ``n_turbines`` is small), the
+    rest at the lattice points nearest the boundary's centroid among those at least the drawn
+    margin inside. Draws that break the minimum spacing or have too few inner lattice points
+    are rejected; after ``LATTICE_MAX_DRAWS`` rejections the draw with the largest smallest gap
+    is returned (inside the boundary, spacing possibly violated) and a warning is logged.
+    """
+    area, centroid = _area_and_centroid(site, n_turbines)
+    lo, hi = _bounding_box(site, n_turbines)
+    reach = float(np.linalg.norm(hi - lo))
+    best: FloatArray | None = None
+    best_gap = -math.inf
+    for _ in range(LATTICE_MAX_DRAWS):
+        rotation = math.radians(rng.uniform(*ranges.rotation_deg))
+        spacing = math.sqrt(area / n_turbines) * rng.uniform(*ranges.spacing_factor)
+        ratio = rng.uniform(*LATTICE_SIDE_RATIO)
+        angle = math.radians(rng.uniform(*LATTICE_ANGLE_DEG))
+        offset = rng.uniform(0.0, 1.0, size=2)
+        n_ring = min(
+            int(rng.integers(ranges.ring_turbines[0], ranges.ring_turbines[1] + 1)),
+            n_turbines - 1,
+        )
+        phase = rng.uniform(0.0, 1.0)
+        margin = rng.uniform(*ranges.inner_margin_m)
+        fractions = None
+        if ranges.ring_mode == "paired":
+            # Drawn after every "equal" parameter, so "equal" draws stay what they always were.
+            axis = rotation + (0.25 * math.pi if rng.integers(2) else 0.0)
+            spread = math.radians(rng.uniform(*ranges.ring_pair_deg))
+            fractions = _paired_fractions(n_ring, axis, spread)
+        v1 = spacing * np.array([math.cos(rotation), math.sin(rotation)])
+        v2 = spacing * ratio * np.array([math.cos(rotation + angle), math.sin(rotation + angle)])
+        # Enough lattice rows and columns to cover the boundary from the centroid outwards.
+        half = math.ceil(reach / (spacing * min(1.0, ratio) * math.sin(angle))) + 1
+        steps = np.arange(-half, half + 1, dtype=np.float64)
+        a, b = np.meshgrid(steps + offset[0], steps + offset[1], indexing="ij")
+        points = centroid + a.reshape(-1, 1) * v1 + b.reshape(-1, 1) * v2
+        inner = points[_inner_distance(site, n_turbines, points) >= margin]
+        n_inner = n_turbines - n_ring
+        if len(inner) < n_inner:
+            continue
+        order = np.argsort(np.hypot(*(inner - centroid).T), kind="stable")
+        ring = _ring(site, n_turbines, n_ring, phase, fractions) if n_ring > 0 else np.empty((0, 2))
+        layout = np.vstack((ring, inner[order[:n_inner]])).astype(np.float64)
+        if np.any(boundary_violation(site, n_turbines, layout) > 0.0):
+            continue
+        gap = _smallest_gap(layout)
+        if gap >= site.min_spacing_m:
+            return layout
+        if gap > best_gap:
+            best, best_gap = layout, gap
+    if best is None:
+        raise ValueError(
+            f"start: no lattice draw fits {n_turbines} turbines inside site {site.name!r} "
+            f"in {LATTICE_MAX_DRAWS} draws"
+        )
+    logger.warning(
+        "no lattice keeps %.0f m spacing for %d turbines on %s after %d draws; "
+        "using the one with the largest smallest gap (%.1f m)",
+        site.min_spacing_m,
+        n_turbines,
+        site.name,
+        LATTICE_MAX_DRAWS,
+        best_gap,
+    )
+    return best
+
+
+def pull_inside(site: SiteSpec, n_turbines: int, xy: FloatArray) -> FloatArray:
     # Published baselines are rounded and can sit ~1e-5 m outside a circle; snap them onto it so
     # every starting layout is exactly feasible with respect to the boundary.
     circle = site.circle(n_turbines)
@@ -260,8 +452,12 @@ def initial_layout(
     grid_size: int,
     random_pct: float,
     seed: int,
+    lattice: LatticeRanges = DEFAULT_LATTICE,
 ) -> FloatArray:
-    """Starting layout, shape (n_turbines, 2), metres; deterministic for a given ``seed``."""
+    """Starting layout, shape (n_turbines, 2), metres; deterministic for a given ``seed``.
+
+    ``lattice`` gives the parameter ranges of ``start="lattice"``.
+    """
     check_start(
         site, n_turbines=n_turbines, start=start, grid_size=grid_size, random_pct=random_pct
     )
@@ -276,10 +472,15 @@ def initial_layout(
         picks = np.floor((np.arange(n_fixed) + 0.5) * m / max(n_fixed, 1)).astype(int)
         fixed = candidates[picks]
         layout = np.vstack((fixed, _place_random(site, n_turbines, fixed, n_rand, rng)))
+    elif start == "lattice":
+        layout = lattice_layout(site, n_turbines, rng, lattice)
+        moved = np.sort(rng.choice(n_turbines, size=n_rand, replace=False))
+        keep = np.setdiff1d(np.arange(n_turbines), moved)
+        layout[moved] = _place_random(site, n_turbines, layout[keep], n_rand, rng)
     else:
         baseline = site.baseline_fn(n_turbines)
         assert baseline is not None  # guaranteed by check_start
-        layout = _pull_inside(site, n_turbines, np.array(baseline, dtype=np.float64))
+        layout = pull_inside(site, n_turbines, np.array(baseline, dtype=np.float64))
         moved = np.sort(rng.choice(n_turbines, size=n_rand, replace=False))
         keep = np.setdiff1d(np.arange(n_turbines), moved)
         layout[moved] = _place_random(site, n_turbines, layout[keep], n_rand, rng)

@@ -6,7 +6,11 @@ two rotor diameters. Design variables are positions relative to the boundary cen
 the boundary radius, and the objective is AEP divided by the initial AEP, so that SLSQP sees
 O(1) numbers; in metres and GWh it needs several times more iterations.
 
-Every returned layout is feasible to within ``FEASIBILITY_TOL_M``. SLSQP approaches active
+Every returned layout is exactly feasible (every turbine inside or on the boundary, every pair at
+least the minimum spacing apart, in floating point) whenever any feasible layout was reached: the
+optimizer's constraints carry a margin of ``CONSTRAINT_MARGIN_M`` so that SLSQP's small final
+constraint violations stay on the safe side. Failing that, a returned layout is feasible to
+within ``FEASIBILITY_TOL_M`` or its message says INFEASIBLE. SLSQP approaches active
 constraints from outside, so when it stops early its final layout is typically centimetres
 outside the boundary; such a layout is projected onto the feasible set (least squares, no AEP
 evaluations). The best feasible layout seen at any AEP evaluation is also tracked, and whichever
@@ -20,15 +24,18 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from optimizer.layouts import (
+    DEFAULT_LATTICE,
+    LatticeRanges,
     boundary_violation,
     check_start,
     initial_layout,
     polygon_halfplanes,
+    pull_inside,
     spacing_violation,
 )
 from optimizer.sites import FloatArray, SiteSpec, get_site
@@ -36,11 +43,25 @@ from optimizer.sites import FloatArray, SiteSpec, get_site
 logger = logging.getLogger(__name__)
 
 METHODS: tuple[str, ...] = ("SLSQP",)
+# "pywake": every evaluation by the site's PyWake model; "fast": the numpy IEA37 model inside
+# the optimization loop (site iea37 only), PyWake for the stored AEPs.
+EVALUATORS: tuple[str, ...] = ("pywake", "fast")
+FAST_SITES: tuple[str, ...] = ("iea37",)
+# Sites whose wake model has a wake expansion continuation variant.
+WEC_SITES: tuple[str, ...] = ("iea37",)
 FEASIBILITY_TOL_M = 1e-3
+# Inward margin of the boundary and outward margin of the spacing as the optimizer sees them:
+# far above SLSQP's constraint residuals at convergence (~1e-7 m), far below any AEP effect.
+CONSTRAINT_MARGIN_M = 1e-4
 # Relative AEP slack within which SLSQP's own final point is preferred over an earlier iterate,
 # so that round-off does not flip the outcome (and the ``converged`` flag).
 _AEP_TIE_RTOL = 1e-9
 _REPAIR_MAXITER = 200
+# Second random stream of a config's seed, for basin hopping.
+_HOP_STREAM = 1
+# Pairs farther apart than this many minimum spacings at the start of a solve are left out of
+# its spacing constraints (see _Problem.watch_pairs_near).
+_WATCH_RADIUS_SPACINGS = 3.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,22 +100,81 @@ class _Best:
     last_aep_gwh: float = math.nan
 
 
+class _AEPModel(Protocol):
+    name: str
+
+    def aep_gwh(self, xy: FloatArray) -> float: ...
+
+    def aep_gradient(self, xy: FloatArray) -> FloatArray: ...
+
+
+class _PyWakeModel:
+    """A PyWake wind farm model: AEP and its exact autograd gradient, one process."""
+
+    def __init__(self, wfm: Any) -> None:
+        from py_wake.utils.gradients import autograd
+
+        self.name = "PyWake"
+        self.wfm = wfm
+        self._autograd = autograd
+
+    def aep_gwh(self, xy: FloatArray) -> float:
+        return float(self.wfm.aep(xy[:, 0], xy[:, 1], n_cpu=1))
+
+    def aep_gradient(self, xy: FloatArray) -> FloatArray:
+        return np.asarray(
+            self.wfm.aep_gradients(
+                gradient_method=self._autograd, wrt_arg=["x", "y"], x=xy[:, 0], y=xy[:, 1], n_cpu=1
+            ),
+            dtype=np.float64,
+        )
+
+
+class _FastModel:
+    """The vectorized numpy IEA37 model (``optimizer.iea37_model.FastIEA37``)."""
+
+    def __init__(self, n_turbines: int, xi: float) -> None:
+        from optimizer.iea37_model import FastIEA37
+
+        self.name = "the fast IEA37 model"
+        self.fast = FastIEA37(n_turbines, xi=xi)
+
+    def aep_gwh(self, xy: FloatArray) -> float:
+        return self.fast.aep(xy)
+
+    def aep_gradient(self, xy: FloatArray) -> FloatArray:
+        return self.fast.aep_and_gradient(xy)[1]
+
+
+def _model(site: SiteSpec, n_turbines: int, *, evaluator: str, xi: float) -> _AEPModel:
+    """The model optimized at wake expansion factor ``xi`` (1: the site's own model)."""
+    if evaluator == "fast":
+        return _FastModel(n_turbines, xi)
+    if xi == 1.0:
+        return _PyWakeModel(site.wind_farm_model(n_turbines))
+    from optimizer.iea37_model import iea37_wec_model
+
+    return _PyWakeModel(iea37_wec_model(n_turbines, xi))
+
+
 class _Problem:
     """AEP objective and constraints in scaled coordinates ``u = (xy - center) / length``.
 
     ``u`` is flattened as ``[x_0 .. x_{n-1}, y_0 .. y_{n-1}]`` to match PyWake's gradient layout.
     """
 
-    def __init__(self, site: SiteSpec, n_turbines: int, wfm: Any) -> None:
+    def __init__(self, site: SiteSpec, n_turbines: int, model: _AEPModel) -> None:
         self.site = site
         self.n = n_turbines
-        self.wfm = wfm
+        self.model = model
         self.circle = site.circle(n_turbines)
         if self.circle is not None:
             self.center = np.asarray(self.circle.center, dtype=np.float64)
             self.length = float(self.circle.radius)
             self.lower = np.full(2 * n_turbines, -1.0)
             self.upper = np.full(2 * n_turbines, 1.0)
+            # Scaled radius the optimizer must stay within.
+            self.inner_radius = 1.0 - CONSTRAINT_MARGIN_M / self.length
             self.normals: FloatArray | None = None
             self.offsets: FloatArray | None = None
         else:
@@ -107,15 +187,13 @@ class _Problem:
             normals, offsets = polygon_halfplanes(vertices)
             self.normals = normals
             # Signed distance to edge j of scaled point u, in units of ``length``.
-            self.offsets = (normals @ self.center + offsets) / self.length
+            self.offsets = (normals @ self.center + offsets - CONSTRAINT_MARGIN_M) / self.length
+            self.inner_radius = 1.0
         self.pair_i, self.pair_j = np.triu_indices(n_turbines, k=1)
-        self.spacing_sq = (site.min_spacing_m / self.length) ** 2
+        self.spacing_sq = ((site.min_spacing_m + CONSTRAINT_MARGIN_M) / self.length) ** 2
         self.aep_scale = 1.0
         self.counters = _Counters()
         self.best = _Best()
-        from py_wake.utils.gradients import autograd
-
-        self._autograd = autograd
 
     # --- coordinates -----------------------------------------------------------------------
     def to_u(self, xy: FloatArray) -> FloatArray:
@@ -128,33 +206,29 @@ class _Problem:
         bv = boundary_violation(self.site, self.n, xy)
         return float(bv.max(initial=0.0)), spacing_violation(self.site, xy)
 
-    # --- PyWake ----------------------------------------------------------------------------
+    # --- the AEP model --------------------------------------------------------------------
     def aep_gwh(self, xy: FloatArray) -> float:
         t0 = time.perf_counter()
-        value = float(self.wfm.aep(xy[:, 0], xy[:, 1], n_cpu=1))
+        value = self.model.aep_gwh(xy)
         self.counters.aep_time_s += time.perf_counter() - t0
         self.counters.aep_evaluations += 1
         if not math.isfinite(value):
             raise FloatingPointError(
-                f"AEP: expected a finite value from PyWake, got {value} for "
+                f"AEP: expected a finite value from {self.model.name}, got {value} for "
                 f"{self.n} turbines on site {self.site.name!r}"
             )
         return value
 
     def aep_gradient(self, xy: FloatArray) -> FloatArray:
         t0 = time.perf_counter()
-        grad = np.asarray(
-            self.wfm.aep_gradients(
-                gradient_method=self._autograd, wrt_arg=["x", "y"], x=xy[:, 0], y=xy[:, 1], n_cpu=1
-            ),
-            dtype=np.float64,
-        )
+        grad = self.model.aep_gradient(xy)
         self.counters.gradient_time_s += time.perf_counter() - t0
         self.counters.gradient_evaluations += 1
         if grad.shape != (2, self.n) or not np.all(np.isfinite(grad)):
             raise FloatingPointError(
-                f"AEP gradient: expected finite values of shape (2, {self.n}) from PyWake, "
-                f"got shape {grad.shape} with {int(np.sum(~np.isfinite(grad)))} non-finite"
+                f"AEP gradient: expected finite values of shape (2, {self.n}) from "
+                f"{self.model.name}, got shape {grad.shape} with "
+                f"{int(np.sum(~np.isfinite(grad)))} non-finite"
             )
         return grad
 
@@ -164,7 +238,7 @@ class _Problem:
         aep = self.aep_gwh(xy)
         self.best.last_key, self.best.last_aep_gwh = xy.tobytes(), aep
         bv, sv = self.violations(xy)
-        if bv <= FEASIBILITY_TOL_M and sv <= FEASIBILITY_TOL_M and aep > self.best.aep_gwh:
+        if bv <= 0.0 and sv <= 0.0 and aep > self.best.aep_gwh:
             self.best.aep_gwh, self.best.layout = aep, xy.copy()
         return -aep / self.aep_scale
 
@@ -182,7 +256,7 @@ class _Problem:
     def boundary_con(self, u: FloatArray) -> FloatArray:
         ux, uy = u[: self.n], u[self.n :]
         if self.normals is None or self.offsets is None:
-            return (1.0 - ux * ux - uy * uy).astype(np.float64)
+            return (self.inner_radius**2 - ux * ux - uy * uy).astype(np.float64)
         signed = np.outer(ux, self.normals[:, 0]) + np.outer(uy, self.normals[:, 1]) + self.offsets
         return signed.ravel().astype(np.float64)
 
@@ -221,11 +295,33 @@ class _Problem:
         jac[rows, n + j] = -dy
         return jac
 
+    def watch_pairs_near(self, xy: FloatArray | None) -> None:
+        """Constrain only pairs closer than ``_WATCH_RADIUS_SPACINGS`` spacings in ``xy``
+        (``None``: every pair). SLSQP's work grows with the number of constraints, and a
+        polish moves turbines far less than that; the caller checks every pair afterwards."""
+        i, j = np.triu_indices(self.n, k=1)
+        if xy is not None:
+            dist = np.hypot(*(xy[i] - xy[j]).T)
+            near = dist < _WATCH_RADIUS_SPACINGS * self.site.min_spacing_m
+            i, j = i[near], j[near]
+        self.pair_i, self.pair_j = i, j
+
+    def unwatched_pair_too_close(self, xy: FloatArray) -> bool:
+        """Whether a pair outside the spacing constraints is closer than the spacing."""
+        watched = np.zeros((self.n, self.n), dtype=bool)
+        watched[self.pair_i, self.pair_j] = True
+        i, j = np.triu_indices(self.n, k=1)
+        other = ~watched[i, j]
+        if not np.any(other):
+            return False
+        dist = np.hypot(*(xy[i[other]] - xy[j[other]]).T)
+        return bool(dist.min() < self.site.min_spacing_m)
+
     def constraints(self) -> list[dict[str, Any]]:
         cons: list[dict[str, Any]] = [
             {"type": "ineq", "fun": self.boundary_con, "jac": self.boundary_jac}
         ]
-        if self.n > 1:
+        if len(self.pair_i) > 0:
             cons.append({"type": "ineq", "fun": self.spacing_con, "jac": self.spacing_jac})
         return cons
 
@@ -236,6 +332,7 @@ class _Problem:
         """Nearest feasible layout to ``xy`` (least squares), without any AEP evaluation."""
         from scipy.optimize import minimize  # imported when used: the CLI must start fast
 
+        self.watch_pairs_near(None)
         target = self.to_u(xy)
         res = minimize(
             lambda u: 0.5 * float(np.sum((u - target) ** 2)),
@@ -249,6 +346,36 @@ class _Problem:
         return self.to_xy(np.asarray(res.x, dtype=np.float64))
 
 
+def _solve(
+    problem: _Problem, xy: FloatArray, *, maxiter: int, tol: float
+) -> tuple[Any, FloatArray]:
+    """One SLSQP solve from ``xy``; returns SciPy's result and the final layout."""
+    from scipy.optimize import minimize
+
+    start_aep = problem.aep_gwh(xy)
+    # Keep the objective O(1); a zero AEP (all turbines idle) must not divide by zero.
+    problem.aep_scale = start_aep if start_aep > 0.0 else 1.0
+    problem.watch_pairs_near(xy)
+    while True:
+        res = minimize(
+            problem.objective,
+            problem.to_u(xy),
+            jac=problem.objective_grad,
+            method="SLSQP",
+            bounds=problem.bounds(),
+            constraints=problem.constraints(),
+            options={"maxiter": int(maxiter), "ftol": float(tol)},
+        )
+        final = problem.to_xy(np.asarray(res.x, dtype=np.float64))
+        if not problem.unwatched_pair_too_close(final):
+            return res, final
+        # A pair left out of the constraints came too close: solve again with every pair,
+        # from the same start, so the result does not depend on where the culling failed.
+        logger.debug("unwatched pair closer than the spacing; solving with every pair")
+        problem.watch_pairs_near(None)
+        problem.best = _Best()
+
+
 def _choose_layout(
     problem: _Problem, res: Any, final_xy: FloatArray
 ) -> tuple[FloatArray, float, bool, str]:
@@ -258,7 +385,7 @@ def _choose_layout(
     bv, sv = problem.violations(final_xy)
     # (label, layout, aep) in order of preference on ties.
     options: list[tuple[str, FloatArray, float]] = []
-    if bv <= FEASIBILITY_TOL_M and sv <= FEASIBILITY_TOL_M:
+    if bv <= 0.0 and sv <= 0.0:
         options.append(("final", final_xy, problem.aep_at(final_xy)))
         note = ""
     else:
@@ -267,7 +394,9 @@ def _choose_layout(
         repaired = problem.repair(final_xy)
         rbv, rsv = problem.violations(repaired)
         note = f"final layout infeasible (boundary {bv:.3g} m, spacing {sv:.3g} m)"
-        if rbv <= FEASIBILITY_TOL_M and rsv <= FEASIBILITY_TOL_M:
+        if (rbv <= 0.0 and rsv <= 0.0) or (
+            problem.best.layout is None and rbv <= FEASIBILITY_TOL_M and rsv <= FEASIBILITY_TOL_M
+        ):
             options.append(("repaired", repaired, problem.aep_gwh(repaired)))
         elif problem.best.layout is None:
             message = (
@@ -293,13 +422,45 @@ def _choose_layout(
     return layout, aep, False, message
 
 
-def _check_options(*, method: str, maxiter: int, tol: float) -> None:
+def _check_options(
+    *,
+    site: SiteSpec,
+    method: str,
+    maxiter: int,
+    tol: float,
+    wec: tuple[float, ...],
+    wec_tol: float,
+    evaluator: str,
+    hops: int,
+    hop_m: float,
+) -> None:
     if method not in METHODS:
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
     if isinstance(maxiter, bool) or not isinstance(maxiter, int | np.integer) or maxiter < 1:
         raise ValueError(f"maxiter: expected an integer >= 1, got {maxiter!r}")
-    if not (isinstance(tol, int | float | np.number) and math.isfinite(tol) and tol > 0):
-        raise ValueError(f"tol: expected a finite value > 0, got {tol!r}")
+    for name, value in (("tol", tol), ("wec_tol", wec_tol)):
+        if not (isinstance(value, int | float | np.number) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name}: expected a finite value > 0, got {value!r}")
+    if isinstance(hops, bool) or not isinstance(hops, int | np.integer) or hops < 0:
+        raise ValueError(f"hops: expected an integer >= 0, got {hops!r}")
+    if not (isinstance(hop_m, int | float | np.number) and math.isfinite(hop_m) and hop_m > 0):
+        raise ValueError(f"hop_m: expected a finite distance > 0 (metres), got {hop_m!r}")
+    if evaluator not in EVALUATORS:
+        raise ValueError(f"evaluator: expected one of {list(EVALUATORS)}, got {evaluator!r}")
+    if evaluator == "fast" and site.name not in FAST_SITES:
+        raise ValueError(
+            f"evaluator: 'fast' covers only site(s) {list(FAST_SITES)}, got site {site.name!r}; "
+            f"use evaluator = 'pywake'"
+        )
+    if wec:
+        if site.name not in WEC_SITES:
+            raise ValueError(
+                f"wec: wake expansion continuation exists only for site(s) {list(WEC_SITES)}, "
+                f"got site {site.name!r}"
+            )
+        for xi in wec:
+            if not (isinstance(xi, int | float) and math.isfinite(xi) and xi >= 1.0):
+                raise ValueError(f"wec: expected wake expansion factors >= 1, got {list(wec)}")
 
 
 def _frozen(xy: FloatArray) -> FloatArray:
@@ -319,54 +480,99 @@ def optimize_layout(
     method: str = "SLSQP",
     maxiter: int,
     tol: float,
+    wec: tuple[float, ...] = (),
+    wec_tol: float = 1e-2,
+    evaluator: str = "pywake",
+    lattice: LatticeRanges = DEFAULT_LATTICE,
+    hops: int = 0,
+    hop_m: float = 50.0,
 ) -> LayoutResult:
     """Maximise the AEP of one configuration; see the module docstring for the guarantees.
 
     ``n_turbines=None`` uses the site's default farm size. ``tol`` is SLSQP's ``ftol`` on the
-    objective AEP / initial AEP. Raises ``ValueError`` for impossible options and
-    ``FloatingPointError`` if PyWake returns a non-finite AEP or gradient.
+    objective AEP / initial AEP. ``wec`` is a wake expansion continuation schedule: one SLSQP
+    solve at ``ftol=wec_tol`` per factor, in order, before the final solve at factor 1 and
+    ``tol``. ``hops`` rounds of monotonic basin hopping follow: the best layout so far is
+    jittered by up to ``hop_m`` metres per coordinate, polished again, and kept if better.
+    ``evaluator="fast"`` evaluates the model with numpy inside the loop; the returned
+    AEPs are always the site's PyWake model's. Raises ``ValueError`` for impossible options and
+    ``FloatingPointError`` if the model returns a non-finite AEP or gradient.
     """
     t_start = time.perf_counter()
     spec = get_site(site)
     n = spec.default_n_turbines if n_turbines is None else n_turbines
-    _check_options(method=method, maxiter=maxiter, tol=tol)
+    schedule = tuple(float(xi) for xi in wec)
+    _check_options(
+        site=spec,
+        method=method,
+        maxiter=maxiter,
+        tol=tol,
+        wec=schedule,
+        wec_tol=wec_tol,
+        evaluator=evaluator,
+        hops=hops,
+        hop_m=hop_m,
+    )
     check_start(spec, n_turbines=n, start=start, grid_size=grid_size, random_pct=random_pct)
 
     xy0 = initial_layout(
-        spec, n_turbines=n, start=start, grid_size=grid_size, random_pct=random_pct, seed=seed
+        spec,
+        n_turbines=n,
+        start=start,
+        grid_size=grid_size,
+        random_pct=random_pct,
+        seed=seed,
+        lattice=lattice,
     )
-    problem = _Problem(spec, n, spec.wind_farm_model(n))
-    initial_aep = problem.aep_gwh(xy0)
-    # Keep the objective O(1); a zero initial AEP (all turbines idle) must not divide by zero.
-    problem.aep_scale = initial_aep if initial_aep > 0.0 else 1.0
+    record = _Problem(spec, n, _PyWakeModel(spec.wind_farm_model(n)))
+    initial_aep = record.aep_gwh(xy0)
 
-    from scipy.optimize import minimize
-
-    res = minimize(
-        problem.objective,
-        problem.to_u(xy0),
-        jac=problem.objective_grad,
-        method="SLSQP",
-        bounds=problem.bounds(),
-        constraints=problem.constraints(),
-        options={"maxiter": int(maxiter), "ftol": float(tol)},
-    )
-    final_xy = problem.to_xy(np.asarray(res.x, dtype=np.float64))
-    layout, aep, converged, message = _choose_layout(problem, res, final_xy)
+    counters = record.counters
+    iterations = 0
+    xy = xy0
+    # Continuation stages end loosely converged; only the final stage's outcome is judged.
+    for xi, stage_tol in [*((xi, wec_tol) for xi in schedule), (1.0, tol)]:
+        problem = _Problem(spec, n, _model(spec, n, evaluator=evaluator, xi=xi))
+        problem.counters = counters
+        res, xy = _solve(problem, xy, maxiter=maxiter, tol=stage_tol)
+        iterations += int(res.nit)
+    layout, aep, converged, message = _choose_layout(problem, res, xy)
+    if hops:
+        # Monotonic basin hopping: jitter the best layout, polish again, keep improvements.
+        # Its own random stream, so the start of a config does not depend on ``hops``.
+        hop_rng = np.random.default_rng([seed, _HOP_STREAM])
+        accepted = 0
+        for _ in range(hops):
+            trial = pull_inside(spec, n, layout + hop_rng.uniform(-hop_m, hop_m, size=layout.shape))
+            hop_problem = _Problem(spec, n, problem.model)
+            hop_problem.counters = counters
+            hop_res, hop_xy = _solve(hop_problem, trial, maxiter=maxiter, tol=tol)
+            iterations += int(hop_res.nit)
+            hop_layout, hop_aep, hop_converged, hop_message = _choose_layout(
+                hop_problem, hop_res, hop_xy
+            )
+            bv, sv = hop_problem.violations(hop_layout)
+            if bv <= 0.0 and sv <= 0.0 and hop_aep > aep * (1.0 + _AEP_TIE_RTOL):
+                layout, aep, converged, message = hop_layout, hop_aep, hop_converged, hop_message
+                accepted += 1
+        message = f"{message}; basin hopping: {accepted} of {hops} hops improved"
+    if evaluator == "fast":
+        # PyWake is the model of record: the stored AEP is its value, not the fast model's.
+        aep = record.aep_gwh(layout)
     out_bv, out_sv = problem.violations(layout)
     wall = time.perf_counter() - t_start
-    counters = problem.counters
     logger.debug(
-        "%s n=%d start=%s grid=%d random=%g%% seed=%d: AEP %.3f -> %.3f GWh, %d it, %.3f s",
+        "%s n=%d start=%s grid=%d random=%g%% seed=%d wec=%s: AEP %.3f -> %.3f GWh, %d it, %.3f s",
         site,
         n,
         start,
         grid_size,
         random_pct,
         seed,
+        list(schedule),
         initial_aep,
         aep,
-        res.nit,
+        iterations,
         wall,
     )
     return LayoutResult(
@@ -374,7 +580,7 @@ def optimize_layout(
         aep_gwh=float(aep),
         initial_layout=_frozen(xy0),
         initial_aep_gwh=float(initial_aep),
-        iterations=int(res.nit),
+        iterations=iterations,
         aep_evaluations=counters.aep_evaluations,
         gradient_evaluations=counters.gradient_evaluations,
         wall_time_s=wall,
@@ -397,7 +603,7 @@ def warm_up(*, site: str, n_turbines: int | None = None) -> float:
     spec = get_site(site)
     n = spec.default_n_turbines if n_turbines is None else n_turbines
     spec.check_n_turbines(n)
-    problem = _Problem(spec, n, spec.wind_farm_model(n))
+    problem = _Problem(spec, n, _PyWakeModel(spec.wind_farm_model(n)))
     side = math.ceil(math.sqrt(n))
     xy = initial_layout(
         spec, n_turbines=n, start="grid", grid_size=max(side, 1), random_pct=0.0, seed=0

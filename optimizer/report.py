@@ -490,6 +490,121 @@ class _LayoutFigure:
     note: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _PublishedComparison:
+    """The best layout of one IEA37 farm size beside the published par4 and par12 layouts."""
+
+    label: str
+    config_id: str
+    aep_gwh: float
+    published_gwh: Mapping[str, float]  # entry -> AEP recomputed with PyWake
+    image: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "site": self.label,
+            "config_id": self.config_id,
+            "best_aep_gwh": round(self.aep_gwh, 4),
+            "published_aep_gwh": {k: round(v, 4) for k, v in self.published_gwh.items()},
+            "difference_gwh": {
+                k: round(self.aep_gwh - v, 4) for k, v in self.published_gwh.items()
+            },
+        }
+
+
+# The published entries shown beside the best layouts (optimizer.published has their source).
+COMPARED_ENTRIES = ("par4", "par12")
+
+
+def _published_comparison(
+    path: str, row: OkRow, out_dir: Path, slug: str
+) -> _PublishedComparison | None:
+    """Best layout vs par4 and par12 of the same size, AEPs recomputed with the site model."""
+    from optimizer import _plots
+    from optimizer.published import PUBLISHED_DESCRIPTIONS, published_layout
+
+    if row.site != "iea37" or row.n_turbines not in (16, 36, 64):
+        return None
+    site = get_site(row.site)
+    wfm = site.wind_farm_model(row.n_turbines)
+    published: dict[str, float] = {}
+    panels: list[tuple[str, NDArray[np.float64]]] = []
+    try:
+        _, ours = read_layouts(path, row.key)
+    except (NotASweepOutputError, OSError, KeyError) as err:
+        log.warning("%s: cannot read the layout: %s", row.key, err)
+        return None
+    panels.append((f"this sweep: {row.key}\n{row.aep_gwh:.2f} GWh", ours))
+    for entry in COMPARED_ENTRIES:
+        xy = np.array(published_layout(entry, row.n_turbines))
+        aep = float(wfm.aep(xy[:, 0], xy[:, 1], n_cpu=1))
+        published[entry] = aep
+        panels.append(
+            (
+                f"{PUBLISHED_DESCRIPTIONS[entry]}\n{aep:.2f} GWh "
+                f"(this sweep {row.aep_gwh - aep:+.2f} GWh)",
+                xy,
+            )
+        )
+    fig = _plots.published_figure(
+        title=f"{row.label}: best layout beside the published IEA37 layouts",
+        boundary=site.boundary(row.n_turbines),
+        panels=panels,
+        min_spacing_m=site.min_spacing_m,
+    )
+    name = f"published-{slug}.png"
+    _plots.save_png(fig, out_dir / name)
+    _plots.close(fig)
+    return _PublishedComparison(row.label, row.key, row.aep_gwh, published, name)
+
+
+def _published_section(comparisons: list[_PublishedComparison]) -> str:
+    parts = ['<section id="published"><h2>Beside the published IEA37 layouts</h2>']
+    if not comparisons:
+        parts.append(
+            '<p class="empty">No IEA37 case study 1 results (16, 36 or 64 turbines).</p></section>'
+        )
+        return "".join(parts)
+    parts.append(
+        '<p class="meta">par4 (SNOPT + wake expansion continuation) and par12 (best published '
+        "entry) of IEA Wind Task 37 case study 1 (Baker et al., AIAA SciTech 2019; layouts from "
+        "IEAWindTask37/iea37-wflo-casestudies), their AEPs recomputed here with PyWake's "
+        "IEA37CaseStudy1, like every AEP of this sweep.</p>"
+    )
+    rows = []
+    for c in comparisons:
+        for entry, aep in c.published_gwh.items():
+            diff = c.aep_gwh - aep
+            rows.append(
+                [
+                    _e(c.label),
+                    f"<code>{_e(c.config_id)}</code>",
+                    _fmt(c.aep_gwh),
+                    _e(entry),
+                    _fmt(aep),
+                    _fmt(diff, 2, " GWh"),
+                    _fmt(100.0 * diff / aep, 3, " %"),
+                ]
+            )
+    parts.append(
+        _table(
+            ["site", "best config", "AEP GWh", "published", "AEP GWh", "difference", "%"],
+            rows,
+            numeric={2, 4, 5, 6},
+        )
+    )
+    for c in comparisons:
+        if c.image:
+            src = _e(c.image)
+            parts.append(
+                f'<figure><a href="{src}"><img src="{src}" alt="{_e(c.label)} vs published" '
+                f'loading="lazy"></a><figcaption>{_e(c.label)}: the best layout of this sweep '
+                f"beside par4 and par12</figcaption></figure>"
+            )
+    parts.append("</section>")
+    return "".join(parts)
+
+
 @dataclass(slots=True)
 class _CheckVerdict:
     ok: bool | None
@@ -539,6 +654,7 @@ def write_report(
     winds: dict[tuple[str, int], tuple[float, float]] = {}
     layouts: dict[str, list[_LayoutFigure]] = {}
     axes_images: dict[str, str] = {}
+    comparisons: list[_PublishedComparison] = []
     for site_index, st in enumerate(stats):
         slug = _slug(st.label, used)
         rows = [r for r in data.ok if r.label == st.label]
@@ -571,6 +687,13 @@ def write_report(
             figures.append(fig_entry)
             log.info("%s #%d: layout figure in %.2f s", st.label, rank, time.monotonic() - t0)
         layouts[st.label] = figures
+        best = data.top(st.label, 1)
+        if best:
+            comparison = _published_comparison(data.path, best[0], out_dir, slug)
+            if comparison is not None:
+                comparisons.append(comparison)
+                if comparison.image:
+                    images.append(out_dir / comparison.image)
     seconds = time.monotonic() - started
     index = out_dir / INDEX_NAME
     complete = (
@@ -597,10 +720,11 @@ def write_report(
             for f in data.failures.values()
         ],
         "check": {"ok": verdict.ok, "summary": verdict.summary},
+        "published": [c.to_dict() for c in comparisons],
         "spec_problem": data.spec_problem,
         "seconds": round(seconds, 2),
     }
-    page = _render_page(data, stats, verdict, layouts, axes_images, top_k, seconds)
+    page = _render_page(data, stats, verdict, layouts, axes_images, top_k, seconds, comparisons)
     _write_text(index, page)
     log.info("wrote %s and %d image(s) in %.2f s", index, len(images), seconds)
     return ReportResult(index, out_dir, tuple(images), summary, complete)
@@ -1012,6 +1136,7 @@ def _render_page(
     axes_images: Mapping[str, str],
     top_k: int,
     seconds: float,
+    comparisons: list[_PublishedComparison] | None = None,
 ) -> str:
     now = _dt.datetime.now(tz=_dt.UTC).isoformat(timespec="seconds")
     title = f"layout-sweep report: {os.path.basename(data.path)}"
@@ -1024,11 +1149,13 @@ def _render_page(
             f'<p class="meta">{_e(os.path.abspath(data.path))} &middot; generated {_e(now)} '
             f"in {seconds:.1f} s &middot; only committed (merged) results are shown</p>",
             '<nav><a href="#summary">summary</a><a href="#failures">failures</a>'
-            '<a href="#layouts">best layouts</a><a href="#axes">sweep axes</a>'
+            '<a href="#layouts">best layouts</a><a href="#published">published</a>'
+            '<a href="#axes">sweep axes</a>'
             '<a href="#provenance">check &amp; provenance</a></nav>',
             _summary_section(data, stats, verdict),
             _failures_section(data),
             _layouts_section(layouts, top_k),
+            _published_section(comparisons or []),
             _axes_section(axes_images),
             _provenance_section(data, verdict),
             "</body></html>\n",

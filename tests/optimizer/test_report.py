@@ -132,9 +132,11 @@ def test_report_of_a_real_sweep(sweep: Path, tmp_path: Path) -> None:
         assert (index.parent / link).is_file(), f"broken link {link}"
     for label in SITES:
         assert label in page
-    # 2 sites: one axes figure each, iea37-16 has 4 results (2 shown), hornsrev1-16 has 1.
+    # 2 sites: one axes figure each, iea37-16 has 4 results (2 shown), hornsrev1-16 has 1;
+    # iea37-16 also gets its best layout beside the published par4 and par12.
     pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
-    assert len(pngs) == 2 + 2 + 1 == len(result.images)
+    assert len(pngs) == 2 + 2 + 1 + 1 == len(result.images)
+    assert "published-iea37-16.png" in pngs
     for png in (tmp_path / "rep").glob("*.png"):
         width, height = png_size(png)
         assert 400 <= width <= 3000 and 300 <= height <= 2000, (png, width, height)
