@@ -56,6 +56,26 @@ class SandboxResult:
 
 
 _PR_SET_PDEATHSIG = 1
+_retire_requested = False
+
+
+def retire_after_call() -> None:
+    """Called inside a sandboxed function: this child must not run another call.
+
+    For a function that saw libhdf5 fail on damaged metadata (or read data that makes
+    libhdf5 allocate library-owned objects): the process's heap may be damaged without
+    having crashed yet, and the next file's verdict must not depend on it. Outside a
+    sandbox child it does nothing.
+    """
+    global _retire_requested
+    _retire_requested = True
+
+
+def take_retirement() -> bool:
+    """For the child's main loop: was retirement requested during the last call?"""
+    global _retire_requested
+    requested, _retire_requested = _retire_requested, False
+    return requested
 
 
 def die_with_parent() -> None:
@@ -192,6 +212,7 @@ class Sandbox:
         self.memory_limit = memory_limit
         self._idle: list[_Child] = []
         self._owns_children = True
+        self.retired = 0  # children not reused after a call (see retire_after_call)
 
     def __enter__(self) -> Sandbox:
         return self
@@ -264,13 +285,19 @@ class Sandbox:
             assert child.task is not None
             task = child.task
             try:
-                status, payload = child.receive()
-            except (EOFError, OSError, pickle.UnpicklingError):
+                status, payload, retire = child.receive()
+            except (EOFError, OSError, pickle.UnpicklingError, ValueError):
                 note = child.death_note()
                 child.close()
                 yield task, SandboxResult(failure="crashed", detail=note)
                 continue
-            self._idle.append(child)
+            if retire or status != "ok":
+                # Its heap may be damaged: never reuse it. It exits by itself after
+                # answering; closing it reaps it.
+                child.close()
+                self.retired += 1
+            else:
+                self._idle.append(child)
             if status == "ok":
                 yield task, SandboxResult(value=payload)
             else:
