@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from h5guard._version import __version__
@@ -79,6 +81,23 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_HOMES))
+
+
+class _Package(types.ModuleType):
+    """Keeps the functions ``validate``, ``merge`` and ``salvage`` public under their names.
+
+    Importing a submodule binds it as an attribute of its package, and three submodules
+    share their names with the function they define. The eager imports this file used to
+    make rebound the names to the functions afterwards; with lazy imports, this does.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _HOMES.get(name) == name:
+            return  # h5guard.validate (etc.) stay the functions; the module is in sys.modules
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [

@@ -46,6 +46,7 @@ def main() -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     # Nothing but frames may reach the real stdout.
     sys.stdout = sys.stderr
+    _write_frame(stdout, ("ready", None, False))  # the parent starts the call's clock now
     while True:
         try:
             module, func, args = _read_frame(stdin)

@@ -357,9 +357,10 @@ class Walk:
         return buf
 
     def _note_references(self, dtype: np.dtype[Any]) -> None:
-        if _has_references(dtype):
-            # Reading references makes libhdf5 allocate objects that h5py frees later;
-            # on some files a second read in the same process corrupts the heap.
+        if _has_region_references(dtype):
+            # Reading dataset region references makes libhdf5 allocate dataspaces that
+            # h5py frees later; on some files (valid ones too) the next read in the same
+            # process finds a corrupted heap (seen with h5py 3.16 / HDF5 2.0).
             self.tainted = True
 
     # -- datasets -------------------------------------------------------------------
@@ -573,12 +574,15 @@ def _missing_message(missing: list[tuple[int, str]]) -> str:
     return "data cannot be read or verified: " + "; ".join(parts)
 
 
-def _has_references(dtype: np.dtype[Any]) -> bool:
+def _has_region_references(dtype: np.dtype[Any]) -> bool:
     if dtype.fields:
-        return any(_has_references(f[0]) for f in dtype.fields.values())
+        return any(_has_region_references(f[0]) for f in dtype.fields.values())
     if dtype.subdtype is not None:
-        return _has_references(dtype.subdtype[0])
-    return h5py.check_dtype(ref=dtype) is not None
+        return _has_region_references(dtype.subdtype[0])
+    base = h5py.check_dtype(vlen=dtype)
+    if isinstance(base, np.dtype):
+        return _has_region_references(base)
+    return h5py.check_dtype(ref=dtype) is h5py.RegionReference
 
 
 def _buffer(shape: tuple[int, ...], dtype: np.dtype[Any]) -> tuple[npt.NDArray[Any], Any]:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_MEMORY_LIMIT = 1024**3
+STARTUP_ALLOWANCE = 60.0  # seconds a new child may take to start before its first call
 _HEADER = 8
 
 
@@ -140,6 +141,10 @@ class _Child:
             raise SandboxError(f"cannot start the checker process {sys.executable}: {err}") from err
         self.task: int | None = None
         self.deadline = 0.0
+        self.timeout = 0.0
+        # Until the child says it is ready (interpreter, h5py and numpy imported), a call's
+        # clock does not run: start-up, slow on a loaded machine, is not the file's time.
+        self.ready = False
 
     @property
     def fd(self) -> int:
@@ -149,12 +154,25 @@ class _Child:
     def send(self, task: int, payload: tuple[Any, ...], timeout: float) -> None:
         assert self.proc.stdin is not None
         self.task = task
-        self.deadline = time.monotonic() + timeout
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout + (0.0 if self.ready else STARTUP_ALLOWANCE)
         _write_frame(self.proc.stdin, payload)
 
     def receive(self) -> Any:
-        assert self.proc.stdout is not None
-        return _read_frame(self.proc.stdout)
+        """The next frame. Read with os.read, never through a buffered reader: a
+        read-ahead would hide the answer that follows the ready frame from select()."""
+        size = int.from_bytes(self._read_exact(_HEADER), "little")
+        return pickle.loads(self._read_exact(size))
+
+    def _read_exact(self, n: int) -> bytes:
+        chunks = []
+        while n:
+            chunk = os.read(self.fd, n)
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
 
     def death_note(self) -> str:
         code = self.proc.wait()
@@ -271,12 +289,14 @@ class Sandbox:
                         child = _Child(self.memory_limit)
                         child.send(index, (module, func, args), self.timeout)
                     running[child.fd] = child
-                yield from self._collect(running)
+                yield from self._collect(running, spare=bool(pending))
         finally:
             for child in running.values():
                 child.kill()
 
-    def _collect(self, running: dict[int, _Child]) -> Iterator[tuple[int, SandboxResult]]:
+    def _collect(
+        self, running: dict[int, _Child], *, spare: bool
+    ) -> Iterator[tuple[int, SandboxResult]]:
         now = time.monotonic()
         wait = max(0.0, min(c.deadline for c in running.values()) - now)
         ready, _, _ = select.select(list(running), [], [], wait)
@@ -286,6 +306,11 @@ class Sandbox:
             task = child.task
             try:
                 status, payload, retire = child.receive()
+                if status == "ready":
+                    child.ready = True
+                    child.deadline = time.monotonic() + child.timeout
+                    running[fd] = child
+                    continue
             except (EOFError, OSError, pickle.UnpicklingError, ValueError):
                 note = child.death_note()
                 child.close()
@@ -293,9 +318,13 @@ class Sandbox:
                 continue
             if retire or status != "ok":
                 # Its heap may be damaged: never reuse it. It exits by itself after
-                # answering; closing it reaps it.
-                child.close()
+                # answering; it has nothing left to do, so it is killed rather than waited
+                # for. Its successor starts now, so that its interpreter start-up overlaps
+                # the other children's work.
+                child.kill()
                 self.retired += 1
+                if spare:
+                    self._idle.append(_Child(self.memory_limit))
             else:
                 self._idle.append(child)
             if status == "ok":
