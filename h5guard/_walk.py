@@ -387,6 +387,12 @@ class Walk:
             missing = self._missing_filters(dcpl)
             if missing:
                 self.add(where, Code.FILTER_MISSING, _missing_message(missing))
+            elif _out_of_memory(err):
+                self.add(
+                    where,
+                    Code.MEMORY_LIMIT,
+                    f"reading it needs more memory than the reader's limit: {one_line(err)}",
+                )
             else:
                 self.add(where, Code.OBJECT_UNREADABLE, f"data unreadable: {one_line(err)}")
             return None
@@ -572,6 +578,12 @@ def _missing_message(missing: list[tuple[int, str]]) -> str:
             how = "no package h5guard knows provides it (not hdf5plugin)"
         parts.append(f"filter {code} ({name}) is not available: {how}")
     return "data cannot be read or verified: " + "; ".join(parts)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """libhdf5's own allocation failures (under the sandbox's address-space limit)."""
+    text = str(err).lower()
+    return "memory allocation failed" in text or "unable to allocate" in text
 
 
 def _has_region_references(dtype: np.dtype[Any]) -> bool:
