@@ -64,9 +64,20 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
     return seconds, proc.stdout
 
 
-def compare(files: list[str], repeat: int, timeout: float, env: dict[str, str]) -> tuple[float, float, set[str]]:
+def compare(
+    files: list[str], repeat: int, timeout: float, env: dict[str, str]
+) -> tuple[float, float, set[str]]:
     baseline_cmd = [sys.executable, "-c", _BASELINE, *files]
-    check_cmd = [sys.executable, "-m", "h5guard.cli", "check", "-q", "--timeout", str(timeout), *files]
+    check_cmd = [
+        sys.executable,
+        "-m",
+        "h5guard.cli",
+        "check",
+        "-q",
+        "--timeout",
+        str(timeout),
+        *files,
+    ]
     base: list[float] = []
     check: list[float] = []
     skipped: set[str] = set()
@@ -76,8 +87,12 @@ def compare(files: list[str], repeat: int, timeout: float, env: dict[str, str]) 
         skipped = set(out.split())
         check.append(timed(check_cmd, env)[0])
     print(f"  files:                         {len(files)}")
-    print(f"  one h5py process reading them: {min(base):.2f} s (runs: {', '.join(f'{x:.2f}' for x in base)})")
-    print(f"  h5guard check (one call):      {min(check):.2f} s (runs: {', '.join(f'{x:.2f}' for x in check)})")
+    print(
+        f"  one h5py process reading them: {min(base):.2f} s (runs: {', '.join(f'{x:.2f}' for x in base)})"
+    )
+    print(
+        f"  h5guard check (one call):      {min(check):.2f} s (runs: {', '.join(f'{x:.2f}' for x in check)})"
+    )
     print(f"  ratio:                         {min(check) / min(base):.2f} (target <= 2)")
     return min(base), min(check), skipped
 
@@ -89,7 +104,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args()
     files = args.files or readable_corpus_files()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
     print("all files:")
     _, _, skipped = compare(files, args.repeat, args.timeout, env)
     if skipped:

@@ -48,7 +48,9 @@ class Verdict:
 def load_verdicts(directory: Path) -> list[Verdict]:
     with open(directory / VERDICTS, encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
-    return [Verdict(r["file"], r["source"], r["verdict"], r.get("h5py_first_error") or "") for r in rows]
+    return [
+        Verdict(r["file"], r["source"], r["verdict"], r.get("h5py_first_error") or "") for r in rows
+    ]
 
 
 def disagreement(verdict: str, findings: Sequence[Finding]) -> str | None:
@@ -197,12 +199,19 @@ def oracle_verdicts(directory: Path, source: str) -> list[Verdict]:
 
 
 def render(result: CorpusResult) -> str:
-    lines = ["| source | files | false alarms | missed | crashes | hangs |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| source | files | false alarms | missed | crashes | hangs |",
+        "|---|---|---|---|---|---|",
+    ]
     for source in sorted(result.figures):
         f = result.figures[source]
-        lines.append(f"| {source} | {f.files} | {f.false_alarms} | {f.missed} | {f.crashes} | {f.hangs} |")
+        lines.append(
+            f"| {source} | {f.files} | {f.false_alarms} | {f.missed} | {f.crashes} | {f.hangs} |"
+        )
     t = result.total
-    lines.append(f"| **all** | {t.files} | {t.false_alarms} | {t.missed} | {t.crashes} | {t.hangs} |")
+    lines.append(
+        f"| **all** | {t.files} | {t.false_alarms} | {t.missed} | {t.crashes} | {t.hangs} |"
+    )
     lines.append("")
     lines.append("| verdict | files | agree |")
     lines.append("|---|---|---|")

@@ -97,7 +97,9 @@ class _Inspector:
             try:
                 link = _link_kind(group.id, name)
                 if link is not None:
-                    self.add(member, Code.UNEXPECTED_OBJECT, f"{link} not followed", Severity.WARNING)
+                    self.add(
+                        member, Code.UNEXPECTED_OBJECT, f"{link} not followed", Severity.WARNING
+                    )
                     continue
                 obj = group[name]
                 if isinstance(obj, h5py.Dataset):
@@ -396,7 +398,9 @@ def _inspect_members(
                 continue
             link = _link_kind(f.id, name)
             if link is not None:
-                ins.add(f"/{name}", Code.UNEXPECTED_OBJECT, f"{link} not followed", Severity.WARNING)
+                ins.add(
+                    f"/{name}", Code.UNEXPECTED_OBJECT, f"{link} not followed", Severity.WARNING
+                )
                 continue
             obj = f[name]
         except Exception as err:

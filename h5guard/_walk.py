@@ -132,9 +132,7 @@ def iter_regions(
 
     def rec(axis: int, offset: list[int]) -> Iterator[tuple[tuple[int, ...], tuple[int, ...]]]:
         if axis == len(ranges):
-            count = tuple(
-                min(b, e - o) for o, b, e in zip(offset, block, stop, strict=True)
-            )
+            count = tuple(min(b, e - o) for o, b, e in zip(offset, block, stop, strict=True))
             yield tuple(offset), count
             return
         for o in ranges[axis]:
@@ -300,7 +298,9 @@ class Walk:
             filename, objpath = gid.links.get_val(name)
         except Exception as err:
             return f"external link (target unreadable: {one_line(err)}): not followed"
-        return f"external link to {_decode(filename)}:{_decode(objpath)}: not followed (another file)"
+        return (
+            f"external link to {_decode(filename)}:{_decode(objpath)}: not followed (another file)"
+        )
 
     # -- attributes -----------------------------------------------------------------
     def read_attributes(
@@ -608,4 +608,3 @@ def _buffer(shape: tuple[int, ...], dtype: np.dtype[Any]) -> tuple[npt.NDArray[A
         base, sub = dtype.subdtype
         return np.empty(shape + sub, dtype=base), h5py.h5t.py_create(dtype)
     return np.empty(shape, dtype=dtype), None
-
