@@ -175,8 +175,8 @@ class Walk:
     keep: bool = False
     findings: list[Finding] = field(default_factory=list)
     stats: WalkStats = field(default_factory=WalkStats)
-    # libhdf5 reported an error, or the file holds references: the process's heap may
-    # not be trustworthy any more, so a sandbox child should not read another file.
+    # The file holds region references, whose reading is known to damage the heap:
+    # a sandbox child should not read another file (errors are judged by the caller).
     tainted: bool = False
     kept_attrs: dict[str, dict[str, npt.NDArray[Any]]] = field(default_factory=dict)
     kept_datasets: dict[str, dict[str, DatasetRead]] = field(default_factory=dict)
@@ -184,8 +184,6 @@ class Walk:
     _plugins_tried: bool = False
 
     def add(self, obj: str, code: Code, message: str, severity: Severity = Severity.ERROR) -> None:
-        if severity is Severity.ERROR:
-            self.tainted = True
         self.findings.append(Finding(self.path, obj, code, severity, message))
 
     # -- traversal ------------------------------------------------------------------
