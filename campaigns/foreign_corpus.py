@@ -33,6 +33,7 @@ from pathlib import Path
 from h5guard import Code, Finding, Report, Severity, validate_many
 
 VERDICTS = "VERDICTS.tsv"
+SIGNATURE = b"\x89HDF\r\n\x1a\n"
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5", ".nc", ".nc4", ".h5ad", ".nxs", ".cdf", ".mat")
 KINDS = ("readable", "unreadable", "needs_plugin", "ambiguous")
 
@@ -180,7 +181,7 @@ def oracle_verdict(path: str, *, timeout: float = 20.0) -> tuple[str, str]:
     if proc.returncode < 0:
         return "ambiguous", f"h5py died (signal {-proc.returncode})"
     first = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-200:]
-    if "filter" in first or "plugin" in first:
+    if "filter" in first or "plugin" in first or "can't open directory" in first:
         return "needs_plugin", first
     return "unreadable", first
 
@@ -190,8 +191,8 @@ def oracle_verdicts(directory: Path, source: str) -> list[Verdict]:
     for p in sorted(directory.rglob("*")):
         if p.is_file() and p.suffix.lower() in HDF5_SUFFIXES:
             with open(p, "rb") as fh:
-                head = fh.read(8)
-            if head != b"\x89HDF\r\n\x1a\n":  # netCDF-3 .nc files and the like
+                head = fh.read(520)
+            if SIGNATURE not in (head[:8], head[512:520]):  # netCDF-3, MAT v5 and the like
                 continue
             verdict, first = oracle_verdict(str(p))
             out.append(Verdict(str(p.relative_to(directory)), source, verdict, first))
