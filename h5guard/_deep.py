@@ -293,8 +293,7 @@ def _retire(ins: _Inspector) -> None:
     out of memory. A crash, a timeout or an exception retires the child anyway (see
     :mod:`h5guard.sandbox`). An ordinary libhdf5 error on damaged metadata does not:
     retiring after each one made the corruption campaign 4.5x slower (a new interpreter
-    per damaged file), and no corpus or campaign file showed a verdict that depended on
-    the file read before it once crashes and region references were isolated.
+    per damaged file), and the shared corpus's verdicts were the same either way.
     """
     if ins.tainted or any(f.code is Code.MEMORY_LIMIT for f in ins.findings):
         retire_after_call()
