@@ -131,7 +131,7 @@ def compare(verdicts: Iterable[Verdict], report: Report, paths: Mapping[str, str
 
 
 def check_corpus(
-    directory: Path, verdicts: Sequence[Verdict], *, timeout: float = 20.0, workers: int = 2
+    directory: Path, verdicts: Sequence[Verdict], *, timeout: float = 120.0, workers: int = 2
 ) -> CorpusResult:
     """One ``validate_many`` call over every file (the library's many-file path)."""
     paths = {v.name: str(directory / v.name) for v in verdicts}
@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("directory", type=Path)
     parser.add_argument("--oracle", action="store_true", help="compute verdicts (no VERDICTS.tsv)")
     parser.add_argument("--source", default=None, help="source label for --oracle")
-    parser.add_argument("--timeout", type=float, default=20.0)
+    parser.add_argument("--timeout", type=float, default=120.0, help="per file (check default)")
     args = parser.parse_args(argv)
     if args.oracle:
         verdicts = oracle_verdicts(args.directory, args.source or args.directory.name)

@@ -189,9 +189,16 @@ class Walk:
     # -- traversal ------------------------------------------------------------------
     def run(self, start: Any, where: str = "/") -> None:
         """Visit ``start`` (an open object id) and everything below it by hard links."""
-        stack: list[tuple[Any, str, int]] = [(start, where, 0)]
+        # (parent group, link name, path, depth); a member is opened only when its turn
+        # comes, so a group of a million members does not hold a million open objects.
+        stack: list[tuple[Any, bytes | None, str, int]] = [(start, None, where, 0)]
         while stack:
-            obj, name, depth = stack.pop()
+            parent, link, name, depth = stack.pop()
+            try:
+                obj = parent if link is None else h5py.h5o.open(parent, link)
+            except Exception as err:
+                self.add(name, Code.OBJECT_UNREADABLE, f"cannot be opened: {one_line(err)}")
+                continue
             try:
                 children = self._visit(obj, name, depth)
             except MemoryError:
@@ -207,7 +214,7 @@ class Walk:
             # Reversed, so that members are visited in name order (a stack pops the last).
             stack.extend(reversed(children))
 
-    def _visit(self, obj: Any, where: str, depth: int) -> list[tuple[Any, str, int]]:
+    def _visit(self, obj: Any, where: str, depth: int) -> list[tuple[Any, bytes | None, str, int]]:
         try:
             info = h5py.h5o.get_info(obj)
         except Exception as err:
@@ -245,7 +252,9 @@ class Walk:
         self.add(where, Code.OBJECT_UNREADABLE, f"object of unknown type {int(info.type)}")
         return []
 
-    def _members(self, gid: Any, where: str, depth: int) -> list[tuple[Any, str, int]]:
+    def _members(
+        self, gid: Any, where: str, depth: int
+    ) -> list[tuple[Any, bytes | None, str, int]]:
         try:
             # What h5py's ``attrs`` asks first (creation-order tracking); a damaged
             # group-creation message (e.g. its link filter pipeline) fails here.
@@ -261,14 +270,11 @@ class Walk:
             gid.links.iterate(collect, info=True)
         except Exception as err:
             self.add(where, Code.OBJECT_UNREADABLE, f"member list unreadable: {one_line(err)}")
-        children: list[tuple[Any, str, int]] = []
+        children: list[tuple[Any, bytes | None, str, int]] = []
         for name, kind in links:
             child = _join(where, name)
             if kind == h5py.h5l.TYPE_HARD:
-                try:
-                    children.append((h5py.h5o.open(gid, name), child, depth + 1))
-                except Exception as err:
-                    self.add(child, Code.OBJECT_UNREADABLE, f"cannot be opened: {one_line(err)}")
+                children.append((gid, name, child, depth + 1))
             elif kind == h5py.h5l.TYPE_SOFT:
                 self.add(child, Code.LINK_NOT_FOLLOWED, self._soft(gid, name), Severity.INFO)
             elif kind == h5py.h5l.TYPE_EXTERNAL:
@@ -436,9 +442,21 @@ class Walk:
                     "fill value): not read",
                     Severity.INFO,
                 )
-            if allocated == total or nbytes <= READ_BLOCK:
+            if nbytes <= READ_BLOCK:
                 # libhdf5 reads the allocated chunks and fills the rest in memory.
                 self._read_box(dsid, dtype, shape, (0,) * len(shape), shape, result)
+                self.stats.chunks_read += allocated
+                return
+            chunk_bytes = math.prod(chunk) * itemsize
+            if allocated == total and chunk_bytes <= READ_BLOCK:
+                # Blocks of whole chunks: each chunk is decompressed once (a block that
+                # cut through chunks bigger than the chunk cache would decompress them
+                # once per block).
+                grid = tuple(-(-n // c) for n, c in zip(shape, chunk, strict=True))
+                in_chunks = block_shape(grid, chunk_bytes)
+                block = tuple(g * c for g, c in zip(in_chunks, chunk, strict=True))
+                zero = (0,) * len(shape)
+                self._read_box(dsid, dtype, shape, zero, shape, result, block=block)
                 self.stats.chunks_read += allocated
                 return
             offsets: list[tuple[int, ...]] = []
@@ -466,6 +484,8 @@ class Walk:
         start: tuple[int, ...],
         stop: tuple[int, ...],
         result: DatasetRead,
+        *,
+        block: tuple[int, ...] | None = None,
     ) -> None:
         check = self.finite and dtype.kind in "fc"
         if not shape:  # scalar
@@ -474,7 +494,8 @@ class Walk:
             self._account(buf, check, result)
             return
         itemsize = dtype.itemsize if dtype.kind != "O" else 16
-        block = block_shape(tuple(e - s for s, e in zip(start, stop, strict=True)), itemsize)
+        if block is None:
+            block = block_shape(tuple(e - s for s, e in zip(start, stop, strict=True)), itemsize)
         if start == (0,) * len(shape) and stop == shape and block == shape:
             buf, mtype = _buffer(shape, dtype)
             dsid.read(h5py.h5s.ALL, h5py.h5s.ALL, buf, mtype=mtype)
