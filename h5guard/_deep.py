@@ -286,16 +286,22 @@ def inspect_file(
     return ins.findings, summary
 
 
-def _retire(ins: _Inspector) -> None:
-    """Ask for a fresh sandbox child after this file when its heap is known to be at risk.
+_LIBHDF5_FAILURES = frozenset({Code.UNREADABLE, Code.OBJECT_UNREADABLE, Code.MEMORY_LIMIT})
 
-    That is after reading region references (see :mod:`h5guard._walk`) and after running
-    out of memory. A crash, a timeout or an exception retires the child anyway (see
-    :mod:`h5guard.sandbox`). An ordinary libhdf5 error on damaged metadata does not:
-    retiring after each one made the corruption campaign 4.5x slower (a new interpreter
-    per damaged file), and the shared corpus's verdicts were the same either way.
+
+def _retire(ins: _Inspector) -> None:
+    """Ask for a fresh sandbox child after this file when its heap may be damaged.
+
+    That is after reading region references (see :mod:`h5guard._walk`) and after libhdf5
+    failed on the file, unless only checksums failed: libhdf5 verifies a checksummed
+    piece of metadata (or a fletcher32 chunk) before decoding it, so damaged bytes never
+    reached its decoder. Crafted metadata without a checksum can overflow a buffer
+    before libhdf5 notices: with children reused after such errors, a valid file read
+    next crashed ("free(): corrupted unsorted chunks") in a corpus run.
     """
-    if ins.tainted or any(f.code is Code.MEMORY_LIMIT for f in ins.findings):
+    if ins.tainted or any(
+        f.code in _LIBHDF5_FAILURES and "checksum" not in f.message for f in ins.findings
+    ):
         retire_after_call()
 
 

@@ -61,16 +61,14 @@ def main() -> None:
         except Exception as err:
             last = traceback.format_exception_only(err)[-1].strip()
             answer = ("error", last)
-        # After anything but a clean answer, or when the call asked for it, this process
-        # answers and exits: a heap that libhdf5 may have damaged reads no other file.
+        # After anything but a clean answer, or when the call asked for it, the answer
+        # says so, and the parent kills this process rather than give it another file: a
+        # heap that libhdf5 may have damaged reads no other file.
         retire = take_retirement() or answer[0] != "ok"
         try:
             _write_frame(stdout, (*answer, retire))
         except MemoryError:
             _write_frame(stdout, ("memory", "ran out of its memory limit", True))
-            return
-        if retire:
-            return
 
 
 if __name__ == "__main__":

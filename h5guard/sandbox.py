@@ -220,6 +220,7 @@ class Sandbox:
         workers: int | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         memory_limit: int = DEFAULT_MEMORY_LIMIT,
+        retire_on_request: bool = True,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout: expected seconds > 0, got {timeout}")
@@ -231,6 +232,10 @@ class Sandbox:
         self._idle: list[_Child] = []
         self._owns_children = True
         self.retired = 0  # children not reused after a call (see retire_after_call)
+        # False: a child that asked to be retired (retire_after_call) is reused anyway;
+        # for fault-injection campaigns that check thousands of damaged files and want
+        # the old speed. A child that crashed, timed out or raised is never reused.
+        self.retire_on_request = retire_on_request
 
     def __enter__(self) -> Sandbox:
         return self
@@ -316,10 +321,9 @@ class Sandbox:
                 child.close()
                 yield task, SandboxResult(failure="crashed", detail=note)
                 continue
-            if retire or status != "ok":
-                # Its heap may be damaged: never reuse it. It exits by itself after
-                # answering; it has nothing left to do, so it is killed rather than waited
-                # for. Its successor starts now, so that its interpreter start-up overlaps
+            if (retire and self.retire_on_request) or status != "ok":
+                # Its heap may be damaged: never reuse it. It has answered and has
+                # nothing left to do, so it is killed rather than waited for. Its successor starts now, so that its interpreter start-up overlaps
                 # the other children's work.
                 child.kill()
                 self.retired += 1
