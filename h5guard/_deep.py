@@ -18,17 +18,16 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
-from h5guard import _fastread, _layout, _read, _tree
+from h5guard import _fastread, _layout, _read, _superblock, _tree, _walk
 from h5guard.errors import SchemaError
 from h5guard.report import Code, FileKind, FileSummary, Finding, Severity
+from h5guard.sandbox import retire_after_call
 from h5guard.schema import DatasetInfo, Schema
 
 log = logging.getLogger(__name__)
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
+_one_line = _walk.one_line
 
 
 class _Inspector:
@@ -37,7 +36,9 @@ class _Inspector:
         self.schema = schema
         self.findings: list[Finding] = []
         self.groups: dict[str, str | None] = {}
+        self.invalid: list[str] = []  # top-level groups read and found not valid
         self.owned = False  # written by h5guard: digests are mandatory
+        self.tainted = False  # libhdf5 saw damage: this process should read no more files
 
     def add(self, obj: str, code: Code, message: str, severity: Severity = Severity.ERROR) -> None:
         self.findings.append(Finding(self.path, obj, code, severity, message))
@@ -97,13 +98,10 @@ class _Inspector:
         for name in names:
             member = f"{where}/{name}"
             try:
-                link = group.get(name, getlink=True)
-                if not isinstance(link, h5py.HardLink):
+                link = _link_kind(group.id, name)
+                if link is not None:
                     self.add(
-                        member,
-                        Code.UNEXPECTED_OBJECT,
-                        f"{type(link).__name__} not followed",
-                        Severity.WARNING,
+                        member, Code.UNEXPECTED_OBJECT, f"{link} not followed", Severity.WARNING
                     )
                     continue
                 obj = group[name]
@@ -120,7 +118,7 @@ class _Inspector:
                             "nested group in an h5guard file",
                             Severity.WARNING,
                         )
-                    self.read_foreign_tree(obj, member)
+                    self.walk_subtree(obj.id, member)
                 else:
                     self.add(
                         member,
@@ -130,6 +128,7 @@ class _Inspector:
                     )
             except Exception as err:
                 self.add(member, Code.OBJECT_UNREADABLE, f"unreadable: {_one_line(err)}")
+                self.invalid.append(key)
                 return
         if digest is not None:
             for name in sorted(attrs, key=lambda n: n.encode("utf-8")):
@@ -141,9 +140,11 @@ class _Inspector:
                     Code.DIGEST_MISMATCH,
                     f"content digest differs: stored {stored_text}, computed {computed}",
                 )
+                self.invalid.append(key)
                 return
         elif self.owned:
             self.add(where, Code.DIGEST_MISSING, f"group has no {_layout.DIGEST_ATTR} attribute")
+            self.invalid.append(key)
             return
         if self.schema is not None:
             violations = self.schema.check(infos, attrs)
@@ -151,7 +152,14 @@ class _Inspector:
                 obj = f"{where}/{v.obj}" if v.obj else where
                 self.add(obj, v.code, v.message)
             if violations:
+                self.invalid.append(key)
                 return
+        if any(
+            f.severity >= Severity.WARNING and (f.obj == where or f.obj.startswith(where + "/"))
+            for f in self.findings
+        ):
+            self.invalid.append(key)  # something below it (a nested group) is damaged
+            return
         self.groups[key] = stored_text
 
     def inspect_tree(self, group: h5py.Group, key: str, stored_text: str) -> None:
@@ -177,19 +185,12 @@ class _Inspector:
                 return
         self.groups[key] = stored_text
 
-    def read_foreign_tree(self, group: h5py.Group, where: str) -> None:
-        """Read everything below a group that no digest covers; raises on error."""
-        _layout.read_attrs(group)
-        for name in group:
-            link = group.get(name, getlink=True)
-            if not isinstance(link, h5py.HardLink):
-                continue
-            obj = group[name]
-            if isinstance(obj, h5py.Group):
-                self.read_foreign_tree(obj, f"{where}/{name}")
-            elif isinstance(obj, h5py.Dataset):
-                self.read_dataset(obj, None)
-                _layout.read_attrs(obj)
+    def walk_subtree(self, oid: Any, where: str) -> None:
+        """Read everything below an object that no digest covers (:mod:`h5guard._walk`)."""
+        walk = _walk.Walk(self.path, oid)
+        walk.run(oid, where)
+        self.findings.extend(walk.findings)
+        self.tainted = self.tainted or walk.tainted
 
 
 class _FastGroups:
@@ -270,45 +271,155 @@ def _normalized(text: str) -> str:
         return text
 
 
-def inspect_file(path: str, schema_json: str | None = None) -> tuple[list[Finding], FileSummary]:
-    """Read every object of ``path``; return findings and a summary of the file."""
+def inspect_file(
+    path: str, schema_json: str | None = None, clear_write_flags: bool = False
+) -> tuple[list[Finding], FileSummary]:
+    """Read every object of ``path``; return findings and a summary of the file.
+
+    ``clear_write_flags``: the superblock's "open for write" flags are set (libhdf5
+    refuses such a file; the quick layer reported it): read the file as if they were
+    clear, so that damage behind the flags is reported too. The file is not modified.
+    """
     ins = _Inspector(path, None)
     size = _size(path)
     try:
-        f = h5py.File(path, "r", locking=False)
+        f = _open(path, clear_write_flags=clear_write_flags)
     except Exception as err:
         ins.add("/", Code.UNREADABLE, f"HDF5 cannot open the file: {_one_line(err)}")
+        _retire(ins)
         return ins.findings, FileSummary(path, FileKind.UNREADABLE, size)
     with f:
-        root_attrs = ins.read_attrs(f, "/")
-        fmt = _text(root_attrs, _layout.FORMAT_ATTR)
+        fmt = _root_text(f, _layout.FORMAT_ATTR)
         kind = {
             _layout.SHARD_FORMAT: FileKind.SHARD,
             _layout.OUTPUT_FORMAT: FileKind.OUTPUT,
         }.get(fmt or "", FileKind.FOREIGN)
         ins.owned = kind is not FileKind.FOREIGN
-        embedded = _text(root_attrs, _layout.SCHEMA_ATTR)
-        ins.schema = _pick_schema(ins, schema_json, embedded)
-        try:
-            names = list(f)
-        except Exception as err:
-            ins.add("/", Code.UNREADABLE, f"root group unreadable: {_one_line(err)}")
-            return ins.findings, FileSummary(path, FileKind.UNREADABLE, size)
-        fast = _fast_groups(path) if ins.owned else None
-        try:
-            _inspect_members(ins, f, names, fast)
-        finally:
-            if fast is not None:
-                fast.close()
-        _note_foreign(ins)
+        if ins.owned:
+            readable, embedded = _inspect_owned(ins, f, schema_json)
+        else:
+            embedded = _root_text(f, _layout.SCHEMA_ATTR)
+            ins.schema = _pick_schema(ins, schema_json, embedded)
+            readable = _inspect_foreign(ins, f)
+            _note_foreign(ins)
+    _retire(ins)
     summary = FileSummary(
         path,
-        kind if root_attrs is not None else FileKind.UNREADABLE,
+        kind if readable else FileKind.UNREADABLE,
         size,
         groups=ins.groups,
         schema_json=embedded if embedded is not None else schema_json,
+        invalid_groups=tuple(ins.invalid),
     )
     return ins.findings, summary
+
+
+_LIBHDF5_FAILURES = frozenset({Code.UNREADABLE, Code.OBJECT_UNREADABLE, Code.MEMORY_LIMIT})
+
+
+def _retire(ins: _Inspector) -> None:
+    """Ask for a fresh sandbox child after this file when its heap may be damaged.
+
+    That is after reading region references (see :mod:`h5guard._walk`) and after libhdf5
+    failed on the file, unless only checksums failed: libhdf5 verifies a checksummed
+    piece of metadata (or a fletcher32 chunk) before decoding it, so damaged bytes never
+    reached its decoder. Crafted metadata without a checksum can overflow a buffer
+    before libhdf5 notices: with children reused after such errors, a valid file read
+    next crashed ("free(): corrupted unsorted chunks") in a corpus run.
+    """
+    if ins.tainted or any(
+        f.code in _LIBHDF5_FAILURES and "checksum" not in f.message for f in ins.findings
+    ):
+        retire_after_call()
+
+
+def _inspect_owned(
+    ins: _Inspector, f: h5py.File, schema_json: str | None
+) -> tuple[bool, str | None]:
+    root_attrs = ins.read_attrs(f, "/")
+    embedded = _text(root_attrs, _layout.SCHEMA_ATTR)
+    ins.schema = _pick_schema(ins, schema_json, embedded)
+    try:
+        names = list(f)
+    except Exception as err:
+        ins.add("/", Code.UNREADABLE, f"root group unreadable: {_one_line(err)}")
+        return False, embedded
+    fast = _fast_groups(ins.path)
+    try:
+        _inspect_members(ins, f, names, fast)
+    finally:
+        if fast is not None:
+            fast.close()
+    return root_attrs is not None, embedded
+
+
+def _inspect_foreign(ins: _Inspector, f: h5py.File) -> bool:
+    """The whole file through one walk; top-level groups then get the schema."""
+    schema = ins.schema
+    finite = schema is not None and any(spec.finite for spec in schema.datasets.values())
+    walk = _walk.Walk(ins.path, f.id, finite=finite, keep=True)
+    try:
+        root = h5py.h5o.open(f.id, b"/")  # the root group itself, not the file
+    except Exception as err:
+        ins.add("/", Code.UNREADABLE, f"root group unreadable: {_one_line(err)}")
+        return False
+    walk.run(root, "/")
+    ins.findings.extend(walk.findings)
+    ins.tainted = ins.tainted or walk.tainted
+    bad = [x.obj for x in walk.findings if x.severity >= Severity.WARNING]
+    for where in sorted(walk.kept_datasets, key=lambda w: w.encode("utf-8")):
+        key = where[1:]
+        if any(obj == where or obj.startswith(where + "/") for obj in bad):
+            ins.invalid.append(key)
+            continue
+        if schema is not None:
+            infos = {
+                name: DatasetInfo(dtype=r.dtype, shape=r.shape, all_finite=r.all_finite)
+                for name, r in walk.kept_datasets[where].items()
+            }
+            violations = schema.check(infos, walk.kept_attrs.get(where, {}))
+            for v in violations:
+                ins.add(f"{where}/{v.obj}" if v.obj else where, v.code, v.message)
+            if violations:
+                ins.invalid.append(key)
+                continue
+        ins.groups[key] = None
+    root_damaged = any(x.obj == "/" and x.severity is Severity.ERROR for x in walk.findings)
+    return not root_damaged
+
+
+def _root_text(f: h5py.File, name: str) -> str | None:
+    """One root attribute as text, opened by name alone (the walk reads all of them)."""
+    try:
+        if not h5py.h5a.exists(f.id, name.encode("utf-8")):
+            return None
+        value = _layout.read_attr_id(h5py.h5a.open(f.id, name.encode("utf-8")))
+    except Exception:  # damaged attribute storage: the walk reports it
+        return None
+    return _text({name: value}, name)
+
+
+def _link_kind(gid: Any, name: str) -> str | None:
+    """None for a hard link, else what kind of link it is (raises if unreadable)."""
+    kind = int(gid.links.get_info(name.encode("utf-8")).type)
+    if kind == h5py.h5l.TYPE_HARD:
+        return None
+    if kind == h5py.h5l.TYPE_SOFT:
+        return "soft link"
+    if kind == h5py.h5l.TYPE_EXTERNAL:
+        return "external link"
+    return f"user-defined link (type {kind})"
+
+
+def _open(path: str, *, clear_write_flags: bool) -> h5py.File:
+    if not clear_write_flags:
+        return h5py.File(path, "r", locking=False)
+    view = _superblock.FlagsClearedView(path)
+    try:
+        return h5py.File(view, "r", locking=False)
+    except BaseException:
+        view.close()
+        raise
 
 
 def _fast_groups(path: str) -> _FastGroups | None:
@@ -327,13 +438,10 @@ def _inspect_members(
             # The fast path first: it needs no h5py objects, which cost more than it does.
             if fast is not None and fast.accept(ins, f, name):
                 continue
-            link = f.get(name, getlink=True)
-            if not isinstance(link, h5py.HardLink):
+            link = _link_kind(f.id, name)
+            if link is not None:
                 ins.add(
-                    f"/{name}",
-                    Code.UNEXPECTED_OBJECT,
-                    f"{type(link).__name__} not followed",
-                    Severity.WARNING,
+                    f"/{name}", Code.UNEXPECTED_OBJECT, f"{link} not followed", Severity.WARNING
                 )
                 continue
             obj = f[name]

@@ -19,7 +19,7 @@ import h5py  # noqa: F401
 import numpy  # noqa: F401
 
 from h5guard import _deep  # noqa: F401
-from h5guard.sandbox import _read_frame, _write_frame, die_with_parent
+from h5guard.sandbox import _read_frame, _write_frame, die_with_parent, take_retirement
 
 
 def _address_space() -> int:
@@ -46,6 +46,7 @@ def main() -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     # Nothing but frames may reach the real stdout.
     sys.stdout = sys.stderr
+    _write_frame(stdout, ("ready", None, False))  # the parent starts the call's clock now
     while True:
         try:
             module, func, args = _read_frame(stdin)
@@ -60,10 +61,14 @@ def main() -> None:
         except Exception as err:
             last = traceback.format_exception_only(err)[-1].strip()
             answer = ("error", last)
+        # After anything but a clean answer, or when the call asked for it, the answer
+        # says so, and the parent kills this process rather than give it another file: a
+        # heap that libhdf5 may have damaged reads no other file.
+        retire = take_retirement() or answer[0] != "ok"
         try:
-            _write_frame(stdout, answer)
+            _write_frame(stdout, (*answer, retire))
         except MemoryError:
-            _write_frame(stdout, ("memory", "ran out of its memory limit"))
+            _write_frame(stdout, ("memory", "ran out of its memory limit", True))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,12 @@ tens of thousands of files per second. It finds the signature (HDF5 looks at off
 0, 512, 1024, 2048, ...), parses the superblock, verifies its checksum (versions 2
 and 3), compares the recorded end-of-file address with the real size (truncation),
 and reads the "file is open for write" flag that a killed writer leaves set.
+
+The flags are judged as libhdf5 judges them when it opens a file read-only: only a
+version-3 superblock with a write-access flag set makes libhdf5 refuse the file (an
+error); a version-2 superblock's flags are ignored (a note); versions 0 and 1 have
+flags libhdf5 only checks for unknown bits. Bytes past the recorded end of file are a
+note: libhdf5 ignores them (the deep layer makes them a warning in h5guard's own files).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from h5guard.report import Code, Finding, Severity
 
@@ -21,6 +27,7 @@ UNDEFINED = 0xFFFFFFFFFFFFFFFF
 _MASK = 0xFFFFFFFF
 _FLAG_WRITE = 0x01
 _FLAG_SWMR_WRITE = 0x04
+_KNOWN_FLAGS = 0x07  # write access, file ok, SWMR write access
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +36,8 @@ class SuperblockInfo:
     version: int
     base_address: int
     eof_address: int  # recorded end of file, comparable with the file size
-    open_for_write: bool
+    open_for_write: bool  # a write-access flag is set (v2 or v3)
+    refused: bool = False  # ... and libhdf5 refuses to open the file for it (v3 only)
 
 
 def _rot(x: int, k: int) -> int:
@@ -160,7 +168,14 @@ def _parse_superblock(
             return out, None
         base = int.from_bytes(head[pos : pos + sizeof_offsets], "little")
         eof = int.from_bytes(head[pos + 2 * sizeof_offsets : pos + 3 * sizeof_offsets], "little")
-        open_for_write = False  # v0/1 superblocks have no usable status flags
+        open_for_write = False  # libhdf5 does not act on v0/1 write flags
+        flags01 = int.from_bytes(head[20:24], "little")
+        if flags01 & ~_KNOWN_FLAGS:
+            add(
+                Code.SUPERBLOCK_CORRUPT,
+                f"superblock v{version}: unknown status flags {flags01:#x} (libhdf5 refuses them)",
+            )
+            return out, None
     elif version in (2, 3):
         if len(head) < 12:
             add(Code.TRUNCATED, f"file ends inside the superblock ({size} bytes)")
@@ -194,21 +209,102 @@ def _parse_superblock(
     # libhdf5 compares the stored end-of-file address with the physical size as is:
     # despite the format spec, it is not offset by the base address (a userblock).
     absolute_eof = eof
-    info = SuperblockInfo(offset, version, base, absolute_eof, open_for_write)
-    if open_for_write:
+    refused = open_for_write and version >= 3
+    info = SuperblockInfo(offset, version, base, absolute_eof, open_for_write, refused)
+    if refused:
         add(
             Code.OPEN_FOR_WRITE,
             "superblock says a writer still has the file open: it was killed before closing "
-            "(or is still writing)",
+            "(or is still writing); libhdf5 refuses to open it until the flags are cleared",
+        )
+    elif open_for_write:
+        add(
+            Code.OPEN_FOR_WRITE,
+            f"superblock v{version} says a writer had the file open (killed before closing?); "
+            "libhdf5 ignores these flags in a version-2 superblock and opens it",
+            Severity.INFO,
         )
     if absolute_eof == UNDEFINED or absolute_eof > size:
         shown = "undefined" if absolute_eof == UNDEFINED else f"{absolute_eof} bytes"
         add(Code.TRUNCATED, f"superblock says the file is {shown}, found {size} bytes")
     elif absolute_eof < size:
+        if open_for_write:
+            why = "written after the writer's last flush (or it was never flushed)"
+        else:
+            why = (
+                "written after the writer's last flush, or appended to the file later; "
+                "libhdf5 ignores them"
+            )
         add(
             Code.TRAILING_DATA,
-            f"superblock says the file is {absolute_eof} bytes, found {size}: "
-            f"{size - absolute_eof} bytes were appended after the writer closed it",
-            Severity.WARNING,
+            f"superblock says the file ends at {absolute_eof} bytes, found {size}: "
+            f"{size - absolute_eof} bytes lie past the recorded end, {why}",
+            Severity.INFO,
         )
     return out, info
+
+
+class FlagsClearedView:
+    """A read-only file object over an HDF5 file whose superblock "open for write"
+    flags read as cleared (checksum recomputed), for h5py's ``fileobj`` driver.
+
+    libhdf5 refuses a version-3 file with those flags; this lets the deep layer read
+    what lies behind them without modifying the file or copying it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed in close()
+        try:
+            _, info = quick_check(path)
+            if info is None or info.version < 2:
+                raise ValueError(f"{path}: no version 2/3 superblock to patch")
+            self._fh.seek(info.offset)
+            head = bytearray(self._fh.read(12 + 4 * 8 + 4))
+            head[11] &= ~(_FLAG_WRITE | _FLAG_SWMR_WRITE) & 0xFF
+            end = 12 + 4 * head[9]
+            head[end : end + 4] = lookup3(bytes(head[:end])).to_bytes(4, "little")
+            self._patch_at = info.offset
+            self._patch = bytes(head[: end + 4])
+        except BaseException:
+            self._fh.close()
+            raise
+        self._pos = 0
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self._pos = self._fh.seek(pos, whence)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        self._fh.seek(self._pos)
+        data = self._fh.read(n)
+        start, stop = self._pos, self._pos + len(data)
+        self._pos = stop
+        lo, hi = max(start, self._patch_at), min(stop, self._patch_at + len(self._patch))
+        if lo >= hi:
+            return data
+        out = bytearray(data)
+        out[lo - start : hi - start] = self._patch[lo - self._patch_at : hi - self._patch_at]
+        return bytes(out)
+
+    def readinto(self, buf: Any) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def write(self, data: bytes) -> int:
+        raise OSError("read-only view")
+
+    def truncate(self, size: int | None = None) -> int:
+        raise OSError("read-only view")
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __del__(self) -> None:
+        self._fh.close()

@@ -57,6 +57,12 @@ class Code(enum.StrEnum):
     PARTIAL_FILE = "PARTIAL_FILE"
     EXPECTED_MISSING = "EXPECTED_MISSING"
     SEAL_MISMATCH = "SEAL_MISMATCH"
+    LINK_NOT_FOLLOWED = "LINK_NOT_FOLLOWED"
+    COMMITTED_DATATYPE = "COMMITTED_DATATYPE"
+    UNALLOCATED_DATA = "UNALLOCATED_DATA"
+    EXTERNAL_DATA = "EXTERNAL_DATA"
+    FILTER_MISSING = "FILTER_MISSING"
+    NOTHING_TO_CHECK = "NOTHING_TO_CHECK"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -109,6 +115,8 @@ class FileSummary:
     size: int
     groups: Mapping[str, str | None] = field(default_factory=dict)
     schema_json: str | None = None
+    # Top-level groups that were read but are not valid (damaged, schema, digest).
+    invalid_groups: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +124,7 @@ class FileSummary:
             "kind": str(self.kind),
             "size": self.size,
             "groups": len(self.groups),
+            "groups_invalid": len(self.invalid_groups),
         }
 
 
@@ -152,7 +161,8 @@ class Report:
         return {
             "ok": self.ok,
             "files_checked": len(self.files),
-            "groups_checked": sum(len(f.groups) for f in self.files),
+            "groups_checked": sum(len(f.groups) + len(f.invalid_groups) for f in self.files),
+            "groups_valid": sum(len(f.groups) for f in self.files),
             "counts": self.counts(),
             "findings": [f.to_dict() for f in sorted(self.findings)],
             "files": [f.to_dict() for f in self.files],
@@ -163,12 +173,17 @@ class Report:
         return "\n".join(str(f) for f in sorted(self.findings))
 
     def render_summary(self) -> str:
+        """One line; its words are the keys of :meth:`to_dict` (``info``, not "notes")."""
         c = self.counts()
-        groups = sum(len(f.groups) for f in self.files)
+        valid = sum(len(f.groups) for f in self.files)
+        invalid = sum(len(f.invalid_groups) for f in self.files)
         verdict = "OK" if self.ok else "PROBLEMS FOUND"
+        groups = f"{valid} group(s) checked"
+        if invalid:
+            groups = f"{valid + invalid} group(s) checked, {invalid} invalid"
         return (
-            f"{verdict}: {len(self.files)} file(s), {groups} group(s) checked; "
-            f"{c['error']} error(s), {c['warning']} warning(s), {c['info']} note(s)"
+            f"{verdict}: {len(self.files)} file(s), {groups}; "
+            f"{c['error']} error(s), {c['warning']} warning(s), {c['info']} info"
         )
 
     def render_json(self) -> str:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_MEMORY_LIMIT = 1024**3
+STARTUP_ALLOWANCE = 60.0  # seconds a new child may take to start before its first call
 _HEADER = 8
 
 
@@ -56,6 +57,26 @@ class SandboxResult:
 
 
 _PR_SET_PDEATHSIG = 1
+_retire_requested = False
+
+
+def retire_after_call() -> None:
+    """Called inside a sandboxed function: this child must not run another call.
+
+    For a function that saw libhdf5 fail on damaged metadata (or read data that makes
+    libhdf5 allocate library-owned objects): the process's heap may be damaged without
+    having crashed yet, and the next file's verdict must not depend on it. Outside a
+    sandbox child it does nothing.
+    """
+    global _retire_requested
+    _retire_requested = True
+
+
+def take_retirement() -> bool:
+    """For the child's main loop: was retirement requested during the last call?"""
+    global _retire_requested
+    requested, _retire_requested = _retire_requested, False
+    return requested
 
 
 def die_with_parent() -> None:
@@ -120,6 +141,10 @@ class _Child:
             raise SandboxError(f"cannot start the checker process {sys.executable}: {err}") from err
         self.task: int | None = None
         self.deadline = 0.0
+        self.timeout = 0.0
+        # Until the child says it is ready (interpreter, h5py and numpy imported), a call's
+        # clock does not run: start-up, slow on a loaded machine, is not the file's time.
+        self.ready = False
 
     @property
     def fd(self) -> int:
@@ -129,12 +154,25 @@ class _Child:
     def send(self, task: int, payload: tuple[Any, ...], timeout: float) -> None:
         assert self.proc.stdin is not None
         self.task = task
-        self.deadline = time.monotonic() + timeout
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout + (0.0 if self.ready else STARTUP_ALLOWANCE)
         _write_frame(self.proc.stdin, payload)
 
     def receive(self) -> Any:
-        assert self.proc.stdout is not None
-        return _read_frame(self.proc.stdout)
+        """The next frame. Read with os.read, never through a buffered reader: a
+        read-ahead would hide the answer that follows the ready frame from select()."""
+        size = int.from_bytes(self._read_exact(_HEADER), "little")
+        return pickle.loads(self._read_exact(size))
+
+    def _read_exact(self, n: int) -> bytes:
+        chunks = []
+        while n:
+            chunk = os.read(self.fd, n)
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
 
     def death_note(self) -> str:
         code = self.proc.wait()
@@ -182,6 +220,7 @@ class Sandbox:
         workers: int | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         memory_limit: int = DEFAULT_MEMORY_LIMIT,
+        retire_on_request: bool = True,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout: expected seconds > 0, got {timeout}")
@@ -192,6 +231,11 @@ class Sandbox:
         self.memory_limit = memory_limit
         self._idle: list[_Child] = []
         self._owns_children = True
+        self.retired = 0  # children not reused after a call (see retire_after_call)
+        # False: a child that asked to be retired (retire_after_call) is reused anyway;
+        # for fault-injection campaigns that check thousands of damaged files and want
+        # the old speed. A child that crashed, timed out or raised is never reused.
+        self.retire_on_request = retire_on_request
 
     def __enter__(self) -> Sandbox:
         return self
@@ -250,12 +294,14 @@ class Sandbox:
                         child = _Child(self.memory_limit)
                         child.send(index, (module, func, args), self.timeout)
                     running[child.fd] = child
-                yield from self._collect(running)
+                yield from self._collect(running, spare=bool(pending))
         finally:
             for child in running.values():
                 child.kill()
 
-    def _collect(self, running: dict[int, _Child]) -> Iterator[tuple[int, SandboxResult]]:
+    def _collect(
+        self, running: dict[int, _Child], *, spare: bool
+    ) -> Iterator[tuple[int, SandboxResult]]:
         now = time.monotonic()
         wait = max(0.0, min(c.deadline for c in running.values()) - now)
         ready, _, _ = select.select(list(running), [], [], wait)
@@ -264,13 +310,27 @@ class Sandbox:
             assert child.task is not None
             task = child.task
             try:
-                status, payload = child.receive()
-            except (EOFError, OSError, pickle.UnpicklingError):
+                status, payload, retire = child.receive()
+                if status == "ready":
+                    child.ready = True
+                    child.deadline = time.monotonic() + child.timeout
+                    running[fd] = child
+                    continue
+            except (EOFError, OSError, pickle.UnpicklingError, ValueError):
                 note = child.death_note()
                 child.close()
                 yield task, SandboxResult(failure="crashed", detail=note)
                 continue
-            self._idle.append(child)
+            if (retire and self.retire_on_request) or status != "ok":
+                # Its heap may be damaged: never reuse it. It has answered and has
+                # nothing left to do, so it is killed rather than waited for. Its successor starts now, so that its interpreter start-up overlaps
+                # the other children's work.
+                child.kill()
+                self.retired += 1
+                if spare:
+                    self._idle.append(_Child(self.memory_limit))
+            else:
+                self._idle.append(child)
             if status == "ok":
                 yield task, SandboxResult(value=payload)
             else:

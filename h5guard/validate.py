@@ -13,11 +13,11 @@ import logging
 import mmap
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from h5guard import _atomic, _fastread, _seal
-from h5guard._deep import sealed_summary
 from h5guard._superblock import quick_check
 from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
 from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox, SandboxResult
@@ -31,13 +31,41 @@ SEAL_CHECK_LIMIT = 256 * 1024 * 1024  # bytes; bigger files' seals are not re-ha
 ProgressCallback = Callable[[int, int], None]
 
 
+# Notes about what the check did not follow or read. They describe a readable file, so
+# they pass by default; ``strict=True`` makes them warnings (exit 1) for those who want
+# every byte of a file accounted for.
+STRUCTURAL_NOTES = frozenset({Code.LINK_NOT_FOLLOWED, Code.EXTERNAL_DATA, Code.TRAILING_DATA})
+_OWNED = (FileKind.SHARD, FileKind.OUTPUT)
+
+
+def apply_policy(
+    findings: Iterable[Finding], kinds: Mapping[str, FileKind], *, strict: bool = False
+) -> list[Finding]:
+    """The verdict policy, the same for every object at every depth (docs/check.md).
+
+    Bytes past the recorded end of an h5guard file are a warning (h5guard never leaves
+    any; a writer was killed after a flush, or the file was appended to); in a foreign
+    file, libhdf5 ignores them: a note. ``strict`` turns structural notes into warnings.
+    """
+    out: list[Finding] = []
+    for f in findings:
+        severity = f.severity
+        if f.code is Code.TRAILING_DATA and kinds.get(f.path) in _OWNED:
+            severity = max(severity, Severity.WARNING)
+        if strict and f.code in STRUCTURAL_NOTES:
+            severity = max(severity, Severity.WARNING)
+        out.append(f if severity is f.severity else replace(f, severity=severity))
+    return out
+
+
 def _sandbox_findings(path: str, result: SandboxResult) -> list[Finding]:
     if result.failure == "timeout":
         code, msg = (
             Code.TIMEOUT,
             (
                 f"reading the file {result.detail}; libhdf5 can loop forever on damaged "
-                "metadata (e.g. a variable-length string heap)"
+                "metadata (e.g. a variable-length string heap); a huge intact file may "
+                "need a longer --timeout"
             ),
         )
     elif result.failure == "memory":
@@ -68,22 +96,33 @@ def validate_many(
     sandbox: Sandbox | None = None,
     progress: ProgressCallback | None = None,
     trust_seals: bool = False,
+    strict: bool = False,
 ) -> Report:
     """Validate each file; one report for all of them. Never raises for a bad file.
 
     ``trust_seals``: a shard whose seal matches its bytes is summarized from its index
     in-process instead of being read fully in the sandbox (what the merge does; see
     :mod:`h5guard._seal`). A sandbox is started only if some file needs the full read.
+    ``strict``: notes about what was not followed (links, external data, bytes past the
+    end of file) become warnings; see :func:`apply_policy`.
     """
     findings: list[Finding] = []
     summaries: dict[str, FileSummary] = {}
     deep_paths: list[str] = []
+    refused: set[str] = set()  # write flags set: libhdf5 refuses it as it is
     done = 0
     schema_json = schema.to_json() if schema is not None else None
     for path in paths:
         quick, info = quick_check(path)
         findings.extend(quick)
-        fatal = info is None or any(f.severity is Severity.ERROR for f in quick)
+        # A flag libhdf5 refuses the file for does not stop the deep layer: it reads the
+        # file as if the flags were clear, so that damage behind them is reported too.
+        fatal = info is None or any(
+            f.severity is Severity.ERROR and f.code is not Code.OPEN_FOR_WRITE for f in quick
+        )
+        if info is not None and info.refused:
+            refused.add(path)
+            fatal = fatal or not deep
         if fatal or not deep:
             summary = _quick_summary(path)
             kind = FileKind.UNREADABLE if fatal else FileKind.UNOPENED
@@ -119,7 +158,7 @@ def validate_many(
             memory_limit=memory_limit,
         )
         try:
-            calls = [(p, schema_json) for p in deep_paths]
+            calls = [(p, schema_json, p in refused) for p in deep_paths]
             for index, result in box.map(_DEEP_TARGET, calls):
                 path = deep_paths[index]
                 if result.ok:
@@ -137,6 +176,8 @@ def validate_many(
                 box.close()
             hashing.join()
         findings.extend(_seal_finding(p) for p in deep_paths if seals.get(p) is False)
+    kinds = {p: s.kind for p, s in summaries.items()}
+    findings = apply_policy(findings, kinds, strict=strict)
     return Report(tuple(sorted(findings)), tuple(summaries[p] for p in paths))
 
 
@@ -168,6 +209,8 @@ def _sealed(path: str, schema_json: str | None) -> FileSummary | None:
                 root_attrs: dict[str, bytes] | None = _fastread.root_attribute_values(buf)
             except (_fastread.Unsupported, _fastread.Malformed):
                 root_attrs = None  # e.g. attributes in dense storage: libhdf5 reads them
+        from h5guard._deep import sealed_summary  # imports h5py: only when a seal matched
+
         return sealed_summary(path, schema_json, root_attrs)
     except Exception as err:  # readable only in theory: let the sandbox say what is wrong
         log.debug("%s: sealed summary failed (%s); reading it fully", path, err)
@@ -182,6 +225,7 @@ def validate(
     timeout: float = DEFAULT_TIMEOUT,
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     sandbox: Sandbox | None = None,
+    strict: bool = False,
 ) -> Report:
     """Validate one file: quick layer, then (``deep=True``) the sandboxed full read.
 
@@ -195,6 +239,7 @@ def validate(
         memory_limit=memory_limit,
         workers=1,
         sandbox=sandbox,
+        strict=strict,
     )
 
 
@@ -212,11 +257,31 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[str], li
             files.append(path)
             continue
         entries = sorted(Path(path).iterdir())
-        files.extend(str(p) for p in entries if p.suffix == ".h5" and p.is_file())
-        for p in entries:
-            if p.name.endswith(_atomic.PARTIAL_SUFFIX):
-                findings.append(partial_finding(str(p)))
+        found = [str(p) for p in entries if p.suffix == ".h5" and p.is_file()]
+        files.extend(found)
+        partials = [p for p in entries if p.name.endswith(_atomic.PARTIAL_SUFFIX)]
+        for p in partials:
+            findings.append(partial_finding(str(p)))
+        if not found and not partials:
+            findings.append(_nothing_to_check(path))
     return files, findings
+
+
+def _nothing_to_check(directory: str) -> Finding:
+    quarantine = Path(directory) / QUARANTINE_DIR
+    held = (
+        sum(1 for p in quarantine.iterdir() if p.is_file() and p.suffix == ".h5")
+        if quarantine.is_dir()
+        else 0
+    )
+    where = f" ({held} quarantined file(s) in {QUARANTINE_DIR}/, not checked)" if held else ""
+    return Finding(
+        directory,
+        "/",
+        Code.NOTHING_TO_CHECK,
+        Severity.WARNING,
+        f"directory holds no *.h5 file to check{where}",
+    )
 
 
 def partial_finding(path: str) -> Finding:
@@ -243,11 +308,13 @@ def check(
     workers: int | None = None,
     progress: ProgressCallback | None = None,
     sandbox: Sandbox | None = None,
+    strict: bool = False,
 ) -> Report:
     """What ``h5guard check`` does: validate files and directories, then expected keys.
 
     Each key in ``expect`` that no valid group in any checked file has is an
-    ``EXPECTED_MISSING`` finding.
+    ``EXPECTED_MISSING`` finding. A directory argument that holds no file to check is a
+    ``NOTHING_TO_CHECK`` warning: an empty result must not pass silently.
     """
     files, extra = expand_paths(paths)
     report = validate_many(
@@ -259,6 +326,7 @@ def check(
         workers=workers,
         progress=progress,
         sandbox=sandbox,
+        strict=strict,
     )
     findings = list(report.findings) + extra
     if expect is not None:

@@ -57,7 +57,15 @@ def test_json_shape(shard_dir: Path) -> None:
     proc = h5guard("check", str(shard_dir), "--json")
     assert proc.returncode == 1
     doc = json.loads(proc.stdout)
-    assert set(doc) == {"ok", "files_checked", "groups_checked", "counts", "findings", "files"}
+    assert set(doc) == {
+        "ok",
+        "files_checked",
+        "groups_checked",
+        "groups_valid",
+        "counts",
+        "findings",
+        "files",
+    }
     assert doc["ok"] is False and doc["files_checked"] == 2 and doc["groups_checked"] == 2
     [finding] = doc["findings"]
     assert set(finding) == {"path", "object", "code", "severity", "message"}
@@ -128,3 +136,65 @@ def test_main_in_process(shard_dir: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["check", str(shard_dir / "missing.h5")]) == 2
     err = capsys.readouterr().err
     assert "missing.h5: no such file or directory" in err
+
+
+# -- issue #17 items in the check code: each failed on the code before --------------------
+def test_text_summary_and_json_use_the_same_word_for_each_severity(shard_dir: Path) -> None:
+    shutil.copy(FIXTURES / "foreign.h5", shard_dir / "foreign.h5")  # gets an info finding
+    text = h5guard("check", str(shard_dir))
+    doc = json.loads(h5guard("check", "--json", str(shard_dir)).stdout)
+    summary = text.stderr.strip().splitlines()[-1]
+    for word, count in doc["counts"].items():
+        assert f"{count} {word}" in summary, (word, summary)
+    assert doc["counts"]["info"] >= 1
+
+
+def test_summary_counts_groups_that_fail_the_schema(shard_dir: Path, tmp_path: Path) -> None:
+    schema = tmp_path / "s.json"
+    schema.write_text('{"datasets": {"x": {"shape": [3]}}}')  # group b has 4 values
+    proc = h5guard("check", "--schema", str(schema), str(shard_dir))
+    summary = proc.stderr.strip().splitlines()[-1]
+    assert "2 group(s) checked, 1 invalid" in summary
+    doc = json.loads(h5guard("check", "--json", "--schema", str(schema), str(shard_dir)).stdout)
+    assert (doc["groups_checked"], doc["groups_valid"]) == (2, 1)
+
+
+def test_a_directory_with_only_quarantine_is_not_ok(tmp_path: Path) -> None:
+    (tmp_path / "quarantine").mkdir()
+    shutil.copy(FIXTURES / "good_shard.h5", tmp_path / "quarantine" / "bad.h5")
+    proc = h5guard("check", str(tmp_path))
+    assert proc.returncode == 1
+    assert proc.stdout.strip() == (
+        f"{tmp_path}:/: NOTHING_TO_CHECK directory holds no *.h5 file to check "
+        "(1 quarantined file(s) in quarantine/, not checked)"
+    )
+
+
+_KILLED_BEFORE_FIRST_FLUSH = """
+import os, sys
+import numpy as np
+import h5py
+f = h5py.File(sys.argv[1], "w", libver=("v110", "latest"), locking=False)
+f.create_dataset("x", data=np.arange(100000.0))
+os._exit(0)  # killed: never flushed, never closed
+"""
+
+
+def test_a_never_flushed_file_is_not_said_to_be_appended_to(tmp_path: Path) -> None:
+    path = tmp_path / "killed.h5"
+    subprocess.run([sys.executable, "-c", _KILLED_BEFORE_FIRST_FLUSH, str(path)], check=True)
+    proc = h5guard("check", str(path))
+    assert proc.returncode == 1
+    assert "after the writer closed it" not in proc.stdout
+    assert "written after the writer's last flush (or it was never flushed)" in proc.stdout
+    assert "OPEN_FOR_WRITE" in proc.stdout
+
+
+def test_quick_check_does_not_import_h5py() -> None:
+    code = (
+        "import sys; from h5guard.cli import main; "
+        f"rc = main(['check', '--quick', '-q', {str(FIXTURES / 'foreign.h5')!r}]); "
+        "print(rc, 'h5py' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["0", "False"], proc.stderr

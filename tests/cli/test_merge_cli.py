@@ -259,3 +259,10 @@ def test_merge_recovers_the_journal_of_a_killed_writer(tmp_path: Path) -> None:
     doc = json.loads(proc.stdout)
     assert doc["groups_added"] == 7 and [r["results"] for r in doc["recovered"]] == [7]
     assert run("check", out).returncode == 0
+
+
+def test_cli_on_conflict_choices_are_the_merges() -> None:
+    from h5guard import cli
+    from h5guard.merge import ON_CONFLICT
+
+    assert cli.ON_CONFLICT == ON_CONFLICT

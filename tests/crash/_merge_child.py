@@ -161,11 +161,14 @@ def run_and_kill(work: Path, anchor: str | None, offset: float) -> tuple[str, in
 
 # -- the child -----------------------------------------------------------------------
 def _instrument(log_path: str, output: str) -> Callable[[str], None]:
+    import importlib
+
     import h5guard._atomic
 
     atomic: Any = h5guard._atomic
-    # ``h5guard.merge`` the attribute is the function; the module is in sys.modules.
-    merge_mod: Any = sys.modules["h5guard.merge"]
+    # ``h5guard.merge`` the attribute is the function; the module is in sys.modules
+    # once imported (the package imports its modules lazily).
+    merge_mod: Any = importlib.import_module("h5guard.merge")
 
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 

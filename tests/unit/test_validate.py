@@ -62,9 +62,12 @@ def test_truncation_and_trailing_data(tmp_path: Path) -> None:
     assert Code.TRUNCATED in codes(validate(cut, deep=False))
     longer = tmp_path / "longer.h5"
     longer.write_bytes(data + b"junk")
-    report = validate(longer, deep=False)
-    assert codes(report) == {Code.TRAILING_DATA}
-    assert not report.ok
+    quick = validate(longer, deep=False)
+    assert codes(quick) == {Code.TRAILING_DATA}
+    assert quick.ok  # libhdf5 ignores bytes past the end; the quick layer cannot say whose
+    deep = validate(longer)  # ... the deep layer can: h5guard never leaves any
+    assert [f.severity for f in deep.findings if f.code is Code.TRAILING_DATA] == [Severity.WARNING]
+    assert not deep.ok
 
 
 def test_superblock_checksum(tmp_path: Path) -> None:
@@ -193,3 +196,36 @@ def test_sandbox_map_runs_all_calls(sandbox: Sandbox) -> None:
 def test_sandbox_options(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Sandbox(**bad)  # type: ignore[arg-type]
+
+
+def _set_write_flag(path: Path) -> None:
+    """What a writer killed before closing leaves in a version-3 superblock."""
+    data = bytearray(path.read_bytes())
+    _, info = quick_check(str(path))
+    assert info is not None and info.version == 3
+    o = info.offset
+    data[o + 11] |= 0x01
+    end = o + 12 + 4 * data[o + 9]
+    data[end : end + 4] = lookup3(bytes(data[o:end])).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+def test_write_flags_do_not_hide_damage_behind_them(tmp_path: Path, sandbox: Sandbox) -> None:
+    path = tmp_path / "killed.h5"
+    values = np.arange(4096.0)
+    with h5py.File(path, "w", libver="latest") as f:
+        f.create_dataset("x", data=values, chunks=(512,), fletcher32=True)
+    intact = tmp_path / "intact.h5"
+    intact.write_bytes(path.read_bytes())
+    _set_write_flag(intact)
+    data = bytearray(path.read_bytes())
+    data[data.find(values[100:101].tobytes())] ^= 0x10  # one bit of the raw data
+    path.write_bytes(bytes(data))
+    _set_write_flag(path)
+    damaged = path.read_bytes()
+    report = validate(path, sandbox=sandbox)
+    assert {Code.OPEN_FOR_WRITE, Code.OBJECT_UNREADABLE} <= codes(report)
+    assert not codes(validate(intact, sandbox=sandbox)) & {Code.OBJECT_UNREADABLE}
+    assert path.read_bytes() == damaged  # the file itself was not modified
+    with pytest.raises(OSError, match="already open for write"):
+        h5py.File(path, "r", locking=False)  # what libhdf5 itself says about it
