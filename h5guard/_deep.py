@@ -82,6 +82,7 @@ class _Inspector:
         where = f"/{key}"
         attrs = self.read_attrs(group, where)
         if attrs is None:
+            self.invalid.append(key)
             return
         stored = attrs.pop(_layout.DIGEST_ATTR, None)
         stored_text = bytes(np.asarray(stored)[()]).decode() if stored is not None else None
@@ -169,6 +170,7 @@ class _Inspector:
             computed, info = _read.verify_tree(group, key, finite=self.schema is not None)
         except Exception as err:
             self.add(where, Code.OBJECT_UNREADABLE, f"unreadable: {_one_line(err)}")
+            self.invalid.append(key)
             return
         if computed != stored_text:
             self.add(
@@ -176,12 +178,14 @@ class _Inspector:
                 Code.DIGEST_MISMATCH,
                 f"content digest differs: stored {stored_text}, computed {computed}",
             )
+            self.invalid.append(key)
             return
         if self.schema is not None:
             violations = self.schema.check(info.datasets, info.attrs, info.groups)
             for v in violations:
                 self.add(f"{where}/{v.obj}" if v.obj else where, v.code, v.message)
             if violations:
+                self.invalid.append(key)
                 return
         self.groups[key] = stored_text
 

@@ -34,7 +34,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import h5py
 import numpy as np
 import numpy.typing as npt
 
@@ -106,6 +105,10 @@ def _check_dtype_rule(rule: str, where: str) -> str:
 def dtype_matches(rule: str, dtype: np.dtype[Any], kind: str | None = None) -> bool:
     """Whether a stored dtype (and its value kind, when known) satisfies a dtype rule."""
     if rule == "str":
+        # Imported here: schemas are loaded by `h5guard check --quick`, which must not
+        # pay for h5py; only matching a string rule needs it (where h5py runs anyway).
+        import h5py
+
         info = h5py.check_string_dtype(dtype)
         return info is not None and info.encoding == "utf-8" and info.length is not None
     if rule == "bytes":
