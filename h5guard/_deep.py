@@ -11,7 +11,7 @@ import json
 import logging
 import mmap
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import h5py
@@ -22,7 +22,7 @@ from h5guard import _fastread, _layout, _read, _superblock, _tree, _walk
 from h5guard.errors import SchemaError
 from h5guard.report import Code, FileKind, FileSummary, Finding, Severity
 from h5guard.sandbox import retire_after_call
-from h5guard.schema import DatasetInfo, Schema
+from h5guard.schema import DatasetInfo, Schema, SchemaViolation
 
 log = logging.getLogger(__name__)
 
@@ -131,30 +131,40 @@ class _Inspector:
                 self.add(member, Code.OBJECT_UNREADABLE, f"unreadable: {_one_line(err)}")
                 self.invalid.append(key)
                 return
+        computed: str | None = None
         if digest is not None:
             for name in sorted(attrs, key=lambda n: n.encode("utf-8")):
                 digest.add_array(b"A", name, attrs[name])
             computed = digest.hexdigest()
-            if computed != stored_text:
-                self.add(
-                    where,
-                    Code.DIGEST_MISMATCH,
-                    f"content digest differs: stored {stored_text}, computed {computed}",
-                )
-                self.invalid.append(key)
-                return
         elif self.owned:
             self.add(where, Code.DIGEST_MISSING, f"group has no {_layout.DIGEST_ATTR} attribute")
             self.invalid.append(key)
             return
-        if self.schema is not None:
-            violations = self.schema.check(infos, attrs)
-            for v in violations:
-                obj = f"{where}/{v.obj}" if v.obj else where
-                self.add(obj, v.code, v.message)
-            if violations:
-                self.invalid.append(key)
-                return
+        violations = self.schema.check(infos, attrs) if self.schema is not None else []
+        self.settle(key, stored_text, computed, violations)
+
+    def settle(
+        self,
+        key: str,
+        stored_text: str | None,
+        computed: str | None,
+        violations: Sequence[SchemaViolation],
+    ) -> None:
+        """The verdict on one top-level group, the same for v1 and v2 digests."""
+        where = f"/{key}"
+        if computed is not None and computed != stored_text:
+            self.add(
+                where,
+                Code.DIGEST_MISMATCH,
+                f"content digest differs: stored {stored_text}, computed {computed}",
+            )
+            self.invalid.append(key)
+            return
+        for v in violations:
+            self.add(f"{where}/{v.obj}" if v.obj else where, v.code, v.message)
+        if violations:
+            self.invalid.append(key)
+            return
         if any(
             f.severity >= Severity.WARNING and (f.obj == where or f.obj.startswith(where + "/"))
             for f in self.findings
@@ -172,22 +182,12 @@ class _Inspector:
             self.add(where, Code.OBJECT_UNREADABLE, f"unreadable: {_one_line(err)}")
             self.invalid.append(key)
             return
-        if computed != stored_text:
-            self.add(
-                where,
-                Code.DIGEST_MISMATCH,
-                f"content digest differs: stored {stored_text}, computed {computed}",
-            )
-            self.invalid.append(key)
-            return
-        if self.schema is not None:
-            violations = self.schema.check(info.datasets, info.attrs, info.groups)
-            for v in violations:
-                self.add(f"{where}/{v.obj}" if v.obj else where, v.code, v.message)
-            if violations:
-                self.invalid.append(key)
-                return
-        self.groups[key] = stored_text
+        violations = (
+            self.schema.check(info.datasets, info.attrs, info.groups)
+            if self.schema is not None and computed == stored_text
+            else []
+        )
+        self.settle(key, stored_text, computed, violations)
 
     def walk_subtree(self, oid: Any, where: str) -> None:
         """Read everything below an object that no digest covers (:mod:`h5guard._walk`)."""
