@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
+import h5guard
 from h5guard import check, exclusive
 from optimizer import LocalEngine, expand_spec, read_state, run_sweep
 from optimizer.layouts import boundary_violation, spacing_violation
@@ -92,6 +93,13 @@ def test_every_layout_is_feasible_and_improves(sweep: Path) -> None:
             assert r.attrs["iterations"] > 0 and r.attrs["aep_evaluations"] > 0
             versions = json.loads(r.attrs["versions"])
             assert "py-wake" in versions and "h5guard" in versions
+
+
+def test_merged_output_opens_in_pandas_in_one_line(sweep: Path) -> None:
+    df = h5guard.to_dataframe(sweep)
+    assert sorted(df.index) == sorted(c.config_id for c in expand_spec(SPEC))
+    assert set(df["status"]) == {"ok"}
+    assert (df["aep_gwh"] >= df["initial_aep_gwh"] - 1e-6).all()
 
 
 def test_rerun_computes_nothing(sweep: Path) -> None:
