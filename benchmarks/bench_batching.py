@@ -54,9 +54,13 @@ def main() -> None:
             d = root / label.replace(" ", "-")
             rows.append((label, *run(d, args.results, per_result=per_result)))
         for label, w, c, m, files in rows:
-            print(f"{label:18s} {args.results} results  {files:6d} shard(s)  write {w:7.2f} s  check {c:7.2f} s  merge {m:7.2f} s")
+            print(
+                f"{label:18s} {args.results} results  {files:6d} shard(s)  write {w:7.2f} s  check {c:7.2f} s  merge {m:7.2f} s"
+            )
         (_, w0, c0, m0, _), (_, w1, c1, m1, _) = rows
-        print(f"per-result / long-lived: write {w1 / w0:.1f}x  check {c1 / c0:.1f}x  merge {m1 / m0:.1f}x")
+        print(
+            f"per-result / long-lived: write {w1 / w0:.1f}x  check {c1 / c0:.1f}x  merge {m1 / m0:.1f}x"
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

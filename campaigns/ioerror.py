@@ -710,7 +710,7 @@ def _cases(rng: random.Random) -> list[_Case]:
             for e in ERRNOS:
                 # 0: a lasting fault (every call fails); 1, 2: a one-off fault, which the
                 # writer's next automatic commit heals (the results wait in the journal).
-                nths = (0, 1, 2) if protocol == "writer" else (1,)
+                nths: tuple[int, ...] = (0, 1, 2) if protocol == "writer" else (1,)
                 if step == "write, caller continues":
                     nths = (0, 1)
                 if protocol == "merge" and step == "write":
