@@ -150,10 +150,6 @@ class JournalWriter:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def abandon(self) -> None:
-        """In a forked child: drop the inherited descriptor, never touching the file."""
-        self.close()
-
     def __del__(self) -> None:
         # A writer dropped without close() (a task's fresh globals, say) must not keep
         # its journal locked for the rest of the process's life: that would hide it

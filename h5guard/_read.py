@@ -217,6 +217,14 @@ def read_dataset_array(dset: h5py.Dataset) -> npt.NDArray[Any]:
     return out
 
 
+def _hard_member(group: h5py.Group, name: str, where: str) -> Any:
+    """A member of a result group; a result holds hard links only."""
+    link = group.get(name, getlink=True)
+    if not isinstance(link, h5py.HardLink):
+        raise ValueError(f"{where}: {type(link).__name__} in a result (h5guard writes none)")
+    return group[name]
+
+
 def read_tree(group: h5py.Group, where: str, depth: int = 0) -> _tree.GroupNode:
     """The tree stored in ``group`` (nothing verified yet); raises on anything unreadable."""
     if depth > _tree.MAX_DEPTH:
@@ -225,10 +233,7 @@ def read_tree(group: h5py.Group, where: str, depth: int = 0) -> _tree.GroupNode:
     members: dict[str, _tree.Node] = {}
     for name in group:
         child = f"{where}/{name}"
-        link = group.get(name, getlink=True)
-        if not isinstance(link, h5py.HardLink):
-            raise ValueError(f"{child}: {type(link).__name__} in a result (h5guard writes none)")
-        obj = group[name]
+        obj = _hard_member(group, name, child)
         if isinstance(obj, h5py.Group):
             members[name] = read_tree(obj, child, depth + 1)
         elif isinstance(obj, h5py.Dataset):
@@ -268,10 +273,7 @@ def _digest_group(
     groups: dict[str, GroupInfo] = {}
     for name in names:
         child = f"{where}/{name}"
-        link = group.get(name, getlink=True)
-        if not isinstance(link, h5py.HardLink):
-            raise ValueError(f"{child}: {type(link).__name__} in a result (h5guard writes none)")
-        obj = group[name]
+        obj = _hard_member(group, name, child)
         d.field(name.encode("utf-8"))
         if isinstance(obj, h5py.Group):
             groups[name] = _digest_group(obj, child, depth + 1, d, finite)

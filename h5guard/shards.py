@@ -336,7 +336,7 @@ class ShardWriter:
             os.getpid(),
         )
         if self._journal is not None:
-            self._journal.abandon()
+            self._journal.close()  # the parent's descriptor copy; the file is untouched
         self._pid = os.getpid()
         self._journal = None
         self._batch = {}
@@ -425,6 +425,7 @@ class JournalState:
     interrupted: str | None  # a result whose add() was cut short by the writer's death
     lost: tuple[str, ...]  # why results that were (or may have been) added cannot be read
     committed: bool  # its shard exists: the writer died after committing, before cleanup
+    file_attrs: _result.PreparedResult | None = None  # the writer's file_attrs
 
     @property
     def groups(self) -> dict[str, str | None]:
@@ -464,6 +465,7 @@ def read_journal(path: str | os.PathLike[str]) -> tuple[JournalState, list[_resu
         interrupted=interrupted,
         lost=tuple(lost),
         committed=os.path.exists(shard) and _seal.check_seal(shard) is True,
+        file_attrs=_file_attrs_of(scan),
     )
     return state, results
 
@@ -475,17 +477,14 @@ def recover_journal(state: JournalState, results: Iterable[_result.PreparedResul
     """
     final = Path(state.shard)
     if not state.committed and state.results:
-        write_shard(
-            final, results, schema_json=state.schema_json, file_attrs=_file_attrs_of(state.path)
-        )
+        write_shard(final, results, schema_json=state.schema_json, file_attrs=state.file_attrs)
         log.info("recovered %d result(s) from %s into %s", len(state.results), state.path, final)
     _atomic.remove_quietly(final.with_name(final.name + _atomic.PARTIAL_SUFFIX))
     _atomic.remove_quietly(state.path)
     _atomic.fsync_dir(final.parent)
 
 
-def _file_attrs_of(path: str) -> _result.PreparedResult | None:
-    scan = _journal.scan(path)
+def _file_attrs_of(scan: _journal.JournalScan) -> _result.PreparedResult | None:
     header = scan.meta.get("file_attrs") if scan.meta else None
     if not isinstance(header, str):
         return None
@@ -493,6 +492,6 @@ def _file_attrs_of(path: str) -> _result.PreparedResult | None:
         return _result.decode(header.encode("utf-8"), scan.meta_payload)
     except _result.DecodeError as err:
         log.warning(
-            "%s: file attributes unreadable (%s); the shard is written without them", path, err
+            "%s: file attributes unreadable (%s); the shard is written without them", scan.path, err
         )
         return None

@@ -62,6 +62,21 @@ def die_in_one_worker(submit: Callable[[], Any], directory: str) -> list[str]:
     return killed_keys(directory)
 
 
+def parent_writes_before_fork(directory: str) -> str:
+    """A writer made (and used) before the pool forks; the children inherit it."""
+    p.WRITER = p.ShardWriter(directory, commit_every=5)
+    p.WRITER.add("parent-a", *p.payload(100))
+    return "parent-a"
+
+
+def parent_writes_after_fork() -> str:
+    """The parent goes on with its own writer after its children used their copies."""
+    assert p.WRITER is not None
+    p.WRITER.add("parent-b", *p.payload(101))
+    p.WRITER.close()
+    return "parent-b"
+
+
 def end_processes(ending: str, pids: list[int]) -> None:
     if ending == "terminate":
         for pid in sorted(set(pids)):
@@ -75,9 +90,7 @@ def run_pool(method: str, ending: str, directory: str) -> list[str]:
     init: dict[str, Any] = {"initializer": p.init_writer, "initargs": (directory,)}
     if ending == "fork":
         # A writer made before the fork, used by the children through the global.
-        p.WRITER = p.ShardWriter(directory, commit_every=5)
-        p.WRITER.add("parent-a", *p.payload(100))
-        promised.append("parent-a")
+        promised.append(parent_writes_before_fork(directory))
         init = {}
     pool = ctx.Pool(2, **init)
     asyncs = [pool.apply_async(task, (directory, i)) for i in range(N)]
@@ -94,10 +107,7 @@ def run_pool(method: str, ending: str, directory: str) -> list[str]:
         pool.close()
         pool.join()
     if ending == "fork":
-        assert p.WRITER is not None
-        p.WRITER.add("parent-b", *p.payload(101))
-        promised.append("parent-b")
-        p.WRITER.close()
+        promised.append(parent_writes_after_fork())
     return promised
 
 
@@ -110,9 +120,7 @@ def run_executor(
     if method is not None:
         kwargs["mp_context"] = multiprocessing.get_context(method)
     if ending == "fork":
-        p.WRITER = p.ShardWriter(directory, commit_every=5)
-        p.WRITER.add("parent-a", *p.payload(100))
-        promised.append("parent-a")
+        promised.append(parent_writes_before_fork(directory))
         del kwargs["initializer"], kwargs["initargs"]
     executor = make(max_workers=2, **kwargs)
     futures: list[Future[tuple[str, int]]] = [executor.submit(task, directory, i) for i in range(N)]
@@ -128,10 +136,7 @@ def run_executor(
         end_processes(ending, [proc.pid for proc in executor._processes.values()])
     executor.shutdown(wait=True)
     if ending == "fork":
-        assert p.WRITER is not None
-        p.WRITER.add("parent-b", *p.payload(101))
-        promised.append("parent-b")
-        p.WRITER.close()
+        promised.append(parent_writes_after_fork())
     return promised
 
 

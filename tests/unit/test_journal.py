@@ -143,3 +143,34 @@ def test_sigkill_inside_add_is_reported_as_interrupted(tmp_path: Path) -> None:
     report = merge(tmp_path, tmp_path / "out.h5", workers=1)
     assert report.exit_code == 0 and report.groups_added == 1
     assert [k for _, k in report.interrupted] == ["k1"]
+
+
+def test_a_journal_left_after_its_commit_is_removed_not_merged_twice(tmp_path: Path) -> None:
+    """The writer died between renaming its shard and deleting its journal."""
+    w = ShardWriter(tmp_path, commit_every=1000, file_attrs={"worker": 7})
+    for i in range(3):
+        w.add(f"k{i}", {"v": np.arange(i + 1)})
+    [journal] = tmp_path.glob("*.journal")
+    saved = journal.read_bytes()
+    w.close()
+    journal.write_bytes(saved)  # as if the unlink never happened (no lock held)
+    state, _ = read_journal(journal)
+    assert state.committed and state.file_attrs is not None
+    report = merge(tmp_path, tmp_path / "out.h5", workers=1)
+    assert report.exit_code == 0 and report.groups_added == 3 and not report.recovered
+    assert not journal.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_a_recovered_batch_keeps_its_file_attrs(tmp_path: Path) -> None:
+    import json
+
+    import h5py
+
+    w = ShardWriter(tmp_path, file_attrs={"worker": 7, "host": "n1"})
+    w.add("k", {"v": np.arange(2)})
+    del w  # never closed: recovered by the merge
+    report = merge(tmp_path, tmp_path / "out.h5", workers=1)
+    assert [n for _, n in report.recovered] == [1]
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        [attrs] = json.loads(bytes(f.attrs["h5guard_sources"]).decode()).values()
+    assert attrs == {"worker": 7, "host": "n1"}
