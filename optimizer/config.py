@@ -30,6 +30,8 @@ its axes::
     lattice_margin_m = [0, 400]       # how far inside the boundary the lattice turbines stay
     ring_mode = "equal"               # or "paired": four groups about the lattice axes,
     ring_pair_deg = [12, 25]          # each spread over +- U(range) degrees
+    lattice_offset = "random"         # or "symmetric": a lattice point, cell centre or edge
+                                      # midpoint on the boundary's centroid
     hops = 0                  # basin hopping: jitter the optimum by up to hop_m, polish again,
     hop_m = 50.0              # keep it if better; this many times (default 0: none)
 
@@ -50,7 +52,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from optimizer.layouts import DEFAULT_LATTICE, RING_MODES, STARTS, LatticeRanges, check_start
+from optimizer.layouts import (
+    DEFAULT_LATTICE,
+    OFFSET_MODES,
+    RING_MODES,
+    STARTS,
+    LatticeRanges,
+    check_start,
+)
 from optimizer.optimize import EVALUATORS, FAST_SITES, METHODS, WEC_SITES
 from optimizer.sites import get_site
 
@@ -68,6 +77,7 @@ _LATER_DEFAULTS: Mapping[str, Any] = {
     "hop_m": 50.0,
     "ring_mode": DEFAULT_LATTICE.ring_mode,
     "ring_pair_deg": list(DEFAULT_LATTICE.ring_pair_deg),
+    "lattice_offset": DEFAULT_LATTICE.offset_mode,
 }
 # Lattice options given as [low, high]: (lowest, highest allowed value, integers only).
 _RANGE_OPTIONS: Mapping[str, tuple[float, float, bool]] = {
@@ -107,6 +117,7 @@ class SweepConfig:
     hop_m: float = 50.0
     ring_mode: str = DEFAULT_LATTICE.ring_mode
     ring_pair_deg: tuple[float, float] = DEFAULT_LATTICE.ring_pair_deg
+    lattice_offset: str = DEFAULT_LATTICE.offset_mode
 
     @property
     def lattice(self) -> LatticeRanges:
@@ -117,6 +128,7 @@ class SweepConfig:
             inner_margin_m=self.lattice_margin_m,
             ring_mode=self.ring_mode,
             ring_pair_deg=self.ring_pair_deg,
+            offset_mode=self.lattice_offset,
         )
 
     def canonical(self) -> dict[str, Any]:
@@ -185,6 +197,11 @@ class SweepConfig:
             hop_m=_number(data.get("hop_m", 50.0), f"{where}: hop_m", 0.0, 1e5, open_low=True),
             ring_mode=_choice(
                 data.get("ring_mode", DEFAULT_LATTICE.ring_mode), RING_MODES, f"{where}: ring_mode"
+            ),
+            lattice_offset=_choice(
+                data.get("lattice_offset", DEFAULT_LATTICE.offset_mode),
+                OFFSET_MODES,
+                f"{where}: lattice_offset",
             ),
         )
         if config.evaluator == "fast" and config.site not in FAST_SITES:
@@ -313,6 +330,7 @@ _BLOCK_KEYS = {
     "hops",
     "hop_m",
     "ring_mode",
+    "lattice_offset",
 }
 
 
@@ -367,6 +385,7 @@ def expand_spec(spec: Mapping[str, Any], *, source: str = "spec") -> list[SweepC
             "hops": _axis(merged, "hops", 0, where),
             "hop_m": _axis(merged, "hop_m", 50.0, where),
             "ring_mode": _axis(merged, "ring_mode", DEFAULT_LATTICE.ring_mode, where),
+            "lattice_offset": _axis(merged, "lattice_offset", DEFAULT_LATTICE.offset_mode, where),
         }
         names = list(axes)
         for values in itertools.product(*axes.values()):

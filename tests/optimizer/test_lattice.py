@@ -144,3 +144,45 @@ def test_paired_ring_groups_the_ring_about_four_axes(seed: int, n: int) -> None:
     gaps = np.sort(np.diff(np.r_[theta, theta[0] + 360.0]))
     assert np.all((gaps[:4] >= 30.0 - 1e-6) & (gaps[:4] <= 40.0 + 1e-6))
     assert np.allclose(gaps[:4] + gaps[4:][::-1], 90.0, atol=10.0)
+
+
+def _reflections_on_the_lattice(xy: np.ndarray, centre: np.ndarray) -> bool:  # type: ignore[type-arg]
+    """Whether the reflection of every point through ``centre`` is a point of the lattice the
+    points span (basis: the shortest difference and the shortest one not parallel to it)."""
+    p0 = xy[np.argmin(np.hypot(*(xy - centre).T))]
+    diffs = (xy - p0)[np.any(xy != p0, axis=1)]
+    lengths = np.hypot(*diffs.T)
+    d1 = diffs[np.argmin(lengths)]
+    cosines = np.abs(diffs @ d1) / (lengths * np.hypot(*d1))
+    d2 = diffs[np.argmin(np.where(cosines < 0.5, lengths, np.inf))]
+    coords = np.linalg.solve(np.column_stack((d1, d2)), (2.0 * centre - xy - p0).T)
+    return bool(np.all(np.abs(coords - np.round(coords)) < 1e-6))
+
+
+@settings(deadline=None, max_examples=30)
+@given(site_n=st.sampled_from([(IEA37, 36), (IEA37, 64), (HR1, 60)]), seed=seeds)
+def test_symmetric_offset_centres_the_lattice_on_the_centroid(
+    site_n: tuple[SiteSpec, int], seed: int
+) -> None:
+    from optimizer.layouts import LatticeRanges, _area_and_centroid
+
+    site, n = site_n
+    xy = lattice_layout(
+        site, n, np.random.default_rng(seed), LatticeRanges(offset_mode="symmetric")
+    )
+    assert xy.shape == (n, 2)
+    assert float(boundary_violation(site, n, xy).max()) == 0.0
+    assert spacing_violation(site, xy) == 0.0
+    _, centroid = _area_and_centroid(site, n)
+    inner = xy[~on_boundary(site, n, xy)]
+    # Symmetric under a half turn about the centroid: every reflected point is a lattice point.
+    assert _reflections_on_the_lattice(inner, centroid)
+
+
+def test_random_offset_lattices_are_not_centred() -> None:
+    # The same check fails for random offsets, so the test above can fail.
+    centred = [
+        _reflections_on_the_lattice(xy[~on_boundary(IEA37, 36, xy)], np.zeros(2))
+        for xy in (lattice_layout(IEA37, 36, np.random.default_rng(s)) for s in range(10))
+    ]
+    assert not any(centred)
