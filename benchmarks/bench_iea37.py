@@ -2,11 +2,12 @@
 
 Usage::
 
-    python benchmarks/bench_iea37.py [--sizes 16 36 64] [--seeds DEFAULT 1000-1599 ...]
+    python benchmarks/bench_iea37.py [--sizes 16 36 64] [--seeds DEFAULT +100000 1000-1599 ...]
                                      [--workers 2] [--keep DIR]
 
 For each farm size and seed set, ``layout-sweep run benchmarks/specs/iea37-N.toml -o OUT.h5
-[--seeds SEEDS]`` runs on a clean output (wall time measured around the whole command:
+[--seeds SEEDS]`` runs on a clean output (``DEFAULT``: the spec's own seeds; ``+K``: the spec's
+seed range shifted by K, so one command covers every size) (wall time measured around the whole command:
 planning, PyWake start-up, every config, merge and check). The best stored layout is then read
 from the output and judged here, not by the sweep: its AEP is recomputed with a fresh
 ``IEA37CaseStudy1(n).aep(x, y)``, and strict feasibility is checked in plain numpy with no
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,8 +101,18 @@ def load_average() -> str:
     return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
+def shifted_seeds(spec: Path, offset: int) -> str:
+    """The spec's ``seeds = "LOW-HIGH"`` range shifted by ``offset``."""
+    with spec.open("rb") as fh:
+        seeds = tomllib.load(fh)["sweep"][0]["seeds"]
+    low, high = (int(part) for part in str(seeds).split("-"))
+    return f"{low + offset}-{high + offset}"
+
+
 def run_spec(n_turbines: int, seeds: str, workers: int, out_dir: Path) -> Run:
     spec = SPECS / f"iea37-{n_turbines}.toml"
+    if seeds.startswith("+"):
+        seeds = shifted_seeds(spec, int(seeds[1:]))
     tag = "default" if seeds == "DEFAULT" else seeds
     output = out_dir / f"iea37-{n_turbines}-{tag}.h5"
     command = [sys.executable, "-m", "optimizer.cli", "run", str(spec), "-o", str(output), "-q"]
@@ -192,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=["DEFAULT"],
         metavar="SEEDS",
-        help="seed sets, each passed as --seeds to the CLI; DEFAULT: the spec's own seeds "
-        "(default: DEFAULT only)",
+        help="seed sets, each passed as --seeds to the CLI; DEFAULT: the spec's own seeds; "
+        "+K: the spec's seed range shifted by K (default: DEFAULT only)",
     )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--keep", metavar="DIR", help="keep the outputs in DIR")

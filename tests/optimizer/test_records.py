@@ -26,6 +26,8 @@ site = "iea37"
 n_turbines = 16
 start = "lattice"
 seeds = [0, 1]
+ring_mode = "paired"
+lattice_offset = "symmetric"
 
 [[sweep]]
 site = "iea37"
@@ -80,6 +82,8 @@ def test_configs_without_the_new_options_keep_their_ids() -> None:
     assert SweepConfig.from_mapping({**base, "wec": [2, 1.5]}).config_id != old
     assert SweepConfig.from_mapping({**base, "ring_turbines": [4, 12]}).config_id == old
     assert SweepConfig.from_mapping({**base, "ring_turbines": [8, 8]}).config_id != old
+    assert SweepConfig.from_mapping({**base, "lattice_offset": "random"}).config_id == old
+    assert SweepConfig.from_mapping({**base, "lattice_offset": "symmetric"}).config_id != old
 
 
 def test_wec_schedule_is_one_value_and_a_list_of_lists_is_an_axis() -> None:
@@ -105,6 +109,10 @@ def test_wec_schedule_is_one_value_and_a_list_of_lists_is_an_axis() -> None:
         ({"ring_turbines": [12, 4]}, r"ring_turbines: expected \[low, high\] with integers"),
         ({"lattice_spacing": [0.9]}, r"lattice_spacing: expected \[low, high\] with numbers"),
         ({"lattice_margin_m": [-1, 5]}, r"lattice_margin_m: expected \[low, high\]"),
+        (
+            {"lattice_offset": "centre"},
+            r"lattice_offset: expected one of \['random', 'symmetric'\], got 'centre'",
+        ),
     ],
 )
 def test_bad_options_name_the_option(override: dict[str, object], message: str) -> None:
