@@ -68,7 +68,8 @@ class LatticeRanges:
     """Ranges the lattice-with-ring parameters are drawn from (uniformly; ring count: integers).
 
     The defaults explore every near-square lattice; a record spec may narrow them to the
-    structure of known good layouts (e.g. 8 ring turbines).
+    structure of known good layouts (e.g. 8 ring turbines). ``ring_mode`` is one of
+    ``RING_MODES`` and ``offset_mode`` one of ``OFFSET_MODES`` (see their comments).
     """
 
     ring_turbines: tuple[int, int] = LATTICE_RING_TURBINES
