@@ -6,9 +6,10 @@ Usage::
                                      [--workers 2] [--keep DIR]
 
 For each farm size and seed set, ``layout-sweep run benchmarks/specs/iea37-N.toml -o OUT.h5
-[--seeds SEEDS]`` runs on a clean output (``DEFAULT``: the spec's own seeds; ``+K``: the spec's
-seed range shifted by K, so one command covers every size) (wall time measured around the whole command:
-planning, PyWake start-up, every config, merge and check). The best stored layout is then read
+[--seeds SEEDS]`` runs on a clean output, with the wall time measured around the whole command
+(planning, PyWake start-up, every config, merge and check). A seed set is ``DEFAULT`` (the spec's
+own seeds), ``+K`` (the spec's seed range shifted by K, so one command covers every size) or
+anything ``--seeds`` accepts. The best stored layout is then read
 from the output and judged here, not by the sweep: its AEP is recomputed with a fresh
 ``IEA37CaseStudy1(n).aep(x, y)``, and strict feasibility is checked in plain numpy with no
 tolerance (every r <= R, every pair >= 260 m). One table compares it with the published
@@ -104,14 +105,18 @@ def load_average() -> str:
 def shifted_seeds(spec: Path, offset: int) -> str:
     """The spec's ``seeds = "LOW-HIGH"`` range shifted by ``offset``."""
     with spec.open("rb") as fh:
-        seeds = tomllib.load(fh)["sweep"][0]["seeds"]
-    low, high = (int(part) for part in str(seeds).split("-"))
-    return f"{low + offset}-{high + offset}"
+        seeds = str(tomllib.load(fh)["sweep"][0].get("seeds", ""))
+    low, sep, high = seeds.partition("-")
+    if not (sep and low.isdigit() and high.isdigit()):
+        raise SystemExit(f'{spec}: +K needs seeds = "LOW-HIGH" in its [[sweep]], got {seeds!r}')
+    return f"{int(low) + offset}-{int(high) + offset}"
 
 
 def run_spec(n_turbines: int, seeds: str, workers: int, out_dir: Path) -> Run:
     spec = SPECS / f"iea37-{n_turbines}.toml"
     if seeds.startswith("+"):
+        if not seeds[1:].isdigit():
+            raise SystemExit(f"--seeds: expected +K with K a whole number, got {seeds!r}")
         seeds = shifted_seeds(spec, int(seeds[1:]))
     tag = "default" if seeds == "DEFAULT" else seeds
     output = out_dir / f"iea37-{n_turbines}-{tag}.h5"
