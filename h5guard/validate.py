@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from h5guard import _atomic, _fastread, _seal
+from h5guard import _atomic, _fastread, _journal, _seal
 from h5guard._superblock import quick_check
 from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
 from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox, SandboxResult
@@ -247,7 +247,9 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[str], li
     """Files to check for each PATH argument, and findings about leftovers.
 
     A directory stands for its ``*.h5`` files (not recursing, and not into its
-    quarantine); its ``*.partial`` files are reported, never read.
+    quarantine); its ``*.partial`` files are reported, never read, and its shard journals
+    are reported with what they hold (a partial whose journal exists is a commit in
+    progress or cut short: the journal speaks for it).
     """
     files: list[str] = []
     findings: list[Finding] = []
@@ -259,10 +261,17 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[str], li
         entries = sorted(Path(path).iterdir())
         found = [str(p) for p in entries if p.suffix == ".h5" and p.is_file()]
         files.extend(found)
-        partials = [p for p in entries if p.name.endswith(_atomic.PARTIAL_SUFFIX)]
-        for p in partials:
-            findings.append(partial_finding(str(p)))
-        if not found and not partials:
+        names = {p.name for p in entries}
+        journals = [p for p in entries if p.name.endswith(_journal.JOURNAL_SUFFIX)]
+        partials = [
+            p
+            for p in entries
+            if p.name.endswith(_atomic.PARTIAL_SUFFIX)
+            and p.name.removesuffix(_atomic.PARTIAL_SUFFIX) + _journal.JOURNAL_SUFFIX not in names
+        ]
+        findings.extend(journal_finding(str(p)) for p in journals)
+        findings.extend(partial_finding(str(p)) for p in partials)
+        if not found and not partials and not journals:
             findings.append(_nothing_to_check(path))
     return files, findings
 
@@ -281,6 +290,52 @@ def _nothing_to_check(directory: str) -> Finding:
         Code.NOTHING_TO_CHECK,
         Severity.WARNING,
         f"directory holds no *.h5 file to check{where}",
+    )
+
+
+def journal_finding(path: str) -> Finding:
+    """What a shard journal in a checked directory means for its results.
+
+    A running writer's journal is its open batch (info). A gone writer's journal holds
+    results no shard has yet: ``h5guard merge`` recovers them (warning); any record it
+    cannot read is a lost result (error). One whose shard was committed is leftover (info).
+    """
+
+    def finding(severity: Severity, message: str) -> Finding:
+        return Finding(path, "/", Code.JOURNAL_FILE, severity, message)
+
+    if _journal.writer_alive(path):
+        return finding(Severity.INFO, "open batch of a running writer")
+    # Only here: decoding a journal needs h5py, which a quick check of files never loads.
+    from h5guard.shards import read_journal
+
+    try:
+        state, _ = read_journal(path)
+    except FileNotFoundError:
+        return finding(Severity.INFO, "journal removed while checking (merged meanwhile?)")
+    held = f"{len(state.results)} result(s)"
+    cut = (
+        f"; one add() of {state.interrupted!r} was cut short and never returned"
+        if state.interrupted
+        else ""
+    )
+    if state.lost:
+        return finding(
+            Severity.ERROR,
+            f"journal of a writer that is gone, damaged: {'; '.join(state.lost)}; "
+            f"`h5guard merge` recovers the {held} it can read and lists the loss{cut}",
+        )
+    if state.committed:
+        return finding(
+            Severity.INFO,
+            f"journal left after its shard was committed ({held}); `h5guard merge` removes it",
+        )
+    if not state.results:
+        return finding(Severity.INFO, f"journal of a writer that is gone, holding no result{cut}")
+    return finding(
+        Severity.WARNING,
+        f"journal of a writer that is gone: {held} not yet in a shard; "
+        f"`h5guard merge` recovers them{cut}",
     )
 
 

@@ -174,3 +174,57 @@ def test_a_recovered_batch_keeps_its_file_attrs(tmp_path: Path) -> None:
     with h5py.File(tmp_path / "out.h5", "r") as f:
         [attrs] = json.loads(bytes(f.attrs["h5guard_sources"]).decode()).values()
     assert attrs == {"worker": 7, "host": "n1"}
+
+
+def _journal_findings(directory: Path) -> tuple[list[tuple[str, str]], bool]:
+    from h5guard import check
+
+    report = check([directory], workers=1)
+    found = [(f.severity.name, f.message) for f in report.findings if f.code == "JOURNAL_FILE"]
+    return found, report.ok
+
+
+def test_check_of_a_directory_reports_every_journal_state(tmp_path: Path) -> None:
+    # A running writer's batch is a note; the check still passes.
+    path, w = journal_of(tmp_path / "live")
+    [(severity, message)], ok = _journal_findings(tmp_path / "live")
+    assert (severity, ok) == ("INFO", True) and "running writer" in message
+    w.close()
+    assert _journal_findings(tmp_path / "live") == ([], True)
+
+    # A dead writer's batch, with the partial of a commit it was cut short in: the journal
+    # speaks for both (no "lost in a crash" for the partial), and the check fails until merge.
+    dead = tmp_path / "dead"
+    path, w = journal_of(dead)
+    w._journal.close()  # type: ignore[union-attr]  # as if the writer died
+    path.with_name(path.name.removesuffix(".journal") + ".partial").write_bytes(b"")
+    [(severity, message)], ok = _journal_findings(dead)
+    assert (severity, ok) == ("WARNING", False)
+    assert "3 result(s) not yet in a shard" in message and "h5guard merge" in message
+    from h5guard import check
+
+    assert not [f for f in check([dead], workers=1).findings if f.code == "PARTIAL_FILE"]
+    assert merge(dead, dead / "out.h5", workers=1).exit_code == 0
+    assert _journal_findings(dead) == ([], True)
+
+
+def test_check_of_a_directory_names_a_damaged_journal_as_an_error(tmp_path: Path) -> None:
+    path, w = journal_of(tmp_path)
+    w._journal.close()  # type: ignore[union-attr]
+    raw = bytearray(path.read_bytes())
+    raw[raw.find(b'"k1"') + 1] ^= 0x01
+    path.write_bytes(bytes(raw))
+    [(severity, message)], ok = _journal_findings(tmp_path)
+    assert (severity, ok) == ("ERROR", False)
+    assert "damaged" in message and "1 result(s)" in message
+
+
+def test_check_of_a_directory_notes_a_journal_left_after_its_commit(tmp_path: Path) -> None:
+    w = ShardWriter(tmp_path, commit_every=1000)
+    w.add("k0", {"v": np.arange(3)})
+    [journal] = tmp_path.glob("*.journal")
+    saved = journal.read_bytes()
+    w.close()
+    journal.write_bytes(saved)
+    [(severity, message)], ok = _journal_findings(tmp_path)
+    assert (severity, ok) == ("INFO", True) and "committed" in message
