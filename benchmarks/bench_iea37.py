@@ -102,6 +102,14 @@ def load_average() -> str:
     return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
+def cli_env() -> dict[str, str]:
+    """The environment for running the CLI of this checkout."""
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+
+
 def shifted_seeds(spec: Path, offset: int) -> str:
     """The spec's ``seeds = "LOW-HIGH"`` range shifted by ``offset``."""
     with spec.open("rb") as fh:
@@ -124,10 +132,7 @@ def run_spec(n_turbines: int, seeds: str, workers: int, out_dir: Path) -> Run:
     command += ["--workers", str(workers)]
     if seeds != "DEFAULT":
         command += ["--seeds", seeds]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
+    env = cli_env()
     load_before = load_average()
     t0 = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)

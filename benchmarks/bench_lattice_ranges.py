@@ -26,13 +26,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+# Running as a script puts benchmarks/ first on sys.path; bench_iea37 finds the packages.
+from bench_iea37 import SPECS, cli_env, published_aeps
 
-from optimizer.published import published_layout  # noqa: E402
-
-SPECS = _ROOT / "benchmarks" / "specs"
 LATTICE_OPTIONS = (
     "ring_turbines",
     "ring_mode",
@@ -75,13 +71,6 @@ def stored_aeps(path: Path) -> list[float]:
         ]
 
 
-def par12_aep(n_turbines: int) -> float:
-    from py_wake.literature.iea37_case_study1 import IEA37CaseStudy1
-
-    xy = np.array(published_layout("par12", n_turbines), dtype=np.float64)
-    return float(IEA37CaseStudy1(n_turbines).aep(xy[:, 0], xy[:, 1]))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--size", type=int, default=36, choices=[16, 36, 64])
@@ -95,11 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     variants += [(f"without {name}", [name]) for name in narrowed]
     if len(narrowed) > 1:
         variants.append(("default lattice draw", narrowed))
-    target = par12_aep(args.size)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
+    target = published_aeps(args.size)["par12"]
+    env = cli_env()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-lattice-") as tmp:
         for number, (label, removed) in enumerate(variants):

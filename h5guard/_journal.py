@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from h5guard import _atomic
+
 log = logging.getLogger(__name__)
 
 JOURNAL_SUFFIX = ".journal"
@@ -53,6 +55,14 @@ _FRAME = struct.Struct("<4sIQ")  # magic, header length, payload length
 _CRC = struct.Struct("<I")
 # A header is JSON naming a result's members: a megabyte means a corrupted length.
 _MAX_HEADER = 1 << 24
+
+
+def journal_beside(partial_name: str) -> str | None:
+    """The name of the journal that speaks for a shard's ``.partial`` (a commit in progress,
+    or one cut short: the journal still holds its results), or None for another name."""
+    if not partial_name.endswith(_atomic.PARTIAL_SUFFIX):
+        return None
+    return partial_name.removesuffix(_atomic.PARTIAL_SUFFIX) + JOURNAL_SUFFIX
 
 
 def _frame(header: bytes, payload_len: int) -> bytes:

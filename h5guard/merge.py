@@ -276,8 +276,7 @@ def _sources(directory: str, output: str) -> _Sources:
         if p.name.endswith(_journal.JOURNAL_SUFFIX):
             found.journals.append(str(p))
         elif p.name.endswith(_atomic.PARTIAL_SUFFIX):
-            stem = p.name.removesuffix(_atomic.PARTIAL_SUFFIX)
-            if stem + _journal.JOURNAL_SUFFIX in names:
+            if _journal.journal_beside(p.name) in names:
                 continue  # a commit in progress (or cut short): its journal speaks for it
             # Stale only when its writer is known to be dead; a writer on another host
             # (a shared file system) may still be writing it.

@@ -267,7 +267,7 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[str], li
             p
             for p in entries
             if p.name.endswith(_atomic.PARTIAL_SUFFIX)
-            and p.name.removesuffix(_atomic.PARTIAL_SUFFIX) + _journal.JOURNAL_SUFFIX not in names
+            and _journal.journal_beside(p.name) not in names
         ]
         findings.extend(journal_finding(str(p)) for p in journals)
         findings.extend(partial_finding(str(p)) for p in partials)

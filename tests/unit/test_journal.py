@@ -228,3 +228,13 @@ def test_check_of_a_directory_notes_a_journal_left_after_its_commit(tmp_path: Pa
     journal.write_bytes(saved)
     [(severity, message)], ok = _journal_findings(tmp_path)
     assert (severity, ok) == ("INFO", True) and "committed" in message
+
+
+def test_check_of_a_directory_names_an_add_cut_short(tmp_path: Path) -> None:
+    path, w = journal_of(tmp_path)
+    w._journal.close()  # type: ignore[union-attr]
+    data = path.read_bytes()
+    path.write_bytes(data[:-3])  # the writer died inside the last add(): k2 never returned
+    [(severity, message)], ok = _journal_findings(tmp_path)
+    assert (severity, ok) == ("WARNING", False)
+    assert "2 result(s) not yet in a shard" in message and "'k2' was cut short" in message
