@@ -60,11 +60,6 @@ if hasattr(os, "register_at_fork"):
 class ShardWriter:
     """Write result groups into committed, immutable shard files in ``directory``.
 
-    Use it as a context manager, or keep one for a worker's whole life::
-
-        with ShardWriter("run_tmp", schema=schema) as writer:
-            writer.add("config-1", {"x": xs}, {"status": "ok"})
-
     **The guarantee**: once ``add()`` has returned, the result is in the output of the
     next :func:`h5guard.merge` of ``directory``, whatever then happens to this process
     (``close()`` never called, garbage collection, a pool's close/join or terminate,
@@ -81,15 +76,45 @@ class ShardWriter:
     :class:`~h5guard.DuplicateKeyError` (a result is immutable; recomputations belong to
     the merge's ``on_conflict`` policy).
 
-    ``file_attrs``: worker-level attributes stored at the root of each shard; a merge
-    records them, per shard, in the output's ``h5guard_sources`` root attribute.
-
-    ``min_free`` bytes must stay free on the file system beyond what a result needs;
-    otherwise ``add`` raises :class:`~h5guard.InsufficientSpaceError` before writing.
-
     A writer belongs to the process that created it: in a forked child it starts a
     batch of its own, and it cannot be pickled (create one per worker, e.g. in a pool
     initializer or at the start of the task).
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Where the shards (and the open batch's journal) go; created if missing.
+    schema : Schema, optional
+        Every result is checked against it at ``add()``; shards embed it.
+    prefix : str
+        The start of each shard's name (non-empty, no ``-`` or ``/``).
+    commit_every : int
+        Results per shard (>= 1).
+    min_free : int
+        Bytes that must stay free on the file system beyond what a result needs;
+        otherwise ``add`` raises :class:`~h5guard.InsufficientSpaceError` before writing.
+    file_attrs : mapping, optional
+        Worker-level attributes stored at the root of each shard; a merge records them,
+        per shard, in the output's ``h5guard_sources`` root attribute. Names must not
+        start with ``h5guard_``.
+    sync_every_add : bool
+        fsync the journal at every ``add()`` (survives a power loss too).
+
+    Raises
+    ------
+    ValueError
+        A bad ``commit_every``, ``prefix`` or ``file_attrs`` name.
+    WriteError
+        ``directory`` cannot be created.
+    WriterTransferError
+        On an attempt to pickle the writer (send it to another process).
+
+    Examples
+    --------
+    Use it as a context manager, or keep one for a worker's whole life:
+
+    >>> with ShardWriter("run_tmp", schema=schema) as writer:  # doctest: +SKIP
+    ...     writer.add("config-1", {"x": xs}, {"status": "ok"})
     """
 
     def __init__(
@@ -182,7 +207,30 @@ class ShardWriter:
         datasets: Mapping[str, Any],
         attrs: Mapping[str, Any] | None = None,
     ) -> None:
-        """Add one result; when this returns, the result is safe (see the class docs)."""
+        """Add one result; when this returns, the result is safe (see the class docs).
+
+        Parameters
+        ----------
+        key : str
+            The result's group name, unique in this writer.
+        datasets : mapping of str to array-like
+            The result's datasets (nested mappings become subgroups).
+        attrs : mapping of str to value, optional
+            The result's attributes.
+
+        Raises
+        ------
+        WriterClosedError
+            The writer was closed (or discarded).
+        DuplicateKeyError
+            ``key`` was already added by this writer.
+        SchemaError, InvalidKeyError, UnsupportedValueError
+            The result is refused as it is; nothing was written.
+        InsufficientSpaceError
+            Not enough free space for the result; nothing was written.
+        WriteError
+            Journaling failed; the result was not added.
+        """
         self._own_process()
         if self._closed:
             raise WriterClosedError(f"{self.directory}: ShardWriter is closed")
@@ -217,7 +265,18 @@ class ShardWriter:
                 log.warning("%s; %d result(s) stay in the journal", err, len(self._batch))
 
     def commit(self) -> Path | None:
-        """Write the batch as a shard; returns its path (None if nothing was pending)."""
+        """Write the batch as a shard.
+
+        Returns
+        -------
+        Path or None
+            The new shard, or None if nothing was pending.
+
+        Raises
+        ------
+        InsufficientSpaceError, WriteError
+            The shard could not be written; the batch stays safe in its journal.
+        """
         self._own_process()
         journal = self._journal
         if journal is None:

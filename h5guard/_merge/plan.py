@@ -27,7 +27,37 @@ ON_CONFLICT = ("quarantine", "keep-existing")
 
 @dataclass(frozen=True, slots=True)
 class MergePlan:
-    """What a merge would do, worked out without changing anything."""
+    """What a merge would do, worked out without changing anything.
+
+    Attributes
+    ----------
+    shard_dir, output : str
+        The shard directory and the output file ("" when none is known).
+    output_groups : int
+        Groups already in the output.
+    shards : tuple of str
+        The valid committed shards (recovered journals' shards included), in merge order.
+    bad_shards : tuple of Quarantined
+        Shards (and journals) the merge will quarantine, and why.
+    new_groups, duplicates : int
+        Groups the merge will add; groups already merged with the same digest.
+    conflicts : tuple of (str, str)
+        ``(key, shard)`` of each group whose key is merged with another digest.
+    stale_partials, live_partials : tuple of str
+        Partials of writers that are gone; partials and journals still being written.
+    report : Report
+        The check of the shards.
+    recovered : tuple of (str, int)
+        ``(journal, results)`` of writers that are gone.
+    interrupted : tuple of (str, str)
+        ``(journal, key)`` of ``add()`` calls cut short.
+    lost : tuple of str
+        Results known to be lost, each with where and why.
+    on_conflict : str
+        The conflict policy planned with.
+    output_keys, shard_keys : frozenset of str
+        Every key of the output (listed by ``plan_merge`` only) and of the valid shards.
+    """
 
     shard_dir: str
     output: str

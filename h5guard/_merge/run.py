@@ -29,7 +29,41 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 
 @dataclass(frozen=True, slots=True)
 class MergeReport:
-    """What a merge did. ``exit_code`` is 0 when every shard merged cleanly, else 1."""
+    """What a merge did. ``exit_code`` is 0 when every shard merged cleanly, else 1.
+
+    Attributes
+    ----------
+    output : str
+        The output file (absolute path).
+    shards_merged : int
+        Shards whose groups were merged (conflicting quarantined ones not counted).
+    groups_added, duplicates : int
+        Groups added; groups already in the output with the same digest.
+    conflicts : tuple of (str, str)
+        ``(key, shard)`` of each group whose key is merged with another digest.
+    quarantined : tuple of Quarantined
+        Files moved to ``quarantine/``, and why.
+    stale_partials, live_partials : tuple of str
+        Uncommitted ``.partial`` files of writers that are gone (their batch is lost),
+        and partials or journals still being written (left alone).
+    groups_total : int
+        Groups in the output after the merge.
+    shards_deleted : int
+        Merged shards deleted (0 with ``keep_shards``).
+    seconds : float
+        How long the merge took.
+    findings : tuple of Finding
+        What the shards' check found, and the stale partials.
+    conflicts_resolved : bool
+        Merged with ``on_conflict="keep-existing"``: conflicts do not fail the merge.
+    recovered : tuple of (str, int)
+        ``(journal, results)`` of writers that are gone, recovered into shards.
+    interrupted : tuple of (str, str)
+        ``(journal, key)`` of ``add()`` calls cut short by their writer's death (those
+        calls never returned).
+    lost : tuple of str
+        Results known to be lost, each with where and why.
+    """
 
     output: str
     shards_merged: int
@@ -114,17 +148,70 @@ def merge(
     on_conflict: str = "quarantine",
     sandbox: Sandbox | None = None,
 ) -> MergeReport:
-    """Merge the committed shards of ``shard_dir`` into ``output`` (see module docs).
+    """Merge the committed shards of ``shard_dir`` into ``output``, under its lock.
 
-    ``on_conflict``: ``"quarantine"`` (default) moves a shard holding a group whose
-    key is already merged with another digest to ``quarantine/`` for the user to
-    decide. ``"keep-existing"`` keeps the merged version and drops the other, still
-    listing it in ``MergeReport.conflicts``: for pipelines where a recomputation of
-    the same key differs only in incidental values such as timings.
+    Each step leaves something valid on disk if the process dies there (the protocol
+    is in :mod:`h5guard._merge`): re-running after a crash gives the same output as one
+    clean run. The journals of writers that are gone are recovered into shards first.
 
-    Raises :class:`~h5guard.LockTimeoutError`, :class:`~h5guard.InsufficientSpaceError`,
-    :class:`~h5guard.UnreadableOutputError` or :class:`~h5guard.MergeSourceError` when
-    it cannot run; the output is then untouched.
+    Parameters
+    ----------
+    shard_dir : str or os.PathLike
+        The directory of shards.
+    output : str or os.PathLike, optional
+        The output file. Default: the one recorded in ``shard_dir``
+        (:func:`~h5guard.record_output`).
+    schema : Schema, optional
+        Check the shards against it (default: the one the output embeds, if any).
+    keep_shards : bool
+        Keep the merged shards instead of deleting them.
+    lock_timeout : float
+        Seconds to wait for another merge into the same output.
+    timeout : float
+        Seconds a shard that needs a full read may take in the sandbox (and the
+        verification helper its half).
+    memory_limit : int
+        Bytes of address space a sandbox child may add.
+    workers : int, optional
+        Sandbox children for the check (default: one per CPU).
+    root_attrs : mapping, optional
+        Attributes to set at the output's root (names must not start with ``h5guard_``).
+    progress : callable, optional
+        Called as ``progress(done, total)`` while shards are checked.
+    on_conflict : {"quarantine", "keep-existing"}
+        ``"quarantine"`` moves a shard holding a group whose key is already merged with
+        another digest to ``quarantine/`` for the user to decide. ``"keep-existing"``
+        keeps the merged version and drops the other, still listing it in
+        ``MergeReport.conflicts``: for pipelines where a recomputation of the same key
+        differs only in incidental values such as timings.
+    sandbox : Sandbox, optional
+        A checker pool to reuse for shards that need a full read; ``timeout`` and
+        ``memory_limit`` are then its own.
+
+    Returns
+    -------
+    MergeReport
+        What was merged, quarantined, recovered and lost.
+
+    Raises
+    ------
+    LockTimeoutError
+        Another merge holds the output's lock.
+    InsufficientSpaceError
+        Not enough free space for the new output.
+    UnreadableOutputError
+        The existing output is damaged, or the new one did not verify.
+    MergeSourceError
+        ``shard_dir`` or the output path is unusable, or ``shard_dir`` holds HDF5 files
+        h5guard did not write.
+    WriteError
+        Writing the new output failed.
+    ValueError
+        A bad ``on_conflict`` or ``root_attrs`` name.
+
+    Notes
+    -----
+    When the merge raises, the output is untouched.
     """
     _plan.check_on_conflict(on_conflict)
     started = time.monotonic()
