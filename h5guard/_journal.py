@@ -145,8 +145,19 @@ class JournalWriter:
     def append(self, header: bytes, buffers: Sequence[memoryview]) -> None:
         """Write one record; returns only when the kernel holds all of it.
 
-        On any failure (a full disk, an interrupt) the journal is cut back to its last
-        whole record, so a later record never follows a torn one.
+        Parameters
+        ----------
+        header : bytes
+            The record's header (a result's encoded description).
+        buffers : sequence of memoryview
+            Its payload, written in this order.
+
+        Raises
+        ------
+        OSError
+            The write failed. The journal is cut back to its last whole record first,
+            so a later record never follows a torn one; if even that fails, the journal
+            is closed and the error says so.
         """
         fd = self._fd()
         start = self.end
@@ -233,7 +244,24 @@ class JournalScan:
 
 
 def scan(path: str | os.PathLike[str]) -> JournalScan:
-    """Every whole record of a journal, and where and why reading stopped early."""
+    """Every whole record of a journal, and where and why reading stopped early.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The journal.
+
+    Returns
+    -------
+    JournalScan
+        Its meta record and whole records; a journal cut short or damaged is described,
+        never raised.
+
+    Raises
+    ------
+    OSError
+        The file cannot be read (``FileNotFoundError`` once it was recovered).
+    """
     with open(path, "rb") as fh:
         data = fh.read()
     name = os.fspath(path)
@@ -392,11 +420,22 @@ def _file_attrs_of(scanned: JournalScan) -> _result.PreparedResult | None:
 # -- liveness ------------------------------------------------------------------------
 @contextlib.contextmanager
 def claim(path: str | os.PathLike[str]) -> Iterator[bool]:
-    """Yield True, holding the journal's lock, if its writer is gone; False if it runs.
+    """Hold a journal's lock if its writer is gone.
 
     The lock is taken on an open descriptor and then checked against the path again:
     another recoverer may have finished and removed the journal in between, and the
     lock would then be on a deleted file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The journal.
+
+    Yields
+    ------
+    bool
+        True, holding the lock until the block ends, if the writer is gone; False if it
+        still runs (or the journal is gone).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -419,7 +458,18 @@ def claim(path: str | os.PathLike[str]) -> Iterator[bool]:
 
 
 def writer_alive(path: str | os.PathLike[str]) -> bool:
-    """Whether a process still holds the journal open (its batch is still being written)."""
+    """Whether a process still holds the journal open (its batch is still being written).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The journal.
+
+    Returns
+    -------
+    bool
+        True while its writer runs; False once it is gone (or the journal was removed).
+    """
     with claim(path) as gone:
         return not gone and os.path.exists(path)
 
