@@ -75,8 +75,22 @@ def exclusive(
 ) -> Iterator[None]:
     """Hold ``<target>.lock`` for the duration of the block.
 
-    Waits up to ``timeout`` seconds (0: do not wait), then raises
-    :class:`~h5guard.LockTimeoutError` naming the holder.
+    The lock file is never deleted (another process may be waiting on it); the holder
+    is recorded in ``<target>.lock.info``.
+
+    Parameters
+    ----------
+    target : str or os.PathLike
+        The file to protect (it is never locked itself).
+    timeout : float
+        Seconds to wait (0: do not wait).
+    purpose : str
+        What the holder does, for the message another process gets.
+
+    Raises
+    ------
+    LockTimeoutError
+        The lock was not free within ``timeout``; the message names the holder.
     """
     lock_path = os.fspath(target) + ".lock"
     info_path = lock_path + ".info"
