@@ -1,12 +1,18 @@
-"""Matplotlib drawing for ``layout-sweep report`` and ``show``.
+"""The report's figures: matplotlib drawing, and writing the figures of results as PNGs.
 
-matplotlib is an optional extra, so it is imported inside the functions only. Figures are
-plain :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas: no pyplot, no
-global figure registry, no GUI backend, safe to use from any thread or process.
+matplotlib is imported inside the functions only (without it, :func:`require_matplotlib`
+raises :class:`MissingExtraError`). Figures are plain :class:`matplotlib.figure.Figure`
+objects rendered by the Agg canvas: no pyplot, no global figure registry, no GUI backend,
+safe to use from any thread or process.
+
+Drawing (``layout_figure``, ``published_figure``, ``axes_figure``) takes arrays and numbers
+only; ``write_layout_png`` and ``write_axes_png`` read what they need (layouts, the flow
+map of :mod:`optimizer._report.flow`) and save the PNG.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,11 +22,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from optimizer._report.flow import FlowField, SiteGeometry, dominant_wind, flow_field, site_geometry
+from optimizer.summary import NotASweepOutputError, OkRow, Reference, read_layouts
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+log = logging.getLogger(__name__)
+
 FloatArray = NDArray[np.float64]
+INSTALL_HINT = 'pip install ".[report]"'
 
 DPI = 100
 START_COLOR = "#8c8c8c"
@@ -31,23 +43,24 @@ REF_BEST_COLOR = "#2ca02c"
 _SITE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
-@dataclass(frozen=True, slots=True)
-class FlowField:
-    """Effective wind speed on a horizontal grid at hub height, for one flow case."""
-
-    x: FloatArray
-    y: FloatArray
-    ws_eff: FloatArray  # shape (len(y), len(x))
-    wd: float
-    ws: float
+class MissingExtraError(RuntimeError):
+    """An optional dependency (matplotlib, the ``report`` extra) is not installed."""
 
 
-@dataclass(frozen=True, slots=True)
-class Reference:
-    """Published AEP reference lines, GWh."""
+def require_matplotlib() -> None:
+    """Raise :class:`MissingExtraError` unless matplotlib can be imported.
 
-    baseline_gwh: float
-    best_published_gwh: float
+    Raises
+    ------
+    MissingExtraError
+        With the command that installs it.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MissingExtraError(
+            f"plotting needs matplotlib, which is not installed; install it with: {INSTALL_HINT}"
+        ) from None
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -368,3 +381,126 @@ def axes_figure(
 def close(fig: Any) -> None:
     """Drop the figure's artists now rather than at garbage collection."""
     fig.clear()
+
+
+# --- the figures of results, as PNG files -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutFigure:
+    """One of the best layouts of a site as the page shows it: the row, its rank, its image.
+
+    ``image`` is the PNG's file name in the report directory (None if the layout could not
+    be read); ``note`` says what is missing from the figure, if anything.
+    """
+
+    row: OkRow
+    rank: int
+    image: str | None
+    note: str | None = None
+
+
+def write_layout_png(
+    path: str,
+    row: OkRow,
+    rank: int,
+    destination: Path,
+    geometry: dict[tuple[str, int], SiteGeometry],
+    winds: dict[tuple[str, int], tuple[float, float]],
+) -> LayoutFigure:
+    """Draw one result with its wake at the site's dominant wind and save it as a PNG.
+
+    Parameters
+    ----------
+    path : str
+        The sweep output the layouts are read from.
+    row : OkRow
+        The result.
+    rank : int
+        Its rank in its site (1 = best), for the title.
+    destination : pathlib.Path
+        The PNG to write.
+    geometry, winds : dict
+        Caches shared by the figures of one report: site geometry, and the dominant wind
+        of each (site, farm size).
+
+    Returns
+    -------
+    LayoutFigure
+        With ``image`` None when the layout could not be read (nothing is written then),
+        and a note when the flow map could not be computed (the layout is drawn alone).
+    """
+    try:
+        initial, layout = read_layouts(path, row.key)
+    except (NotASweepOutputError, OSError, KeyError) as err:
+        log.warning("%s: cannot read the layout: %s", row.key, err)
+        return LayoutFigure(row, rank, None, f"layout could not be read: {err}")
+    geo = site_geometry(row.site, row.n_turbines, geometry)
+    flow = None
+    note = None
+    if geo.wfm is not None and len(layout):
+        key = (row.site, row.n_turbines)
+        try:
+            if key not in winds:
+                centre = layout.mean(axis=0)
+                winds[key] = dominant_wind(geo.wfm, float(centre[0]), float(centre[1]))
+            wd, ws = winds[key]
+            flow = flow_field(geo.wfm, layout, geo.boundary, wd, ws)
+        except Exception as err:  # a flow map is a nice-to-have; keep the layout plot
+            log.warning("%s: no flow map: %s", row.key, err)
+            note = f"no flow map: {err}"
+    fig = layout_figure(
+        title=f"{row.label} #{rank}: {row.key}, AEP {row.aep_gwh:.2f} GWh "
+        f"({row.gain_pct:+.2f} % over start)",
+        boundary=geo.boundary,
+        initial=initial,
+        optimized=layout,
+        min_spacing_m=geo.min_spacing_m,
+        flow=flow,
+    )
+    save_png(fig, destination)
+    close(fig)
+    return LayoutFigure(row, rank, destination.name, note)
+
+
+def write_axes_png(
+    label: str,
+    rows: Sequence[OkRow],
+    destination: Path,
+    *,
+    color_index: int,
+    reference: Reference | None,
+) -> Path:
+    """Draw how the results of one site depend on the sweep axes, and save it as a PNG.
+
+    Parameters
+    ----------
+    label : str
+        The site label, e.g. ``iea37-16``.
+    rows : sequence of OkRow
+        Its results.
+    destination : pathlib.Path
+        The PNG to write.
+    color_index : int
+        Picks the site's colour.
+    reference : Reference or None
+        Published AEP lines to draw, if the site has them.
+
+    Returns
+    -------
+    pathlib.Path
+        ``destination``.
+    """
+    fig = axes_figure(
+        label=label,
+        color_index=color_index,
+        grid_size=[f"{r.grid_size:g}" if r.start == "grid" else r.start for r in rows],
+        random_pct=[f"{r.random_pct:g}" for r in rows],
+        gain_pct=[r.gain_pct for r in rows],
+        aep_gwh=[r.aep_gwh for r in rows],
+        wall_time_s=[r.wall_time_s for r in rows],
+        reference=reference,
+    )
+    save_png(fig, destination)
+    close(fig)
+    return destination

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import re
 import shutil
@@ -171,7 +172,9 @@ def test_report_shows_failures_escaped(with_failure: tuple[Path, str], tmp_path:
     result = write_report(path, tmp_path / "rep", top_k=1, run_check=False)
     page = result.index_html.read_text(encoding="utf-8")
     assert failed_id in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; ValueError: boom" in page
+    # Escaped by the template's autoescape (markupsafe writes " as &#34;).
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; ValueError: boom" in page
+    assert NASTY_ERROR in html.unescape(page)
     assert "<script>" not in page
     for link in local_links(result.index_html):
         assert (result.index_html.parent / link).is_file()
