@@ -44,8 +44,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(REPO / "optimizer", src / "optimizer", ignore=ignore)
     out = root / "dist"
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q"]
-        + ["-w", str(out), str(src / "sweep")],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), src / "sweep"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -85,11 +84,11 @@ def test_the_installed_package_reads_its_data(wheel: Path, tmp_path: Path) -> No
         zf.extractall(target)
     code = (
         "import optimizer, optimizer.published as p, optimizer._report.html as h; "
-        "assert optimizer.__file__.startswith(%r), optimizer.__file__; "
+        f"assert optimizer.__file__.startswith({str(target)!r}), optimizer.__file__; "
         "assert p.published_layout('par12', 64).shape == (64, 2); "
         "h._environment().get_template(h.TEMPLATE); "
         "assert 'font-family' in h._environment().globals['css']; print('ok')"
-    ) % str(target)
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["PYTHONPATH"] = str(target)
     proc = subprocess.run(
