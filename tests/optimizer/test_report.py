@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import html
 import json
 import re
 import shutil
 import struct
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ pytest.importorskip("matplotlib")
 import h5guard
 import optimizer
 from optimizer import _report_cli
+from optimizer._report import html as report_html
 from optimizer.config import expand_spec
 from optimizer.report import (
     MissingExtraError,
@@ -30,7 +33,7 @@ from optimizer.report import (
     write_report,
 )
 from optimizer.results import RESULT_SCHEMA, failure_group, failure_key
-from optimizer.summary import NotASweepOutputError
+from optimizer.summary import NotASweepOutputError, SiteStats, iter_records, summarize
 
 SPEC: dict[str, Any] = {
     "sweep": [
@@ -263,3 +266,37 @@ def test_missing_matplotlib_is_one_clear_error(
     assert "\n" not in str(info.value) and isinstance(info.value, RuntimeError)
     with pytest.raises(MissingExtraError):
         write_layout_plot(sweep, read_sweep(sweep).ok[0].key, tmp_path / "x.png")
+
+
+def test_run_summary_and_report_share_the_site_stats(
+    sweep: Path, with_failure: tuple[Path, str]
+) -> None:
+    """``layout-sweep run``'s summary and the report compute the same SiteStats."""
+    for path in (sweep, with_failure[0]):
+        sites, errors = summarize(iter_records(str(path)))
+        data = read_sweep(path)
+        from_report = [
+            dataclasses.replace(s, planned=None, pending=None)
+            for s in data.site_stats()
+            if s.best_aep_gwh is not None
+        ]
+        assert sites == from_report and sites
+        assert errors == {cid: f.error for cid, f in data.failures.items()}
+        assert all(isinstance(s, SiteStats) for s in sites)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            sites[0].done = 0  # type: ignore[misc]
+    assert errors == {with_failure[1]: NASTY_ERROR}
+
+
+def test_the_template_autoescapes_and_inlines_its_css() -> None:
+    env = report_html._environment()
+    assert env.autoescape is True
+    css = (
+        resources.files("optimizer._report")
+        .joinpath("templates", report_html.STYLESHEET)
+        .read_text(encoding="utf-8")
+    )
+    assert env.globals["css"] == css and '"Segoe UI"' in css
+    source = env.loader.get_source(env, report_html.TEMPLATE)[0]
+    for section in ("summary", "failures", "layouts", "published", "axes", "provenance"):
+        assert f'<section id="{section}">' in source
