@@ -367,6 +367,7 @@ def write_layout_plot(
         initial=initial,
         optimized=layout,
         min_spacing_m=geo.min_spacing_m,
+        exclusions=geo.exclusions,
     )
     out = Path(destination) if destination is not None else Path(f"{key}.png")
     figures.save_png(fig, out)

@@ -70,7 +70,7 @@ def _plain(value: Any) -> Any:
 
 
 def text_of(value: Any) -> str:
-    """An attribute value as text (bytes decoded, 1-element lists unwrapped)."""
+    """Return an attribute value as text (bytes decoded, 1-element lists unwrapped)."""
     if isinstance(value, bytes | np.bytes_):
         return bytes(value).decode("utf-8", errors="replace")
     if isinstance(value, list | tuple) and len(value) == 1:
@@ -79,7 +79,7 @@ def text_of(value: Any) -> str:
 
 
 def number_of(value: Any) -> float:
-    """A float from an attribute value (scalars stored as 1-element arrays too); NaN if not."""
+    """Return a float from an attribute value (scalars stored as 1-element arrays too); NaN if not."""
     if isinstance(value, list | tuple | np.ndarray) and np.size(value) == 1:
         value = np.asarray(value).reshape(-1)[0]
     try:
@@ -100,7 +100,7 @@ def _open(path: str) -> h5py.File:
 
 
 def read_root_spec(path: str) -> dict[str, Any] | None:
-    """The sweep spec recorded in the output's ``sweep_spec`` attribute, or None.
+    """Read the sweep spec recorded in the output's ``sweep_spec`` attribute, or None.
 
     Parameters
     ----------
@@ -129,7 +129,7 @@ def read_root_spec(path: str) -> dict[str, Any] | None:
 
 
 def root_attrs(path: str) -> dict[str, Any]:
-    """Every root attribute of the output, as plain Python values.
+    """Read every root attribute of the output, as plain Python values.
 
     Raises
     ------
@@ -215,7 +215,7 @@ class OkRow:
 
     @classmethod
     def of(cls, rec: Record) -> OkRow:
-        """The row of a result record (``rec.status == "ok"``)."""
+        """Make the row of a result record (``rec.status == "ok"``)."""
         cfg = rec.config
         return cls(
             key=rec.key,
@@ -254,7 +254,7 @@ class FailRow:
 
 
 def latest_failures(records: Iterable[Record]) -> tuple[dict[str, FailRow], int]:
-    """The failures of the configs that have no result.
+    """Find the last failure of each config that has no result.
 
     Parameters
     ----------
@@ -319,7 +319,7 @@ def split_label(label: str) -> tuple[str, int] | None:
 
 
 def reference_for(label: str) -> Reference | None:
-    """The published reference AEPs of a site label (IEA37 sizes only), or None."""
+    """Look up the published reference AEPs of a site label (IEA37 sizes only), or None."""
     from optimizer.sites import get_site
 
     parts = split_label(label)
@@ -364,7 +364,7 @@ class SiteStats:
         return self.best_config_id
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form (``layout-sweep report --json``), floats rounded to 4 digits."""
+        """Return the JSON form (``layout-sweep report --json``), floats rounded to 4 digits."""
 
         def r(v: float | None) -> float | None:
             return None if v is None or not math.isfinite(v) else round(v, 4)
@@ -444,7 +444,7 @@ def site_stats(
 
 
 def summarize(records: Iterable[Record]) -> tuple[list[SiteStats], dict[str, str]]:
-    """The statistics ``layout-sweep run`` prints, from the records of an output.
+    """Compute the statistics ``layout-sweep run`` prints, from the records of an output.
 
     Parameters
     ----------

@@ -53,7 +53,7 @@ class PublishedComparison:
     image: str | None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form (``layout-sweep report --json``), floats rounded to 4 digits."""
+        """Return the JSON form (``layout-sweep report --json``), floats rounded to 4 digits."""
         return {
             "site": self.label,
             "config_id": self.config_id,

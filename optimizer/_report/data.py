@@ -99,18 +99,18 @@ class SweepData:
         return sum(1 for cid in self.planned_labels if cid not in finished)
 
     def site_stats(self) -> list[SiteStats]:
-        """The per-site statistics (:func:`optimizer.summary.site_stats`), sorted by label."""
+        """Compute the per-site statistics (:func:`optimizer.summary.site_stats`), sorted by label."""
         return site_stats(self.ok, self.failures, self.planned_labels)
 
     def top(self, label: str, k: int) -> list[OkRow]:
-        """The ``k`` results of ``label`` with the largest AEP, best first."""
+        """Return the ``k`` results of ``label`` with the largest AEP, best first."""
         rows = [r for r in self.ok if r.label == label and math.isfinite(r.aep_gwh)]
         rows.sort(key=lambda r: (-r.aep_gwh, r.key))
         return rows[:k]
 
 
 def require_sweep_output(path: str) -> dict[str, Any]:
-    """The root attributes of ``path``, or :class:`NotASweepOutputError` if it is no output."""
+    """Read the root attributes of an output; :class:`NotASweepOutputError` if it is none."""
     root = root_attrs(path)  # NotASweepOutputError: missing, not HDF5, unreadable
     if "sweep_spec" not in root:
         raise NotASweepOutputError(f"{path}: not a layout-sweep output (no sweep_spec attribute)")

@@ -38,6 +38,7 @@ DPI = 100
 START_COLOR = "#8c8c8c"
 OPT_COLOR = "#d62728"
 BOUNDARY_COLOR = "#1f4e79"
+EXCLUSION_COLOR = "#7f7f7f"
 REF_BASELINE_COLOR = "#7f7f7f"
 REF_BEST_COLOR = "#2ca02c"
 _SITE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -73,7 +74,20 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def save_png(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` as a PNG, atomically (a reader never sees half an image)."""
+    """Write ``fig`` as a PNG, atomically (a reader never sees half an image).
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure.
+    path : str or os.PathLike
+        The PNG to write (replaced if it exists).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
     final = Path(path)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     try:
@@ -91,6 +105,7 @@ def _draw_layout(
     initial: FloatArray | None,
     optimized: FloatArray,
     min_spacing_m: float | None,
+    exclusions: Sequence[FloatArray] = (),
     legend: bool = True,
 ) -> None:
     from matplotlib.collections import LineCollection, PatchCollection
@@ -105,6 +120,18 @@ def _draw_layout(
                 edgecolor=BOUNDARY_COLOR,
                 linewidth=1.5,
                 label="boundary",
+            )
+        )
+    for i, zone in enumerate(z for z in exclusions if len(z) >= 3):
+        ax.add_patch(
+            Polygon(
+                zone,
+                closed=True,
+                facecolor=(0.5, 0.5, 0.5, 0.15),
+                edgecolor=EXCLUSION_COLOR,
+                hatch="//",
+                linewidth=1.0,
+                label="exclusion zone" if i == 0 else None,
             )
         )
     if initial is not None and initial.shape == optimized.shape:
@@ -183,6 +210,7 @@ def _draw_flow(
     *,
     boundary: FloatArray | None,
     optimized: FloatArray,
+    exclusions: Sequence[FloatArray] = (),
 ) -> None:
     extent = (float(flow.x[0]), float(flow.x[-1]), float(flow.y[0]), float(flow.y[-1]))
     # Clip the deep deficit right behind each rotor so the wakes far downstream stay visible.
@@ -201,6 +229,9 @@ def _draw_flow(
     if boundary is not None and len(boundary) >= 3:
         closed = np.vstack((boundary, boundary[:1]))
         ax.plot(closed[:, 0], closed[:, 1], color=BOUNDARY_COLOR, linewidth=1.0, linestyle="--")
+    for zone in (z for z in exclusions if len(z) >= 3):
+        closed = np.vstack((zone, zone[:1]))
+        ax.plot(closed[:, 0], closed[:, 1], color=EXCLUSION_COLOR, linewidth=1.0, linestyle=":")
     ax.scatter(optimized[:, 0], optimized[:, 1], s=14, color=OPT_COLOR, zorder=3)
     # PyWake's wd is where the wind comes FROM (meteorological): the flow goes the other way.
     rad = np.deg2rad(flow.wd)
@@ -227,8 +258,31 @@ def layout_figure(
     optimized: FloatArray,
     min_spacing_m: float | None,
     flow: FlowField | None = None,
+    exclusions: Sequence[FloatArray] = (),
 ) -> Figure:
-    """The layout (boundary, start, optimized, spacing circles), plus its wake if ``flow``."""
+    """Draw a layout: boundary, start, optimized positions, spacing circles; and its wake.
+
+    Parameters
+    ----------
+    title : str
+        The figure's title.
+    boundary : numpy.ndarray or None
+        The site polygon, shape (m, 2), metres.
+    initial : numpy.ndarray or None
+        The starting positions, (n, 2); a dotted line joins each to its optimized position.
+    optimized : numpy.ndarray
+        The optimized positions, (n, 2).
+    min_spacing_m : float or None
+        Draws a circle of radius ``min_spacing_m / 2`` around each optimized turbine.
+    flow : FlowField, optional
+        With it, a second panel shows the flow map (one flow case) of the optimized layout.
+    exclusions : sequence of numpy.ndarray
+        Polygons (m, 2) inside the boundary where no turbine may stand, drawn hatched.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     if flow is None:
         fig = _figure(6.4, 6.8)
         ax = fig.add_subplot()
@@ -238,6 +292,7 @@ def layout_figure(
             initial=initial,
             optimized=optimized,
             min_spacing_m=min_spacing_m,
+            exclusions=exclusions,
         )
     else:
         fig = _figure(12.8, 6.2)
@@ -248,8 +303,11 @@ def layout_figure(
             initial=initial,
             optimized=optimized,
             min_spacing_m=min_spacing_m,
+            exclusions=exclusions,
         )
-        _draw_flow(ax_flow, fig, flow, boundary=boundary, optimized=optimized)
+        _draw_flow(
+            ax_flow, fig, flow, boundary=boundary, optimized=optimized, exclusions=exclusions
+        )
     ax.set_title("start and optimized layout", fontsize="medium")
     fig.suptitle(title, fontsize="medium")
     return fig
@@ -262,7 +320,23 @@ def published_figure(
     panels: Sequence[tuple[str, FloatArray]],
     min_spacing_m: float | None,
 ) -> Figure:
-    """Layouts side by side (ours first, then the published ones), one panel each."""
+    """Draw layouts side by side, one panel each (the sweep's first, then the published ones).
+
+    Parameters
+    ----------
+    title : str
+        The figure's title.
+    boundary : numpy.ndarray or None
+        The site polygon drawn in every panel.
+    panels : sequence of (str, numpy.ndarray)
+        Each panel's title and layout (n, 2).
+    min_spacing_m : float or None
+        Spacing circles, as in :func:`layout_figure`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     fig = _figure(4.6 * max(1, len(panels)), 5.2)
     axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
     for ax, (label, layout) in zip(axes, panels, strict=False):
@@ -294,8 +368,10 @@ def _strip(
     color: str,
     seed: int = 0,
 ) -> None:
-    """Box plot plus jittered points of ``values`` grouped by ``categories`` (numbers first,
-    in numeric order, then words); fine with thousands of points."""
+    """Draw a box plot plus jittered points of ``values`` grouped by ``categories``.
+
+    Numbers first, in numeric order, then words; fine with thousands of points.
+    """
     cats = sorted(set(categories), key=_category_order)
     if not cats:
         return
@@ -336,9 +412,29 @@ def axes_figure(
     wall_time_s: Sequence[float],
     reference: Reference | None,
 ) -> Figure:
-    """How one site's results depend on the sweep axes: gain vs grid size and vs the share of
-    randomly placed starting turbines, and AEP vs wall time (with published reference lines
-    where known). ``grid_size`` and ``random_pct`` are category labels, one per result."""
+    """Draw how one site's results depend on the sweep axes.
+
+    Three panels: the gain against the grid size and against the share of randomly placed
+    starting turbines (box plots with the points), and the AEP against the wall time (with
+    published reference lines where known).
+
+    Parameters
+    ----------
+    label : str
+        The site label, for the title.
+    color_index : int
+        Picks the site's colour.
+    grid_size, random_pct : sequence of str
+        Category labels, one per result (numbers sort numerically, words after them).
+    gain_pct, aep_gwh, wall_time_s : sequence of float
+        One per result.
+    reference : Reference or None
+        The published baseline and best AEP lines.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     color = _SITE_COLORS[color_index % len(_SITE_COLORS)]
     fig = _figure(14.0, 4.2)
     ax_grid, ax_rand, ax_time = fig.subplots(1, 3)
@@ -379,7 +475,13 @@ def axes_figure(
 
 
 def close(fig: Any) -> None:
-    """Drop the figure's artists now rather than at garbage collection."""
+    """Drop the figure's artists now rather than at garbage collection.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure, not used afterwards.
+    """
     fig.clear()
 
 
@@ -457,6 +559,7 @@ def write_layout_png(
         optimized=layout,
         min_spacing_m=geo.min_spacing_m,
         flow=flow,
+        exclusions=geo.exclusions,
     )
     save_png(fig, destination)
     close(fig)

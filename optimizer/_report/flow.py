@@ -38,18 +38,22 @@ class FlowField:
 class SiteGeometry:
     """What a layout figure draws around the turbines, and the model its flow map uses.
 
-    All None when the site is unknown (the figure then shows the turbines only).
+    All None when the site is unknown (the figure then shows the turbines only). A lease of
+    several regions with exclusion zones is drawn from ``boundary`` and ``exclusions``:
+    :func:`site_geometry` is the one place that reads them from :mod:`optimizer.sites`.
     """
 
     boundary: FloatArray | None
     min_spacing_m: float | None
     wfm: Any
+    exclusions: tuple[FloatArray, ...] = ()
+    """Polygons inside the boundary where no turbine may stand (none for today's sites)."""
 
 
 def site_geometry(
     site: str, n_turbines: int, cache: dict[tuple[str, int], SiteGeometry] | None = None
 ) -> SiteGeometry:
-    """The boundary, minimum spacing and wind farm model of a site and farm size.
+    """Look up the boundary, minimum spacing and wind farm model of a site and farm size.
 
     Parameters
     ----------

@@ -300,3 +300,26 @@ def test_the_template_autoescapes_and_inlines_its_css() -> None:
     source = env.loader.get_source(env, report_html.TEMPLATE)[0]
     for section in ("summary", "failures", "layouts", "published", "axes", "provenance"):
         assert f'<section id="{section}">' in source
+
+
+def test_layout_figure_draws_exclusion_zones(tmp_path: Path) -> None:
+    """The drawing a lease with exclusion zones needs (SiteGeometry.exclusions)."""
+    import numpy as np
+
+    from optimizer._report import figures
+
+    square = np.array([[0.0, 0.0], [1000.0, 0.0], [1000.0, 1000.0], [0.0, 1000.0]])
+    zone = np.array([[400.0, 400.0], [600.0, 400.0], [500.0, 600.0]])
+    turbines = np.array([[100.0, 100.0], [900.0, 900.0]])
+    fig = figures.layout_figure(
+        title="lease",
+        boundary=square,
+        initial=None,
+        optimized=turbines,
+        min_spacing_m=200.0,
+        exclusions=[zone],
+    )
+    legend = fig.axes[0].get_legend()
+    assert "exclusion zone" in [t.get_text() for t in legend.get_texts()]
+    assert png_size(figures.save_png(fig, tmp_path / "lease.png"))[0] >= 400
+    figures.close(fig)
