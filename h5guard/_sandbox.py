@@ -129,7 +129,7 @@ class _Child:
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "h5guard._sandbox_child", str(memory_limit)],
+                [sys.executable, "-m", "h5guard._check.child", str(memory_limit)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self.stderr,

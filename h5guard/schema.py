@@ -32,16 +32,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from h5guard.errors import SchemaError
 from h5guard.report import Code
-
-if TYPE_CHECKING:
-    from h5guard._tree import GroupNode
 
 SCHEMA_FORMAT_VERSION = 1
 _V = TypeVar("_V")
@@ -395,69 +392,62 @@ class Schema:
             raise SchemaError(f"{path}: cannot read schema: {err.strerror or err}") from err
         return Schema.from_json(text, source=path)
 
-    def check(
-        self,
-        datasets: Mapping[str, DatasetInfo],
-        attrs: Mapping[str, Any],
-        groups: Mapping[str, GroupInfo] | None = None,
-    ) -> list[SchemaViolation]:
-        """Every way a group (its datasets' infos and attribute values) breaks the schema.
+    def check_group(self, group: GroupInfo) -> list[SchemaViolation]:
+        """Every way a top-level group breaks the schema, nested groups included.
 
-        ``groups``: the group's subgroups (None: not known, so nested rules are skipped,
-        as for files written before trees).
+        The one entry point of every reader: h5guard's own streaming reader, the byte
+        reader, the inspector of foreign files and salvage all describe a group as a
+        :class:`GroupInfo` and call this, so no reader can skip a rule.
+
+        Parameters
+        ----------
+        group
+            What the reader found in the group: its datasets, attributes and subgroups.
+
+        Returns
+        -------
+        list[SchemaViolation]
+            Empty when the group satisfies the schema. ``obj`` of each violation is
+            relative to the group (``""`` for the group itself, ``"sub/x"`` below it).
         """
         out: list[SchemaViolation] = []
-        _check_level(self.datasets, self.attrs, self.groups, datasets, attrs, groups, "", out)
+        _check_level(self.datasets, self.attrs, self.groups, group, "", out)
         return out
 
-    def check_tree(self, root: GroupNode) -> list[SchemaViolation]:
-        """:meth:`check` on a whole result tree (h5guard._tree), nested groups included."""
-        info = GroupInfo.of(root)
-        return self.check(info.datasets, info.attrs, info.groups)
+    def any_finite(self) -> bool:
+        """Whether some dataset rule, at any depth, asks for finite values only."""
+        return _any_finite(self.datasets, self.groups)
+
+
+def _any_finite(datasets: Mapping[str, DatasetSpec], groups: Mapping[str, GroupSpec]) -> bool:
+    return any(spec.finite for spec in datasets.values()) or any(
+        _any_finite(g.datasets, g.groups) for g in groups.values()
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class GroupInfo:
-    """What the checker knows of a nested group: its datasets, attributes and subgroups."""
+    """The description of a group that a :class:`Schema` checks, whatever reader made it.
+
+    ``datasets`` and ``groups`` are the group's members by name, ``attrs`` its
+    attribute values (h5guard's reserved ``h5guard_*`` attributes may be among them:
+    no rule names them).
+    """
 
     datasets: Mapping[str, DatasetInfo]
     attrs: Mapping[str, Any]
     groups: Mapping[str, GroupInfo]
-    kinds: Mapping[str, str] = field(default_factory=FrozenMap)
-
-    @classmethod
-    def of(cls, node: GroupNode) -> GroupInfo:
-        from h5guard._tree import DatasetNode
-
-        datasets: dict[str, DatasetInfo] = {}
-        groups: dict[str, GroupInfo] = {}
-        for name, child in node.members.items():
-            if isinstance(child, DatasetNode):
-                datasets[name] = DatasetInfo.of(
-                    child.value.array,
-                    attrs={n: v.array for n, v in child.attrs.items()},
-                    kind=child.value.kind,
-                )
-            else:
-                groups[name] = GroupInfo.of(child)
-        return cls(
-            FrozenMap(datasets),
-            FrozenMap({n: v.array for n, v in node.attrs.items()}),
-            FrozenMap(groups),
-            FrozenMap({n: v.kind for n, v in node.attrs.items()}),
-        )
 
 
 def _check_level(
     dspecs: Mapping[str, DatasetSpec],
     aspecs: Mapping[str, AttrSpec],
     gspecs: Mapping[str, GroupSpec],
-    datasets: Mapping[str, DatasetInfo],
-    attrs: Mapping[str, Any],
-    groups: Mapping[str, GroupInfo] | None,
+    group: GroupInfo,
     prefix: str,
     out: list[SchemaViolation],
 ) -> None:
+    datasets, attrs, groups = group.datasets, group.attrs, group.groups
     attr_text = {k: _as_text(v) for k, v in attrs.items()}
     bound: dict[str, int] = {}
     for name, spec in sorted(dspecs.items()):
@@ -493,8 +483,6 @@ def _check_level(
         if spec.attrs:
             _check_attrs(spec.attrs, info.attrs, obj, out)
     _check_attrs(aspecs, attrs, prefix.rstrip("/"), out)
-    if groups is None:
-        return
     for name, gspec in sorted(gspecs.items()):
         obj = prefix + name
         sub = groups.get(name)
@@ -502,16 +490,7 @@ def _check_level(
             if gspec.required:
                 out.append(SchemaViolation(Code.SCHEMA_MISSING, obj, "required group is missing"))
             continue
-        _check_level(
-            gspec.datasets,
-            gspec.attrs,
-            gspec.groups,
-            sub.datasets,
-            sub.attrs,
-            sub.groups,
-            obj + "/",
-            out,
-        )
+        _check_level(gspec.datasets, gspec.attrs, gspec.groups, sub, obj + "/", out)
 
 
 def _check_attrs(

@@ -1,7 +1,7 @@
 """Validation: everything that can be wrong with a file, as findings, never as a crash.
 
-Two layers. The quick layer (:mod:`h5guard._superblock`) reads a few hundred bytes
-with pure Python. The deep layer (:mod:`h5guard._deep`) opens the file with libhdf5 in
+Two layers. The quick layer (:mod:`h5guard._check.quick`) reads a few hundred bytes
+with pure Python. The deep layer (:mod:`h5guard._check.deep`) opens the file with libhdf5 in
 a sandboxed child, reads every dataset and attribute, verifies every digest and
 applies the schema. The deep layer is skipped for files the quick layer already
 condemned: there is nothing to learn, and they are the likeliest to hurt libhdf5.
@@ -17,15 +17,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from h5guard import _atomic, _fastread, _journal, _seal
-from h5guard._superblock import quick_check
+from h5guard import _atomic, _journal
+from h5guard._check.quick import quick_check
+from h5guard._format import seal as _seal
+from h5guard._sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox, SandboxResult
 from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
-from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox, SandboxResult
 from h5guard.schema import Schema
 
 log = logging.getLogger(__name__)
 
-_DEEP_TARGET = "h5guard._deep:inspect_file"
+_DEEP_TARGET = "h5guard._check.deep:inspect_file"
 QUARANTINE_DIR = "quarantine"
 SEAL_CHECK_LIMIT = 256 * 1024 * 1024  # bytes; bigger files' seals are not re-hashed
 ProgressCallback = Callable[[int, int], None]
@@ -205,11 +206,14 @@ def _sealed(path: str, schema_json: str | None) -> FileSummary | None:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             if _seal.seal_matches(buf) is not True:
                 return None
+            # Imported here: `check --quick` never gets this far, and must not pay for them.
+            from h5guard._format import bytes as bytes_reader
+
             try:
-                root_attrs: dict[str, bytes] | None = _fastread.root_attribute_values(buf)
-            except (_fastread.Unsupported, _fastread.Malformed):
+                root_attrs: dict[str, bytes] | None = bytes_reader.root_attribute_values(buf)
+            except (bytes_reader.Unsupported, bytes_reader.Malformed):
                 root_attrs = None  # e.g. attributes in dense storage: libhdf5 reads them
-        from h5guard._deep import sealed_summary  # imports h5py: only when a seal matched
+        from h5guard._check.own import sealed_summary  # imports h5py: only when a seal matched
 
         return sealed_summary(path, schema_json, root_attrs)
     except Exception as err:  # readable only in theory: let the sandbox say what is wrong

@@ -1,63 +1,36 @@
-"""The on-disk layout h5guard writes, and the content digest of a group.
+"""Writing primitives: a prepared result tree into an h5py group, in the hardened layout.
 
-Layout (chosen because it turned damage into errors in every case we measured):
+The layout (chosen because it turned damage into errors in every case we measured):
 
 * files are created with libver lower bound ``v110`` so that every piece of metadata
   (superblock, object headers, B-trees, heaps) carries a checksum;
-* datasets of at most :data:`COMPACT_LIMIT` bytes are stored *compact*, i.e. inside
-  their checksummed object header; larger ones are chunked with the ``fletcher32``
-  filter so each chunk is checksummed too;
+* datasets of at most :data:`~h5guard._format.names.COMPACT_LIMIT` bytes are stored
+  *compact*, i.e. inside their checksummed object header; larger ones are chunked with
+  the ``fletcher32`` filter so each chunk is checksummed too;
 * strings are fixed-length UTF-8 (variable-length strings live in the global heap,
-  which has no checksum and whose damage made readers spin forever).
+  which has no checksum and whose damage made readers spin forever);
+* attributes stay in their object's header (no dense storage), and kinds that the
+  stored type does not imply go into one small JSON attribute (``h5guard_kinds``).
 
-Results written since trees (#14) carry the v2 digest (``sha256-v2:<hex>``, over the
-whole tree and each value's kind): see :mod:`h5guard._tree` and docs/format.md. The v1
-digest below is still verified for older files.
-
-Digest v1 (``h5guard_digest`` attribute of every group, ``sha256:<hex>``): SHA-256 over
-
-    b"h5guard-digest-v1\\0"
-    then for each dataset, by name in byte order:   F(b"D") F(name) F(dtype) F(shape) F(data)
-    then for each attribute, by name in byte order:  F(b"A") F(name) F(dtype) F(shape) F(data)
-
-where ``F(x)`` is the 8-byte little-endian length of ``x`` followed by ``x``; ``name``
-is UTF-8; ``dtype`` is numpy's ``dtype.str`` of the value in little-endian byte order
-(e.g. ``<f8``, ``|S12``, ``|b1``); ``shape`` is the decimal sizes joined by ``,``
-(empty for a scalar); ``data`` is the values in C order, little-endian. The digest
-attribute itself is not covered.
+The names and digests are defined in :mod:`h5guard._format.names` and
+:mod:`h5guard._format.digest`; docs/format.md describes the whole format.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
+import json
 import re
-from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping
 from typing import Any
 
 import h5py
 import numpy as np
 import numpy.typing as npt
 
+from h5guard._format.names import COMPACT_LIMIT, KINDS_ATTR, LIBVER, RESERVED_PREFIX
+from h5guard._format.tree import GroupNode, Value, default_kind, resolve_kind, utf8_dtype
 from h5guard.errors import InvalidKeyError, SchemaError
 
-DIGEST_ATTR = "h5guard_digest"
-INDEX_ATTR = "h5guard_index"  # JSON {key: digest} of a shard's groups, written at commit
-FORMAT_ATTR = "h5guard_format"
-SCHEMA_ATTR = "h5guard_schema"
-VERSION_ATTR = "h5guard_version"
-RESERVED_PREFIX = "h5guard_"
-SHARD_FORMAT = "h5guard-shard/1"
-OUTPUT_FORMAT = "h5guard-output/1"
-DIGEST_PREFIX = "sha256:"
-
-LIBVER = ("v110", "latest")
-COMPACT_LIMIT = 32 * 1024
-# Read big datasets this many bytes at a time so digesting never holds them whole.
-READ_BLOCK = 16 * 1024 * 1024
-
-_DIGEST_MAGIC = b"h5guard-digest-v1\0"
 _KEY_OK = re.compile(r"^[^/\x00]+$")
 
 
@@ -93,105 +66,6 @@ def normalize_value(name: str, value: Any) -> npt.NDArray[Any]:
         f"{name}: expected numbers, booleans or strings, got dtype {arr.dtype} "
         "(object, variable-length and compound values are not supported)"
     )
-
-
-def _field(h: Any, data: bytes | memoryview) -> None:
-    h.update(len(data).to_bytes(8, "little"))
-    h.update(data)
-
-
-def _le(arr: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    dt = arr.dtype
-    if dt.byteorder == ">" or (dt.byteorder == "=" and not np.little_endian):
-        return arr.astype(dt.newbyteorder("<"))
-    return arr
-
-
-def _bytes_view(arr: npt.NDArray[Any]) -> memoryview:
-    contiguous = np.asarray(_le(arr), order="C")
-    return memoryview(contiguous.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
-
-
-def _dtype_token(dtype: np.dtype[Any]) -> bytes:
-    return dtype.newbyteorder("<").str.encode() if dtype.byteorder in "<>=" else dtype.str.encode()
-
-
-def _shape_token(shape: tuple[int, ...]) -> bytes:
-    return ",".join(str(int(n)) for n in shape).encode()
-
-
-_THREADED_HASH_MIN = 1024 * 1024
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _hash_pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="h5guard-digest")
-    return _POOL
-
-
-class GroupDigest:
-    """Incremental digest of one group; feed datasets then attributes, in name order."""
-
-    def __init__(self) -> None:
-        self._h = hashlib.sha256(_DIGEST_MAGIC)
-
-    def _header(self, tag: bytes, name: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
-        _field(self._h, tag)
-        _field(self._h, name.encode("utf-8"))
-        _field(self._h, _dtype_token(dtype))
-        _field(self._h, _shape_token(shape))
-
-    def add_array(self, tag: bytes, name: str, arr: npt.NDArray[Any]) -> None:
-        self._header(tag, name, arr.dtype, arr.shape)
-        _field(self._h, _bytes_view(arr))
-
-    def add_blocks(
-        self,
-        name: str,
-        dtype: np.dtype[Any],
-        shape: tuple[int, ...],
-        blocks: Iterator[npt.NDArray[Any]],
-    ) -> None:
-        """A dataset given as C-ordered blocks (rows along axis 0), for large data."""
-        self._header(b"D", name, dtype, shape)
-        nbytes = dtype.itemsize * math.prod(shape)
-        self._h.update(nbytes.to_bytes(8, "little"))
-        seen = 0
-        hashing: Future[None] | None = None
-        for block in blocks:
-            view = _bytes_view(block)
-            seen += view.nbytes
-            if hashing is not None:
-                hashing.result()
-                hashing = None
-            if view.nbytes >= _THREADED_HASH_MIN:
-                # hashlib drops the GIL on big buffers: hash this block while the
-                # caller's generator reads the next one from disk.
-                hashing = _hash_pool().submit(self._h.update, view)
-            else:
-                self._h.update(view)
-        if hashing is not None:
-            hashing.result()
-        if seen != nbytes:
-            raise ValueError(f"{name}: digest fed {seen} bytes, expected {nbytes}")
-
-    def hexdigest(self) -> str:
-        return DIGEST_PREFIX + self._h.hexdigest()
-
-
-def digest_of(
-    datasets: Mapping[str, npt.NDArray[Any]], attrs: Mapping[str, npt.NDArray[Any]]
-) -> str:
-    """Digest of a group given as normalized arrays (see module docstring)."""
-    d = GroupDigest()
-    for name in sorted(datasets, key=lambda n: n.encode("utf-8")):
-        d.add_array(b"D", name, datasets[name])
-    for name in sorted(attrs, key=lambda n: n.encode("utf-8")):
-        if name != DIGEST_ATTR:
-            d.add_array(b"A", name, attrs[name])
-    return d.hexdigest()
 
 
 def create_file(path: str, mode: str = "w", *, userblock: int = 0) -> h5py.File:
@@ -288,63 +162,42 @@ def write_attr(obj: h5py.Group | h5py.File, name: str, arr: npt.NDArray[Any]) ->
     obj.attrs.create(name, arr if arr.ndim else arr[()])
 
 
-def iter_blocks(dset: h5py.Dataset) -> Iterator[npt.NDArray[Any]]:
-    """Read a dataset as C-ordered blocks of whole rows, at most READ_BLOCK bytes.
-
-    Big datasets are read into two buffers used in turn (fresh 16 MiB arrays cost their
-    page faults on every block): a block stays valid until the one after the next is
-    requested, which is what a reader hashing one block while reading the next needs.
-    """
-    if dset.ndim == 0 or dset.nbytes <= READ_BLOCK:
-        # Into an array of the stored dtype: dset[()] of a scalar fixed-length string
-        # returns bytes with its trailing NULs stripped, which would change the digest.
-        whole: npt.NDArray[Any] = np.empty(dset.shape, dtype=dset.dtype)
-        if whole.size:
-            dset.id.read(h5py.h5s.ALL, h5py.h5s.ALL, whole)
-        yield whole
-        return
-    shape = tuple(int(n) for n in dset.shape)
-    row_bytes = max(1, dset.nbytes // max(1, shape[0]))
-    rows = max(1, READ_BLOCK // row_bytes)
-    buffers: list[npt.NDArray[Any]] = []
-    for i, start in enumerate(range(0, shape[0], rows)):
-        stop = min(shape[0], start + rows)
-        if len(buffers) < 2:
-            buffers.append(np.empty((rows, *shape[1:]), dtype=dset.dtype))
-        block = buffers[i % 2][: stop - start]
-        dset.read_direct(block, source_sel=np.s_[start:stop])
-        yield block
+# -- a result tree ------------------------------------------------------------------
 
 
-def read_attr(obj: h5py.Group | h5py.File | h5py.Dataset, name: str) -> npt.NDArray[Any]:
-    """Read an attribute as an array of the stored dtype (strings stay bytes)."""
-    return read_attr_id(h5py.h5a.open(obj.id, name.encode("utf-8")))
-
-
-def read_attrs(obj: h5py.Group | h5py.File | h5py.Dataset) -> dict[str, npt.NDArray[Any]]:
-    """Every attribute of ``obj``, opened by index (about twice as fast as by name)."""
-    out: dict[str, npt.NDArray[Any]] = {}
-    for index in range(h5py.h5a.get_num_attrs(obj.id)):
-        aid = h5py.h5a.open(obj.id, index=index)
-        out[aid.name.decode("utf-8")] = read_attr_id(aid)
+def _kinds_of(attrs: Mapping[str, Value], own: Value | None) -> dict[str, str]:
+    """The kinds that the stored type does not imply, keyed as in ``h5guard_kinds``."""
+    out: dict[str, str] = {}
+    if own is not None and own.kind != _implied(own):
+        out[""] = own.kind
+    for name, value in attrs.items():
+        if value.kind != _implied(value):
+            out[name] = value.kind
     return out
 
 
-def read_attr_id(aid: Any) -> npt.NDArray[Any]:
-    shape = aid.shape  # each property call is a libhdf5 round trip: ask once
-    dtype = aid.dtype
-    if shape is None:  # a null dataspace has no value to read
-        return np.zeros(0, dtype=dtype)
-    out: npt.NDArray[Any] = np.empty(shape, dtype=dtype)
-    aid.read(out)
-    return out
+def _implied(value: Value) -> str:
+    return resolve_kind(default_kind(value.array.dtype, value.array.shape), value.array)
 
 
-def text_attr(obj: h5py.Group | h5py.File, name: str) -> str | None:
-    """A string attribute as ``str`` (fixed or variable length), or None if absent."""
-    if name not in obj.attrs:
-        return None
-    value = obj.attrs[name]
-    if isinstance(value, bytes | np.bytes_):
-        return bytes(value).decode("utf-8", errors="replace")
-    return str(value)
+def _write_attrs(oid: Any, attrs: Mapping[str, Value], own: Value | None) -> None:
+    for name, value in attrs.items():
+        create_attr_id(oid, name, value.array)
+    kinds = _kinds_of(attrs, own)
+    if kinds:
+        text = json.dumps(kinds, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        create_attr_id(oid, KINDS_ATTR, np.array(text, dtype=utf8_dtype(len(text))))
+
+
+def write_members(group: h5py.Group, node: GroupNode) -> None:
+    """Write ``node``'s attributes and members into the (new, empty) ``group``."""
+    _write_attrs(group.id, node.attrs, None)
+    for name, child in node.members.items():
+        if isinstance(child, GroupNode):
+            sub = create_subgroup(group, name)
+            write_members(sub, child)
+        else:
+            write_dataset(group, name, child.value.array)
+            if child.attrs or _kinds_of({}, child.value):
+                oid = h5py.h5o.open(group.id, name.encode("utf-8"))
+                _write_attrs(oid, child.attrs, child.value)

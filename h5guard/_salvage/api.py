@@ -41,17 +41,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from h5guard import _atomic
-from h5guard._salvage_child import (
+from h5guard._check.api import ProgressCallback
+from h5guard._check.quick import quick_check
+from h5guard._salvage.child import (
     SALVAGE_PREFIX,
     FileOutcome,
     read_progress,
 )
-from h5guard._superblock import quick_check
+from h5guard._sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox, SandboxResult
 from h5guard.errors import MergeSourceError
 from h5guard.report import Code, Severity
-from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox, SandboxResult
 from h5guard.schema import Schema
-from h5guard.validate import ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ VERDICTS: tuple[Verdict, ...] = (
 _UNLISTABLE = frozenset({"truncated", "unreadable", "timeout", "crashed"})
 # Each resume can cost a full timeout; a file that hangs on every group is given up.
 MAX_RESUMES = 2
-_CHILD_TARGET = "h5guard._salvage_child:salvage_file"
-_SCAN_TARGET = "h5guard._salvage_child:committed_by_run"
+_CHILD_TARGET = "h5guard._salvage.child:salvage_file"
+_SCAN_TARGET = "h5guard._salvage.child:committed_by_run"
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,9 +35,9 @@ if str(_ROOT) not in sys.path:
 from h5guard import (  # noqa: E402
     LockTimeoutError,
     ShardWriter,
-    _result,
 )
-from h5guard._layout import DIGEST_ATTR  # noqa: E402
+from h5guard._format import result as _result  # noqa: E402
+from h5guard._format.names import DIGEST_ATTR  # noqa: E402
 
 F = TypeVar("F", bound=Callable[..., Any])
 PHASES = (
@@ -219,7 +219,7 @@ def _instrument(log_path: str, output: str) -> Callable[[str], None]:
 
 
 def _slow_down_helper(seconds: float) -> None:
-    from h5guard import _fastread
+    from h5guard._format import bytes as _fastread
 
     fastread: Any = _fastread
     parent = os.getpid()

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from h5guard import AttrSpec, DatasetSpec, Schema, ShardWriter, _deep, merge
+from h5guard import AttrSpec, DatasetSpec, Schema, ShardWriter, merge
+from h5guard._check import deep, own
 from h5guard.report import FileSummary, Finding
 
 SCHEMA = Schema(
@@ -78,20 +79,20 @@ def both_paths(
     path: str, monkeypatch: pytest.MonkeyPatch, schema_json: str | None = None
 ) -> tuple[tuple[list[Finding], FileSummary], tuple[list[Finding], FileSummary], int]:
     accepted: list[str] = []
-    real_accept = _deep._FastGroups.accept
+    real_accept = own._FastGroups.accept
 
-    def counting(self: _deep._FastGroups, ins: object, f: object, key: str) -> bool:
+    def counting(self: own._FastGroups, ins: object, f: object, key: str) -> bool:
         ok = real_accept(self, ins, f, key)  # type: ignore[arg-type]
         if ok:
             accepted.append(key)
         return ok
 
     with monkeypatch.context() as m:
-        m.setattr(_deep._FastGroups, "accept", counting)
-        fast = _deep.inspect_file(path, schema_json)
+        m.setattr(own._FastGroups, "accept", counting)
+        fast = deep.inspect_file(path, schema_json)
     with monkeypatch.context() as m:
-        m.setattr(_deep, "_fast_groups", lambda _path: None)
-        slow = _deep.inspect_file(path, schema_json)
+        m.setattr(own, "_fast_groups", lambda _path: None)
+        slow = deep.inspect_file(path, schema_json)
     return fast, slow, len(accepted)
 
 

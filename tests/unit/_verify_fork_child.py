@@ -13,7 +13,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from h5guard import ShardWriter, _fastread, merge
+from h5guard import ShardWriter, merge
+from h5guard._format import bytes as _fastread
 
 merge_module = importlib.import_module("h5guard.merge")  # h5guard.merge is the function
 

@@ -26,7 +26,7 @@ from h5guard import (
     record_output,
 )
 from h5guard._atomic import writer_tag
-from h5guard._layout import FORMAT_ATTR, OUTPUT_FORMAT, SCHEMA_ATTR, VERSION_ATTR
+from h5guard._format.names import FORMAT_ATTR, OUTPUT_FORMAT, SCHEMA_ATTR, VERSION_ATTR
 from h5guard.merge import GROUPS_ATTR, LAST_MERGE_ATTR
 from tests.crash._merge_child import (
     expected_digest,
