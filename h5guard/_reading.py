@@ -49,9 +49,27 @@ def _open(path: str | os.PathLike[str]) -> h5py.File:
 def read(path: str | os.PathLike[str], key: str, *, verify: bool = True) -> Result:
     """The result ``key`` of an h5guard shard or merged output, its digest verified.
 
-    Raises :class:`~h5guard.ResultNotFoundError` if the file has no such group and
-    :class:`~h5guard.DigestMismatchError` if its content does not match its digest (or
-    it has none: ``verify=False`` reads groups that no h5guard writer digested).
+    Parameters
+    ----------
+    path
+        The shard or merged output.
+    key
+        The result's key (its top-level group).
+    verify
+        Recompute the content digest and compare; False reads groups that no h5guard
+        writer digested.
+
+    Returns
+    -------
+    Result
+        The datasets and attributes as they were given to ``add()``.
+
+    Raises
+    ------
+    ResultNotFoundError
+        The file has no such group.
+    DigestMismatchError
+        The content does not match its digest (or there is none).
     """
     where = os.fspath(path)
     with _open(where) as f:
@@ -62,7 +80,25 @@ def read(path: str | os.PathLike[str], key: str, *, verify: bool = True) -> Resu
 
 
 def iter_results(path: str | os.PathLike[str], *, verify: bool = True) -> Iterator[Result]:
-    """Every result of a file, in key order (the file stays open while iterating)."""
+    """Every result of a file, in key order (the file stays open while iterating).
+
+    Parameters
+    ----------
+    path
+        The shard or merged output.
+    verify
+        As for :func:`read`.
+
+    Yields
+    ------
+    Result
+        One per top-level group.
+
+    Raises
+    ------
+    DigestMismatchError
+        A group's content does not match its digest.
+    """
     where = os.fspath(path)
     with _open(where) as f:
         for key in sorted(f, key=lambda k: k.encode("utf-8")):
@@ -80,8 +116,25 @@ def _is_scalar(value: Any) -> bool:
 def to_dataframe(path: str | os.PathLike[str], *, verify: bool = True) -> Any:
     """One row per result (index ``key``); scalar attributes and scalar datasets as columns.
 
-    Needs pandas (``pip install 'h5guard[dataframe]'``). A dataset that has the name of
-    an attribute of the same group becomes the column ``datasets/<name>``.
+    A dataset that has the name of an attribute of the same group becomes the column
+    ``datasets/<name>``.
+
+    Parameters
+    ----------
+    path
+        The shard or merged output.
+    verify
+        As for :func:`read`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per result.
+
+    Raises
+    ------
+    MissingDependencyError
+        pandas is not installed (``pip install 'h5guard[dataframe]'``).
     """
     try:
         import pandas as pd

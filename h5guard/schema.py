@@ -119,7 +119,27 @@ def dtype_matches(rule: str, dtype: np.dtype[Any], kind: str | None = None) -> b
 
 @dataclass(frozen=True, slots=True)
 class DatasetSpec:
-    """Rules for one dataset of a group."""
+    """Rules for one dataset of a group.
+
+    Parameters
+    ----------
+    dtype
+        A numpy dtype name or a kind (``"float"``, ``"int"``, ``"number"``, ``"bool"``,
+        ``"complex"``, ``"string"``, ``"str"``, ``"bytes"``, ``"structured"``).
+    shape
+        Sizes: an int is exact, a name any size shared by the group's datasets that
+        use it, None any size.
+    finite
+        No NaN or infinity.
+    required
+        False: the dataset may be absent.
+    required_when
+        Required only when the group's attributes have these values.
+    attrs
+        Rules for the dataset's own attributes.
+    fields
+        For ``"structured"``: exactly these fields, each with its dtype rule.
+    """
 
     dtype: str | None = None
     shape: ShapeRule | None = None
@@ -193,7 +213,17 @@ class DatasetSpec:
 
 @dataclass(frozen=True, slots=True)
 class AttrSpec:
-    """Rules for one attribute of a group."""
+    """Rules for one attribute of a group or of a dataset.
+
+    Parameters
+    ----------
+    dtype
+        A numpy dtype name or a kind, as for :class:`DatasetSpec`.
+    allowed
+        The value must be one of these.
+    required
+        False: the attribute may be absent.
+    """
 
     dtype: str | None = None
     allowed: tuple[Any, ...] | None = None
@@ -255,7 +285,26 @@ def _group_specs(section: Any, where: str, depth: int) -> Mapping[str, GroupSpec
 
 @dataclass(frozen=True, slots=True)
 class GroupSpec:
-    """Rules for a group nested inside a result."""
+    """Rules for a group nested inside a result (or inside another nested group).
+
+    Parameters
+    ----------
+    datasets
+        Rules for its datasets, by name.
+    attrs
+        Rules for its attributes, by name.
+    groups
+        Rules for the groups nested in it, by name.
+    required
+        False: the group may be absent (its rules apply when it is there).
+
+    Examples
+    --------
+    >>> from h5guard import DatasetSpec, GroupSpec, Schema
+    >>> schema = Schema(groups={"history": GroupSpec(datasets={"loss": DatasetSpec("float")})})
+    >>> schema.to_dict()["groups"]["history"]["datasets"]
+    {'loss': {'dtype': 'float'}}
+    """
 
     datasets: Mapping[str, DatasetSpec] = field(default_factory=FrozenMap)
     attrs: Mapping[str, AttrSpec] = field(default_factory=FrozenMap)
@@ -337,7 +386,19 @@ class SchemaViolation:
 
 @dataclass(frozen=True, slots=True)
 class Schema:
-    """What every top-level group of a file must look like."""
+    """What every top-level group of a file must look like.
+
+    Parameters
+    ----------
+    name
+        Shown in messages; kept in the files that embed the schema.
+    datasets
+        Rules for the group's datasets, by name.
+    attrs
+        Rules for the group's attributes, by name.
+    groups
+        Rules for the groups nested in it, by name (see :class:`GroupSpec`).
+    """
 
     name: str = "unnamed"
     datasets: Mapping[str, DatasetSpec] = field(default_factory=FrozenMap)
@@ -356,10 +417,29 @@ class Schema:
         return out
 
     def to_json(self) -> str:
+        """The schema as compact JSON (sorted keys): what files embed."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @staticmethod
     def from_dict(data: Any, *, source: str = "schema") -> Schema:
+        """The schema a JSON object describes (docs/schemas.md).
+
+        Parameters
+        ----------
+        data
+            The parsed JSON object.
+        source
+            Where it came from, for error messages.
+
+        Returns
+        -------
+        Schema
+
+        Raises
+        ------
+        SchemaError
+            Unknown keys, a bad dtype rule, a wrong version, or not an object.
+        """
         if not isinstance(data, Mapping):
             raise SchemaError(f"{source}: expected a JSON object, got {type(data).__name__}")
         _only_keys(data, {"h5guard_schema", "name", "datasets", "attrs", "groups"}, source)
@@ -377,6 +457,13 @@ class Schema:
 
     @staticmethod
     def from_json(text: str, *, source: str = "schema") -> Schema:
+        """:meth:`from_dict` of a JSON text.
+
+        Raises
+        ------
+        SchemaError
+            Not valid JSON, or not a valid schema.
+        """
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -385,6 +472,13 @@ class Schema:
 
     @staticmethod
     def load(path: str) -> Schema:
+        """The schema in a JSON file (what ``h5guard check --schema FILE`` reads).
+
+        Raises
+        ------
+        SchemaError
+            The file cannot be read, or does not hold a valid schema.
+        """
         try:
             with open(path, encoding="utf-8") as fh:
                 text = fh.read()

@@ -101,11 +101,37 @@ def validate_many(
 ) -> Report:
     """Validate each file; one report for all of them. Never raises for a bad file.
 
-    ``trust_seals``: a shard whose seal matches its bytes is summarized from its index
-    in-process instead of being read fully in the sandbox (what the merge does; see
-    :mod:`h5guard._seal`). A sandbox is started only if some file needs the full read.
-    ``strict``: notes about what was not followed (links, external data, bytes past the
-    end of file) become warnings; see :func:`apply_policy`.
+    Parameters
+    ----------
+    paths
+        The files to validate (no directories: see :func:`check`).
+    schema
+        Check every top-level group against it; None: against the schema each file
+        embeds, if any.
+    deep
+        Read every file fully in the sandbox (digests, schema) after the quick layer;
+        False: the quick layer alone (no libhdf5, no h5py).
+    timeout, memory_limit
+        Limits of the sandboxed read of one file, in seconds and bytes.
+    workers
+        Sandbox children to start (default: one per CPU, at most one per file).
+    sandbox
+        A running :class:`~h5guard.Sandbox` to use instead of starting one.
+    progress
+        Called as ``progress(done, total)`` after each file.
+    trust_seals
+        A shard whose seal matches its bytes is summarized from its index in-process
+        instead of being read fully in the sandbox (what the merge does; see
+        :mod:`h5guard._format.seal`). A sandbox is started only if some file needs the
+        full read.
+    strict
+        Notes about what was not followed (links, external data, bytes past the end
+        of file) become warnings; see :func:`apply_policy`.
+
+    Returns
+    -------
+    Report
+        Every finding and a :class:`~h5guard.FileSummary` per file.
     """
     findings: list[Finding] = []
     summaries: dict[str, FileSummary] = {}
@@ -234,6 +260,18 @@ def validate(
     """Validate one file: quick layer, then (``deep=True``) the sandboxed full read.
 
     Never raises for a bad file; every problem is a :class:`~h5guard.Finding`.
+
+    Parameters
+    ----------
+    path
+        The file.
+    schema, deep, timeout, memory_limit, sandbox, strict
+        As for :func:`validate_many`.
+
+    Returns
+    -------
+    Report
+        The file's findings and its :class:`~h5guard.FileSummary`.
     """
     return validate_many(
         [os.fspath(path)],
@@ -254,6 +292,17 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[str], li
     quarantine); its ``*.partial`` files are reported, never read, and its shard journals
     are reported with what they hold (a partial whose journal exists is a commit in
     progress or cut short: the journal speaks for it).
+
+    Parameters
+    ----------
+    paths
+        Files and directories, as given on the command line.
+
+    Returns
+    -------
+    tuple[list[str], list[Finding]]
+        The files to validate, and the findings about partials, journals and
+        directories with nothing to check.
     """
     files: list[str] = []
     findings: list[Finding] = []
@@ -295,6 +344,13 @@ def _nothing_to_check(directory: str) -> Finding:
         Severity.WARNING,
         f"directory holds no *.h5 file to check{where}",
     )
+
+
+# -- journal findings: MOVING TO h5guard._journal (LIFECYCLE, issue #21) -------------------
+# journal_finding / partial_finding belong with the journal; helper LIFECYCLE moves them
+# into h5guard._journal. They stay here, unchanged, until the lead switches this module
+# (and merge) to ``from h5guard._journal import journal_finding, partial_finding`` and
+# deletes this block.
 
 
 def journal_finding(path: str) -> Finding:
@@ -356,6 +412,9 @@ def partial_finding(path: str) -> Finding:
     )
 
 
+# -- end of the block that moves to h5guard._journal ---------------------------------------
+
+
 def check(
     paths: Sequence[str | os.PathLike[str]],
     *,
@@ -371,9 +430,33 @@ def check(
 ) -> Report:
     """What ``h5guard check`` does: validate files and directories, then expected keys.
 
-    Each key in ``expect`` that no valid group in any checked file has is an
-    ``EXPECTED_MISSING`` finding. A directory argument that holds no file to check is a
-    ``NOTHING_TO_CHECK`` warning: an empty result must not pass silently.
+    A directory argument that holds no file to check is a ``NOTHING_TO_CHECK``
+    warning: an empty result must not pass silently.
+
+    Parameters
+    ----------
+    paths
+        Files and directories (a directory stands for its ``*.h5`` files; see
+        :func:`expand_paths`).
+    schema
+        Check every top-level group against it, nested groups included; None: against
+        the schema each file embeds, if any.
+    expect
+        Keys that must be present: each one that no valid group of any checked file
+        has is an ``EXPECTED_MISSING`` finding.
+    deep, timeout, memory_limit, workers, progress, sandbox, strict
+        As for :func:`validate_many`.
+
+    Returns
+    -------
+    Report
+        ``report.ok`` is whether everything passed; ``report.exit_code`` what the CLI
+        exits with.
+
+    Examples
+    --------
+    >>> report = h5guard.check(["results/"], expect=[f"cfg{i}" for i in range(10)])  # doctest: +SKIP
+    >>> print(report.render_text())  # doctest: +SKIP
     """
     files, extra = expand_paths(paths)
     report = validate_many(

@@ -488,50 +488,35 @@ def _object_messages(
     header_size = 6 if flags & 0x04 else 4  # with a creation order per message
     out: list[tuple[int, bytes]] = []
     continuations: list[tuple[int, int]] = []
-    _chunk_messages(
-        chunk,
-        data_start,
-        data_end,
-        header_size,
-        wanted,
-        ignored,
-        out,
-        attrs,
-        continuations,
-        attr_objs,
-    )
+    # (chunk, where its messages start, where they end): the header's own chunk first,
+    # then its continuation chunks, in the order libhdf5 reads them.
+    chunks = [(chunk, data_start, data_end)]
     seen = {addr}
     # The chunks of one header never overlap, so together they fit in the file: a bound
     # on the work damaged continuation messages can cause.
     budget = size - len(chunk)
-    while continuations:
-        offset, length = continuations.pop()
-        if offset in seen:
-            raise Malformed(f"object header at {addr}: continuation chunks form a cycle")
-        seen.add(offset)
-        cstart = base + offset
-        if offset >= UNDEFINED or length < 8 or cstart + length > size:
-            raise Malformed(f"continuation chunk at {offset} ({length} bytes) outside the file")
-        budget -= length
-        if budget < 0:
-            raise Malformed(f"object header at {addr}: chunks larger than the file")
-        chunk = bytes(buf[cstart : cstart + length])
-        if chunk[:4] != b"OCHK":
-            raise Malformed(f"no continuation chunk signature at address {offset}")
-        if checksums and not _checksum_ok(chunk):
-            raise Malformed(f"continuation chunk at {offset}: checksum mismatch")
+    while chunks:
+        chunk, p, end = chunks.pop()
         _chunk_messages(
-            chunk,
-            4,
-            length - 4,
-            header_size,
-            wanted,
-            ignored,
-            out,
-            attrs,
-            continuations,
-            attr_objs,
+            chunk, p, end, header_size, wanted, ignored, out, attrs, continuations, attr_objs
         )
+        for offset, length in continuations:
+            if offset in seen:
+                raise Malformed(f"object header at {addr}: continuation chunks form a cycle")
+            seen.add(offset)
+            cstart = base + offset
+            if offset >= UNDEFINED or length < 8 or cstart + length > size:
+                raise Malformed(f"continuation chunk at {offset} ({length} bytes) outside the file")
+            budget -= length
+            if budget < 0:
+                raise Malformed(f"object header at {addr}: chunks larger than the file")
+            more = bytes(buf[cstart : cstart + length])
+            if more[:4] != b"OCHK":
+                raise Malformed(f"no continuation chunk signature at address {offset}")
+            if checksums and not _checksum_ok(more):
+                raise Malformed(f"continuation chunk at {offset}: checksum mismatch")
+            chunks.append((more, 4, length - 4))
+        continuations.clear()
     return out
 
 

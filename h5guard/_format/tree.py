@@ -154,8 +154,20 @@ def _equal(a: Any, b: Any) -> bool:
 class Dataset:
     """A dataset with attributes: pass it in ``datasets`` to ``add()``; read gives it back.
 
-    ``Dataset(np.arange(3.0), attrs={"units": "m"})``. A dataset without attributes is
-    given and read back as its plain value.
+    A dataset without attributes is given and read back as its plain value.
+
+    Parameters
+    ----------
+    data
+        The value (anything ``add()`` accepts as a dataset).
+    attrs
+        The dataset's own attributes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from h5guard import Dataset
+    >>> layout = Dataset(np.zeros((3, 2)), attrs={"units": "m"})
     """
 
     data: Any
@@ -171,9 +183,21 @@ class Dataset:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Group:
-    """A subgroup with attributes: ``Group({"x": xs}, attrs={"iteration": 3})``.
+    """A subgroup with attributes, in ``datasets`` of ``add()``; read gives it back.
 
     A subgroup without attributes is given and read back as a plain ``dict``.
+
+    Parameters
+    ----------
+    members
+        Its datasets and nested groups, by name (as ``datasets`` of ``add()``).
+    attrs
+        The group's attributes.
+
+    Examples
+    --------
+    >>> from h5guard import Group
+    >>> history = Group({"loss": [0.5, 0.25]}, attrs={"iteration": 3})
     """
 
     members: Mapping[str, Any]
@@ -191,7 +215,21 @@ class Group:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Result:
-    """One result read back: what was given to ``add(key, datasets, attrs)``."""
+    """One result read back: what was given to ``add(key, datasets, attrs)``.
+
+    Parameters
+    ----------
+    key
+        The result's key.
+    datasets
+        Its datasets and subgroups, as they were given.
+    attrs
+        Its attributes, as they were given.
+    digest
+        The stored content digest (None if the group had none).
+    path
+        The file it was read from.
+    """
 
     key: str
     datasets: Mapping[str, Any]
