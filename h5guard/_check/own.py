@@ -337,3 +337,45 @@ def verify_groups(path: str, expected: Mapping[str, str | None]) -> list[Finding
                     f"copied group has digest {got}, source had {want}",
                 )
     return ins.findings
+
+
+def verify_copied(path: str, added: Mapping[str, tuple[int, str]]) -> list[Finding]:
+    """Verify groups just copied into ``path`` against the digests of their sources.
+
+    What the merge calls after copying: the independent byte reader recomputes each
+    group's digest from the bytes on disk (no libhdf5, which wrote them), and a group
+    outside the layout it parses is read back through libhdf5 by :func:`verify_groups`
+    (the streaming reader). A picklable top-level function, so the merge may also run
+    it on part of the groups in a :class:`~h5guard.Sandbox` child
+    (``"h5guard._check.own:verify_copied"``).
+
+    Parameters
+    ----------
+    path
+        The file the groups were copied into (closed, or flushed).
+    added
+        Key -> (object header address relative to the file's base address, the
+        digest its source had).
+
+    Returns
+    -------
+    list[Finding]
+        A ``DIGEST_MISMATCH`` or ``OBJECT_UNREADABLE`` error for each group that does
+        not match; empty when every group does.
+
+    Raises
+    ------
+    OSError
+        The file cannot be opened.
+    """
+    if not added:
+        return []
+    mismatched, unsupported = bytes_reader.verify_groups_at(path, added)
+    problems = [
+        Finding(path, f"/{key}", Code.DIGEST_MISMATCH, Severity.ERROR, message)
+        for key, message in mismatched
+    ]
+    if unsupported:
+        log.debug("%d group(s) verified through libhdf5", len(unsupported))
+        problems += verify_groups(path, {k: added[k][1] for k in unsupported})
+    return problems

@@ -858,9 +858,10 @@ _Values = dict[bytes, tuple[_Type, _Space, bytes]]
 class _Desc:
     """What a schema check needs of a group, as parsed: values, datasets, subgroups."""
 
-    __slots__ = ("attrs", "datasets", "groups")
+    __slots__ = ("attrs", "datasets", "groups", "values")
 
-    def __init__(self) -> None:
+    def __init__(self, *, values: bool) -> None:
+        self.values = values  # False: the names alone (which objects there are)
         self.attrs: _Values = {}
         # name -> (type, space, data, kind, the dataset's own attributes)
         self.datasets: dict[bytes, tuple[_Type, _Space, bytes, str, _Values]] = {}
@@ -901,8 +902,8 @@ def _node_v2(
         out += [_F_G, _attrs_v2(attrs, objs, kinds, False), len(links).to_bytes(8, "little")]
         own = desc
         if desc is not None and depth > 0:
-            own = desc.groups[name] = _Desc()
-        if own is not None:
+            own = desc.groups[name] = _Desc(values=desc.values)
+        if own is not None and own.values:
             own.attrs = _values(obj)
         for member in sorted(links):
             out.append(_f(member))
@@ -913,7 +914,8 @@ def _node_v2(
     dtype, space, nbytes, data = _dataset_value(buf, base, obj.raw, b"")
     kind = _kind(kinds.get(""), dtype, space, data)
     if desc is not None:
-        desc.datasets[name] = (dtype, space, data, kind[8:].decode(), _values(obj))
+        values = _values(obj) if desc.values else {}
+        desc.datasets[name] = (dtype, space, data, kind[8:].decode(), values)
     out += [_F_D, _attrs_v2(attrs, objs, kinds, True), kind]
     out += [dtype.token, space.token, nbytes.to_bytes(8, "little"), data]
     return stored
@@ -1022,7 +1024,7 @@ def read_group_at(
         try:
             parts, attrs, stored = _group_parts(buf, base, addr, False)
         except _TreeDigest:
-            desc = _Desc()
+            desc = _Desc(values=describe)
             computed, stored = _tree_digest(buf, base, addr, False, desc)
             return computed, stored, _info(desc) if describe else None, _paths(desc, b"")
         info = None

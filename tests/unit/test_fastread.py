@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from h5guard import ShardWriter
+from h5guard import Code, ShardWriter
 from h5guard._check import own
 from h5guard._format import bytes as _fastread
 from h5guard._format import names as fmt
@@ -496,3 +496,29 @@ def test_scalar_string_dataset_with_trailing_nuls_verifies_through_libhdf5(
     with layout.create_file(str(path)) as f:
         digest = write_group(f, "g", {"s": np.array(b"a", dtype="S2")}, {})
     assert own.verify_groups(str(path), {"g": digest}) == []
+
+
+def test_verify_copied_reads_with_bytes_then_falls_back_to_the_streaming_reader(
+    tmp_path: Path,
+) -> None:
+    """own.verify_copied: what the merge calls after copying groups into its output."""
+    src = tmp_path / "src.h5"
+    with ShardWriter(tmp_path / "shards") as w:
+        w.add("flat", {"xy": XY}, {"status": "ok"})
+        w.add("tree", {"history": {"loss": np.arange(3.0)}}, {"status": "ok"})
+        w.add("chunked", {"big": np.arange(50_000.0)}, {})  # outside the byte reader's subset
+    shutil.copy(w.committed[0], src)
+    with h5py.File(src, "r", locking=False) as f:
+        digests = {k: reader.text_attr(f[k], fmt.DIGEST_ATTR) or "" for k in f}
+    dst = tmp_path / "out.h5"
+    copy_groups(src, dst, list(digests))
+    added = expected_at(dst, digests)
+    assert verify_groups_at(dst, added)[1] == ["chunked"]  # the fallback is exercised
+    assert own.verify_copied(str(dst), added) == []
+    wrong = {**added, "chunked": (added["chunked"][0], "sha256-v2:" + "0" * 64)}
+    wrong["tree"] = (added["tree"][0], "sha256-v2:" + "1" * 64)
+    problems = own.verify_copied(str(dst), wrong)
+    assert {(p.obj, p.code) for p in problems} == {
+        ("/chunked", Code.DIGEST_MISMATCH),
+        ("/tree", Code.DIGEST_MISMATCH),
+    }
