@@ -15,7 +15,7 @@ It reads only the narrow subset of the format h5guard's own files use:
 * superblock version 2 or 3 (``libver=("v110", "latest")``), 8-byte offsets and
   lengths, after an optional userblock;
 * version-2 object headers ("OHDR") and their continuation chunks ("OCHK"), read by
-  one loop (:func:`_read_object`) whatever the object;
+  one loop (:meth:`_File.object`) whatever the object;
 * groups whose links and attributes are *compact* (messages in their object header),
   whose members are hard links to datasets or to nested groups (result trees, to
   :data:`~h5guard._format.names.MAX_DEPTH` levels), with attributes on groups and
@@ -381,14 +381,13 @@ def _chunk_messages(
     p: int,
     end: int,
     header_size: int,
-    wanted: frozenset[int],
-    ignored: frozenset[int],
-    out: list[tuple[int, bytes]],
-    attrs: dict[bytes, bytes] | None,
+    obj: _Object,
     continuations: list[tuple[int, int]],
-    attr_objs: dict[bytes, _Attr] | None = None,
 ) -> None:
-    """Sort the messages of ``chunk[p:end]`` into ``out``, ``attrs`` and ``continuations``."""
+    """Sort the messages of ``chunk[p:end]`` into ``obj`` and ``continuations``."""
+    wanted, ignored, out = obj.wanted, obj.ignored, obj.messages
+    attrs = obj.attrs if obj.attributes else None
+    attr_objs = obj.attr_objs
     cache_get = _ATTRS.get
     unpack_message = _MSG.unpack_from
     unpack_attribute = (_ATTR_MSG_ORDERED if header_size == 6 else _ATTR_MSG).unpack_from
@@ -423,8 +422,7 @@ def _chunk_messages(
             if name in attrs:
                 raise Malformed(f"two attributes named {name!r}")
             attrs[name] = attr.prefix + value
-            if attr_objs is not None:
-                attr_objs[name] = attr
+            attr_objs[name] = attr
             continue
         mtype, msize, mflags = unpack_message(chunk, p)
         body = p + header_size
@@ -446,78 +444,6 @@ def _chunk_messages(
 def _checksum_ok(chunk: bytes) -> bool:
     (stored,) = _U32.unpack_from(chunk, len(chunk) - 4)
     return lookup3(chunk[:-4]) == int(stored)
-
-
-def _object_messages(
-    buf: Buffer,
-    base: int,
-    addr: int,
-    wanted: frozenset[int],
-    ignored: frozenset[int],
-    attrs: dict[bytes, bytes] | None,
-    checksums: bool,
-    attr_objs: dict[bytes, _Attr] | None = None,
-) -> list[tuple[int, bytes]]:
-    """The wanted messages, in order, of the version-2 object header at ``addr``.
-
-    Attribute messages go to ``attrs`` unless it is None, as name -> digest fields.
-    """
-    size = len(buf)
-    start = base + addr
-    if not 0 <= addr < UNDEFINED:
-        raise Malformed(f"object header address {addr} outside the file")
-    # signature, version, flags, times, phase change values, chunk size: at most 38 bytes
-    head = bytes(buf[start : start + 38])
-    if head[:4] != b"OHDR":
-        raise Malformed(f"no object header signature at address {addr}")
-    if head[4] != 2:
-        raise Unsupported(f"object header version {head[4]}")
-    flags = head[5]
-    if flags & 0xC0:
-        raise Malformed(f"object header with reserved flags {flags:#x}")
-    p = 6 + (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
-    data_start = p + (1 << (flags & 3))
-    if data_start > len(head):
-        raise Malformed(f"object header at {addr} runs past the end of the file")
-    data_end = data_start + int.from_bytes(head[p:data_start], "little")
-    if start + data_end + 4 > size:
-        raise Malformed(f"object header at {addr} runs past the end of the file")
-    chunk = bytes(buf[start : start + data_end + 4])
-    if checksums and not _checksum_ok(chunk):
-        raise Malformed(f"object header at {addr}: checksum mismatch")
-    header_size = 6 if flags & 0x04 else 4  # with a creation order per message
-    out: list[tuple[int, bytes]] = []
-    continuations: list[tuple[int, int]] = []
-    # (chunk, where its messages start, where they end): the header's own chunk first,
-    # then its continuation chunks, in the order libhdf5 reads them.
-    chunks = [(chunk, data_start, data_end)]
-    seen = {addr}
-    # The chunks of one header never overlap, so together they fit in the file: a bound
-    # on the work damaged continuation messages can cause.
-    budget = size - len(chunk)
-    while chunks:
-        chunk, p, end = chunks.pop()
-        _chunk_messages(
-            chunk, p, end, header_size, wanted, ignored, out, attrs, continuations, attr_objs
-        )
-        for offset, length in continuations:
-            if offset in seen:
-                raise Malformed(f"object header at {addr}: continuation chunks form a cycle")
-            seen.add(offset)
-            cstart = base + offset
-            if offset >= UNDEFINED or length < 8 or cstart + length > size:
-                raise Malformed(f"continuation chunk at {offset} ({length} bytes) outside the file")
-            budget -= length
-            if budget < 0:
-                raise Malformed(f"object header at {addr}: chunks larger than the file")
-            more = bytes(buf[cstart : cstart + length])
-            if more[:4] != b"OCHK":
-                raise Malformed(f"no continuation chunk signature at address {offset}")
-            if checksums and not _checksum_ok(more):
-                raise Malformed(f"continuation chunk at {offset}: checksum mismatch")
-            chunks.append((more, 4, length - 4))
-        continuations.clear()
-    return out
 
 
 # -- attributes, links, datasets ------------------------------------------------------
@@ -628,10 +554,28 @@ class _Object:
     a dataset; ``link_bodies``: a group's link messages, parsed by :meth:`links`.
     """
 
-    __slots__ = ("addr", "attr_objs", "attrs", "dense_links", "is_group", "link_bodies", "raw")
+    __slots__ = (
+        "addr",
+        "attr_objs",
+        "attributes",
+        "attrs",
+        "dense_links",
+        "ignored",
+        "is_group",
+        "link_bodies",
+        "messages",
+        "raw",
+        "wanted",
+    )
 
-    def __init__(self, addr: int) -> None:
+    def __init__(self, addr: int, *, attributes: bool) -> None:
         self.addr = addr
+        # attributes=False: attribute messages are skipped (a v1 digest does not cover
+        # a dataset's attributes), as the header's other ignorable messages are.
+        self.attributes = attributes
+        self.wanted = _OBJECT_WANTED if attributes else _OBJECT_WANTED - {_ATTR_INFO}
+        self.ignored = _IGNORED if attributes else _NO_ATTRIBUTES
+        self.messages: list[tuple[int, bytes]] = []  # the wanted ones, in order
         self.attrs: dict[bytes, bytes] = {}
         self.attr_objs: dict[bytes, _Attr] = {}
         self.raw: dict[int, bytes] = {}
@@ -662,122 +606,12 @@ class _Object:
         return None if value is None else value.rstrip(b"\0").decode("utf-8", errors="replace")
 
 
-def _read_object(
-    buf: Buffer, base: int, addr: int, checksums: bool, *, attributes: bool = True
-) -> _Object:
-    """The object header at ``addr``, its messages sorted (see :class:`_Object`).
-
-    ``attributes=False`` skips attribute messages (a v1 digest does not cover a
-    dataset's attributes). Dense attribute storage raises :class:`Unsupported`; dense
-    link storage only when the links are asked for.
-    """
-    obj = _Object(addr)
-    wanted = _OBJECT_WANTED if attributes else _OBJECT_WANTED - {_ATTR_INFO}
-    ignored = _IGNORED if attributes else _NO_ATTRIBUTES
-    messages = _object_messages(
-        buf,
-        base,
-        addr,
-        wanted,
-        ignored,
-        obj.attrs if attributes else None,
-        checksums,
-        obj.attr_objs if attributes else None,
-    )
-    for mtype, body in messages:
-        if mtype == _LINK:
-            obj.link_bodies.append(body)
-        elif mtype == _LINK_INFO:
-            obj.is_group = True
-            if body[0] != 0:
-                raise Unsupported(f"link info message version {body[0]}")
-            (heap,) = _U64.unpack_from(body, 10 if body[1] & 1 else 2)
-            obj.dense_links = heap != UNDEFINED
-        elif mtype == _ATTR_INFO:
-            if body[0] != 0:
-                raise Unsupported(f"attribute info message version {body[0]}")
-            (heap,) = _U64.unpack_from(body, 4 if body[1] & 1 else 2)
-            if heap != UNDEFINED:
-                raise Unsupported("dense attribute storage")
-        else:
-            if mtype in obj.raw:
-                raise Malformed(f"object at {addr}: message {mtype:#x} given twice")
-            obj.raw[mtype] = body
-    if obj.is_group and obj.raw:
-        raise Malformed(f"group at {addr} carries dataset messages")
-    return obj
-
-
-def _dataset(buf: Buffer, base: int, addr: int, name: bytes, checksums: bool) -> list[bytes]:
-    """The v1 digest fields of the dataset at ``addr``: tag, name, dtype, shape, data."""
-    obj = _read_object(buf, base, addr, checksums, attributes=False)
-    if obj.is_group or len(obj.raw) != 3:
-        raise Unsupported(f"member {name!r} is not a dataset")
-    dtype, space, nbytes, data = _dataset_value(buf, base, obj.raw, name)
-    return [_TAG_D, _f(name), dtype.token, space.token, nbytes.to_bytes(8, "little"), data]
-
-
-def _dataset_value(
-    buf: Buffer, base: int, raw: dict[int, bytes], name: bytes
-) -> tuple[_Type, _Space, int, bytes]:
-    """A dataset's type, space, size and data (as h5py reads it) from its messages."""
-    dtype = _TYPES.get(raw[_DATATYPE]) or _datatype(raw[_DATATYPE])
-    space = _SPACES.get(raw[_DATASPACE]) or _dataspace(raw[_DATASPACE])
-    nbytes = dtype.size * space.count
-    layout = raw[_LAYOUT]
-    version, cls = layout[0], layout[1]
-    if not 3 <= version <= 5:
-        raise Unsupported(f"layout message version {version}")
-    if cls == 0:
-        (stored,) = _U16.unpack_from(layout, 2)
-        data = layout[4 : 4 + stored]
-        if stored != nbytes or len(data) != nbytes:
-            raise Malformed(f"dataset {name!r}: compact data of {stored} bytes, expected {nbytes}")
-    elif cls == 1:
-        where, stored = _PAIR64.unpack_from(layout, 2)
-        if where == UNDEFINED:
-            if nbytes:
-                raise Unsupported(f"dataset {name!r}: data never written (fill value)")
-            data = b""
-        else:
-            if nbytes > _MAX_CONTIGUOUS:
-                raise Unsupported(f"dataset {name!r}: {nbytes} bytes of contiguous data")
-            data = bytes(buf[base + where : base + where + nbytes])
-            if stored < nbytes or len(data) != nbytes:
-                raise Malformed(f"dataset {name!r}: contiguous data outside the file")
-    else:
-        raise Unsupported(f"dataset {name!r}: layout class {cls}")
-    if dtype.conv:
-        data = _convert(dtype, data)
-    return dtype, space, nbytes, data
-
-
-def _group_parts(
-    buf: Buffer, base: int, addr: int, checksums: bool
-) -> tuple[dict[bytes, list[bytes]], dict[bytes, bytes], str | None]:
-    """``(dataset digest fields by name, attribute digest fields by name, stored digest)``."""
-    obj = _read_object(buf, base, addr, checksums)
-    if not obj.is_group:
-        raise Unsupported(f"object at {addr} is not a group with a link info message")
-    stored = obj.pop_digest()
-    if stored is not None and stored.startswith(DIGEST_V2_PREFIX):
-        raise _TreeDigest("content digest v2 (result trees)")
-    links = obj.links()
-    datasets = {name: _dataset(buf, base, links[name], name, checksums) for name in links}
-    return datasets, obj.attrs, stored
-
-
 def _digest_of_parts(datasets: dict[bytes, list[bytes]], attrs: dict[bytes, bytes]) -> str:
     parts = [DIGEST_V1_MAGIC]
     for name in sorted(datasets):
         parts += datasets[name]
     parts += map(attrs.__getitem__, sorted(attrs))
     return DIGEST_PREFIX + hashlib.sha256(b"".join(parts)).hexdigest()
-
-
-def _group_digest(buf: Buffer, base: int, addr: int, checksums: bool) -> tuple[str, str | None]:
-    datasets, attrs, stored = _group_parts(buf, base, addr, checksums)
-    return _digest_of_parts(datasets, attrs), stored
 
 
 def _fields(data: bytes, count: int) -> list[bytes]:
@@ -876,57 +710,214 @@ def _values(obj: _Object) -> _Values:
     }
 
 
-def _node_v2(
-    buf: Buffer,
-    base: int,
-    addr: int,
-    checksums: bool,
-    depth: int,
-    out: list[bytes],
-    desc: _Desc | None,
-    name: bytes = b"",
-) -> str | None:
-    """Append the v2 digest fields of the object at ``addr``; the stored digest, if any.
+# -- one file's bytes ------------------------------------------------------------------
 
-    ``desc``: the description of the group that holds the object (of the object itself
-    at depth 0), filled in for a schema check; None when no schema asks.
-    """
-    if depth > _MAX_DEPTH:
-        raise Unsupported("groups nested too deep")
-    obj = _read_object(buf, base, addr, checksums)
-    stored = obj.pop_digest()
-    attrs, objs = obj.attrs, obj.attr_objs
-    kinds = _kinds_entry(attrs, objs)
-    if obj.is_group:
+
+class _File:
+    """The bytes of one file, where its addresses count from, and whether metadata
+    checksums are verified: what every parse of one of its objects needs."""
+
+    __slots__ = ("base", "buf", "checksums", "size")
+
+    def __init__(self, buf: Buffer, base: int, *, checksums: bool = False) -> None:
+        self.buf = buf
+        self.base = base
+        self.size = len(buf)
+        self.checksums = checksums
+
+    def object(self, addr: int, *, attributes: bool = True) -> _Object:
+        """The version-2 object header at ``addr``, its messages sorted (:class:`_Object`).
+
+        Dense attribute storage raises :class:`Unsupported`; dense link storage only
+        when the links are asked for.
+        """
+        obj = _Object(addr, attributes=attributes)
+        self._read_header(obj)
+        for mtype, body in obj.messages:
+            if mtype == _LINK:
+                obj.link_bodies.append(body)
+            elif mtype == _LINK_INFO:
+                obj.is_group = True
+                if body[0] != 0:
+                    raise Unsupported(f"link info message version {body[0]}")
+                (heap,) = _U64.unpack_from(body, 10 if body[1] & 1 else 2)
+                obj.dense_links = heap != UNDEFINED
+            elif mtype == _ATTR_INFO:
+                if body[0] != 0:
+                    raise Unsupported(f"attribute info message version {body[0]}")
+                (heap,) = _U64.unpack_from(body, 4 if body[1] & 1 else 2)
+                if heap != UNDEFINED:
+                    raise Unsupported("dense attribute storage")
+            else:
+                if mtype in obj.raw:
+                    raise Malformed(f"object at {addr}: message {mtype:#x} given twice")
+                obj.raw[mtype] = body
+        if obj.is_group and obj.raw:
+            raise Malformed(f"group at {addr} carries dataset messages")
+        return obj
+
+    def _read_header(self, obj: _Object) -> None:
+        """Sort the messages of ``obj``'s header, continuation chunks included, into it."""
+        buf, base, size, addr = self.buf, self.base, self.size, obj.addr
+        start = base + addr
+        if not 0 <= addr < UNDEFINED:
+            raise Malformed(f"object header address {addr} outside the file")
+        # signature, version, flags, times, phase change values, chunk size: at most 38 bytes
+        head = bytes(buf[start : start + 38])
+        if head[:4] != b"OHDR":
+            raise Malformed(f"no object header signature at address {addr}")
+        if head[4] != 2:
+            raise Unsupported(f"object header version {head[4]}")
+        flags = head[5]
+        if flags & 0xC0:
+            raise Malformed(f"object header with reserved flags {flags:#x}")
+        p = 6 + (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
+        data_start = p + (1 << (flags & 3))
+        if data_start > len(head):
+            raise Malformed(f"object header at {addr} runs past the end of the file")
+        data_end = data_start + int.from_bytes(head[p:data_start], "little")
+        if start + data_end + 4 > size:
+            raise Malformed(f"object header at {addr} runs past the end of the file")
+        chunk = bytes(buf[start : start + data_end + 4])
+        if self.checksums and not _checksum_ok(chunk):
+            raise Malformed(f"object header at {addr}: checksum mismatch")
+        header_size = 6 if flags & 0x04 else 4  # with a creation order per message
+        continuations: list[tuple[int, int]] = []
+        # (chunk, where its messages start, where they end): the header's own chunk first,
+        # then its continuation chunks, in the order libhdf5 reads them.
+        chunks = [(chunk, data_start, data_end)]
+        seen = {addr}
+        # The chunks of one header never overlap, so together they fit in the file: a bound
+        # on the work damaged continuation messages can cause.
+        budget = size - len(chunk)
+        while chunks:
+            chunk, p, end = chunks.pop()
+            _chunk_messages(chunk, p, end, header_size, obj, continuations)
+            for offset, length in continuations:
+                if offset in seen:
+                    raise Malformed(f"object header at {addr}: continuation chunks form a cycle")
+                seen.add(offset)
+                cstart = base + offset
+                if offset >= UNDEFINED or length < 8 or cstart + length > size:
+                    raise Malformed(
+                        f"continuation chunk at {offset} ({length} bytes) outside the file"
+                    )
+                budget -= length
+                if budget < 0:
+                    raise Malformed(f"object header at {addr}: chunks larger than the file")
+                more = bytes(buf[cstart : cstart + length])
+                if more[:4] != b"OCHK":
+                    raise Malformed(f"no continuation chunk signature at address {offset}")
+                if self.checksums and not _checksum_ok(more):
+                    raise Malformed(f"continuation chunk at {offset}: checksum mismatch")
+                chunks.append((more, 4, length - 4))
+            continuations.clear()
+
+    def dataset_fields(self, addr: int, name: bytes) -> list[bytes]:
+        """The v1 digest fields of the dataset at ``addr``: tag, name, dtype, shape, data."""
+        obj = self.object(addr, attributes=False)
+        if obj.is_group or len(obj.raw) != 3:
+            raise Unsupported(f"member {name!r} is not a dataset")
+        dtype, space, nbytes, data = self.dataset_value(obj.raw, name)
+        return [_TAG_D, _f(name), dtype.token, space.token, nbytes.to_bytes(8, "little"), data]
+
+    def dataset_value(self, raw: dict[int, bytes], name: bytes) -> tuple[_Type, _Space, int, bytes]:
+        """A dataset's type, space, size and data (as h5py reads it) from its messages."""
+        dtype = _TYPES.get(raw[_DATATYPE]) or _datatype(raw[_DATATYPE])
+        space = _SPACES.get(raw[_DATASPACE]) or _dataspace(raw[_DATASPACE])
+        nbytes = dtype.size * space.count
+        layout = raw[_LAYOUT]
+        version, cls = layout[0], layout[1]
+        if not 3 <= version <= 5:
+            raise Unsupported(f"layout message version {version}")
+        if cls == 0:
+            (stored,) = _U16.unpack_from(layout, 2)
+            data = layout[4 : 4 + stored]
+            if stored != nbytes or len(data) != nbytes:
+                raise Malformed(
+                    f"dataset {name!r}: compact data of {stored} bytes, expected {nbytes}"
+                )
+        elif cls == 1:
+            where, stored = _PAIR64.unpack_from(layout, 2)
+            if where == UNDEFINED:
+                if nbytes:
+                    raise Unsupported(f"dataset {name!r}: data never written (fill value)")
+                data = b""
+            else:
+                if nbytes > _MAX_CONTIGUOUS:
+                    raise Unsupported(f"dataset {name!r}: {nbytes} bytes of contiguous data")
+                start = self.base + where
+                data = bytes(self.buf[start : start + nbytes])
+                if stored < nbytes or len(data) != nbytes:
+                    raise Malformed(f"dataset {name!r}: contiguous data outside the file")
+        else:
+            raise Unsupported(f"dataset {name!r}: layout class {cls}")
+        if dtype.conv:
+            data = _convert(dtype, data)
+        return dtype, space, nbytes, data
+
+    def group_parts(
+        self, addr: int
+    ) -> tuple[dict[bytes, list[bytes]], dict[bytes, bytes], str | None]:
+        """``(dataset digest fields by name, attribute digest fields by name, stored digest)``
+        of a v1 group; :class:`_TreeDigest` if it carries a v2 digest."""
+        obj = self.object(addr)
+        if not obj.is_group:
+            raise Unsupported(f"object at {addr} is not a group with a link info message")
+        stored = obj.pop_digest()
+        if stored is not None and stored.startswith(DIGEST_V2_PREFIX):
+            raise _TreeDigest("content digest v2 (result trees)")
         links = obj.links()
-        out += [_F_G, _attrs_v2(attrs, objs, kinds, False), len(links).to_bytes(8, "little")]
-        own = desc
-        if desc is not None and depth > 0:
-            own = desc.groups[name] = _Desc(values=desc.values)
-        if own is not None and own.values:
-            own.attrs = _values(obj)
-        for member in sorted(links):
-            out.append(_f(member))
-            _node_v2(buf, base, links[member], checksums, depth + 1, out, own, member)
+        datasets = {name: self.dataset_fields(links[name], name) for name in links}
+        return datasets, obj.attrs, stored
+
+    def group_digest(self, addr: int) -> tuple[str, str | None]:
+        """(computed v1 digest, stored digest) of the group at ``addr``."""
+        datasets, attrs, stored = self.group_parts(addr)
+        return _digest_of_parts(datasets, attrs), stored
+
+    def tree_digest(self, addr: int, desc: _Desc | None = None) -> tuple[str, str | None]:
+        """(computed v2 digest, stored digest) of the result tree at ``addr``."""
+        out = [DIGEST_V2_MAGIC]
+        stored = self._node_v2(addr, 0, out, desc, b"")
+        return DIGEST_V2_PREFIX + hashlib.sha256(b"".join(out)).hexdigest(), stored
+
+    def _node_v2(
+        self, addr: int, depth: int, out: list[bytes], desc: _Desc | None, name: bytes
+    ) -> str | None:
+        """Append the v2 digest fields of the object at ``addr``; the stored digest, if any.
+
+        ``desc``: the description of the group that holds the object (of the object itself
+        at depth 0), filled in for a schema check; None when no schema asks.
+        """
+        if depth > _MAX_DEPTH:
+            raise Unsupported("groups nested too deep")
+        obj = self.object(addr)
+        stored = obj.pop_digest()
+        attrs, objs = obj.attrs, obj.attr_objs
+        kinds = _kinds_entry(attrs, objs)
+        if obj.is_group:
+            links = obj.links()
+            out += [_F_G, _attrs_v2(attrs, objs, kinds, False), len(links).to_bytes(8, "little")]
+            own = desc
+            if desc is not None and depth > 0:
+                own = desc.groups[name] = _Desc(values=desc.values)
+            if own is not None and own.values:
+                own.attrs = _values(obj)
+            for member in sorted(links):
+                out.append(_f(member))
+                self._node_v2(links[member], depth + 1, out, own, member)
+            return stored
+        if len(obj.raw) != 3 or depth == 0:
+            raise Unsupported(f"object at {addr} is not a group or a dataset of the subset")
+        dtype, space, nbytes, data = self.dataset_value(obj.raw, b"")
+        kind = _kind(kinds.get(""), dtype, space, data)
+        if desc is not None:
+            values = _values(obj) if desc.values else {}
+            desc.datasets[name] = (dtype, space, data, kind[8:].decode(), values)
+        out += [_F_D, _attrs_v2(attrs, objs, kinds, True), kind]
+        out += [dtype.token, space.token, nbytes.to_bytes(8, "little"), data]
         return stored
-    if len(obj.raw) != 3 or depth == 0:
-        raise Unsupported(f"object at {addr} is not a group or a dataset of the subset")
-    dtype, space, nbytes, data = _dataset_value(buf, base, obj.raw, b"")
-    kind = _kind(kinds.get(""), dtype, space, data)
-    if desc is not None:
-        values = _values(obj) if desc.values else {}
-        desc.datasets[name] = (dtype, space, data, kind[8:].decode(), values)
-    out += [_F_D, _attrs_v2(attrs, objs, kinds, True), kind]
-    out += [dtype.token, space.token, nbytes.to_bytes(8, "little"), data]
-    return stored
-
-
-def _tree_digest(
-    buf: Buffer, base: int, addr: int, checksums: bool, desc: _Desc | None = None
-) -> tuple[str, str | None]:
-    out = [DIGEST_V2_MAGIC]
-    stored = _node_v2(buf, base, addr, checksums, 0, out, desc)
-    return DIGEST_V2_PREFIX + hashlib.sha256(b"".join(out)).hexdigest(), stored
 
 
 # -- public API -----------------------------------------------------------------------
@@ -968,7 +959,7 @@ def root_attribute_values(buf: Buffer) -> dict[str, bytes]:
     try:
         base = base_address(buf)
         (root,) = _U64.unpack_from(buf, base + 36)  # v2/v3: after base, extension, EOF
-        obj = _read_object(buf, base, root, False)
+        obj = _File(buf, base).object(root)
         return {name.decode("utf-8", "replace"): obj.attr_value(name) for name in obj.attrs}
     except (IndexError, struct.error, ValueError, OverflowError) as err:
         raise Malformed(f"{type(err).__name__}: {err}") from err
@@ -983,10 +974,11 @@ def group_digest_at(
     :func:`base_address`). Raises :class:`Unsupported` or :class:`Malformed`.
     """
     try:
+        file = _File(buf, base, checksums=checksums)
         try:
-            return _group_digest(buf, base, addr, checksums)
+            return file.group_digest(addr)
         except _TreeDigest:
-            return _tree_digest(buf, base, addr, checksums)
+            return file.tree_digest(addr)
     except (IndexError, struct.error, ValueError, OverflowError) as err:
         raise Malformed(f"{type(err).__name__}: {err}") from err
 
@@ -1021,11 +1013,12 @@ def read_group_at(
         The bytes do not parse.
     """
     try:
+        file = _File(buf, base)
         try:
-            parts, attrs, stored = _group_parts(buf, base, addr, False)
+            parts, attrs, stored = file.group_parts(addr)
         except _TreeDigest:
             desc = _Desc(values=describe)
-            computed, stored = _tree_digest(buf, base, addr, False, desc)
+            computed, stored = file.tree_digest(addr, desc)
             return computed, stored, _info(desc) if describe else None, _paths(desc, b"")
         info = None
         if describe:
