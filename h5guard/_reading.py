@@ -84,9 +84,7 @@ def iter_results(path: str | os.PathLike[str], *, verify: bool = True) -> Iterat
 
     Parameters
     ----------
-    path
-        The shard or merged output.
-    verify
+    path, verify
         As for :func:`read`.
 
     Yields
@@ -121,9 +119,7 @@ def to_dataframe(path: str | os.PathLike[str], *, verify: bool = True) -> Any:
 
     Parameters
     ----------
-    path
-        The shard or merged output.
-    verify
+    path, verify
         As for :func:`read`.
 
     Returns

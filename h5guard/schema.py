@@ -25,6 +25,12 @@ Trees: a dataset spec may carry ``"attrs"`` (rules for the dataset's own attribu
 and ``"groups": {"history": {"datasets": ..., "attrs": ..., "groups": ...,
 "required": true}}`` describes nested groups, at the top level or inside a group.
 Every value object here is frozen and pickles (so a schema can go to a process pool).
+
+A schema is applied in one place, :meth:`Schema.check_group`, to a :class:`GroupInfo`:
+the description of a group that every reader gives (the writer's tree in memory,
+h5guard's streaming and byte readers, the walk over foreign files, salvage), so a
+rule applies the same way whoever wrote the file and whichever reader looked at it.
+This module imports nothing of h5guard's format: the readers depend on it, not back.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A result as a small tree, its value kinds, its digest (v2), and how it is written.
+"""A result as a small tree, its value kinds, and Python values turned into it and back.
 
 A result is a :class:`GroupNode`: attributes, and members that are datasets
 (:class:`DatasetNode`, with attributes of their own) or nested groups. Every value
@@ -7,9 +7,15 @@ and digests, and its *kind*, which says what Python object reading it back retur
 (``"str"`` for a Python ``str``, ``"bytes"``, ``"int"``, ``"U7"`` for a numpy unicode
 array of width 7, ``"ndarray"``, ...). Kinds that the stored HDF5 type and shape imply
 (:func:`default_kind`) are not written; the others go into one small JSON attribute
-(``h5guard_kinds``) of the object that holds the value. See docs/format.md for the
-layout and the byte-for-byte definition of the v2 digest, which covers every value,
-its kind, every name and the shape of the tree.
+(``h5guard_kinds``) of the object that holds the value.
+
+:func:`build` turns what a caller gives ``add()`` into a tree (refusing what cannot be
+stored, saying what to store instead); :func:`python_tree` turns a tree back into
+those values; :class:`Dataset`, :class:`Group` and :class:`Result` are the public
+value classes of both directions. :func:`describe` gives a schema the same
+description of a tree that every reader gives of a stored group. The digest of a tree
+is :mod:`h5guard._format.digest`'s, its writing :mod:`h5guard._format.write`'s
+(docs/format.md defines both).
 """
 
 from __future__ import annotations
