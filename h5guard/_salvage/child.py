@@ -45,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib import recfunctions as rfn
 
+from h5guard._check.inspector import one_line as _one_line
 from h5guard._check.quick import SuperblockInfo, quick_check
 from h5guard._format import digest as digests
 from h5guard._format import names, reader, tree
@@ -90,11 +91,6 @@ class _Lost(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
 
 
 class _Progress:
