@@ -81,9 +81,6 @@ def as_polygon(points: Any, what: str) -> FloatArray:
         raise GeometryError(f"{what}: expected at least 3 vertices, got {len(arr)}")
     if len(np.unique(arr, axis=0)) != len(arr):
         raise GeometryError(f"{what}: a vertex is repeated; expected a simple polygon")
-    area = signed_area(arr)
-    if area == 0.0:
-        raise GeometryError(f"{what}: the polygon has zero area")
     crossing = _first_crossing(arr)
     if crossing is not None:
         a, b = crossing
@@ -91,6 +88,9 @@ def as_polygon(points: Any, what: str) -> FloatArray:
             f"{what}: the polygon intersects itself (edge {a} from {arr[a].tolist()} crosses "
             f"edge {b} from {arr[b].tolist()}); expected a simple polygon"
         )
+    area = signed_area(arr)
+    if area == 0.0:
+        raise GeometryError(f"{what}: the polygon has zero area")
     out = arr if area > 0.0 else arr[::-1].copy()
     out = np.ascontiguousarray(out)
     out.setflags(write=False)
