@@ -87,3 +87,25 @@ def test_every_start_is_strictly_inside(name: str) -> None:
     xy = initial_layout(site, n_turbines=n, start="baseline", grid_size=4, random_pct=0, seed=0)
     assert np.abs(xy - baseline).max() < 0.1
     assert spacing_violation(site, xy) == 0.0
+
+
+def test_optimized_cs3_layout_is_strictly_feasible_and_better() -> None:
+    from optimizer.optimize import optimize_layout
+
+    result = optimize_layout(
+        site="iea37-cs3",
+        start="grid",
+        grid_size=8,
+        random_pct=20,
+        seed=1,
+        maxiter=15,
+        tol=1e-6,
+        hops=1,
+    )
+    site = get_site("iea37-cs3")
+    assert result.max_boundary_violation_m == 0.0 and result.max_spacing_violation_m == 0.0
+    assert boundary_violation(site, 25, result.layout).max() == 0.0
+    assert spacing_violation(site, result.layout) == 0.0
+    assert result.aep_gwh > result.initial_aep_gwh
+    official = official_aep_mwh(DATA / BASELINE_FILE["iea37-cs3"], result.layout)
+    assert 1e3 * result.aep_gwh == pytest.approx(official, rel=1e-9)
