@@ -5,7 +5,8 @@ type-normalized form: ``270`` and ``270.0`` give the same id, key order does not
 matter, and a default left out gives the same id as the default written out.
 
 A spec file lists one or more ``[[sweep]]`` blocks; each block is the cross product of
-its axes::
+its axes. ``[sites.NAME]`` tables define sites the blocks use by name (docs/sites.md,
+:mod:`optimizer.farm`); a config of such a site carries the resolved table as ``site_def``::
 
     [[sweep]]
     site = "iea37"            # or a list: ["iea37", "hornsrev1"]

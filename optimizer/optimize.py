@@ -2,8 +2,10 @@
 
 The AEP of the site's PyWake model is maximised over turbine positions with SciPy's SLSQP,
 using PyWake's exact autograd gradients, subject to the site boundary and a minimum spacing of
-two rotor diameters. Design variables are positions relative to the boundary centre divided by
-the boundary radius, and the objective is AEP divided by the initial AEP, so that SLSQP sees
+two rotor diameters (or the site's own spacing). On a lease of several regions, exclusions or
+non-convex polygons the boundary constraints are :meth:`optimizer.geometry.Lease.constraints`
+(each turbine held in the region it starts a solve in). Design variables are positions
+relative to the boundary centre divided by the boundary radius, and the objective is AEP divided by the initial AEP, so that SLSQP sees
 O(1) numbers; in metres and GWh it needs several times more iterations.
 
 Every returned layout is exactly feasible (every turbine inside or on the boundary, every pair at
