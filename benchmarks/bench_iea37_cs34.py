@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/bench_iea37_cs34.py [--cases cs3 cs4] [--workers 2] [--keep DIR]
+                                          [--topfarm N] [--from DIR]
 
 For each case, ``layout-sweep run benchmarks/specs/iea37-CASE.toml -o OUT.h5`` runs on a clean
 output, timed around the whole command (planning, PyWake start-up, every config, merge and
@@ -12,6 +13,14 @@ unchanged), as is the published baseline's; strict feasibility is checked with m
 point-in-polygon test against the published boundary files (every turbine inside a region)
 and plain numpy for the spacing (every pair >= 2 D = 396 m), no tolerance. The load average is
 printed next to the times: the machine is shared, and a loaded machine inflates them.
+
+``--topfarm N`` then runs TopFarm2 (``pip install topfarm``; for this comparison only, never a
+dependency) from the starting layouts of the first N stored configs, one after the other in
+this process, each with SciPy SLSQP, the same PyWake model (autograd gradients), the same
+boundary (TopFarm's polygon boundary; for several regions its multi-polygon boundary) and
+spacing, and the same ``maxiter``; its layouts are judged by the same independent checks.
+``--from DIR`` reuses the outputs a previous ``--keep DIR`` run left instead of running the
+sweep again.
 """
 
 from __future__ import annotations
@@ -113,6 +122,25 @@ def load_average() -> str:
     return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
+def judge_kept(case: str, out_dir: Path) -> Run:
+    """Judge the output a ``--keep`` run left (its times from runs.json)."""
+    kept = {r["case"]: r for r in json.loads((out_dir / "runs.json").read_text())}
+    layout, count = best_stored_layout(out_dir / f"iea37-{case}.h5")
+    feasible, min_gap, outside = strict_feasibility(case, layout)
+    return Run(
+        case=case,
+        seconds=float(kept[case]["seconds"]),
+        load=str(kept[case]["load"]),
+        exit_code=int(kept[case]["exit_code"]),
+        configs=count,
+        best_mwh=official_aep_mwh(case, layout),
+        baseline_mwh=official_aep_mwh(case),
+        feasible=feasible,
+        min_gap_m=min_gap,
+        outside=outside,
+    )
+
+
 def run_case(case: str, workers: int, out_dir: Path) -> Run:
     spec = SPECS / f"iea37-{case}.toml"
     output = out_dir / f"iea37-{case}.h5"
@@ -144,6 +172,72 @@ def run_case(case: str, workers: int, out_dir: Path) -> Run:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class TopFarmRun:
+    case: str
+    starts: int
+    seconds: float
+    load: str
+    best_mwh: float
+    feasible_starts: int
+    best_feasible_mwh: float
+
+
+def topfarm_case(case: str, output: Path, n_starts: int) -> TopFarmRun:
+    """TopFarm2 SLSQP from the first ``n_starts`` stored starting layouts."""
+    from py_wake.utils.gradients import autograd
+    from topfarm import TopFarmProblem
+    from topfarm.constraint_components.boundary import XYBoundaryConstraint
+    from topfarm.constraint_components.spacing import SpacingConstraint
+    from topfarm.cost_models.py_wake_wrapper import PyWakeAEPCostModelComponent
+    from topfarm.easy_drivers import EasyScipyOptimizeDriver
+
+    sys.path.insert(0, str(_ROOT))
+    from optimizer.sites import get_site
+
+    site = get_site(f"iea37-{case}")
+    n = site.default_n_turbines
+    wfm = site.wind_farm_model(n)
+    regions = site.outline(n).regions
+    starts = []
+    maxiter = 200
+    with h5py.File(output, "r") as f:
+        for key in sorted(f)[:n_starts]:
+            starts.append(np.array(f[key]["initial_layout"][()], dtype=np.float64))
+            maxiter = int(json.loads(f[key].attrs["config"]).get("maxiter", maxiter))
+    if len(regions) == 1:
+        boundary = XYBoundaryConstraint(np.asarray(regions[0]), "polygon")
+    else:
+        boundary = XYBoundaryConstraint([(np.asarray(r), 1) for r in regions], "multi_polygon")
+    before = load_average()
+    t0 = time.perf_counter()
+    best, best_feasible, feasible_count = -np.inf, -np.inf, 0
+    for xy in starts:
+        problem = TopFarmProblem(
+            design_vars={"x": xy[:, 0], "y": xy[:, 1]},
+            cost_comp=PyWakeAEPCostModelComponent(wfm, n, grad_method=autograd),
+            constraints=[boundary, SpacingConstraint(MIN_SPACING_M)],
+            driver=EasyScipyOptimizeDriver(optimizer="SLSQP", maxiter=maxiter, disp=False),
+        )
+        _, state, _ = problem.optimize(disp=False)
+        layout = np.column_stack((state["x"], state["y"])).astype(np.float64)
+        aep = official_aep_mwh(case, layout)
+        ok, _, _ = strict_feasibility(case, layout)
+        best = max(best, aep)
+        if ok:
+            feasible_count += 1
+            best_feasible = max(best_feasible, aep)
+    return TopFarmRun(
+        case=case,
+        starts=len(starts),
+        seconds=time.perf_counter() - t0,
+        load=f"{before} -> {load_average()}",
+        best_mwh=best,
+        feasible_starts=feasible_count,
+        best_feasible_mwh=best_feasible,
+    )
+
+
 def format_table(runs: list[Run]) -> str:
     header = (
         f"{'case':>4} {'time s':>7} {'exit':>4} {'configs':>7} {'AEP MWh':>13} "
@@ -168,13 +262,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="+", default=["cs3", "cs4"], choices=["cs3", "cs4"])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--keep", metavar="DIR", help="keep the outputs in DIR")
+    parser.add_argument(
+        "--topfarm", type=int, default=0, metavar="N", help="TopFarm2 from N starts"
+    )
+    parser.add_argument("--from", dest="reuse", metavar="DIR", help="judge outputs kept in DIR")
     args = parser.parse_args(argv)
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="bench-iea37-cs34-") as tmp:
         out_dir = Path(args.keep) if args.keep else Path(tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
         for case in args.cases:
-            run = run_case(case, args.workers, out_dir)
+            if args.reuse:
+                run = judge_kept(case, Path(args.reuse))
+            else:
+                run = run_case(case, args.workers, out_dir)
             print(
                 f"  iea37-{case}: {run.best_mwh:.1f} MWh in {run.seconds:.0f} s (load {run.load})",
                 file=sys.stderr,
@@ -182,8 +283,24 @@ def main(argv: list[str] | None = None) -> int:
             )
             runs.append(run)
             if args.keep:
-                (out_dir / "runs.json").write_text(json.dumps([asdict(r) for r in runs], indent=2))
+                # Keep the other cases' earlier runs: cs3 and cs4 may run in separate calls.
+                path = out_dir / "runs.json"
+                kept = json.loads(path.read_text()) if path.exists() else []
+                mine = {r.case for r in runs}
+                entries = [k for k in kept if k["case"] not in mine] + [asdict(r) for r in runs]
+                path.write_text(json.dumps(entries, indent=2))
+        topfarm = [
+            topfarm_case(r.case, Path(args.reuse or out_dir) / f"iea37-{r.case}.h5", args.topfarm)
+            for r in runs
+            if args.topfarm
+        ]
     print(format_table(runs))
+    for t in topfarm:
+        print(
+            f"TopFarm2 {t.case}: {t.starts} starts in {t.seconds:.0f} s (load {t.load}): best "
+            f"{t.best_mwh:.1f} MWh, {t.feasible_starts} of {t.starts} strictly feasible, best "
+            f"feasible {t.best_feasible_mwh:.1f} MWh"
+        )
     for r in runs:
         print(
             f"{r.case}: above baseline {'yes' if r.best_mwh > r.baseline_mwh else 'NO'}, "
