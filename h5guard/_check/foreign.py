@@ -97,8 +97,12 @@ HDF5PLUGIN_FILTERS = frozenset(
 )
 
 
-def _decode(name: bytes) -> str:
-    return name.decode("utf-8", errors="replace")
+def _decode(name: bytes | str) -> str:
+    return name.decode("utf-8", errors="replace") if isinstance(name, bytes) else name
+
+
+def _shown(names: list[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def _join(where: str, name: bytes) -> str:
@@ -180,6 +184,7 @@ class Walk:
     finite: bool = False
     keep: bool = False
     keep_values: bool = True
+    allow_external: bool = False  # read raw data stored in other files (external, VDS)
     findings: list[Finding] = field(default_factory=list)
     stats: WalkStats = field(default_factory=WalkStats)
     # The file holds region references, whose reading is known to damage the heap:
@@ -438,18 +443,35 @@ class Walk:
     ) -> None:
         layout = dcpl.get_layout()
         if dcpl.get_external_count() > 0:
-            self._external_storage(dcpl, where)
+            if not self.allow_external:
+                self._external_storage(dcpl, where)
+                return
+            names = [_decode(dcpl.get_external(i)[0]) for i in range(dcpl.get_external_count())]
+            self.add(
+                where,
+                Code.EXTERNAL_DATA,
+                f"raw data stored in {len(names)} external file(s) ({_shown(names)}): read "
+                "(external data allowed)",
+                Severity.INFO,
+            )
+            self._read_box(dsid, dtype, shape, (0,) * len(shape), shape, result)
             return
         if layout == h5py.h5d.VIRTUAL:
-            sources = {dcpl.get_virtual_filename(i) for i in range(dcpl.get_virtual_count())}
-            if sources - {"."}:
+            sources = sorted(
+                {_decode(dcpl.get_virtual_filename(i)) for i in range(dcpl.get_virtual_count())}
+                - {"."}
+            )
+            if sources:
+                how = "read (external data allowed)" if self.allow_external else "not read"
                 self.add(
                     where,
                     Code.EXTERNAL_DATA,
-                    f"virtual dataset with sources in {len(sources - {'.'})} other file(s): not read",
+                    f"virtual dataset with sources in {len(sources)} other file(s) "
+                    f"({_shown(sources)}): {how}",
                     Severity.INFO,
                 )
-                return
+                if not self.allow_external:
+                    return
         itemsize = max(1, dtype.itemsize)
         nbytes = math.prod(shape) * itemsize
         if layout == h5py.h5d.CHUNKED:
@@ -552,7 +574,8 @@ class Walk:
         self.add(
             where,
             Code.EXTERNAL_DATA,
-            f"raw data stored in {len(names)} external file(s) ({', '.join(names[:3])}): not read",
+            f"raw data stored in {len(names)} external file(s) ({_shown(names)}): not read "
+            "(--allow-external reads it)",
             Severity.INFO,
         )
 
@@ -657,8 +680,11 @@ def _buffer(shape: tuple[int, ...], dtype: np.dtype[Any]) -> tuple[npt.NDArray[A
 # -- the deep layer on a foreign file ------------------------------------------------
 
 
-def inspect_foreign(ins: Inspector, f: h5py.File) -> bool:
-    """The whole file through one walk; top-level groups then get the schema."""
+def inspect_foreign(ins: Inspector, f: h5py.File, *, allow_external: bool = False) -> bool:
+    """The whole file through one walk; top-level groups then get the schema.
+
+    ``allow_external``: read raw data the file keeps in other files too.
+    """
     schema = ins.schema
     walk = Walk(
         ins.path,
@@ -666,6 +692,7 @@ def inspect_foreign(ins: Inspector, f: h5py.File) -> bool:
         finite=schema is not None and schema.any_finite(),
         keep=True,
         keep_values=schema is not None,
+        allow_external=allow_external,
     )
     try:
         root = h5py.h5o.open(f.id, b"/")  # the root group itself, not the file

@@ -38,6 +38,7 @@ class SuperblockInfo:
     eof_address: int  # recorded end of file, comparable with the file size
     open_for_write: bool  # a write-access flag is set (v2 or v3)
     refused: bool = False  # ... and libhdf5 refuses to open the file for it (v3 only)
+    swmr_write: bool = False  # the SWMR-write flag is set (a live SWMR writer, v3)
 
 
 def _find_signature(fh: BinaryIO, size: int) -> int | None:
@@ -113,6 +114,7 @@ def _parse_superblock(
         base = int.from_bytes(head[pos : pos + sizeof_offsets], "little")
         eof = int.from_bytes(head[pos + 2 * sizeof_offsets : pos + 3 * sizeof_offsets], "little")
         open_for_write = False  # libhdf5 does not act on v0/1 write flags
+        flags = 0
         flags01 = int.from_bytes(head[20:24], "little")
         if flags01 & ~_KNOWN_FLAGS:
             add(
@@ -154,12 +156,18 @@ def _parse_superblock(
     # despite the format spec, it is not offset by the base address (a userblock).
     absolute_eof = eof
     refused = open_for_write and version >= 3
-    info = SuperblockInfo(offset, version, base, absolute_eof, open_for_write, refused)
+    swmr_write = version >= 3 and bool(flags & _FLAG_SWMR_WRITE)
+    info = SuperblockInfo(offset, version, base, absolute_eof, open_for_write, refused, swmr_write)
     if refused:
         add(
             Code.OPEN_FOR_WRITE,
             "superblock says a writer still has the file open: it was killed before closing "
-            "(or is still writing); libhdf5 refuses to open it until the flags are cleared",
+            "(or is still writing); libhdf5 refuses to open it until the flags are cleared"
+            + (
+                "; an SWMR writer's flag is set: --swmr reads it as an SWMR reader"
+                if swmr_write
+                else ""
+            ),
         )
     elif open_for_write:
         add(

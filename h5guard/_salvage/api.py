@@ -390,6 +390,7 @@ class _Run:
         schema_json: str | None,
         box: Sandbox,
         finished: Callable[[_Job], None],
+        allow_external: bool = False,
     ) -> None:
         self.jobs = jobs
         self.out_dir = out_dir
@@ -398,6 +399,7 @@ class _Run:
         self.schema_json = schema_json
         self.box = box
         self.finished = finished
+        self.allow_external = allow_external
         self.run_id = uuid.uuid4().hex
 
     def _work_path(self, job: _Job, suffix: str) -> str:
@@ -416,6 +418,7 @@ class _Run:
                     self.ignore,
                     tuple(sorted(job.skip)),
                     self.schema_json,
+                    self.allow_external,
                 )
                 for job in queue
             ]
@@ -486,6 +489,7 @@ def salvage(
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
+    allow_external: bool = False,
 ) -> SalvageReport:
     """Recover every intact top-level group of ``paths`` into shards in ``out_dir``.
 
@@ -510,6 +514,11 @@ def salvage(
         Reader processes (default: one per CPU, at most one per file).
     progress
         Called as ``progress(done, total)`` as each file is settled.
+    allow_external
+        Also copy data that a dataset keeps in other files (HDF5 external storage,
+        virtual datasets with sources elsewhere). False (the default): such a group is
+        lost, its reason naming the other files, and their bytes are never read: an
+        untrusted file can name any file the user can read.
 
     Returns
     -------
@@ -574,6 +583,7 @@ def salvage(
                     schema.to_json() if schema is not None else None,
                     box,
                     lambda job: settle(job.index, job.result()),
+                    allow_external,
                 )
                 run.run()
         finally:
