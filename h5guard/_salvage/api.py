@@ -349,7 +349,8 @@ def _quick_verdict(path: str, index: int) -> FileSalvage | _Job:
     if info is None:
         if truncated is not None:
             return FileSalvage(path, "truncated", note=truncated)
-        message = f"{errors[0].code} {errors[0].message}" if errors else "superblock unusable"
+        shown = errors[0] if errors else (findings[0] if findings else None)
+        message = f"{shown.code} {shown.message}" if shown is not None else "superblock unusable"
         return FileSalvage(path, "unreadable", note=message)
     job = _Job(index, path, os.path.abspath(path), truncated=truncated is not None)
     if truncated is not None:
