@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_MEMORY_LIMIT = 1024**3
+STARTUP_ALLOWANCE = 60.0  # seconds a new child may take to become ready at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,14 +294,26 @@ class _Child:
         self.task: int | None = None
         self.deadline = 0.0
         self.timeout = 0.0
+        self.sent = 0.0
         self.ready = False
 
+    def started(self) -> None:
+        """The child is ready (its first frame): the call's deadline is the timeout
+        after it was sent, start-up included. Only a start-up slower than half the
+        timeout (a loaded machine) leaves the call half its timeout from now: a slow
+        start is not the file's fault, and the file has not been touched yet."""
+        if not self.ready:
+            self.ready = True
+            self.deadline = max(self.sent + self.timeout, time.monotonic() + self.timeout / 2)
+
     def send(self, task: int, payload: tuple[Any, ...], timeout: float) -> None:
-        """Give the child a call. Its clock starts now, start-up included."""
+        """Give the child a call. Its clock starts now, start-up included (see
+        :meth:`started`); a child still starting may take :data:`STARTUP_ALLOWANCE`."""
         assert self.proc.stdin is not None
         self.task = task
         self.timeout = timeout
-        self.deadline = time.monotonic() + timeout
+        self.sent = time.monotonic()
+        self.deadline = self.sent + (timeout if self.ready else max(timeout, STARTUP_ALLOWANCE))
         self.proc.stdin.write(encode_frame(payload))
         self.proc.stdin.flush()
 
@@ -386,7 +399,8 @@ class Sandbox:
     user's site-packages), with h5guard's own import root first on its ``sys.path``
     and a reduced environment (:func:`child_env`); it answers on a pipe of its own,
     never on its standard output, and its time limit runs from the moment a call is
-    given to it, start-up included.
+    given to it, start-up included (a start-up slower than half the timeout leaves the
+    call half its timeout after the child is ready).
 
     Parameters
     ----------
@@ -588,7 +602,7 @@ class Sandbox:
                 )
                 continue
             if any(f[0] == "ready" for f in frames):
-                child.ready = True  # start-up done (it counts against the call's time)
+                child.started()
             frames = [f for f in frames if f[0] != "ready"]
             if not frames:
                 continue
@@ -626,7 +640,11 @@ class Sandbox:
                 del running[fd]
                 overran = child.task
                 assert overran is not None
-                late = "" if child.ready else " (the checker process was still starting)"
+                late = (
+                    ""
+                    if child.ready
+                    else f" (the checker process did not start in {STARTUP_ALLOWANCE:g} s)"
+                )
                 child.kill()
                 log.warning("sandboxed call %d overran %.3g s; child killed", overran, self.timeout)
                 yield (
