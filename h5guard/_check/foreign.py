@@ -372,6 +372,12 @@ class Walk:
                 aid = h5py.h5a.open(obj, name)
                 if aid.name != name:
                     raise ValueError(f"opened by name, it calls itself {_decode(aid.name)!r}")
+            except Exception as err:
+                failures.append(
+                    f"attribute {_decode(name)!r} cannot be opened by name: {one_line(err)}"
+                )
+                continue
+            try:
                 value = self._read_attr(aid, where)
                 self.stats.attributes += 1
                 if keep:
