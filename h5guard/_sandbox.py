@@ -460,6 +460,7 @@ class Sandbox:
         self.close()
 
     def close(self) -> None:
+        """Stop the idle children (a view leaves them to the sandbox it shares)."""
         if not self._owns_children:
             return
         while self._idle:
@@ -485,8 +486,18 @@ class Sandbox:
         """A sandbox that runs its calls in this one's child processes, with its own
         per-call ``timeout``: an application that already keeps a pool of children (a
         sweep's workers) checks files without starting new interpreters. The children
-        keep the memory limit they were started with; closing the view leaves them to
-        this sandbox, and the two must not run calls at the same time.
+        keep the memory limit and environment they were started with; closing the view
+        leaves them to this sandbox, and the two must not run calls at the same time.
+
+        Parameters
+        ----------
+        timeout
+            Seconds per call in the view.
+
+        Returns
+        -------
+        Sandbox
+            The view.
         """
         view = Sandbox(
             workers=self.workers,
