@@ -651,11 +651,7 @@ class Sandbox:
                 del running[fd]
                 overran = child.task
                 assert overran is not None
-                late = (
-                    ""
-                    if child.ready
-                    else f" (the checker process did not start in {STARTUP_ALLOWANCE:g} s)"
-                )
+                late = "" if child.ready else " (the checker process never became ready)"
                 child.kill()
                 log.warning("sandboxed call %d overran %.3g s; child killed", overran, self.timeout)
                 yield (
