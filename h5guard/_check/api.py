@@ -71,6 +71,12 @@ def _sandbox_findings(path: str, result: SandboxResult) -> list[Finding]:
         )
     elif result.failure == "memory":
         code, msg = Code.MEMORY_LIMIT, f"reading the file {result.detail} (damaged sizes?)"
+    elif result.failure == "crashed" and result.detail.startswith("the checker process sent"):
+        code, msg = (
+            Code.CHECKER_CRASHED,
+            f"the reader's answer was unusable: {result.detail} (something in the reader "
+            "process, a filter plugin or a damaged heap, wrote where only answers go)",
+        )
     elif result.failure == "crashed":
         code, msg = Code.CHECKER_CRASHED, f"libhdf5 crashed while reading: {result.detail}"
     else:
