@@ -430,7 +430,8 @@ class Walk:
         A type h5py has no numpy equivalent for (``H5T_TIME``, as PyTables' Time64
         columns use, or a compound holding one) is not damage: it is read as raw
         bytes of the file's own type (no conversion), so its storage is still read
-        through the filters, and a note names the type and h5py's limit.
+        through the filters. It is still an error, named for what it is: an h5py user
+        cannot get these values back, and a check that passed would say they can.
         """
         try:
             return oid.dtype, None
@@ -440,8 +441,9 @@ class Walk:
                 where,
                 Code.UNSUPPORTED_TYPE,
                 f"{what} of HDF5 type {_type_name(tid)}, which h5py cannot decode "
-                f"({one_line(err)}): its bytes were read, its values not interpreted",
-                Severity.INFO,
+                f"({one_line(err)}): not damage (its bytes were read through the filters), "
+                "but its values cannot be read with h5py; use a reader that knows the type",
+                Severity.ERROR,
             )
             return np.dtype(f"V{max(1, tid.get_size())}"), tid
 

@@ -207,7 +207,9 @@ def _parse_superblock(
             f"{member} bytes, {absolute_eof} bytes in all): one piece of a file, not read "
             "alone; read the family with h5py.File(pattern, driver='family', "
             f"memb_size={member}) (e.g. pattern 'name%d.h5')",
-            Severity.WARNING,
+            # Alone, the member cannot be opened (h5py and libhdf5 refuse it): the file
+            # as given is not readable, though nothing in it is damaged.
+            Severity.ERROR,
         )
         return out, None
     if absolute_eof == UNDEFINED or absolute_eof > size:
