@@ -257,14 +257,14 @@ def main() -> None:
     )
     p.add_argument("--full", action="store_true", help="add N = 1,000,000")
     p.add_argument("--sizes", help="comma-separated N (default 10000,100000)")
-    p.add_argument("--quick", action="store_true", help="N = 100 and 1000 (smoke test)")
+    p.add_argument("--quick", action="store_true", help="N = 50 and 500 (smoke test)")
     p.add_argument("--json", action="store_true", help="also print one JSON document at the end")
     p.add_argument("--workdir", help="where to build (default: a temporary directory)")
     args = p.parse_args()
     if args.sizes:
         sizes = [int(s) for s in args.sizes.split(",")]
     elif args.quick:
-        sizes = [100, 1000]
+        sizes = [50, 500]
     else:
         sizes = [10_000, 100_000] + ([1_000_000] if args.full else [])
     # Imports before any clock starts: pandas and the modules behind h5guard's lazy names.
