@@ -134,14 +134,15 @@ class InsufficientSpaceError(H5GuardError, OSError):
     space first and refuses instead.
     """
 
-    def __init__(self, directory: str, needed: int, available: int) -> None:
+    def __init__(self, directory: str, needed: int, available: int, *, waiting: str = "") -> None:
         super().__init__(
             f"{directory}: not enough free space: need {_human(needed)}, "
-            f"file system has {_human(available)} free"
+            f"file system has {_human(available)} free" + (f"; {waiting}" if waiting else "")
         )
         self.directory = directory
         self.needed = needed
         self.available = available
+        self.waiting = waiting
 
 
 class WriteError(H5GuardError, OSError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,13 @@ def resolve(
                 f"{directory}: no output is recorded for this directory; name one with -o OUTPUT"
             )
     out = os.path.abspath(os.fspath(output))
+    if os.path.islink(out):
+        target = os.path.realpath(out)
+        raise MergeSourceError(
+            f"{out}: the output is a symbolic link to {target}; a merge replaces its output "
+            f"atomically and never writes through a link: name the target (-o {target}) or "
+            "remove the link"
+        )
     parent = os.path.dirname(out)
     if not os.path.isdir(parent):
         raise MergeSourceError(f"{out}: expected an existing directory {parent}")
@@ -303,6 +310,9 @@ def build(
         for p in found.stale
     ]
     for state in journals.states:
+        if state.refused:
+            bad.append(Quarantined(state.path, state.refused))
+            continue
         lost.extend(state.lost)
         if state.interrupted is not None:
             interrupted.append((state.path, state.interrupted))
@@ -375,7 +385,7 @@ def _readable_foreign(summary: FileSummary, problems: Sequence[Finding]) -> bool
 def _schema_violations(
     schema: Schema | None,
     state: _journal.JournalState,
-    results: Sequence[_result.PreparedResult],
+    results: Iterable[_result.PreparedResult],
 ) -> list[str]:
     """A recovered batch is checked like a shard: against the schema the output embeds."""
     if schema is None or schema.to_json() == state.schema_json:

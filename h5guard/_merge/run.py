@@ -25,6 +25,8 @@ from h5guard.validate import ProgressCallback
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT = 60.0
+# The shard directory's own lock (``.h5guard-merge.lock``, with ``.lock.info`` beside it).
+DIR_LOCK = ".h5guard-merge"
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +198,8 @@ def merge(
     Raises
     ------
     LockTimeoutError
-        Another merge holds the output's lock.
+        Another merge holds the shard directory's lock or the output's; nothing was
+        touched, and the message names the holder.
     InsufficientSpaceError
         Not enough free space for the new output.
     UnreadableOutputError
@@ -222,6 +225,16 @@ def merge(
             raise ValueError(f"root_attrs: {name!r} uses the reserved prefix 'h5guard_'")
     checking = _plan.Checking(schema, sandbox, progress, timeout, memory_limit, workers)
     with contextlib.ExitStack() as stack:
+        # One merge per shard directory, whatever its output (two merges of one
+        # directory into two outputs would take each other's shards), then one per
+        # output (two directories may merge into one output). Always in this order.
+        stack.enter_context(
+            _lock.exclusive(
+                os.path.join(directory, DIR_LOCK),
+                timeout=lock_timeout,
+                purpose=f"h5guard merge {directory} -o {out}",
+            )
+        )
         stack.enter_context(
             _lock.exclusive(out, timeout=lock_timeout, purpose=f"h5guard merge {directory}")
         )
@@ -258,6 +271,7 @@ def merge(
                     existing_groups=plan.output_groups,
                     schema=planned.schema,
                     root_attrs=extra_attrs,
+                    reserve=needed,
                 )
                 problems = _verify.verify_copy(partial, added, helper=helper)
                 if problems:
