@@ -123,6 +123,7 @@ class JournalWriter:
         self.path = path
         self.fsync_each = fsync_each
         self.pid = os.getpid()
+        self.fd: int | None = None  # for __del__, should the creation fail
         # Exclusive and never through a link: a name planted in a shared directory is
         # refused (FileExistsError), not followed.
         fd = _atomic.create_exclusive(path, read=True)
@@ -139,7 +140,7 @@ class JournalWriter:
             with contextlib.suppress(OSError):
                 os.unlink(path)
             raise
-        self.fd: int | None = fd
+        self.fd = fd
         self.end = os.lseek(fd, 0, os.SEEK_CUR)
         # (offset of the header, header length, payload length) of each whole record
         self.records: list[tuple[int, int, int]] = []
