@@ -259,7 +259,9 @@ def reserve(fd: int, size: int, *, path: str, waiting: str) -> None:
             ) from err
         if err.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
             return  # the file system cannot preallocate: the free-space check must do
-        raise WriteError(path, f"reserving {size} bytes failed{waiting and '; ' + waiting}", err) from err
+        raise WriteError(
+            path, f"reserving {size} bytes failed{waiting and '; ' + waiting}", err
+        ) from err
 
 
 def is_read_only(directory: str | os.PathLike[str]) -> bool:
@@ -307,7 +309,9 @@ def require_free_space(
         st = os.statvfs(directory)
     except FileNotFoundError as err:
         raise WriteError(
-            os.fspath(directory), f"expected a directory to write into, found none{waiting and '; ' + waiting}", err
+            os.fspath(directory),
+            f"expected a directory to write into, found none{waiting and '; ' + waiting}",
+            err,
         ) from err
     if st.f_flag & os.ST_RDONLY:
         raise WriteError(

@@ -374,9 +374,15 @@ def _scan(fd: int, name: str) -> JournalScan:
                 pos = body + plen
                 continue
             if plen > MAX_PAYLOAD:
-                ends, problem = False, f"record at byte {pos} claims {plen} payload bytes, above the cap of {MAX_PAYLOAD}"
+                ends, problem = (
+                    False,
+                    f"record at byte {pos} claims {plen} payload bytes, above the cap of {MAX_PAYLOAD}",
+                )
             else:
-                ends, problem = True, f"record at byte {pos} claims {plen} payload bytes, more than the journal holds"
+                ends, problem = (
+                    True,
+                    f"record at byte {pos} claims {plen} payload bytes, more than the journal holds",
+                )
         else:
             raw = _pread(fd, pos, _FRAME_SIZE)
             # The file may end inside a frame or a header that the writer was writing.
@@ -407,16 +413,16 @@ def _scan(fd: int, name: str) -> JournalScan:
         return JournalScan(name, None, (), ("meta record is not JSON",))
     if not isinstance(meta, dict):
         return JournalScan(name, None, (), ("meta record is not a JSON object",))
-    return JournalScan(
-        name, meta, tuple(records[1:]), tuple(damage), interrupted, meta_record, cut
-    )
+    return JournalScan(name, meta, tuple(records[1:]), tuple(damage), interrupted, meta_record, cut)
 
 
 def read_payload(fd: int, record: JournalRecord) -> bytes:
     """A record's payload, read from the journal open on ``fd``."""
     data = _pread(fd, record.offset, record.length)
     if len(data) != record.length:
-        raise OSError(errno.EIO, f"journal shrank while it was read ({len(data)} of {record.length} bytes)")
+        raise OSError(
+            errno.EIO, f"journal shrank while it was read ({len(data)} of {record.length} bytes)"
+        )
     return data
 
 
@@ -465,7 +471,11 @@ class JournalResults:
         return len(self.records)
 
     def __getitem__(self, index: int) -> _result.PreparedResult:
-        return next(self._decoded(self.records[index : index + 1] if index >= 0 else self.records[index:][:1]))
+        return next(
+            self._decoded(
+                self.records[index : index + 1] if index >= 0 else self.records[index:][:1]
+            )
+        )
 
     def __iter__(self) -> Iterator[_result.PreparedResult]:
         return self._decoded(self.records)
@@ -502,7 +512,7 @@ def _shard_index(path: str) -> dict[str, str] | None:
         with h5py.File(path, "r", locking=False) as f:
             text = _layout.text_attr(f, _layout.INDEX_ATTR)
         index = json.loads(text) if text else None
-    except Exception:  # noqa: BLE001 - any failure means "not known to hold them"
+    except Exception:
         return None
     return index if isinstance(index, dict) else None
 
@@ -567,9 +577,7 @@ def read_journal(path: str | os.PathLike[str]) -> tuple[JournalState, JournalRes
     if scanned.meta is None and not scanned.interrupted:
         lost.append(f"{name}: {'; '.join(scanned.damage)}; any result it held is lost")
     elif scanned.meta is not None:
-        lost.extend(
-            f"{name}: {what}; any result recorded there is lost" for what in scanned.damage
-        )
+        lost.extend(f"{name}: {what}; any result recorded there is lost" for what in scanned.damage)
     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
     try:
         for i, record in enumerate(scanned.records):

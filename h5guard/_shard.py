@@ -78,7 +78,9 @@ def estimate_size(data_bytes: int, count: int) -> int:
 _images = itertools.count()
 
 
-def _start(f: h5py.File, schema_json: str | None, file_attrs: _result.PreparedResult | None) -> None:
+def _start(
+    f: h5py.File, schema_json: str | None, file_attrs: _result.PreparedResult | None
+) -> None:
     f.attrs[_layout.FORMAT_ATTR] = np.bytes_(_layout.SHARD_FORMAT.encode())
     f.attrs[_layout.VERSION_ATTR] = np.bytes_(__version__.encode())
     if schema_json is not None:
@@ -211,11 +213,11 @@ def write_shard(
                 f.close()
         os.close(fd)
         _atomic.remove_quietly(partial)
-        if isinstance(err, OSError) and not isinstance(err, InsufficientSpaceError):
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise InsufficientSpaceError(
-                    name, estimate, _atomic.free_bytes(final.parent), waiting=waiting
-                ) from err
+        full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+        if full and not isinstance(err, InsufficientSpaceError):
+            raise InsufficientSpaceError(
+                name, estimate, _atomic.free_bytes(final.parent), waiting=waiting
+            ) from err
         raise
     os.close(fd)
     _atomic.commit_file(partial, final)

@@ -283,7 +283,7 @@ class ShardWriter:
         if not journal.linked():
             # The bytes went into a file that no longer has a name (the directory was
             # deleted, say): nothing of this batch can reach a merge.
-            err = FileNotFoundError(errno.ENOENT, "the journal was deleted", str(journal.path))
+            gone = FileNotFoundError(errno.ENOENT, "the journal was deleted", str(journal.path))
             lost = len(self._batch)
             journal.close()
             self._journal = None
@@ -293,8 +293,8 @@ class ShardWriter:
                 f"journaling group {key!r} failed: the journal no longer exists (was "
                 f"{self.directory} deleted?); this result and the {lost} added since the "
                 "last commit are lost",
-                err,
-            ) from err
+                gone,
+            ) from gone
         self._batch[key] = result.digest
         self._keys.add(key)
         self._batch_bytes += nbytes
@@ -473,9 +473,7 @@ class ShardWriter:
         if isinstance(err, H5GuardError) and isinstance(err, OSError):
             return err
         waiting = self._waiting()
-        if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "errno = 28," in str(
-            err
-        ):
+        if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "errno = 28," in str(err):
             try:
                 free = _atomic.free_bytes(self.directory)
             except OSError:

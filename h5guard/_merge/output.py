@@ -340,7 +340,9 @@ def _start_partial(output: str, partial: str, reserve: int) -> None:
             src = os.open(output, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
             try:
                 size = os.fstat(src).st_size
-                _atomic.reserve(fd, max(reserve, size), path=partial, waiting="")
+                _atomic.reserve(
+                    fd, max(reserve, size), path=partial, waiting=f"{output} is unchanged"
+                )
                 offset = 0
                 while offset < size:
                     n = os.copy_file_range(src, fd, size - offset, offset, offset)
@@ -360,7 +362,9 @@ def _start_partial(output: str, partial: str, reserve: int) -> None:
             ) as f:
                 f.flush()
                 image = f.id.get_file_image()
-            _atomic.reserve(fd, max(reserve, len(image)), path=partial, waiting="")
+            _atomic.reserve(
+                fd, max(reserve, len(image)), path=partial, waiting="nothing was merged"
+            )
             _atomic.write_fd(fd, image)
     except BaseException:
         os.close(fd)

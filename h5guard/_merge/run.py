@@ -269,7 +269,10 @@ class _Altered(Exception):
 
 
 def _altered_sources(
-    problems: list[Finding], plan: _plan.MergePlan, summaries: Mapping[str, FileSummary], new: Mapping[str, str | None]
+    problems: list[Finding],
+    plan: _plan.MergePlan,
+    summaries: Mapping[str, FileSummary],
+    new: Mapping[str, str | None],
 ) -> dict[str, list[str]] | None:
     """The shards whose own groups do not match their digests, with the reasons.
 
@@ -349,7 +352,11 @@ def _merge_once(
         partial = out + _atomic.PARTIAL_SUFFIX
         needs_write = plan.new_groups > 0 or extra_attrs or not os.path.exists(out)
         if needs_write:
-            _atomic.require_free_space(os.path.dirname(out), needed)
+            _atomic.require_free_space(
+                os.path.dirname(out),
+                needed,
+                waiting=f"{out} is unchanged; the shards wait in {directory}",
+            )
             try:
                 added = _output.write_partial(
                     out,

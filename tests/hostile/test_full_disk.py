@@ -151,3 +151,26 @@ def test_a_journal_deleted_under_a_running_writer_is_not_called_safe(tmp_path: P
         w.add("b", *values(1))
     assert "lost" in str(err.value) and "safe in" not in str(err.value)
     w.close()
+
+
+def test_a_shard_too_big_for_memory_is_written_into_reserved_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above IN_MEMORY_SHARD libhdf5 writes the shard, into blocks reserved first."""
+    from h5guard import _shard, check
+
+    monkeypatch.setattr(_shard, "IN_MEMORY_SHARD", 0)
+    with small_fs(tmp_path / "fs", "8m") as fs:
+        w = ShardWriter(fs / "tmp", commit_every=10_000, min_free=0)
+        for i in range(12):
+            w.add(f"k{i}", *values(i, 32 * 1024))
+        room = ballast(fs, 8 * 1024 * 1024 - 3 * 1024 * 1024 - 256 * 1024)
+        with pytest.raises(InsufficientSpaceError, match="12 result"):
+            w.commit()
+        room.unlink()
+        shard = w.commit()
+        assert shard is not None
+        # The unused part of the reservation was given back when libhdf5 closed the file.
+        assert shard.stat().st_size < 12 * 32 * 1024 * 8 + 64 * 1024
+        assert check([shard], workers=1).ok
+        w.close()

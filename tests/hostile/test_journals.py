@@ -14,8 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from h5guard import ShardWriter, check, merge, plan_merge
-from h5guard import _journal, _result
+from h5guard import ShardWriter, _journal, _result, check, merge, plan_merge
 from h5guard.report import Severity
 from tests.hostile._helpers import gone_writer, run_cli, run_python, values
 

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from h5guard import MergeSourceError, ShardWriter, WriteError, merge
-from h5guard import _journal, _shard
+from h5guard import MergeSourceError, ShardWriter, WriteError, _journal, _shard, merge
 from h5guard._merge.output import RECORD_FILE, record_output
 from tests.hostile._helpers import REPO, gone_writer, run_cli, values
 
@@ -37,9 +36,7 @@ def shards(directory: Path, n: int, *, start: int = 0) -> None:
 
 
 @pytest.mark.parametrize("first", [True, False], ids=["first-merge", "existing-output"])
-def test_a_link_at_the_outputs_partial_is_removed_not_followed(
-    tmp_path: Path, first: bool
-) -> None:
+def test_a_link_at_the_outputs_partial_is_removed_not_followed(tmp_path: Path, first: bool) -> None:
     tmp, out = tmp_path / "tmp", tmp_path / "out.h5"
     target = victim(tmp_path)
     if not first:
@@ -98,12 +95,16 @@ def test_a_planted_quarantine_link_is_refused_with_its_name(tmp_path: Path) -> N
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     os.symlink(elsewhere, tmp / "quarantine")
-    with pytest.raises(WriteError, match=r"quarantine: expected a directory, found a symbolic link"):
+    with pytest.raises(
+        WriteError, match=r"quarantine: expected a directory, found a symbolic link"
+    ):
         merge(tmp, out, workers=1)
     assert list(elsewhere.iterdir()) == []
     assert (tmp / "junk.h5").exists() and not out.exists()
     proc = run_cli("merge", tmp, "-o", out)
-    assert proc.returncode == 2 and "symbolic link" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 2 and "symbolic link" in proc.stderr and "Traceback" not in proc.stderr
+    )
     os.unlink(tmp / "quarantine")
     report = merge(tmp, out, workers=1)
     assert report.exit_code == 1 and len(report.quarantined) == 1
@@ -141,7 +142,7 @@ def test_an_output_that_is_a_link_is_refused_naming_it_and_its_target(tmp_path: 
     link = tmp_path / "out.h5"
     os.symlink(real, link)
     shards(tmp, 2, start=5)
-    with pytest.raises(MergeSourceError, match="symbolic link to .*real.h5") as err:
+    with pytest.raises(MergeSourceError, match=r"symbolic link to .*real\.h5") as err:
         merge(tmp, link, workers=1)
     assert f"-o {real}" in str(err.value)
     assert link.is_symlink() and real.read_bytes() == before
