@@ -12,7 +12,6 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
 import socket
 import stat
 from pathlib import Path
@@ -327,8 +326,36 @@ def require_free_space(
 
 
 def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    """Byte-for-byte copy (kernel-side where the OS allows it)."""
-    shutil.copyfile(src, dst)
+    """Byte-for-byte copy into a new file ``dst`` (kernel-side where the OS allows it).
+
+    ``dst`` is created exclusively, never through a link; ``src`` is not read through
+    a link either.
+
+    Raises
+    ------
+    FileExistsError
+        Something already has the name ``dst``.
+    OSError
+        Reading or writing failed (``dst`` is then removed).
+    """
+    src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        dst_fd = create_exclusive(dst)
+        try:
+            size = os.fstat(src_fd).st_size
+            offset = 0
+            while offset < size:
+                n = os.sendfile(dst_fd, src_fd, offset, min(size - offset, 1 << 30))
+                if n == 0:
+                    raise OSError(errno.EIO, "source shrank while it was copied", os.fspath(src))
+                offset += n
+        except BaseException:
+            os.close(dst_fd)
+            remove_quietly(dst)
+            raise
+        os.close(dst_fd)
+    finally:
+        os.close(src_fd)
 
 
 def writer_tag() -> str:

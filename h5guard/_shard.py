@@ -102,8 +102,10 @@ def _finish(f: h5py.File, results: Iterable[_result.PreparedResult]) -> dict[str
 
 def _memory_file() -> h5py.File:
     """A new HDF5 file that lives in memory only, with the shard's user block."""
+    # The name is a label only, but libhdf5 tries to open it once: a path nobody can
+    # create (so nothing planted is ever opened), ending like the partial it becomes.
     return h5py.File(
-        f"h5guard-shard-image-{os.getpid()}-{next(_images)}",
+        f"/proc/self/fdinfo/h5guard-image-{os.getpid()}-{next(_images)}{_atomic.PARTIAL_SUFFIX}",
         "w",
         driver="core",
         backing_store=False,

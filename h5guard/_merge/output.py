@@ -5,7 +5,6 @@ output is built (:func:`write_partial`), and quarantine, where bad shards go.
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import json
 import logging
 import os
@@ -334,38 +333,32 @@ def write_partial(
 def _start_partial(output: str, partial: str, reserve: int) -> None:
     """``partial`` as a new file: the bytes of ``output`` (or an empty HDF5 file), reserved."""
     _atomic.clear_own_name(partial)
+    if os.path.exists(output):
+        _atomic.copy_file(output, partial)  # creates partial exclusively
+        fd = os.open(partial, os.O_RDWR | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            size = os.fstat(fd).st_size
+            _atomic.reserve(fd, max(reserve, size), path=partial, waiting=f"{output} is unchanged")
+        except BaseException:
+            os.close(fd)
+            _atomic.remove_quietly(partial)
+            raise
+        os.close(fd)
+        return
     fd = _atomic.create_exclusive(partial, read=True)
     try:
-        if os.path.exists(output):
-            src = os.open(output, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
-            try:
-                size = os.fstat(src).st_size
-                _atomic.reserve(
-                    fd, max(reserve, size), path=partial, waiting=f"{output} is unchanged"
-                )
-                offset = 0
-                while offset < size:
-                    n = os.copy_file_range(src, fd, size - offset, offset, offset)
-                    if n == 0:
-                        raise OSError(errno.EIO, f"{output} shrank while it was copied")
-                    offset += n
-            finally:
-                os.close(src)
-        else:
-            with h5py.File(
-                f"h5guard-output-image-{os.getpid()}-{uuid.uuid4().hex}",
-                "w",
-                driver="core",
-                backing_store=False,
-                libver=_layout.LIBVER,
-                locking=False,
-            ) as f:
-                f.flush()
-                image = f.id.get_file_image()
-            _atomic.reserve(
-                fd, max(reserve, len(image)), path=partial, waiting="nothing was merged"
-            )
-            _atomic.write_fd(fd, image)
+        with h5py.File(
+            f"/proc/self/fdinfo/h5guard-output-image-{os.getpid()}-{uuid.uuid4().hex}",
+            "w",
+            driver="core",
+            backing_store=False,
+            libver=_layout.LIBVER,
+            locking=False,
+        ) as f:
+            f.flush()
+            image = f.id.get_file_image()
+        _atomic.reserve(fd, max(reserve, len(image)), path=partial, waiting="nothing was merged")
+        _atomic.write_fd(fd, image)
     except BaseException:
         os.close(fd)
         _atomic.remove_quietly(partial)

@@ -167,15 +167,23 @@ class _Sources:
     journals: list[str]
     stale: list[str]  # partials without a journal whose writer is known to be gone
     live: list[str]  # journals and partials whose writer may still be running
+    links: list[str]  # symbolic links named like shards or journals: never read through
 
 
 def _sources(directory: str, output: str) -> _Sources:
-    found = _Sources([], [], [], [])
+    found = _Sources([], [], [], [], [])
     # The output (and its partial) may live in the shard directory: it is no shard, and
     # "merging" it into itself would delete it.
     own = {os.path.realpath(output), os.path.realpath(output + _atomic.PARTIAL_SUFFIX)}
     names = {p.name for p in Path(directory).iterdir()}
     for p in sorted(Path(directory).iterdir()):
+        if p.is_symlink():
+            # Someone else's file under a shard's or a journal's name: h5guard reads no
+            # shard or journal through a link (a link at a .partial is h5guard's own
+            # name, removed when that name is next written).
+            if p.name.endswith((_journal.JOURNAL_SUFFIX, ".h5")) and os.path.abspath(p) != output:
+                found.links.append(str(p))
+            continue
         if not p.is_file() or (output and os.path.realpath(p) in own):
             continue
         if p.name.endswith(_journal.JOURNAL_SUFFIX):
@@ -269,7 +277,16 @@ def build(
         trust_seals=True,
     )
     good: list[str] = []
-    bad: list[Quarantined] = []
+    bad: list[Quarantined] = [
+        Quarantined(
+            link,
+            (
+                f"{link}:/: SYMBOLIC_LINK a symbolic link to {os.readlink(link)!r} in the shard "
+                "directory; h5guard reads no shard or journal through a link",
+            ),
+        )
+        for link in found.links
+    ]
     foreign: list[str] = []
     summaries: dict[str, FileSummary] = {}
     # Indexed once: looking each shard up in the report would be quadratic in shards.

@@ -177,3 +177,21 @@ def test_a_killed_writers_partial_link_in_a_real_process(tmp_path: Path) -> None
     report = merge(tmp, tmp_path / "out.h5", workers=1)
     assert report.exit_code == 0 and report.groups_total == 5
     assert target.read_bytes() == VICTIM
+
+
+def test_links_named_like_shards_or_journals_are_quarantined_unread(tmp_path: Path) -> None:
+    tmp, out = tmp_path / "tmp", tmp_path / "out.h5"
+    shards(tmp, 2)
+    elsewhere = tmp_path / "elsewhere"
+    shards(elsewhere, 2, start=10)
+    [theirs] = elsewhere.glob("*.h5")
+    os.symlink(theirs, tmp / "planted.h5")
+    os.symlink(victim(tmp_path), tmp / "planted.h5.journal")
+    report = merge(tmp, out, workers=1)
+    assert report.exit_code == 1 and report.groups_total == 2
+    assert sorted(Path(q.path).name for q in report.quarantined) == [
+        "planted.h5",
+        "planted.h5.journal",
+    ]
+    assert all("SYMBOLIC_LINK" in q.reasons[0] for q in report.quarantined)
+    assert theirs.exists() and (tmp_path / "victim.txt").read_bytes() == VICTIM
