@@ -216,6 +216,37 @@ def require_real_dir(path: str | os.PathLike[str], *, create: bool = False) -> N
         )
 
 
+def require_own_link(path: str | os.PathLike[str]) -> None:
+    """Refuse a directory the user named that is a symbolic link planted by someone else.
+
+    A link the user (or root) made is the user's choice and is followed; one owned by
+    another account would send the user's files wherever that account chose.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A directory the caller was given (TEMP_DIR).
+
+    Raises
+    ------
+    WriteError
+        ``path`` is a symbolic link owned by another account.
+    """
+    name = os.fspath(path)
+    try:
+        st = os.lstat(name)
+    except OSError:
+        return  # missing (created later) or unreadable: the caller's own errors say so
+    if stat.S_ISLNK(st.st_mode) and st.st_uid not in (os.geteuid(), 0):
+        raise WriteError(
+            name,
+            f"expected a directory, found a symbolic link to {os.readlink(name)!r} owned by "
+            f"another account (uid {st.st_uid}); h5guard follows only your own links: remove "
+            "it, or name the target if you trust it",
+            NotADirectoryError(errno.ENOTDIR, "symbolic link of another account"),
+        )
+
+
 def write_fd(fd: int, data: bytes | bytearray | memoryview, *, offset: int = 0) -> None:
     """Write all of ``data`` at ``offset`` (``pwrite`` until done)."""
     view = memoryview(data)

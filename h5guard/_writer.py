@@ -81,6 +81,9 @@ class ShardWriter:
     :class:`~h5guard.DuplicateKeyError` (a result is immutable; recomputations belong to
     the merge's ``on_conflict`` policy).
 
+    Threads may share a writer: its methods run under one lock, so every returned
+    ``add()`` is journaled whole (docs/security.md, "Threads").
+
     A writer belongs to the process that created it: in a forked child it starts a
     batch of its own, and it cannot be pickled (create one per worker, e.g. in a pool
     initializer or at the start of the task).
@@ -110,7 +113,8 @@ class ShardWriter:
     ValueError
         A bad ``commit_every``, ``prefix`` or ``file_attrs`` name.
     WriteError
-        ``directory`` cannot be created.
+        ``directory`` cannot be created, or is a symbolic link owned by another
+        account (docs/security.md).
     WriterTransferError
         On an attempt to pickle the writer (send it to another process).
 
@@ -140,6 +144,7 @@ class ShardWriter:
                 f"prefix: expected a non-empty name without '-' or '/', got {prefix!r}"
             )
         self.directory = Path(directory)
+        _atomic.require_own_link(self.directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -266,9 +271,15 @@ class ShardWriter:
         # A group costs its data plus a few KiB of headers, twice over (journal, shard),
         # plus room for HDF5's own allocations when the shard is closed.
         nbytes = result.nbytes
-        _atomic.require_free_space(
-            self.directory, 2 * nbytes + 64 * 1024, min_free=self.min_free, waiting=self._waiting()
-        )
+        try:
+            _atomic.require_free_space(
+                self.directory, 2 * nbytes + 64 * 1024, min_free=self.min_free
+            )
+        except InsufficientSpaceError as err:
+            # Said only when refusing: where the batch waits costs an fstat to find out.
+            raise InsufficientSpaceError(
+                err.directory, err.needed, err.available, waiting=self._waiting()
+            ) from None
         journal = self._open_batch()
         header, buffers = _result.encode(result)
         if sum(b.nbytes for b in buffers) > _journal.MAX_PAYLOAD:

@@ -135,6 +135,7 @@ def resolve(
     """The shard directory and the absolute output path ("" when none is known and
     ``need_output`` is false: a plan against no output, as for a first merge)."""
     directory = os.fspath(shard_dir)
+    _atomic.require_own_link(directory)
     if not os.path.isdir(directory):
         raise MergeSourceError(f"{directory}: expected a directory of shards, found none")
     if output is None:

@@ -195,3 +195,22 @@ def test_links_named_like_shards_or_journals_are_quarantined_unread(tmp_path: Pa
     ]
     assert all("SYMBOLIC_LINK" in q.reasons[0] for q in report.quarantined)
     assert theirs.exists() and (tmp_path / "victim.txt").read_bytes() == VICTIM
+
+
+def test_a_temp_dir_that_is_another_accounts_link_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a link to another account needs root")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    link = tmp_path / "run_tmp"
+    os.symlink(theirs, link)
+    os.lchown(link, 65534, 65534)
+    with pytest.raises(WriteError, match="owned by another account"):
+        ShardWriter(link)
+    with pytest.raises(WriteError, match="owned by another account"):
+        merge(link, tmp_path / "out.h5", workers=1)
+    assert list(theirs.iterdir()) == []
+    mine = tmp_path / "mine"
+    os.symlink(theirs, mine)  # the user's own link is the user's choice
+    shards(mine, 2)
+    assert merge(mine, tmp_path / "out.h5", workers=1).exit_code == 0
