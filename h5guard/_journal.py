@@ -406,14 +406,22 @@ def _scan(fd: int, name: str) -> JournalScan:
         return JournalScan(
             name, None, (), tuple(damage) or ("no meta record",), interrupted or not damage
         )
-    meta_record = records[0]
+    # The meta record is the one right after the magic; if damage took it, every record
+    # found is a result (its writer's schema and file attributes are then unknown).
+    first = records[0]
+    if first.offset != len(MAGIC) + _FRAME_SIZE + len(first.header):
+        return JournalScan(name, None, tuple(records), tuple(damage), interrupted, None, cut)
+    meta: Any = None
     try:
-        meta = json.loads(meta_record.header.decode("utf-8"))
+        meta = json.loads(first.header.decode("utf-8"))
     except ValueError:
-        return JournalScan(name, None, (), ("meta record is not JSON",))
-    if not isinstance(meta, dict):
-        return JournalScan(name, None, (), ("meta record is not a JSON object",))
-    return JournalScan(name, meta, tuple(records[1:]), tuple(damage), interrupted, meta_record, cut)
+        damage.insert(0, "meta record is not JSON")
+    if meta is not None and not isinstance(meta, dict):
+        damage.insert(0, "meta record is not a JSON object")
+        meta = None
+    return JournalScan(
+        name, meta, tuple(records[1:]), tuple(damage), interrupted, first if meta else None, cut
+    )
 
 
 def read_payload(fd: int, record: JournalRecord) -> bytes:
@@ -574,9 +582,10 @@ def read_journal(path: str | os.PathLike[str]) -> tuple[JournalState, JournalRes
     good: list[JournalRecord] = []
     lost: list[str] = []
     interrupted: str | None = None
-    if scanned.meta is None and not scanned.interrupted:
-        lost.append(f"{name}: {'; '.join(scanned.damage)}; any result it held is lost")
-    elif scanned.meta is not None:
+    if scanned.meta is None and not scanned.records:
+        if not scanned.interrupted:
+            lost.append(f"{name}: {'; '.join(scanned.damage)}; any result it held is lost")
+    else:
         lost.extend(f"{name}: {what}; any result recorded there is lost" for what in scanned.damage)
     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
     try:

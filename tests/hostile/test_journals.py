@@ -195,3 +195,15 @@ def test_a_journal_record_is_read_lazily(tmp_path: Path) -> None:
     assert len(results) == 2 and [r.key for r in results] == ["a", "b"]
     np.testing.assert_array_equal(results[1].datasets["x"], values(1)[0]["x"])
     assert json.loads(json.dumps(state.results)) == [list(p) for p in state.results]
+
+
+def test_a_damaged_meta_record_hides_no_result(tmp_path: Path) -> None:
+    """Damage in the meta record: the records after it are results, all recovered."""
+    tmp = tmp_path / "tmp"
+    journal = gone_writer(tmp, ["a", "b", "c"])
+    raw = bytearray(journal.read_bytes())
+    raw[record_offsets(journal)[0] + FRAME.size + CRC.size + 2] ^= 0xFF
+    journal.write_bytes(bytes(raw))
+    report = merge(tmp, tmp_path / "out.h5", workers=1)
+    assert report.exit_code == 1 and len(report.lost) == 1, report.render_text()
+    assert keys_in(tmp_path / "out.h5") == {"a", "b", "c"}
