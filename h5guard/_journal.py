@@ -557,12 +557,20 @@ def read_journal(path: str | os.PathLike[str]) -> tuple[JournalState, JournalRes
     """
     from h5guard import _result, _shard  # h5py: only once results are decoded
 
-    scanned = scan(path)
     name = os.fspath(path)
     own = Path(name).name.removesuffix(JOURNAL_SUFFIX)
     if not own.endswith(_shard.SHARD_SUFFIX):
         own += _shard.SHARD_SUFFIX
     shard = str(Path(name).with_name(own))
+    if os.path.islink(name):
+        # Never read through a link: whatever it points to is not a writer's journal.
+        why = (
+            f"{name}:/: SYMBOLIC_LINK a symbolic link to {os.readlink(name)!r}, not a journal; "
+            "quarantined unread"
+        )
+        empty = JournalState(name, shard, None, (), None, (), False, refused=(why,))
+        return empty, JournalResults(name, ())
+    scanned = scan(path)
     refused: list[str] = []
     recorded = scanned.meta.get("stem") if scanned.meta else None
     if scanned.meta is not None and recorded is not None:

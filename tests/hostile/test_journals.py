@@ -207,3 +207,15 @@ def test_a_damaged_meta_record_hides_no_result(tmp_path: Path) -> None:
     report = merge(tmp, tmp_path / "out.h5", workers=1)
     assert report.exit_code == 1 and len(report.lost) == 1, report.render_text()
     assert keys_in(tmp_path / "out.h5") == {"a", "b", "c"}
+
+
+def test_a_journal_that_is_a_link_is_reported_not_read(tmp_path: Path) -> None:
+    target = tmp_path / "victim.txt"
+    target.write_bytes(b"not a journal")
+    link = tmp_path / "x.h5.journal"
+    os.symlink(target, link)
+    finding = _journal.journal_finding(str(link))
+    assert finding.severity is Severity.ERROR and "SYMBOLIC_LINK" in finding.message
+    proc = run_cli("check", tmp_path)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert target.read_bytes() == b"not a journal"
