@@ -10,7 +10,8 @@ from pathlib import Path
 import h5py
 import pytest
 
-from h5guard import LockTimeoutError, ShardWriter, WriteError, _seal, merge
+from h5guard import LockTimeoutError, ShardWriter, WriteError, merge
+from h5guard._format import seal as _seal
 from h5guard._lock import exclusive
 from tests.hostile._helpers import run_cli, small_fs, values
 
