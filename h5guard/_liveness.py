@@ -20,13 +20,14 @@ gathered from several sources and weighed by one pure function, :func:`decide`:
 * the **user's or the engine's word**: writers declared gone (:class:`GoneWriters`,
   ``h5guard merge --gone HOST[:PID]``, or Dask reporting a dead worker).
 
-The rule (also in ``docs/guarantee.md``): a held lock means alive. On the writer's own
-machine (same boot id, host name and PID namespace) the kernel's evidence decides: a
-free ``flock`` the writer had taken, a released journal, or a pid that no longer runs
-(or now belongs to a process started at another time) means gone; a pid that still runs
-with the recorded start time means alive. Elsewhere a free lock is no evidence at all,
-and the writer is gone only when declared gone or when its journal has not been touched
-for longer than the lease; until then its batch is *pending* and the merge exits 1.
+The rule (also in ``docs/guarantee.md``): a held lock means alive, a released journal
+means gone. On the writer's own machine (same boot id, host name and PID namespace)
+the kernel's evidence decides: a pid that no longer runs (or now belongs to a process
+started at another time) means gone, one that still runs with the recorded start time
+means alive, and where the process table cannot tell, a free ``flock`` the writer had
+taken means gone. Elsewhere a free lock is no evidence at all, and the writer is gone
+only when declared gone or when its journal has not been touched for longer than the
+lease; until then its batch is *pending* and the merge exits 1.
 """
 
 from __future__ import annotations
@@ -521,10 +522,8 @@ def decide(
         return Liveness(Verdict.GONE, f"{who}: its writer let go of it without committing")
     here = writer is not None and writer.same_machine(me)
     if here:
-        if writer_locked and lock is LockProbe.FREE:
-            return Liveness(
-                Verdict.GONE, f"{who}: its flock is free (the kernel drops it when a process dies)"
-            )
+        # The process table first: a flock that a file system grants without locking
+        # anything must not make a running writer look gone.
         if process is ProcessState.GONE:
             return Liveness(Verdict.GONE, f"{who}: that process no longer runs")
         if process is ProcessState.REUSED:
@@ -533,6 +532,10 @@ def decide(
             )
         if process is ProcessState.RUNNING:
             return Liveness(Verdict.ALIVE, f"{who}: that process still runs on this host")
+        if writer_locked and lock is LockProbe.FREE:
+            return Liveness(
+                Verdict.GONE, f"{who}: its flock is free (the kernel drops it when a process dies)"
+            )
     elif writer is None and lock is LockProbe.FREE and writer_locked:
         # The writer died while creating its journal (it locks it before writing the
         # header), or an older h5guard on this host: the lock was then taken.

@@ -44,6 +44,9 @@ def verdict(writer: WriterIdentity | None, **kw: object) -> lv.Liveness:
         (AWAY, {"lock": LockProbe.HELD, "heartbeat_age": 1e6}, Verdict.ALIVE, "lock is held"),
         # same machine: the kernel's evidence decides
         (HERE, {}, Verdict.GONE, "flock is free"),
+        # a flock granted without locking anything cannot hide a running writer
+        (HERE, {"process": ProcessState.RUNNING}, Verdict.ALIVE, "still runs"),
+        (HERE, {"process": ProcessState.GONE}, Verdict.GONE, "no longer runs"),
         (HERE, {"lock": LockProbe.UNSUPPORTED, "writer_locked": False,
                 "process": ProcessState.RUNNING}, Verdict.ALIVE, "still runs"),
         (HERE, {"lock": LockProbe.UNSUPPORTED, "writer_locked": False,
