@@ -8,6 +8,7 @@ Commands print ``TAG {json}`` lines on stdout; logs (WARNING and up) go to stder
 ``take TARGET``           try ``exclusive(TARGET)`` (``--timeout``, ``--gone``, ``--lease``);
                           print ``RESULT {"ok": ..., "error": ...}``
 ``identity``              print ``IDENTITY`` with this process's identity
+``cli ARGS...``           run ``h5guard ARGS...`` (merge, status, check): its exit code and output
 ``write DIR N``           a ShardWriter adds N results (``--commit-every``), printing ``ADDED
                           key`` after each returned add(); then waits for a stdin line per
                           further result ("add" adds one more, "close" closes, EOF leaves
@@ -98,6 +99,10 @@ def cmd_write(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["cli"]:
+        from h5guard.cli import main as cli_main
+
+        return cli_main(sys.argv[2:])
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
