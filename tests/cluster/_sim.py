@@ -94,8 +94,9 @@ class Node:
     locks: str | None = None
     env: dict[str, str] = field(default_factory=dict)
 
-    def argv(self, *args: str) -> list[str]:
-        base = [sys.executable, str(NODE), *args]
+    def argv(self, *args: str, raw: bool = False) -> list[str]:
+        """The command line running ``_node.py ARGS`` (``raw``: ARGS itself) on this node."""
+        base = list(args) if raw else [sys.executable, str(NODE), *args]
         if self.host is None:
             return base
         need_namespaces()
@@ -123,13 +124,13 @@ class Node:
         env.update(self.env)
         return env
 
-    def start(self, *args: str) -> Proc:
-        """Start ``_node.py ARGS`` on this node; its stdout lines are collected."""
+    def start(self, *args: str, raw: bool = False, cwd: Path | None = None) -> Proc:
+        """Start ``_node.py ARGS`` (``raw``: ARGS) on this node; stdout lines are collected."""
         return Proc(
             subprocess.Popen(
-                self.argv(*args),
+                self.argv(*args, raw=raw),
                 env=self.environ(),
-                cwd=REPO,
+                cwd=cwd or REPO,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -137,12 +138,14 @@ class Node:
             )
         )
 
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Run ``_node.py ARGS`` on this node to the end."""
+    def run(
+        self, *args: str, timeout: float = 120, raw: bool = False, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``_node.py ARGS`` (``raw``: ARGS) on this node to the end."""
         return subprocess.run(
-            self.argv(*args),
+            self.argv(*args, raw=raw),
             env=self.environ(),
-            cwd=REPO,
+            cwd=cwd or REPO,
             capture_output=True,
             text=True,
             timeout=timeout,
