@@ -751,3 +751,99 @@ def was_claimed(fd: int) -> bool:
     """
     st = os.fstat(fd)
     return st.st_nlink == 0 or not st.st_mode & _OWNER_WRITE
+
+
+# -- journals ----------------------------------------------------------------------------
+
+
+def header_fields(*, lease: float, flocked: bool) -> dict[str, Any]:
+    """What a journal's header records about its writer.
+
+    Parameters
+    ----------
+    lease
+        The writer's lease (its heartbeat runs every ``lease / 4`` s).
+    flocked
+        Whether the writer holds a real ``flock`` on the journal.
+
+    Returns
+    -------
+    dict
+        ``{"writer": identity, "lease": seconds, "flock": bool}``.
+    """
+    return {"writer": current().to_json(), "lease": float(lease), "flock": bool(flocked)}
+
+
+def recorded_writer(meta: Any) -> WriterIdentity | None:
+    """The writer a journal header names (an older header: host and pid only).
+
+    Parameters
+    ----------
+    meta
+        The journal's decoded header, or None.
+
+    Returns
+    -------
+    WriterIdentity or None
+    """
+    if not isinstance(meta, dict):
+        return None
+    writer = WriterIdentity.from_json(meta.get("writer"))
+    if writer is None:
+        writer = WriterIdentity.from_json({"host": meta.get("host"), "pid": meta.get("pid")})
+    return writer
+
+
+def judge_journal(
+    meta: Any,
+    mtime: float,
+    lock: LockProbe,
+    *,
+    gone: GoneWriters | None = None,
+    lease: float | None = None,
+    me: WriterIdentity | None = None,
+    now: float | None = None,
+) -> Liveness:
+    """Gather a journal's evidence and :func:`decide` about its writer.
+
+    Parameters
+    ----------
+    meta
+        The journal's decoded header (None when it is cut short or unreadable).
+    mtime
+        The journal's modification time (its heartbeat).
+    lock
+        What probing its ``flock`` said.
+    gone
+        Writers declared gone.
+    lease
+        A lease to lengthen the writer's recorded one with (``--lease``).
+    me
+        The judging process's identity (default: :func:`current`).
+    now
+        The current time (default: ``time.time()``).
+
+    Returns
+    -------
+    Liveness
+    """
+    me = me or current()
+    writer = recorded_writer(meta)
+    header = meta if isinstance(meta, dict) else {}
+    recorded = header.get("lease")
+    if not isinstance(recorded, int | float) or isinstance(recorded, bool) or recorded <= 0:
+        recorded = default_lease()
+    # An older writer always took the lock; one that died creating its journal took it
+    # before writing the header (where the file system allows it).
+    flocked = header.get("flock", True)
+    return decide(
+        writer,
+        me=me,
+        lock=lock,
+        writer_locked=flocked is True,
+        heartbeat_age=age(mtime, now=now),
+        lease=max(float(recorded), lease or 0.0),
+        released=is_released(mtime),
+        process=process_state(writer, me) if writer is not None else ProcessState.UNKNOWN,
+        gone=gone,
+    )

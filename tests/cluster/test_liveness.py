@@ -266,3 +266,28 @@ def test_sigkill_of_a_sleeping_writer_is_seen(tmp_path: Path) -> None:
         process=lv.process_state(ident),
     )
     assert result.verdict is Verdict.GONE, result.reason
+
+
+def test_judge_journal_reads_the_header() -> None:
+    me = lv.current()
+    now = 10_000.0
+    fields = lv.header_fields(lease=60, flocked=False)
+    assert fields["writer"] == me.to_json() and fields["lease"] == 60.0
+    # This very process, still running: alive, whatever the lock says.
+    assert lv.judge_journal(fields, now, LockProbe.FREE, now=now).verdict is Verdict.ALIVE
+    # Released: gone at once.
+    assert lv.judge_journal(fields, lv.RELEASED_MTIME, LockProbe.FREE, now=now).gone
+    away = {**fields, "writer": AWAY.to_json()}
+    assert lv.judge_journal(away, now - 30, LockProbe.FREE, now=now).verdict is Verdict.UNKNOWN
+    assert lv.judge_journal(away, now - 61, LockProbe.FREE, now=now).gone
+    # --lease may lengthen the writer's lease, never shorten it.
+    late = lv.judge_journal(away, now - 61, LockProbe.FREE, lease=120, now=now)
+    assert late.verdict is Verdict.UNKNOWN
+    assert not lv.judge_journal(away, now - 61, LockProbe.FREE, lease=1, now=now).verdict is (
+        Verdict.UNKNOWN
+    )
+    # An older header (host and pid only) is never this machine's: the lease decides.
+    old = {"host": me.host, "pid": me.pid}
+    assert lv.judge_journal(old, now - 5, LockProbe.FREE, now=now).verdict is Verdict.UNKNOWN
+    assert lv.judge_journal(None, now - 5, LockProbe.FREE, now=now).gone  # cut short, unlocked
+    assert lv.judge_journal(None, now - 5, LockProbe.HELD, now=now).verdict is Verdict.ALIVE
