@@ -283,9 +283,7 @@ def test_judge_journal_reads_the_header() -> None:
     # --lease may lengthen the writer's lease, never shorten it.
     late = lv.judge_journal(away, now - 61, LockProbe.FREE, lease=120, now=now)
     assert late.verdict is Verdict.UNKNOWN
-    assert not lv.judge_journal(away, now - 61, LockProbe.FREE, lease=1, now=now).verdict is (
-        Verdict.UNKNOWN
-    )
+    assert lv.judge_journal(away, now - 61, LockProbe.FREE, lease=1, now=now).gone
     # An older header (host and pid only) is never this machine's: the lease decides.
     old = {"host": me.host, "pid": me.pid}
     assert lv.judge_journal(old, now - 5, LockProbe.FREE, now=now).verdict is Verdict.UNKNOWN
