@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from h5guard._version import __version__
 
 if TYPE_CHECKING:
+    from h5guard._liveness import WriterIdentity, writer_identity
     from h5guard._lock import exclusive
     from h5guard._read import Dataset, Group, Result, iter_results, read, to_dataframe
     from h5guard.errors import (
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 # --quick`` and other light commands then never import h5py (about 0.3 s per call).
 _HOMES = {
     "exclusive": "_lock",
+    **dict.fromkeys(("WriterIdentity", "writer_identity"), "_liveness"),
     **dict.fromkeys(
         ("Dataset", "Group", "Result", "iter_results", "read", "to_dataframe"), "_read"
     ),
@@ -158,6 +160,7 @@ __all__ = [
     "UnsupportedValueError",
     "WriteError",
     "WriterClosedError",
+    "WriterIdentity",
     "WriterTransferError",
     "__version__",
     "check",
@@ -171,4 +174,5 @@ __all__ = [
     "to_dataframe",
     "validate",
     "validate_many",
+    "writer_identity",
 ]

@@ -253,6 +253,25 @@ def current() -> WriterIdentity:
     return _ME[1]
 
 
+def writer_identity() -> WriterIdentity:
+    """This process's identity, as the journals of its writers record it.
+
+    An engine that knows which of its workers died (Dask) collects its workers'
+    identities and passes the dead ones to :func:`h5guard.merge` as ``gone_writers``.
+
+    Returns
+    -------
+    WriterIdentity
+
+    Examples
+    --------
+    >>> import os
+    >>> writer_identity().pid == os.getpid()
+    True
+    """
+    return current()
+
+
 class ProcessState(enum.Enum):
     """What this machine's process table says about a recorded process."""
 
