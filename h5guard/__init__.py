@@ -19,7 +19,11 @@ from h5guard._version import __version__
 if TYPE_CHECKING:
     from h5guard._liveness import WriterIdentity, writer_identity
     from h5guard._lock import exclusive
+    from h5guard._merge.output import Quarantined, record_output
+    from h5guard._merge.plan import MergePlan, plan_merge
+    from h5guard._merge.run import MergeReport, merge
     from h5guard._read import Dataset, Group, Result, iter_results, read, to_dataframe
+    from h5guard._writer import ShardWriter
     from h5guard.errors import (
         DigestMismatchError,
         DuplicateKeyError,
@@ -39,12 +43,10 @@ if TYPE_CHECKING:
         WriterClosedError,
         WriterTransferError,
     )
-    from h5guard.merge import MergePlan, MergeReport, Quarantined, merge, plan_merge, record_output
     from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
     from h5guard.salvage import FileSalvage, SalvageReport, salvage
     from h5guard.sandbox import Sandbox, SandboxResult
     from h5guard.schema import AttrSpec, DatasetSpec, GroupSpec, Schema
-    from h5guard.shards import ShardWriter
     from h5guard.validate import check, validate, validate_many
 
 # Each public name is imported from its module on first use (PEP 562): ``h5guard check
@@ -77,15 +79,14 @@ _HOMES = {
         ),
         "errors",
     ),
-    **dict.fromkeys(
-        ("MergePlan", "MergeReport", "Quarantined", "merge", "plan_merge", "record_output"),
-        "merge",
-    ),
+    **dict.fromkeys(("Quarantined", "record_output"), "_merge.output"),
+    **dict.fromkeys(("MergePlan", "plan_merge"), "_merge.plan"),
+    **dict.fromkeys(("MergeReport", "merge"), "_merge.run"),
     **dict.fromkeys(("Code", "FileKind", "FileSummary", "Finding", "Report", "Severity"), "report"),
     **dict.fromkeys(("FileSalvage", "SalvageReport", "salvage"), "salvage"),
     **dict.fromkeys(("Sandbox", "SandboxResult"), "sandbox"),
     **dict.fromkeys(("AttrSpec", "DatasetSpec", "GroupSpec", "Schema"), "schema"),
-    "ShardWriter": "shards",
+    "ShardWriter": "_writer",
     **dict.fromkeys(("check", "validate", "validate_many"), "validate"),
 }
 

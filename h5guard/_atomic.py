@@ -60,8 +60,19 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
 def commit_file(partial: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
     """Durably move a finished temporary file to its final name.
 
-    The caller has closed ``partial``. On failure the temporary file is removed and
-    the final name is untouched.
+    Parameters
+    ----------
+    partial : str or os.PathLike
+        The finished file, closed by the caller, in the directory of ``final``.
+    final : str or os.PathLike
+        The name it takes.
+
+    Raises
+    ------
+    OSError
+        The fsync or the rename failed (the error names ``partial``): the temporary file
+        is removed and the final name is untouched. A failure of the directory fsync
+        after the rename is raised too; the new file is then already in place.
     """
     try:
         fsync_path(partial)
@@ -90,7 +101,22 @@ def free_bytes(directory: str | os.PathLike[str]) -> int:
 def require_free_space(
     directory: str | os.PathLike[str], needed: int, *, min_free: int = DEFAULT_MIN_FREE
 ) -> None:
-    """Raise :class:`InsufficientSpaceError` unless ``needed + min_free`` bytes are free."""
+    """Check that ``needed + min_free`` bytes are free in ``directory``.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Where the bytes will be written.
+    needed : int
+        Bytes the write needs.
+    min_free : int
+        Bytes to keep free on top (libhdf5 must never be the one to meet a full disk).
+
+    Raises
+    ------
+    InsufficientSpaceError
+        Fewer bytes are available.
+    """
     available = free_bytes(directory)
     if available < needed + min_free:
         raise InsufficientSpaceError(os.fspath(directory), needed + min_free, available)

@@ -27,6 +27,14 @@ Liveness: the writer holds an exclusive ``flock`` on its journal for as long as 
 batch is open. The kernel drops it when the process dies, however it dies, so a
 journal whose lock can be taken belongs to a writer that is gone, and its results can
 be recovered into a shard.
+
+The module follows a journal through its life, one section each: writing
+(:class:`JournalWriter`), reading (:func:`scan`, :func:`read_journal`), liveness
+(:func:`claim`, :func:`writer_alive`, :func:`claim_journals`), recovery
+(:func:`recover_journal`) and what ``check`` says about a journal it finds
+(:func:`journal_finding`, :func:`partial_finding`). Decoding results needs h5py; the
+functions that do import it when called, so that a quick check of a directory (which
+lists journals) never loads it.
 """
 
 from __future__ import annotations
@@ -39,12 +47,16 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from h5guard import _atomic
+from h5guard import _atomic, _seal
+from h5guard.report import Code, Finding, Severity
+
+if TYPE_CHECKING:
+    from h5guard import _result
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +70,31 @@ _MAX_HEADER = 1 << 24
 
 
 def journal_beside(partial_name: str) -> str | None:
-    """The name of the journal that speaks for a shard's ``.partial`` (a commit in progress,
-    or one cut short: the journal still holds its results), or None for another name."""
+    """The journal that speaks for a shard's ``.partial``.
+
+    Parameters
+    ----------
+    partial_name : str
+        A file name (or path) in a shard directory.
+
+    Returns
+    -------
+    str or None
+        The name of the journal of the batch being committed (or whose commit was cut
+        short: the journal still holds its results), or None for a name that is no
+        ``.partial``.
+    """
     if not partial_name.endswith(_atomic.PARTIAL_SUFFIX):
         return None
     return partial_name.removesuffix(_atomic.PARTIAL_SUFFIX) + JOURNAL_SUFFIX
+
+
+def journal_of(shard: Path) -> Path:
+    """The journal of the batch that becomes ``shard`` (``<stem>.h5.journal``)."""
+    return shard.with_name(shard.name + JOURNAL_SUFFIX)
+
+
+# -- writing -------------------------------------------------------------------------
 
 
 def _frame(header: bytes, payload_len: int) -> bytes:
@@ -113,8 +145,19 @@ class JournalWriter:
     def append(self, header: bytes, buffers: Sequence[memoryview]) -> None:
         """Write one record; returns only when the kernel holds all of it.
 
-        On any failure (a full disk, an interrupt) the journal is cut back to its last
-        whole record, so a later record never follows a torn one.
+        Parameters
+        ----------
+        header : bytes
+            The record's header (a result's encoded description).
+        buffers : sequence of memoryview
+            Its payload, written in this order.
+
+        Raises
+        ------
+        OSError
+            The write failed. The journal is cut back to its last whole record first,
+            so a later record never follows a torn one; if even that fails, the journal
+            is closed and the error says so.
         """
         fd = self._fd()
         start = self.end
@@ -173,6 +216,7 @@ class JournalWriter:
         self.close()
 
 
+# -- reading -------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class JournalRecord:
     header: bytes
@@ -200,7 +244,24 @@ class JournalScan:
 
 
 def scan(path: str | os.PathLike[str]) -> JournalScan:
-    """Every whole record of a journal, and where and why reading stopped early."""
+    """Every whole record of a journal, and where and why reading stopped early.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The journal.
+
+    Returns
+    -------
+    JournalScan
+        Its meta record and whole records; a journal cut short or damaged is described,
+        never raised.
+
+    Raises
+    ------
+    OSError
+        The file cannot be read (``FileNotFoundError`` once it was recovered).
+    """
     with open(path, "rb") as fh:
         data = fh.read()
     name = os.fspath(path)
@@ -263,13 +324,118 @@ def record_key(record: JournalRecord) -> str | None:
     return key if isinstance(key, str) else None
 
 
+@dataclass(frozen=True, slots=True)
+class JournalState:
+    """What the journal of a writer that is gone holds, verified record by record."""
+
+    path: str
+    shard: str  # the shard its batch becomes (or already became)
+    schema_json: str | None
+    results: tuple[tuple[str, str], ...]  # (key, digest) of each whole, verified record
+    interrupted: str | None  # a result whose add() was cut short by the writer's death
+    lost: tuple[str, ...]  # why results that were (or may have been) added cannot be read
+    committed: bool  # its shard exists: the writer died after committing, before cleanup
+    file_attrs: _result.PreparedResult | None = None  # the writer's file_attrs
+
+    @property
+    def groups(self) -> dict[str, str | None]:
+        return dict(self.results)
+
+
+def read_journal(path: str | os.PathLike[str]) -> tuple[JournalState, list[_result.PreparedResult]]:
+    """Decode and verify every record of a journal (of a writer known to be gone).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The journal.
+
+    Returns
+    -------
+    JournalState
+        What it holds, and what of it is lost or was cut short.
+    list of PreparedResult
+        Its results, each decoded and its digest recomputed, in the order added.
+
+    Raises
+    ------
+    FileNotFoundError
+        The journal is gone (recovered or removed meanwhile).
+    """
+    from h5guard import _result, _shard  # h5py: only once results are decoded
+
+    scanned = scan(path)
+    name = os.fspath(path)
+    stem = scanned.stem
+    if stem is None:
+        stem = Path(name).name.removesuffix(JOURNAL_SUFFIX).removesuffix(_shard.SHARD_SUFFIX)
+    shard = str(Path(name).with_name(f"{stem}{_shard.SHARD_SUFFIX}"))
+    meta = scanned.meta or {}
+    schema_json = meta.get("schema") if isinstance(meta.get("schema"), str) else None
+    results: list[_result.PreparedResult] = []
+    lost: list[str] = []
+    interrupted: str | None = None
+    if scanned.meta is None and not scanned.interrupted:
+        lost.append(f"{name}: {scanned.torn}; any result it held is lost")
+    for i, record in enumerate(scanned.records):
+        try:
+            results.append(_result.decode(record.header, record.payload))
+        except _result.DecodeError as err:
+            lost.append(f"{name}: record {i + 1}: {err}")
+    if scanned.interrupted:
+        if scanned.cut is not None:
+            interrupted = record_key(scanned.cut) or "(unknown key)"
+    elif scanned.meta is not None and scanned.torn is not None:
+        lost.append(f"{name}: {scanned.torn}; results after it, if any, are lost")
+    state = JournalState(
+        path=name,
+        shard=shard,
+        schema_json=schema_json,
+        results=tuple((r.key, r.digest) for r in results),
+        interrupted=interrupted,
+        lost=tuple(lost),
+        committed=os.path.exists(shard) and _seal.check_seal(shard) is True,
+        file_attrs=_file_attrs_of(scanned),
+    )
+    return state, results
+
+
+def _file_attrs_of(scanned: JournalScan) -> _result.PreparedResult | None:
+    from h5guard import _result
+
+    header = scanned.meta.get("file_attrs") if scanned.meta else None
+    if not isinstance(header, str):
+        return None
+    try:
+        return _result.decode(header.encode("utf-8"), scanned.meta_payload)
+    except _result.DecodeError as err:
+        log.warning(
+            "%s: file attributes unreadable (%s); the shard is written without them",
+            scanned.path,
+            err,
+        )
+        return None
+
+
+# -- liveness ------------------------------------------------------------------------
 @contextlib.contextmanager
 def claim(path: str | os.PathLike[str]) -> Iterator[bool]:
-    """Yield True, holding the journal's lock, if its writer is gone; False if it runs.
+    """Hold a journal's lock if its writer is gone.
 
     The lock is taken on an open descriptor and then checked against the path again:
     another recoverer may have finished and removed the journal in between, and the
     lock would then be on a deleted file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The journal.
+
+    Yields
+    ------
+    bool
+        True, holding the lock until the block ends, if the writer is gone; False if it
+        still runs (or the journal is gone).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -292,6 +458,165 @@ def claim(path: str | os.PathLike[str]) -> Iterator[bool]:
 
 
 def writer_alive(path: str | os.PathLike[str]) -> bool:
-    """Whether a process still holds the journal open (its batch is still being written)."""
+    """Whether a process still holds the journal open (its batch is still being written).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The journal.
+
+    Returns
+    -------
+    bool
+        True while its writer runs; False once it is gone (or the journal was removed).
+    """
     with claim(path) as gone:
         return not gone and os.path.exists(path)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJournals:
+    """The journals of writers that are gone, read under their locks."""
+
+    states: list[JournalState]
+    results: dict[str, list[_result.PreparedResult]]  # journal path -> its results
+    live: list[str]  # journals whose writer may still be running
+
+
+def claim_journals(paths: Sequence[str], stack: contextlib.ExitStack) -> ClaimedJournals:
+    """Claim and read every journal of ``paths`` whose writer is gone.
+
+    Parameters
+    ----------
+    paths : sequence of str
+        Journals found in a shard directory.
+    stack : contextlib.ExitStack
+        Holds each claimed journal's lock until it closes: nobody else recovers the
+        journal meanwhile, and its writer cannot come back (a journal is never reopened).
+
+    Returns
+    -------
+    ClaimedJournals
+        The claimed journals' states and results, and the journals that are still
+        being written.
+    """
+    states: list[JournalState] = []
+    results: dict[str, list[_result.PreparedResult]] = {}
+    live: list[str] = []
+    for path in paths:
+        if not stack.enter_context(claim(path)):
+            if os.path.exists(path):
+                live.append(path)
+            continue
+        state, decoded = read_journal(path)
+        states.append(state)
+        results[path] = decoded
+    return ClaimedJournals(states, results, live)
+
+
+# -- recovery ------------------------------------------------------------------------
+def recover_journal(state: JournalState, results: Iterable[_result.PreparedResult]) -> None:
+    """Turn a gone writer's journal into its shard, then delete the journal.
+
+    Parameters
+    ----------
+    state : JournalState
+        The journal, as :func:`read_journal` found it.
+    results : iterable of PreparedResult
+        Its results, as :func:`read_journal` decoded them.
+
+    Notes
+    -----
+    The caller holds the journal's lock (:func:`claim`). The shard is written exactly
+    as the writer's own commit writes it (:func:`h5guard._shard.write_shard`).
+    """
+    from h5guard import _shard  # h5py: only when a journal is recovered
+
+    final = Path(state.shard)
+    if not state.committed and state.results:
+        _shard.write_shard(
+            final, results, schema_json=state.schema_json, file_attrs=state.file_attrs
+        )
+        log.info("recovered %d result(s) from %s into %s", len(state.results), state.path, final)
+    _atomic.remove_quietly(final.with_name(final.name + _atomic.PARTIAL_SUFFIX))
+    _atomic.remove_quietly(state.path)
+    _atomic.fsync_dir(final.parent)
+
+
+# -- what check says about a journal (or a partial) it finds --------------------------
+def journal_finding(path: str) -> Finding:
+    """What a shard journal in a checked directory means for its results.
+
+    Parameters
+    ----------
+    path : str
+        The journal.
+
+    Returns
+    -------
+    Finding
+        ``JOURNAL_FILE``: a running writer's journal is its open batch (info). A gone
+        writer's journal holds results no shard has yet: ``h5guard merge`` recovers them
+        (warning); any record it cannot read is a lost result (error). One whose shard
+        was committed is leftover (info).
+    """
+
+    def finding(severity: Severity, message: str) -> Finding:
+        return Finding(path, "/", Code.JOURNAL_FILE, severity, message)
+
+    if writer_alive(path):
+        return finding(Severity.INFO, "open batch of a running writer")
+    try:
+        state, _ = read_journal(path)
+    except FileNotFoundError:
+        return finding(Severity.INFO, "journal removed while checking (merged meanwhile?)")
+    held = f"{len(state.results)} result(s)"
+    cut = (
+        f"; one add() of {state.interrupted!r} was cut short and never returned"
+        if state.interrupted
+        else ""
+    )
+    if state.lost:
+        return finding(
+            Severity.ERROR,
+            f"journal of a writer that is gone, damaged: {'; '.join(state.lost)}; "
+            f"`h5guard merge` recovers the {held} it can read and lists the loss{cut}",
+        )
+    if state.committed:
+        return finding(
+            Severity.INFO,
+            f"journal left after its shard was committed ({held}); `h5guard merge` removes it",
+        )
+    if not state.results:
+        return finding(Severity.INFO, f"journal of a writer that is gone, holding no result{cut}")
+    return finding(
+        Severity.WARNING,
+        f"journal of a writer that is gone: {held} not yet in a shard; "
+        f"`h5guard merge` recovers them{cut}",
+    )
+
+
+def partial_finding(path: str) -> Finding:
+    """What a shard's ``.partial`` that no journal speaks for means (``PARTIAL_FILE``).
+
+    Parameters
+    ----------
+    path : str
+        The partial file.
+
+    Returns
+    -------
+    Finding
+        Whether its writer still runs, is gone (the batch was lost in a crash), or
+        cannot be identified (another host).
+    """
+    alive = _atomic.partial_owner_alive(path)
+    if alive:
+        state = "its writer is still running"
+    elif alive is None:
+        state = "its writer cannot be identified"
+    else:
+        state = "its writer is gone: an uncommitted batch that was lost in a crash"
+    return Finding(
+        path, "/", Code.PARTIAL_FILE, Severity.WARNING, f"uncommitted partial file; {state}"
+    )

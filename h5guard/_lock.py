@@ -275,16 +275,16 @@ def exclusive(
 
     Parameters
     ----------
-    target
+    target : str or os.PathLike
         The file the lock protects (never locked itself).
-    timeout
+    timeout : float
         Seconds to wait for the holder (0: do not wait).
-    purpose
+    purpose : str
         What the holder does, for the waiters' error message.
-    gone
+    gone : iterable of str or WriterIdentity, or GoneWriters, optional
         Hosts or processes declared gone (``HOST``, ``HOST:PID``, ``PID``): a lock
         they left behind is taken over at once.
-    lease
+    lease : float, optional
         This holder's lease (default ``$H5GUARD_LEASE`` or 300 s). Waiting for a holder
         on another machine, its own recorded lease counts; ``lease`` can only lengthen
         it.

@@ -26,10 +26,10 @@ from h5guard.validate import check
 # ``h5guard check --quick`` must not pay for h5py (it reads superblocks in pure Python).
 
 if TYPE_CHECKING:
-    from h5guard.merge import MergePlan
+    from h5guard._merge.plan import MergePlan
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
-# h5guard.merge.ON_CONFLICT, spelled here so that building the parser imports no h5py
+# h5guard._merge.plan.ON_CONFLICT, spelled here so that building the parser imports no h5py
 # (tests/cli/test_merge_cli.py checks that the two agree).
 ON_CONFLICT = ("quarantine", "keep-existing")
 
@@ -237,7 +237,7 @@ class _LockTimeoutDefault:
     """merge's default lock timeout, looked up only when the merge parser needs it."""
 
     def value(self) -> float:
-        from h5guard.merge import DEFAULT_LOCK_TIMEOUT
+        from h5guard._merge.run import DEFAULT_LOCK_TIMEOUT
 
         return DEFAULT_LOCK_TIMEOUT
 
@@ -320,7 +320,7 @@ def _render_report(report: Report, args: argparse.Namespace) -> None:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from h5guard.merge import merge
+    from h5guard._merge.run import merge
 
     schema = _load_schema(args)
     if isinstance(args.lock_timeout, _LockTimeoutDefault):
@@ -349,7 +349,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from h5guard.merge import plan_merge
+    from h5guard._merge.plan import plan_merge
 
     schema = _load_schema(args)
     with _progress(args, "validating shards") as update:

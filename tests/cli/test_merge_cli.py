@@ -263,6 +263,6 @@ def test_merge_recovers_the_journal_of_a_killed_writer(tmp_path: Path) -> None:
 
 def test_cli_on_conflict_choices_are_the_merges() -> None:
     from h5guard import cli
-    from h5guard.merge import ON_CONFLICT
+    from h5guard._merge.plan import ON_CONFLICT
 
     assert cli.ON_CONFLICT == ON_CONFLICT

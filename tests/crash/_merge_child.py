@@ -3,8 +3,8 @@
 Run as ``python tests/crash/_merge_child.py SHARD_DIR OUTPUT PHASE_LOG [--lock-timeout S]
 [--parallel-verify-min N] [--slow-helper S]``:
 it runs :func:`h5guard.merge` and appends ``<phase> <CLOCK_MONOTONIC>`` lines to PHASE_LOG
-as the merge passes its steps (plan, quarantine, write, verify, forked (a verification
-helper was forked), verified, commit, committed, done),
+as the merge passes its steps (plan, quarantine, write, verify, helper (the verification
+helper, a sandbox child, started on its half), verified, commit, committed, done),
 so the parent knows where its SIGKILL landed. The phases are observed by wrapping the
 merge's internal functions; what they do is unchanged. Exit codes as the CLI: 0/1 merged,
 2 ``LockTimeoutError`` (message on stderr).
@@ -46,7 +46,7 @@ PHASES = (
     "quarantine",
     "write",
     "verify",
-    "forked",
+    "helper",
     "verified",
     "commit",
     "committed",
@@ -161,14 +161,15 @@ def run_and_kill(work: Path, anchor: str | None, offset: float) -> tuple[str, in
 
 # -- the child -----------------------------------------------------------------------
 def _instrument(log_path: str, output: str) -> Callable[[str], None]:
-    import importlib
-
     import h5guard._atomic
+    import h5guard._merge.output
+    import h5guard._merge.plan
+    import h5guard._merge.verify
 
     atomic: Any = h5guard._atomic
-    # ``h5guard.merge`` the attribute is the function; the module is in sys.modules
-    # once imported (the package imports its modules lazily).
-    merge_mod: Any = importlib.import_module("h5guard.merge")
+    plan_mod: Any = h5guard._merge.plan
+    output_mod: Any = h5guard._merge.output
+    verify_mod: Any = h5guard._merge.verify
 
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
@@ -182,11 +183,11 @@ def _instrument(log_path: str, output: str) -> Callable[[str], None]:
 
         return wrapper  # type: ignore[return-value]
 
-    merge_mod._plan = before("plan", merge_mod._plan)
-    merge_mod._quarantine = before("quarantine", merge_mod._quarantine)
-    merge_mod._write_partial = before("write", merge_mod._write_partial)
-    # The whole verification: h5guard's reader, its forked helper, the libhdf5 fallback.
-    verify = merge_mod._verify_copy
+    plan_mod.build = before("plan", plan_mod.build)
+    output_mod.quarantine = before("quarantine", output_mod.quarantine)
+    output_mod.write_partial = before("write", output_mod.write_partial)
+    # The whole verification: h5guard's reader, its helper, the libhdf5 fallback.
+    verify = verify_mod.verify_copy
 
     def verify_wrapper(*args: Any, **kwargs: Any) -> Any:
         mark("verify")
@@ -194,16 +195,7 @@ def _instrument(log_path: str, output: str) -> Callable[[str], None]:
         mark("verified")
         return result
 
-    merge_mod._verify_copy = verify_wrapper
-    fork = os.fork
-
-    def fork_wrapper() -> int:
-        pid = fork()
-        if pid:
-            mark("forked")  # the verification helper is running
-        return pid
-
-    os.fork = fork_wrapper
+    verify_mod.verify_copy = verify_wrapper
     commit = atomic.commit_file
 
     def commit_wrapper(partial: Any, final: Any) -> None:
@@ -218,19 +210,29 @@ def _instrument(log_path: str, output: str) -> Callable[[str], None]:
     return mark
 
 
-def _slow_down_helper(seconds: float) -> None:
+_SLOW_HELPER_ENV = "H5GUARD_TEST_SLOW_HELPER"  # "<seconds> <phase log>"
+
+
+def slow_helper(partial: str, groups: Any) -> Any:
+    """The verification helper's function under ``--slow-helper``: it runs in the
+    sandbox child, says so in the phase log, sleeps, then verifies as the merge's does."""
     from h5guard import _fastread
 
-    fastread: Any = _fastread
-    parent = os.getpid()
-    verify = fastread.verify_groups_at
+    seconds, log_path = os.environ[_SLOW_HELPER_ENV].split(" ", 1)
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, f"helper {time.monotonic():.6f}\n".encode())
+    os.close(fd)
+    time.sleep(float(seconds))
+    return _fastread.verify_groups_at(partial, groups)
 
-    def slow_in_child(*args: Any, **kwargs: Any) -> Any:
-        if os.getpid() != parent:
-            time.sleep(seconds)
-        return verify(*args, **kwargs)
 
-    fastread.verify_groups_at = slow_in_child
+def _slow_down_helper(seconds: float, log_path: str) -> None:
+    import h5guard._merge.verify
+
+    verify_mod: Any = h5guard._merge.verify
+    # The sandbox child inherits the environment and imports this module by name.
+    os.environ[_SLOW_HELPER_ENV] = f"{seconds} {os.path.abspath(log_path)}"
+    verify_mod.HELPER_TARGET = "tests.crash._merge_child:slow_helper"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,20 +245,23 @@ def main(argv: list[str] | None = None) -> int:
         "--slow-helper",
         type=float,
         default=0.0,
-        help="a forked verification helper sleeps this long first (so a kill finds it)",
+        help="the verification helper sleeps this long first (so a kill finds it)",
     )
     parser.add_argument(
         "--parallel-verify-min",
         type=int,
-        help="verify in a forked helper from this many added groups (the merge's threshold)",
+        help="verify with a helper from this many added groups (the merge's threshold)",
     )
     args = parser.parse_args(argv)
     output = os.path.abspath(args.output)
     mark = _instrument(args.phase_log, output)
     if args.parallel_verify_min is not None:
-        sys.modules["h5guard.merge"].PARALLEL_VERIFY_MIN = args.parallel_verify_min
+        import h5guard._merge.verify
+
+        verify_mod: Any = h5guard._merge.verify
+        verify_mod.PARALLEL_VERIFY_MIN = args.parallel_verify_min
     if args.slow_helper:
-        _slow_down_helper(args.slow_helper)
+        _slow_down_helper(args.slow_helper, args.phase_log)
     mark("start")
     from h5guard import merge
 

@@ -28,7 +28,7 @@ import pytest
 
 from h5guard import Sandbox, merge, validate
 from h5guard._atomic import writer_tag
-from h5guard.merge import GROUPS_ATTR
+from h5guard._merge.output import GROUPS_ATTR
 from tests.crash._merge_child import (
     expected_digest,
     output_index,
@@ -284,10 +284,10 @@ def test_two_merges_of_one_directory_lock_or_wait(tmp_path: Path) -> None:
     check_output(out, range(40))
 
 
-def test_sigkill_during_forked_verification_leaves_old_output_and_no_helper(
+def test_sigkill_during_helper_verification_leaves_old_output_and_no_helper(
     tmp_path: Path,
 ) -> None:
-    """The merge forks a helper to verify half of a big copy. Killed right then, the old
+    """The merge has a sandbox child verify half of a big copy. Killed right then, the old
     output stays byte-identical, the helper dies with it (PR_SET_PDEATHSIG) instead of
     living on as an orphan, and a re-run merges everything."""
     root = tmp_path / "tpl"
@@ -315,7 +315,7 @@ def test_sigkill_during_forked_verification_leaves_old_output_and_no_helper(
         stderr=subprocess.DEVNULL,
     )
     try:
-        assert wait_for_phase(log, "forked", proc, limit=60), read_phases(log)
+        assert wait_for_phase(log, "helper", proc, limit=60), read_phases(log)
         helpers = descendants(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from h5guard import ShardWriter, merge
-from h5guard._journal import claim, writer_alive
-from h5guard.shards import read_journal
+from h5guard._journal import claim, read_journal, writer_alive
 
 
 def journal_of(tmp_path: Path, n: int = 3) -> tuple[Path, ShardWriter]:

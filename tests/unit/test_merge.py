@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -27,7 +28,9 @@ from h5guard import (
 )
 from h5guard._atomic import writer_tag
 from h5guard._layout import FORMAT_ATTR, OUTPUT_FORMAT, SCHEMA_ATTR, VERSION_ATTR
-from h5guard.merge import GROUPS_ATTR, LAST_MERGE_ATTR
+from h5guard._merge import verify
+from h5guard._merge.output import GROUPS_ATTR, LAST_MERGE_ATTR
+from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, SandboxResult
 from tests.crash._merge_child import (
     expected_digest,
     make_group,
@@ -35,6 +38,7 @@ from tests.crash._merge_child import (
     sha256_file,
     write_shards,
 )
+from tests.unit._verify_helper import copied
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 SCHEMA = Schema.from_dict(
@@ -413,26 +417,40 @@ def test_partial_of_a_writer_on_another_host_is_not_called_stale(tmp_path: Path)
     assert dead.read_bytes() == b"left by a dead writer"
 
 
-def test_forked_verification_in_a_single_threaded_process(tmp_path: Path) -> None:
-    """The merge forks a helper for half of a big verification only in a process with
-    one thread (pytest's may have more), so this runs in a fresh interpreter."""
-    script = Path(__file__).with_name("_verify_fork_child.py")
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
-    keys = result["keys"]
-    # A wrong digest in this process's half and one in the child's half are both found.
-    assert result["mismatch_in_either_half"] == [keys[3], keys[30]]
-    assert result["clean"] == [[], []]
-    # The child killed mid-verification: this process verifies its half instead.
-    assert result["child_killed"] == [keys[35]]
-    assert result["forks"] == 3
+def test_verification_helper_shares_the_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big verification is shared with a sandbox child (the sandbox's one protocol):
+    a wrong digest in either half is found, and a helper killed mid-verification means
+    this process verifies its half instead."""
+    out, added = copied(tmp_path, 40)
+    keys = sorted(added)
+    monkeypatch.setattr(verify, "PARALLEL_VERIFY_MIN", 2)
+    calls: list[str] = []
+    size = os.path.getsize(out)
+    with verify.helper(len(added), timeout=60, memory_limit=DEFAULT_MEMORY_LIMIT + size) as box:
+        assert box is not None
+        real_call = box.call
+
+        def counting_call(target: str, *args: Any) -> SandboxResult:
+            calls.append(target)
+            return real_call(target, *args)
+
+        monkeypatch.setattr(box, "call", counting_call)
+        wrong = dict(added)
+        for key in (keys[3], keys[30]):  # one in this process's half, one in the helper's
+            wrong[key] = (added[key][0], "sha256:" + "0" * 64)
+        problems, _ = verify._verify_in_two(out, wrong, box)
+        # A wrong digest in this process's half and one in the helper's half are both found.
+        assert sorted(k for k, _ in problems) == [keys[3], keys[30]]
+        assert list(verify._verify_in_two(out, added, box)) == [[], []]
+        # The helper killed mid-verification: this process verifies its half instead.
+        monkeypatch.setattr(verify, "HELPER_TARGET", "tests.unit._verify_helper:dies")
+        wrong = dict(added)
+        wrong[keys[35]] = (added[keys[35]][0], "sha256:" + "1" * 64)
+        problems, _ = verify._verify_in_two(out, wrong, box)
+        assert [k for k, _ in problems] == [keys[35]]
+    assert len(calls) == 3
 
 
 def test_file_attrs_reach_the_output_per_shard(tmp_path: Path) -> None:

@@ -1,0 +1,300 @@
+"""The merge's output: where it is recorded, the file it looks keys up in, how the new
+output is built (:func:`write_partial`), and quarantine, where bad shards go.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from h5guard import _atomic, _layout
+from h5guard._version import __version__
+from h5guard.errors import UnreadableOutputError
+from h5guard.report import FileSummary, Severity
+from h5guard.schema import Schema
+from h5guard.validate import QUARANTINE_DIR, validate_many
+
+log = logging.getLogger(__name__)
+
+RECORD_FILE = ".h5guard-output.json"
+GROUPS_ATTR = "h5guard_groups"
+SOURCES_ATTR = "h5guard_sources"  # JSON {shard file name: its file attributes}
+LAST_MERGE_ATTR = "h5guard_last_merge"
+
+
+def record_output(shard_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> None:
+    """Remember in ``shard_dir`` which output its shards belong to.
+
+    ``h5guard merge DIR``, :func:`h5guard.merge` and :func:`h5guard.plan_merge` then
+    need no output argument for that directory.
+
+    Parameters
+    ----------
+    shard_dir : str or os.PathLike
+        The directory of shards; the record is the file ``.h5guard-output.json`` in it,
+        replaced atomically.
+    output : str or os.PathLike
+        The output file (stored as an absolute path).
+
+    Raises
+    ------
+    OSError
+        The record could not be written.
+    """
+    record = Path(shard_dir) / RECORD_FILE
+    tmp = record.with_name(record.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"output": os.path.abspath(output)}), encoding="utf-8")
+    _atomic.commit_file(tmp, record)
+
+
+def recorded_output(shard_dir: str | os.PathLike[str]) -> str | None:
+    """The output recorded by :func:`record_output` for ``shard_dir``.
+
+    Parameters
+    ----------
+    shard_dir : str or os.PathLike
+        The directory of shards.
+
+    Returns
+    -------
+    str or None
+        The recorded absolute output path, or None when none (or an unreadable
+        record) is there.
+    """
+    try:
+        data = json.loads((Path(shard_dir) / RECORD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    out = data.get("output") if isinstance(data, dict) else None
+    return out if isinstance(out, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A shard (or a gone writer's journal) moved to ``quarantine/``, and why.
+
+    Attributes
+    ----------
+    path : str
+        Where it is now (inside ``quarantine/``; a JSON note with the reasons is beside it).
+    reasons : tuple of str
+        The findings that condemned it, each ``path:/object: CODE message``.
+    """
+
+    path: str
+    reasons: tuple[str, ...]
+
+
+class Output:
+    """The existing output, opened read-only in-process to look keys up.
+
+    Only the keys a merge brings are looked up, so an incremental merge costs what it
+    adds, not what the output already holds. The quick layer vets the file first; it
+    is a file this library wrote (and verified) in an earlier merge.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.file: h5py.File | None = None
+        self.schema_json: str | None = None
+        self.count = 0
+        if not path or not os.path.exists(path):
+            return
+        quick = validate_many([path], deep=False)
+        errors = [f for f in quick.findings if f.severity is Severity.ERROR]
+        if errors:
+            raise UnreadableOutputError(
+                f"{path}: existing output is damaged, left untouched: {errors[0].code} {errors[0].message}"
+            )
+        try:
+            self.file = h5py.File(path, "r", locking=False)
+            fmt = _layout.text_attr(self.file, _layout.FORMAT_ATTR)
+            self.schema_json = _layout.text_attr(self.file, _layout.SCHEMA_ATTR)
+            self.count = self.file.id.get_num_objs()
+        except Exception as err:
+            self.close()
+            raise UnreadableOutputError(
+                f"{path}: existing output could not be opened ({_one_line(err)}); left untouched"
+            ) from err
+        if fmt != _layout.OUTPUT_FORMAT and fmt != _layout.SHARD_FORMAT:
+            self.close()
+            found = f"format {fmt!r}" if fmt else "an HDF5 file h5guard did not write"
+            raise UnreadableOutputError(
+                f"{path}: expected an h5guard output, found {found}; "
+                "merge into a new output, or salvage it first"
+            )
+
+    def digest(self, key: str) -> str | None:
+        """The digest of ``key`` in the output, or None if the output has no such group."""
+        if self.file is None:
+            return None
+        name = key.encode("utf-8")
+        try:
+            if not self.file.id.links.exists(name):
+                return None
+            aid = h5py.h5a.open(self.file.id, _layout.DIGEST_ATTR.encode(), obj_name=name)
+            value = _layout.read_attr_id(aid)
+        except KeyError:
+            value = None
+        except Exception as err:
+            raise UnreadableOutputError(
+                f"{self.path}:/{key}: existing output group unreadable ({_one_line(err)}); left untouched"
+            ) from err
+        if value is None:
+            raise UnreadableOutputError(f"{self.path}: group {key!r} has no digest; left untouched")
+        return bytes(np.asarray(value)[()]).decode("utf-8", "replace")
+
+    def keys(self) -> frozenset[str]:
+        if self.file is None:
+            return frozenset()
+        return frozenset(self.file.keys())
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def quarantine(path: str, reasons: Sequence[str], directory: str) -> Quarantined:
+    """Move ``path`` to ``directory/quarantine/`` beside a JSON note of its ``reasons``."""
+    qdir = Path(directory) / QUARANTINE_DIR
+    qdir.mkdir(exist_ok=True)
+    # Never replace an earlier quarantined file of the same name: pick a free name.
+    name, n = Path(path).name, 0
+    while (qdir / name).exists():
+        n += 1
+        name = f"{Path(path).stem}.{n}{Path(path).suffix}"
+    target = qdir / name
+    note = qdir / (name + ".json")
+    tmp = note.with_name(note.name + ".tmp")
+    tmp.write_text(
+        json.dumps(
+            {
+                "file": Path(path).name,
+                "quarantined": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                "reasons": list(reasons),
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
+    # The note first: a crash between the two leaves a note without a file (harmless,
+    # the next merge quarantines again), never a file without its reason.
+    _atomic.commit_file(tmp, note)
+    os.replace(path, target)
+    _atomic.fsync_dir(qdir)
+    _atomic.fsync_dir(directory)
+    log.warning("quarantined %s: %s", path, reasons[0] if reasons else "")
+    return Quarantined(str(target), tuple(reasons))
+
+
+def write_partial(
+    output: str,
+    partial: str,
+    *,
+    shards: Sequence[str],
+    summaries: Mapping[str, FileSummary],
+    new: Mapping[str, str | None],
+    existing_groups: int,
+    schema: Schema | None,
+    root_attrs: Mapping[str, Any],
+) -> dict[str, tuple[int, str]]:
+    """Build the new output in ``partial``: a byte copy of ``output`` plus the new groups.
+
+    Parameters
+    ----------
+    output, partial : str
+        The existing output (may not exist yet) and the file to build.
+    shards : sequence of str
+        The valid shards, in merge order; the first holding a new key gives its group.
+    summaries : mapping of str to FileSummary
+        Each shard's summary (its keys).
+    new : mapping of str to str or None
+        The keys to add, with their digests.
+    existing_groups : int
+        Groups already in ``output``.
+    schema : Schema or None
+        The schema the output embeds.
+    root_attrs : mapping of str to Any
+        The caller's root attributes.
+
+    Returns
+    -------
+    dict of str to (int, str)
+        Each added group's object header address and digest, for the verification.
+    """
+    if os.path.exists(output):
+        _atomic.copy_file(output, partial)
+        f = h5py.File(partial, "r+", libver=_layout.LIBVER, locking=False)
+    else:
+        f = _layout.create_file(partial, "w")
+    added: dict[str, tuple[int, str]] = {}
+    todo = set(new)
+    sources: dict[str, dict[str, Any]] = {}
+    try:
+        if SOURCES_ATTR in f.attrs:
+            sources = json.loads(_layout.text_attr(f, SOURCES_ATTR) or "{}")
+        for shard in shards:
+            keys = [k for k in sorted(summaries[shard].groups) if k in todo]
+            if not keys:
+                continue
+            with h5py.File(shard, "r", locking=False) as src:
+                attrs = _file_attrs(src)
+                if attrs:
+                    sources[os.path.basename(shard)] = attrs
+                for key in keys:
+                    link = key.encode("utf-8")
+                    # The low-level call: h5py's Group.copy spends as long resolving its
+                    # arguments as libhdf5 spends copying a small group.
+                    h5py.h5o.copy(src.id, link, f.id, link, lcpl=_layout.LINK_CREATE_UTF8)
+                    added[key] = (h5py.h5o.get_info(f.id, link).addr, str(new[key]))
+                    todo.discard(key)
+        f.attrs[_layout.FORMAT_ATTR] = np.bytes_(_layout.OUTPUT_FORMAT.encode())
+        f.attrs[_layout.VERSION_ATTR] = np.bytes_(__version__.encode())
+        if schema is not None:
+            f.attrs[_layout.SCHEMA_ATTR] = np.bytes_(schema.to_json().encode())
+        f.attrs[GROUPS_ATTR] = np.int64(existing_groups + len(added))
+        f.attrs[LAST_MERGE_ATTR] = np.bytes_(
+            _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").encode()
+        )
+        for name, value in root_attrs.items():
+            _layout.write_attr(f, name, _layout.normalize_value(name, value))
+        if sources:
+            text = json.dumps(sources, sort_keys=True, ensure_ascii=False)
+            _layout.write_attr(f, SOURCES_ATTR, np.array(text.encode(), dtype=np.bytes_))
+    finally:
+        f.close()
+    return added
+
+
+def _file_attrs(src: h5py.File) -> dict[str, Any]:
+    """A shard's worker-level attributes (``ShardWriter(file_attrs=...)``), as JSON values."""
+    out: dict[str, Any] = {}
+    for name in src.attrs:
+        if not name.startswith(_layout.RESERVED_PREFIX):
+            out[name] = _jsonable(_layout.read_attr(src, name))
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    arr = np.asarray(value)
+    if arr.dtype.kind == "S":
+        decoded = np.char.decode(arr, "utf-8", errors="backslashreplace")
+        return decoded.tolist()
+    return arr.tolist()
+
+
+# Below this many added groups a forked helper costs more than the half it verifies.

@@ -1,0 +1,329 @@
+"""The merge itself, :func:`merge`: the steps of :mod:`h5guard._merge` in their order."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from h5guard import _atomic, _journal, _layout, _lock
+from h5guard._merge import output as _output
+from h5guard._merge import plan as _plan
+from h5guard._merge import verify as _verify
+from h5guard._merge.output import Quarantined
+from h5guard.errors import H5GuardError, InsufficientSpaceError, UnreadableOutputError, WriteError
+from h5guard.report import Finding
+from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox
+from h5guard.schema import Schema
+from h5guard.validate import ProgressCallback
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOCK_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class MergeReport:
+    """What a merge did. ``exit_code`` is 0 when every shard merged cleanly, else 1.
+
+    Attributes
+    ----------
+    output : str
+        The output file (absolute path).
+    shards_merged : int
+        Shards whose groups were merged (conflicting quarantined ones not counted).
+    groups_added, duplicates : int
+        Groups added; groups already in the output with the same digest.
+    conflicts : tuple of (str, str)
+        ``(key, shard)`` of each group whose key is merged with another digest.
+    quarantined : tuple of Quarantined
+        Files moved to ``quarantine/``, and why.
+    stale_partials, live_partials : tuple of str
+        Uncommitted ``.partial`` files of writers that are gone (their batch is lost),
+        and partials or journals still being written (left alone).
+    groups_total : int
+        Groups in the output after the merge.
+    shards_deleted : int
+        Merged shards deleted (0 with ``keep_shards``).
+    seconds : float
+        How long the merge took.
+    findings : tuple of Finding
+        What the shards' check found, and the stale partials.
+    conflicts_resolved : bool
+        Merged with ``on_conflict="keep-existing"``: conflicts do not fail the merge.
+    recovered : tuple of (str, int)
+        ``(journal, results)`` of writers that are gone, recovered into shards.
+    interrupted : tuple of (str, str)
+        ``(journal, key)`` of ``add()`` calls cut short by their writer's death (those
+        calls never returned).
+    lost : tuple of str
+        Results known to be lost, each with where and why.
+    """
+
+    output: str
+    shards_merged: int
+    groups_added: int
+    duplicates: int
+    conflicts: tuple[tuple[str, str], ...]
+    quarantined: tuple[Quarantined, ...]
+    stale_partials: tuple[str, ...]
+    live_partials: tuple[str, ...]
+    groups_total: int
+    shards_deleted: int
+    seconds: float
+    findings: tuple[Finding, ...] = field(default=())
+
+    conflicts_resolved: bool = False  # merged with on_conflict="keep-existing"
+    recovered: tuple[tuple[str, int], ...] = ()
+    interrupted: tuple[tuple[str, str], ...] = ()
+    lost: tuple[str, ...] = ()
+
+    @property
+    def exit_code(self) -> int:
+        problems = self.quarantined or self.lost
+        return 1 if (problems or (self.conflicts and not self.conflicts_resolved)) else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": self.output,
+            "ok": self.exit_code == 0,
+            "shards_merged": self.shards_merged,
+            "groups_added": self.groups_added,
+            "duplicates": self.duplicates,
+            "conflicts": [{"key": k, "shard": s} for k, s in self.conflicts],
+            "quarantined": [{"path": q.path, "reasons": list(q.reasons)} for q in self.quarantined],
+            "stale_partials": list(self.stale_partials),
+            "live_partials": list(self.live_partials),
+            "groups_total": self.groups_total,
+            "shards_deleted": self.shards_deleted,
+            "seconds": round(self.seconds, 3),
+            "recovered": [{"journal": j, "results": n} for j, n in self.recovered],
+            "interrupted": [{"journal": j, "key": k} for j, k in self.interrupted],
+            "lost": list(self.lost),
+        }
+
+    def render_text(self) -> str:
+        lines = [
+            f"merged {self.shards_merged} shard(s) into {self.output}: "
+            f"{self.groups_added} group(s) added, {self.duplicates} duplicate(s), "
+            f"{len(self.conflicts)} conflict(s), {len(self.quarantined)} quarantined; "
+            f"{self.groups_total} group(s) in the output ({self.seconds:.2f} s)"
+        ]
+        lines += [
+            f"conflict: group {k!r} of {s} differs from the output's; kept the output's"
+            for k, s in self.conflicts
+        ]
+        for q in self.quarantined:
+            lines.append(f"quarantined {q.path}: {q.reasons[0] if q.reasons else ''}")
+        lines += [
+            f"recovered {n} result(s) from the journal of a writer that did not commit: {j}"
+            for j, n in self.recovered
+        ]
+        lines += [
+            f"interrupted: result {k!r} was being added when its writer died (its add() never returned): {j}"
+            for j, k in self.interrupted
+        ]
+        lines += [f"LOST: {why}" for why in self.lost]
+        lines += [f"still being written, not merged: {p}" for p in self.live_partials]
+        return "\n".join(lines)
+
+
+def merge(
+    shard_dir: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    schema: Schema | None = None,
+    keep_shards: bool = False,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    timeout: float = DEFAULT_TIMEOUT,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
+    workers: int | None = None,
+    root_attrs: Mapping[str, Any] | None = None,
+    progress: ProgressCallback | None = None,
+    on_conflict: str = "quarantine",
+    sandbox: Sandbox | None = None,
+) -> MergeReport:
+    """Merge the committed shards of ``shard_dir`` into ``output``, under its lock.
+
+    Each step leaves something valid on disk if the process dies there (the protocol
+    is in :mod:`h5guard._merge`): re-running after a crash gives the same output as one
+    clean run. The journals of writers that are gone are recovered into shards first.
+
+    Parameters
+    ----------
+    shard_dir : str or os.PathLike
+        The directory of shards.
+    output : str or os.PathLike, optional
+        The output file. Default: the one recorded in ``shard_dir``
+        (:func:`~h5guard.record_output`).
+    schema : Schema, optional
+        Check the shards against it (default: the one the output embeds, if any).
+    keep_shards : bool
+        Keep the merged shards instead of deleting them.
+    lock_timeout : float
+        Seconds to wait for another merge into the same output.
+    timeout : float
+        Seconds a shard that needs a full read may take in the sandbox (and the
+        verification helper its half).
+    memory_limit : int
+        Bytes of address space a sandbox child may add.
+    workers : int, optional
+        Sandbox children for the check (default: one per CPU).
+    root_attrs : mapping, optional
+        Attributes to set at the output's root (names must not start with ``h5guard_``).
+    progress : callable, optional
+        Called as ``progress(done, total)`` while shards are checked.
+    on_conflict : {"quarantine", "keep-existing"}
+        ``"quarantine"`` moves a shard holding a group whose key is already merged with
+        another digest to ``quarantine/`` for the user to decide. ``"keep-existing"``
+        keeps the merged version and drops the other, still listing it in
+        ``MergeReport.conflicts``: for pipelines where a recomputation of the same key
+        differs only in incidental values such as timings.
+    sandbox : Sandbox, optional
+        A checker pool to reuse for shards that need a full read; ``timeout`` and
+        ``memory_limit`` are then its own.
+
+    Returns
+    -------
+    MergeReport
+        What was merged, quarantined, recovered and lost.
+
+    Raises
+    ------
+    LockTimeoutError
+        Another merge holds the output's lock.
+    InsufficientSpaceError
+        Not enough free space for the new output.
+    UnreadableOutputError
+        The existing output is damaged, or the new one did not verify.
+    MergeSourceError
+        ``shard_dir`` or the output path is unusable, or ``shard_dir`` holds HDF5 files
+        h5guard did not write.
+    WriteError
+        Writing the new output failed.
+    ValueError
+        A bad ``on_conflict`` or ``root_attrs`` name.
+
+    Notes
+    -----
+    When the merge raises, the output is untouched.
+    """
+    _plan.check_on_conflict(on_conflict)
+    started = time.monotonic()
+    directory, out = _plan.resolve(shard_dir, output)
+    extra_attrs = dict(root_attrs or {})
+    for name in extra_attrs:
+        if name.startswith(_layout.RESERVED_PREFIX):
+            raise ValueError(f"root_attrs: {name!r} uses the reserved prefix 'h5guard_'")
+    checking = _plan.Checking(schema, sandbox, progress, timeout, memory_limit, workers)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            _lock.exclusive(out, timeout=lock_timeout, purpose=f"h5guard merge {directory}")
+        )
+        existing = stack.enter_context(contextlib.closing(_output.Output(out)))
+        planned = _plan.build(directory, existing, stack, checking, on_conflict=on_conflict)
+        plan, summaries = planned.plan, planned.summaries
+        existing.close()
+        old_size = os.path.getsize(out) if os.path.exists(out) else 0
+        new_bytes = sum(summaries[s].size for s in plan.shards)
+        needed = old_size + int(new_bytes * 1.25) + 1024 * 1024
+        # Started now, the verification helper starts up while journals are recovered
+        # and the new output is written; its reader maps the whole new output.
+        helper = stack.enter_context(
+            _verify.helper(plan.new_groups, timeout=timeout, memory_limit=memory_limit + needed)
+        )
+        quarantined = [_output.quarantine(q.path, q.reasons, directory) for q in plan.bad_shards]
+        bad = {q.path for q in plan.bad_shards}
+        journals = planned.journals
+        for state in journals.states:
+            if state.path not in bad:
+                # Under the journal's lock (held by the stack): its shard, then no journal.
+                _journal.recover_journal(state, journals.results[state.path])
+        partial = out + _atomic.PARTIAL_SUFFIX
+        needs_write = plan.new_groups > 0 or extra_attrs or not os.path.exists(out)
+        if needs_write:
+            _atomic.require_free_space(os.path.dirname(out), needed)
+            try:
+                added = _output.write_partial(
+                    out,
+                    partial,
+                    shards=plan.shards,
+                    summaries=summaries,
+                    new=planned.new,
+                    existing_groups=plan.output_groups,
+                    schema=planned.schema,
+                    root_attrs=extra_attrs,
+                )
+                problems = _verify.verify_copy(partial, added, helper=helper)
+                if problems:
+                    raise UnreadableOutputError(
+                        f"{partial}: verification of the new output failed, old output kept: {problems[0]}"
+                    )
+            except H5GuardError:
+                _atomic.remove_quietly(partial)
+                raise
+            except Exception as err:
+                _atomic.remove_quietly(partial)
+                # libhdf5 reports a failed write as a RuntimeError (or an OSError whose
+                # text names no file); ENOSPC is the full disk the estimate missed.
+                if getattr(err, "errno", None) == errno.ENOSPC or "errno = 28," in str(err):
+                    raise InsufficientSpaceError(
+                        os.path.dirname(out), needed, _atomic.free_bytes(os.path.dirname(out))
+                    ) from err
+                if isinstance(err, OSError | RuntimeError):
+                    raise WriteError(
+                        partial, f"writing the new output failed, {out} is unchanged", err
+                    ) from err
+                raise
+            except BaseException:
+                _atomic.remove_quietly(partial)
+                raise
+            finally:
+                if helper is not None:
+                    helper.close()  # its part is done: no child lives on through the commit
+            # Its errors name the file and say which step failed; after the rename only a
+            # directory fsync can fail, and then the new output is already in place.
+            _atomic.commit_file(partial, out)
+        else:
+            added = {}
+            _atomic.remove_quietly(partial)
+        conflicted = {s for _, s in plan.conflicts} if on_conflict == "quarantine" else set()
+        for shard in sorted(conflicted):
+            keys = [k for k, s in plan.conflicts if s == shard]
+            reasons = [
+                f"{shard}:/{k}: CONFLICT group already in {out} with another digest" for k in keys
+            ]
+            quarantined.append(_output.quarantine(shard, reasons, directory))
+        deleted = 0
+        if not keep_shards:
+            for shard in plan.shards:
+                if shard not in conflicted:
+                    _atomic.remove_quietly(shard)
+                    deleted += 1
+            if deleted:
+                _atomic.fsync_dir(directory)
+        total = plan.output_groups + len(added)
+    return MergeReport(
+        output=out,
+        shards_merged=len(plan.shards) - len(conflicted),
+        groups_added=len(added),
+        duplicates=plan.duplicates,
+        conflicts=plan.conflicts,
+        quarantined=tuple(quarantined),
+        stale_partials=plan.stale_partials,
+        live_partials=plan.live_partials,
+        groups_total=total,
+        shards_deleted=deleted,
+        seconds=time.monotonic() - started,
+        conflicts_resolved=on_conflict == "keep-existing",
+        findings=plan.report.findings
+        + tuple(_journal.partial_finding(p) for p in plan.stale_partials),
+        recovered=plan.recovered,
+        interrupted=plan.interrupted,
+        lost=plan.lost,
+    )

@@ -1,0 +1,411 @@
+"""ShardWriter: how a worker process writes results that are never lost.
+
+``add()`` appends the result to the batch's journal (``<stem>.h5.journal``, see
+:mod:`h5guard._journal`) and returns only when the kernel holds all of it: from then on
+the result survives whatever happens to the process. A commit writes the batch as an
+HDF5 shard (``.partial``, closed, sealed, fsynced, renamed to ``<stem>.h5``, directory
+fsynced) and only then deletes the journal. A writer that never commits (a pool that
+never calls ``close()``, SIGTERM, SIGKILL, an exception) leaves a journal that
+:func:`h5guard.merge` turns into a shard, once the writer's process is gone.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import weakref
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NoReturn
+
+from h5guard import _atomic, _journal, _layout, _result
+from h5guard._shard import SHARD_SUFFIX, new_shard_stem, write_shard
+from h5guard._version import __version__
+from h5guard.errors import (
+    DuplicateKeyError,
+    H5GuardError,
+    InsufficientSpaceError,
+    WriteError,
+    WriterClosedError,
+    WriterTransferError,
+)
+from h5guard.schema import Schema
+
+log = logging.getLogger(__name__)
+
+# Below this many bytes a batch is also kept in memory, so a commit does not read its
+# journal back; above it, results are read back one at a time (bounded memory).
+_IN_MEMORY_BATCH = 64 * 1024 * 1024
+# File attributes travel in the journal's meta record under this pseudo-key.
+_FILE_KEY = "/"
+
+
+# Writers of this process, so that a forked child drops its inherited journals at once
+# (it must never write to, commit or hold the lock of its parent's batch).
+_WRITERS: weakref.WeakSet[ShardWriter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_WRITERS):
+        writer._leave_parent_batch()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class ShardWriter:
+    """Write result groups into committed, immutable shard files in ``directory``.
+
+    **The guarantee**: once ``add()`` has returned, the result is in the output of the
+    next :func:`h5guard.merge` of ``directory``, whatever then happens to this process
+    (``close()`` never called, garbage collection, a pool's close/join or terminate,
+    SIGTERM, SIGKILL, an exception or Ctrl-C in the ``with`` block, a fork). A power
+    loss or kernel crash can lose the results added since the last commit, unless
+    ``sync_every_add=True`` (one fsync per ``add()``).
+
+    The batch is committed to a shard every ``commit_every`` results, on
+    :meth:`commit`, on :meth:`close` and when the ``with`` block ends, also by an
+    exception (which is then re-raised): results are independent, so what was added
+    is kept. :meth:`discard` throws the uncommitted batch away, explicitly.
+
+    A key may be added once per writer: a second ``add()`` of it raises
+    :class:`~h5guard.DuplicateKeyError` (a result is immutable; recomputations belong to
+    the merge's ``on_conflict`` policy).
+
+    A writer belongs to the process that created it: in a forked child it starts a
+    batch of its own, and it cannot be pickled (create one per worker, e.g. in a pool
+    initializer or at the start of the task).
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Where the shards (and the open batch's journal) go; created if missing.
+    schema : Schema, optional
+        Every result is checked against it at ``add()``; shards embed it.
+    prefix : str
+        The start of each shard's name (non-empty, no ``-`` or ``/``).
+    commit_every : int
+        Results per shard (>= 1).
+    min_free : int
+        Bytes that must stay free on the file system beyond what a result needs;
+        otherwise ``add`` raises :class:`~h5guard.InsufficientSpaceError` before writing.
+    file_attrs : mapping, optional
+        Worker-level attributes stored at the root of each shard; a merge records them,
+        per shard, in the output's ``h5guard_sources`` root attribute. Names must not
+        start with ``h5guard_``.
+    sync_every_add : bool
+        fsync the journal at every ``add()`` (survives a power loss too).
+
+    Raises
+    ------
+    ValueError
+        A bad ``commit_every``, ``prefix`` or ``file_attrs`` name.
+    WriteError
+        ``directory`` cannot be created.
+    WriterTransferError
+        On an attempt to pickle the writer (send it to another process).
+
+    Examples
+    --------
+    Use it as a context manager, or keep one for a worker's whole life:
+
+    >>> with ShardWriter("run_tmp", schema=schema) as writer:  # doctest: +SKIP
+    ...     writer.add("config-1", {"x": xs}, {"status": "ok"})
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        schema: Schema | None = None,
+        prefix: str = "shard",
+        commit_every: int = 100,
+        min_free: int = _atomic.DEFAULT_MIN_FREE,
+        file_attrs: Mapping[str, Any] | None = None,
+        sync_every_add: bool = False,
+    ) -> None:
+        if isinstance(commit_every, bool) or not isinstance(commit_every, int) or commit_every < 1:
+            raise ValueError(f"commit_every: expected an integer >= 1, got {commit_every!r}")
+        if not isinstance(prefix, str) or "-" in prefix or "/" in prefix or not prefix:
+            raise ValueError(
+                f"prefix: expected a non-empty name without '-' or '/', got {prefix!r}"
+            )
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise WriteError(
+                str(self.directory), "expected a directory for shards, and cannot create one", err
+            ) from err
+        self.schema = schema
+        self.prefix = prefix
+        self.commit_every = commit_every
+        self.min_free = min_free
+        self.sync_every_add = sync_every_add
+        for k in file_attrs or {}:
+            if k.startswith(_layout.RESERVED_PREFIX):
+                raise ValueError(f"file_attrs: {k!r} uses the reserved prefix 'h5guard_'")
+        self._file_attrs = _result.prepare_attrs(_FILE_KEY, dict(file_attrs or {}))
+        self._pid = os.getpid()
+        self._journal: _journal.JournalWriter | None = None
+        self._stem = ""
+        self._batch: dict[str, str] = {}  # key -> digest, in add() order
+        self._held: list[_result.PreparedResult] | None = []  # None once over the limit
+        self._batch_bytes = 0
+        self._keys: set[str] = set()
+        self._closed = False
+        self.committed: list[Path] = []
+        self.committed_keys: list[str] = []
+        _WRITERS.add(self)
+
+    def __reduce__(self) -> NoReturn:
+        raise WriterTransferError(
+            f"ShardWriter({str(self.directory)!r}) cannot be sent to another process: "
+            "create one ShardWriter in each worker (in the pool initializer or the task)"
+        )
+
+    # -- context manager -------------------------------------------------------
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # The block failed, but every result it added is independent and complete: keep
+        # them, and let the block's own exception propagate.
+        try:
+            self.close()
+        except Exception as err:
+            log.error(
+                "%s: committing after %s failed (%s); the results stay in %s for the next merge",
+                self.directory,
+                exc_type.__name__,
+                err,
+                self._journal.path if self._journal else "the journal",
+            )
+
+    # -- public API ------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Results added since the last commit (safe in the journal, not yet in a shard)."""
+        self._own_process()
+        return len(self._batch)
+
+    def add(
+        self,
+        key: str,
+        datasets: Mapping[str, Any],
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Add one result; when this returns, the result is safe (see the class docs).
+
+        Parameters
+        ----------
+        key : str
+            The result's group name, unique in this writer.
+        datasets : mapping of str to array-like
+            The result's datasets (nested mappings become subgroups).
+        attrs : mapping of str to value, optional
+            The result's attributes.
+
+        Raises
+        ------
+        WriterClosedError
+            The writer was closed (or discarded).
+        DuplicateKeyError
+            ``key`` was already added by this writer.
+        SchemaError, InvalidKeyError, UnsupportedValueError
+            The result is refused as it is; nothing was written.
+        InsufficientSpaceError
+            Not enough free space for the result; nothing was written.
+        WriteError
+            Journaling failed; the result was not added.
+        """
+        self._own_process()
+        if self._closed:
+            raise WriterClosedError(f"{self.directory}: ShardWriter is closed")
+        if key in self._keys:
+            raise DuplicateKeyError(
+                f"group key {key!r}: already added by this writer; a result is written once "
+                "(use another key, or let the merge's on_conflict decide between recomputations)"
+            )
+        result = _result.prepare(key, datasets, attrs, schema=self.schema)
+        # A group costs its data plus a few KiB of headers, twice over (journal, shard),
+        # plus room for HDF5's own allocations when the shard is closed.
+        nbytes = result.nbytes
+        _atomic.require_free_space(self.directory, 2 * nbytes + 64 * 1024, min_free=self.min_free)
+        journal = self._open_batch()
+        header, buffers = _result.encode(result)
+        try:
+            journal.append(header, buffers)
+        except OSError as err:
+            raise self._write_error(f"journaling group {key!r} failed", err, journal.path) from err
+        self._batch[key] = result.digest
+        self._keys.add(key)
+        self._batch_bytes += nbytes
+        if self._held is not None:
+            self._held.append(result)
+            if self._batch_bytes > _IN_MEMORY_BATCH:
+                self._held = None
+        if len(self._batch) >= self.commit_every:
+            try:
+                self.commit()
+            except (WriteError, InsufficientSpaceError) as err:
+                # The result is safe in the journal; the next commit tries again.
+                log.warning("%s; %d result(s) stay in the journal", err, len(self._batch))
+
+    def commit(self) -> Path | None:
+        """Write the batch as a shard.
+
+        Returns
+        -------
+        Path or None
+            The new shard, or None if nothing was pending.
+
+        Raises
+        ------
+        InsufficientSpaceError, WriteError
+            The shard could not be written; the batch stays safe in its journal.
+        """
+        self._own_process()
+        journal = self._journal
+        if journal is None:
+            return None
+        if not self._batch:
+            journal.remove()
+            self._journal = None
+            return None
+        final = self.directory / f"{self._stem}{SHARD_SUFFIX}"
+        keys = list(self._batch)
+        held = self._held
+        results: Iterable[_result.PreparedResult] = (
+            held if held is not None else _read_back(journal, len(keys))
+        )
+        try:
+            write_shard(
+                final,
+                results,
+                schema_json=self.schema.to_json() if self.schema is not None else None,
+                file_attrs=self._file_attrs,
+            )
+        except Exception as err:
+            raise self._write_error("committing the batch failed", err, final) from err
+        journal.remove()
+        self._journal = None
+        self._batch = {}
+        self._held = []
+        self._batch_bytes = 0
+        self.committed.append(final)
+        self.committed_keys.extend(keys)
+        log.debug("committed %d group(s) to %s", len(keys), final)
+        return final
+
+    def discard(self) -> None:
+        """Throw the uncommitted batch away (journal included) and close the writer."""
+        self._own_process()
+        if self._journal is not None:
+            log.info(
+                "discarding %d uncommitted result(s) of %s", len(self._batch), self._journal.path
+            )
+            self._journal.remove()
+            self._journal = None
+        for key in self._batch:
+            self._keys.discard(key)
+        self._batch = {}
+        self._held = []
+        self._batch_bytes = 0
+        self._closed = True
+
+    def close(self) -> None:
+        """Commit what is pending and close the writer."""
+        self._own_process()
+        if self._closed:
+            return
+        try:
+            self.commit()
+        finally:
+            self._closed = True
+            if self._journal is not None:
+                # The commit failed: release the lock, so that a merge can recover it.
+                self._journal.close()
+
+    # -- internals -------------------------------------------------------------
+    def _open_batch(self) -> _journal.JournalWriter:
+        if self._journal is not None:
+            return self._journal
+        self._stem = new_shard_stem(self.prefix)
+        header, buffers = _result.encode(self._file_attrs)
+        meta = {
+            "stem": self._stem,
+            "schema": self.schema.to_json() if self.schema is not None else None,
+            "file_attrs": header.decode("utf-8"),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+        }
+        path = _journal.journal_of(self.directory / f"{self._stem}{SHARD_SUFFIX}")
+        try:
+            journal = _journal.JournalWriter(path, meta, buffers, fsync_each=self.sync_every_add)
+            if self.sync_every_add:
+                _atomic.fsync_dir(self.directory)
+        except OSError as err:
+            raise self._write_error("creating the batch journal failed", err, path) from err
+        self._journal = journal
+        return journal
+
+    def _own_process(self) -> None:
+        if os.getpid() != self._pid:
+            self._leave_parent_batch()
+
+    def _leave_parent_batch(self) -> None:
+        """This writer was inherited through a fork: the batch is the parent's."""
+        if os.getpid() == self._pid:
+            return
+        log.info(
+            "ShardWriter(%s) of process %d is used in process %d: starting a batch of its own",
+            self.directory,
+            self._pid,
+            os.getpid(),
+        )
+        if self._journal is not None:
+            self._journal.close()  # the parent's descriptor copy; the file is untouched
+        self._pid = os.getpid()
+        self._journal = None
+        self._batch = {}
+        self._held = []
+        self._batch_bytes = 0
+        self._keys = set()
+        self.committed = []
+        self.committed_keys = []
+
+    def _write_error(self, what: str, err: BaseException, path: Path) -> OSError:
+        if isinstance(err, H5GuardError) and isinstance(err, OSError):
+            return err
+        if getattr(err, "errno", None) == errno.ENOSPC or "errno = 28," in str(err):
+            return InsufficientSpaceError(
+                str(self.directory),
+                self._batch_bytes + self.min_free,
+                _atomic.free_bytes(self.directory),
+            )
+        safe = (
+            f"; {len(self._batch)} result(s) are safe in {self._journal.path}"
+            if (self._journal is not None and self._batch)
+            else ""
+        )
+        return WriteError(str(path), what + safe, err)
+
+
+def _read_back(journal: _journal.JournalWriter, count: int) -> Iterable[_result.PreparedResult]:
+    for index in range(count):
+        header, payload = journal.read(index)
+        yield _result.decode(header, payload)
