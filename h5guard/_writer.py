@@ -99,6 +99,11 @@ class ShardWriter:
         start with ``h5guard_``.
     sync_every_add : bool
         fsync the journal at every ``add()`` (survives a power loss too).
+    lease : float, optional
+        Seconds after which a merge on *another* machine may take this writer's open
+        batch for a dead writer's if its journal has not been touched (the heartbeat
+        touches it every ``lease / 4`` s while the writer lives, computing or not).
+        Default ``$H5GUARD_LEASE`` or 300 s; see docs/guarantee.md.
 
     Raises
     ------
@@ -127,6 +132,7 @@ class ShardWriter:
         min_free: int = _atomic.DEFAULT_MIN_FREE,
         file_attrs: Mapping[str, Any] | None = None,
         sync_every_add: bool = False,
+        lease: float | None = None,
     ) -> None:
         if isinstance(commit_every, bool) or not isinstance(commit_every, int) or commit_every < 1:
             raise ValueError(f"commit_every: expected an integer >= 1, got {commit_every!r}")
@@ -146,6 +152,9 @@ class ShardWriter:
         self.commit_every = commit_every
         self.min_free = min_free
         self.sync_every_add = sync_every_add
+        if lease is not None and (isinstance(lease, bool) or not lease > 0):
+            raise ValueError(f"lease: expected a number of seconds > 0, got {lease!r}")
+        self.lease = lease
         for k in file_attrs or {}:
             if k.startswith(_layout.RESERVED_PREFIX):
                 raise ValueError(f"file_attrs: {k!r} uses the reserved prefix 'h5guard_'")
@@ -247,7 +256,18 @@ class ShardWriter:
         journal = self._open_batch()
         header, buffers = _result.encode(result)
         try:
-            journal.append(header, buffers)
+            try:
+                journal.append(header, buffers)
+            except _journal.Claimed as claimed:
+                # A merge took this batch for a dead writer's (this process was stopped
+                # for longer than the lease): what it read is its to recover; this
+                # record may not be in it, so it goes into a new batch.
+                log.warning("%s; this writer starts a new batch", claimed)
+                self._start_over()
+                journal = self._open_batch()
+                journal.append(header, buffers)
+        except _journal.Claimed as err:
+            raise self._write_error(f"journaling group {key!r} failed", err, journal.path) from err
         except OSError as err:
             raise self._write_error(f"journaling group {key!r} failed", err, journal.path) from err
         self._batch[key] = result.digest
@@ -355,13 +375,22 @@ class ShardWriter:
         }
         path = _journal.journal_of(self.directory / f"{self._stem}{SHARD_SUFFIX}")
         try:
-            journal = _journal.JournalWriter(path, meta, buffers, fsync_each=self.sync_every_add)
+            journal = _journal.JournalWriter(
+                path, meta, buffers, fsync_each=self.sync_every_add, lease=self.lease
+            )
             if self.sync_every_add:
                 _atomic.fsync_dir(self.directory)
         except OSError as err:
             raise self._write_error("creating the batch journal failed", err, path) from err
         self._journal = journal
         return journal
+
+    def _start_over(self) -> None:
+        """The batch's journal was claimed by a merge: its results are the merge's now."""
+        self._journal = None
+        self._batch = {}
+        self._held = []
+        self._batch_bytes = 0
 
     def _own_process(self) -> None:
         if os.getpid() != self._pid:
