@@ -92,6 +92,13 @@ def start_worker(node: Node, address: str, work: Path) -> Proc:
     )
 
 
+def wait_for_workers(address: str, n: int) -> None:
+    from distributed import Client
+
+    with Client(address, timeout="60s") as client:
+        client.wait_for_workers(n, timeout=180)
+
+
 def worker_process(nanny: Proc) -> int:
     """The worker process (the nanny's spawned child) under a node's ``unshare``."""
     deadline = time.monotonic() + 60
@@ -110,7 +117,9 @@ def worker_process(nanny: Proc) -> int:
 def journal_with_results(temp: Path, run: Proc, timeout: float = 300) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert run.popen.poll() is None, "the run ended before a batch was seen"
+        if run.popen.poll() is not None:
+            code, out, err = run.finish(kill=False)
+            raise AssertionError(f"the run ended ({code}) before a batch was seen: {err[-3000:]}")
         for path in temp.glob("worker-*.journal"):
             try:
                 scanned = _journal.scan(path)
@@ -162,6 +171,7 @@ def test_sweep_on_two_nodes_survives_a_killed_worker(tmp_path: Path) -> None:
     try:
         for name, node in nodes.items():
             workers[name] = start_worker(node, address, tmp_path)
+        wait_for_workers(address, 2)
         run = sweep(client_node, tmp_path, address)
         meta = journal_with_results(temp, run)
         victim_host = str(meta["host"])
@@ -173,7 +183,7 @@ def test_sweep_on_two_nodes_survives_a_killed_worker(tmp_path: Path) -> None:
             assert code == 1, text
             assert "pending" in text.lower(), text
         code, stdout, err = run.finish(kill=False)
-        assert code == 0, err[-3000:]
+        assert code == 0, stdout[-3000:] + err[-3000:]
         doc = json.loads(stdout[stdout.index("{") :])
         assert doc["counts"] == {"planned": 24, "done": 24, "failed": 0, "pending": 0}, doc
         with h5py.File(out, "r") as f:
