@@ -48,6 +48,7 @@ import json
 import logging
 import os
 import struct
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -151,6 +152,10 @@ class JournalWriter:
         self.fsync_each = fsync_each
         self.pid = os.getpid()
         self.lease = _liveness.default_lease() if lease is None else max(1.0, float(lease))
+        # The claim check costs an fstat: done at most every check_interval seconds,
+        # which is enough (see _liveness.Liveness.grace), and at the first append.
+        self._check_every = _liveness.check_interval(self.lease)
+        self._next_check = 0.0
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             # A new file nobody else has opened: True, or None where locks are refused.
@@ -220,12 +225,17 @@ class JournalWriter:
         offset = start + _FRAME.size + _CRC.size
         self.records.append((offset, len(header), payload_len))
         self.end = offset + len(header) + payload_len
-        if _liveness.was_claimed(fd):
+        now = time.monotonic()
+        if now >= self._next_check and self._claimed(fd, now):
             # If that merge dies before it is done, the next one takes the journal
             # at once: this writer has let go of it.
             _liveness.release(fd)
             self._let_go()
             raise Claimed(f"{self.path}: claimed by a merge while its writer was adding")
+
+    def _claimed(self, fd: int, now: float) -> bool:
+        self._next_check = now + self._check_every
+        return _liveness.was_claimed(fd)
 
     def read(self, index: int) -> tuple[bytes, bytes]:
         """Header and payload of the ``index``-th result (0-based; the meta is not one)."""
@@ -670,6 +680,8 @@ def claim_journals(
     results: dict[str, list[_result.PreparedResult]] = {}
     live: list[str] = []
     pending: list[PendingJournal] = []
+    taken: list[str] = []
+    wait = 0.0
     for path in paths:
         verdict = stack.enter_context(claim(path, gone=gone, lease=lease, mark=mark))
         if verdict is None:
@@ -680,6 +692,15 @@ def claim_journals(
                 live.append(path)
                 pending.append(found)
             continue
+        taken.append(path)
+        wait = max(wait, verdict.grace)
+    if mark and wait > 0:
+        # A writer taken for gone on another machine's word or its silence may still
+        # run: it checks for the mark at least every wait / 2 s, so anything it
+        # appends after the reading below, it sees claimed and writes again elsewhere.
+        log.info("waiting %.1f s before reading journals claimed from live-looking writers", wait)
+        time.sleep(wait)
+    for path in taken:
         state, decoded = read_journal(path)
         states.append(state)
         results[path] = decoded

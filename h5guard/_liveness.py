@@ -462,15 +462,58 @@ class Liveness:
         ALIVE, GONE or UNKNOWN.
     reason
         Why, for the user (``"pid 17 on node3 no longer runs"``).
+    grace
+        Seconds a recoverer waits between marking the journal claimed and reading it,
+        when the writer might still run (declared gone, or silent for the lease): a
+        live writer checks for the mark at least every ``grace / 2`` s
+        (:func:`check_interval`), so whatever it appends after the read is seen by it
+        and written again into a new batch. 0 where the writer is known to be gone.
     """
 
     verdict: Verdict
     reason: str
+    grace: float = 0.0
 
     @property
     def gone(self) -> bool:
         """Whether the batch may be recovered."""
         return self.verdict is Verdict.GONE
+
+
+_MAX_GRACE = 30.0
+
+
+def grace(lease: float) -> float:
+    """Seconds between marking a journal claimed and reading it, for a writer that may
+    still run: a tenth of the lease, at most 30 s.
+
+    Parameters
+    ----------
+    lease
+        The journal's (effective) lease.
+
+    Returns
+    -------
+    float
+    """
+    return min(_MAX_GRACE, lease / 10)
+
+
+def check_interval(lease: float) -> float:
+    """How often (seconds, at most) a writer checks that its journal was not claimed.
+
+    Half of the shortest grace a recoverer of its journal waits (:func:`grace`).
+
+    Parameters
+    ----------
+    lease
+        The writer's lease.
+
+    Returns
+    -------
+    float
+    """
+    return grace(lease) / 2
 
 
 def _seconds(value: float) -> str:
@@ -562,12 +605,15 @@ def decide(
     if writer is not None:
         entry = gone.match(writer, me)
         if entry is not None:
-            return Liveness(Verdict.GONE, f"{who}: declared gone by {gone.source} ({entry})")
+            return Liveness(
+                Verdict.GONE, f"{who}: declared gone by {gone.source} ({entry})", grace(lease)
+            )
     if heartbeat_age is not None and heartbeat_age > lease:
         return Liveness(
             Verdict.GONE,
             f"{who}: its journal is untouched for {_seconds(heartbeat_age)}, "
             f"longer than the lease ({_seconds(lease)})",
+            grace(lease),
         )
     age = f"touched {_seconds(heartbeat_age)} ago" if heartbeat_age is not None else "never seen"
     hint = f"--gone {writer.host}:{writer.pid}" if writer is not None else "--gone HOST"
@@ -585,7 +631,10 @@ class _Heartbeat:
     """One daemon thread that refreshes the mtime of every registered descriptor.
 
     It never calls libhdf5 (it only calls ``os.utime`` on file descriptors) and holds
-    its lock only around that call. After a fork the child starts with nothing
+    its lock only around that call. Registering a descriptor does not wake it (a
+    journal is fresh when it is created, and the next beat comes within one period),
+    so opening a batch costs no thread switch; it lingers a while with nothing to
+    beat, so that the next batch reuses it. After a fork the child starts with nothing
     registered and no thread: its parent's batches are the parent's.
     """
 
@@ -594,17 +643,21 @@ class _Heartbeat:
         self.fds: dict[int, float] = {}  # fd -> its lease
         self.wake = threading.Condition(self.lock)
         self.thread: threading.Thread | None = None
+        self.period = DEFAULT_LEASE / 4
         self.beats = 0
 
     def add(self, fd: int, lease: float) -> None:
         with self.lock:
             self.fds[fd] = lease
             if self.thread is None or not self.thread.is_alive():
+                self.period = lease / 4
                 self.thread = threading.Thread(
                     target=self._run, name="h5guard-heartbeat", daemon=True
                 )
                 self.thread.start()
-            self.wake.notify()
+            elif lease / 4 < self.period:
+                self.period = lease / 4
+                self.wake.notify()
 
     def remove(self, fd: int) -> None:
         with self.lock:
@@ -612,9 +665,15 @@ class _Heartbeat:
 
     def _run(self) -> None:
         with self.lock:
-            while self.fds:
-                period = min(self.fds.values()) / 4
-                self.wake.wait(timeout=period)
+            idle = 0.0
+            while True:
+                self.wake.wait(timeout=self.period)
+                if not self.fds:
+                    idle += self.period
+                    if idle >= _LINGER:
+                        break
+                    continue
+                idle = 0.0
                 for fd in list(self.fds):
                     try:
                         os.utime(fd)
@@ -627,6 +686,7 @@ class _Heartbeat:
             self.thread = None
 
 
+_LINGER = 2.0  # seconds the thread waits with nothing to beat before it ends
 _HEART = _Heartbeat()
 
 

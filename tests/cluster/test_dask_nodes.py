@@ -118,7 +118,7 @@ def journal_with_results(temp: Path, run: Proc, timeout: float = 300) -> dict[st
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if run.popen.poll() is not None:
-            code, out, err = run.finish(kill=False)
+            code, _, err = run.finish(kill=False)
             raise AssertionError(f"the run ended ({code}) before a batch was seen: {err[-3000:]}")
         for path in temp.glob("worker-*.journal"):
             try:
@@ -164,7 +164,9 @@ def test_sweep_on_two_nodes_survives_a_killed_worker(tmp_path: Path) -> None:
     planned = {c.config_id for c in expand_spec(load_spec(str(tmp_path / "spec.toml")))}
     temp, out = tmp_path / "out.h5_temp", tmp_path / "out.h5"
     scheduler, address = start_scheduler(tmp_path)
-    nodes = {name: Node(host=name) for name in ("nodeA", "nodeB")}
+    # A 60 s lease: the run's merge waits a tenth of it before reading the killed
+    # worker's journal, taken on the engine's word (see _liveness.grace).
+    nodes = {name: Node(host=name, env={"H5GUARD_LEASE": "60"}) for name in ("nodeA", "nodeB")}
     workers: dict[str, Proc] = {}
     client_node = Node(host="nodeC", locks="local")
     third = Node(host="nodeD", locks="local")

@@ -34,12 +34,18 @@ from h5guard import check
 from tests.cluster._sim import Node, Proc, need_namespaces
 from tests.procs import descendants
 
+LEASE_60 = {"H5GUARD_LEASE": "60"}
 FILE_SYSTEMS: dict[str, tuple[Node, Node]] = {
     "local": (Node(), Node()),
     "enosys": (Node(locks="enosys"), Node(locks="enosys")),
     "enolck": (Node(locks="enolck"), Node(locks="enolck")),
-    "nodelocal": (Node(host="nodeA"), Node(host="nodeB", locks="local")),
-    "nodes-enosys": (Node(host="nodeA", locks="enosys"), Node(host="nodeB", locks="enosys")),
+    # Writers elsewhere with a 60 s lease: a merge that takes a killed one's batch on the
+    # user's word waits a tenth of it (6 s) before reading it (see _liveness.grace).
+    "nodelocal": (Node(host="nodeA", env=LEASE_60), Node(host="nodeB", locks="local")),
+    "nodes-enosys": (
+        Node(host="nodeA", locks="enosys", env=LEASE_60),
+        Node(host="nodeB", locks="enosys"),
+    ),
 }
 ENDINGS = ("close", "unclosed", "sigkill")
 

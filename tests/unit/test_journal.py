@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -274,12 +275,16 @@ def test_a_journal_claimed_under_the_writer_starts_a_new_batch(tmp_path: Path) -
     than the lease): the next add() writes its result again into a new batch."""
     from h5guard import _liveness
 
-    path, w = journal_of(tmp_path, n=2)
+    w = ShardWriter(tmp_path, commit_every=1000, lease=1)  # checks every 0.05 s
+    for i in range(2):
+        w.add(f"k{i}", {"v": np.arange(3, dtype=np.int32)})
+    [path] = tmp_path.glob("*.journal")
     fd = os.open(path, os.O_RDONLY)
     try:
         assert _liveness.mark_claimed(fd)
     finally:
         os.close(fd)
+    time.sleep(2 * _liveness.check_interval(1))
     w.add("k9", {"v": np.arange(3, dtype=np.int32)})
     journals = sorted(tmp_path.glob("*.journal"))
     assert len(journals) == 2 and path in journals
