@@ -23,7 +23,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS = REPO.parent / "shared" / "corpus" / "foreign"
+# The shared corpus sits beside the repository; from a git worktree (/work/wt/NAME) it
+# is further up: the first ``shared/corpus/foreign`` above the repository.
+CORPUS = next(
+    (d / "shared" / "corpus" / "foreign" for d in REPO.parents if (d / "shared").is_dir()),
+    REPO.parent / "shared" / "corpus" / "foreign",
+)
 
 # As the corpus's VERDICTS.tsv was made: datasets over 200 MB are not read (h5py has no
 # way to skip never-written chunks, and h5repack_layouto.h5 declares 9.2 EB of them).

@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from h5guard import ShardWriter, check
-from h5guard._superblock import quick_check
+from h5guard._check.quick import quick_check
 
 
 def result(i: int) -> tuple[dict[str, Any], dict[str, Any]]:

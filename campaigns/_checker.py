@@ -110,7 +110,7 @@ class Checker:
 
     def _unstick(self, future: concurrent.futures.Future[Any]) -> None:
         for pid in children_of(os.getpid()):
-            if "h5guard._sandbox_child" in cmdline(pid):
+            if "h5guard._check.child" in cmdline(pid):
                 kill_pid(pid)
         with contextlib.suppress(Exception):
             future.result(timeout=30)

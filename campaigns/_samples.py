@@ -9,7 +9,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from h5guard import AttrSpec, Dataset, DatasetSpec, Group, Schema, ShardWriter, _result, merge
+from h5guard import AttrSpec, Dataset, DatasetSpec, Group, Schema, ShardWriter, merge
+from h5guard._format import result as _result
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"

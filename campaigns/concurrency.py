@@ -36,7 +36,8 @@ import numpy as np
 
 from campaigns import _samples
 from campaigns._common import TINY_SWEEP_SPEC, CampaignResult, Deadline, Row, problems_by_path, stop
-from h5guard import Sandbox, Schema, ShardWriter, _result, validate_many
+from h5guard import Sandbox, Schema, ShardWriter, validate_many
+from h5guard._format import result as _result
 
 NAME = "concurrency"
 GROUPS_PER_DIR = 6

@@ -314,7 +314,7 @@ def _reuse_children(checker: Checker) -> None:
     """Let the checker's pool reuse children that ``h5guard.check`` would retire.
 
     The product retires a child after libhdf5 failed on a file without checksums (its
-    heap may be damaged; see ``h5guard._deep._retire``): here that is nearly every
+    heap may be damaged; see ``h5guard._check.inspector.retire``): here that is nearly every
     foreign variant, and a new interpreter per variant costs 4.5x of the budget. The
     campaign's invariants (no crash, no hang of ``validate_many``) hold either way; a
     crash caused by an earlier variant's heap damage is contained and flagged.

@@ -1,6 +1,6 @@
 """Fuzz campaign: mutated HDF5 bytes into the quick layer and into ``validate_many``.
 
-1. The pure-Python quick layer (``h5guard._superblock.quick_check``) in-process, in a
+1. The pure-Python quick layer (``h5guard._check.quick.quick_check``) in-process, in a
    child interpreter: coverage-guided with atheris (libFuzzer) when it is installed,
    else Hypothesis over raw bytes and mutated seeds. It must never raise.
 2. ``validate_many`` with one shared sandbox pool (3 s per file, under the watchdog of

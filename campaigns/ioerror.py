@@ -4,7 +4,7 @@ Injected failures (in a forked child, with ``unittest.mock.patch``; the parent c
 the files afterwards), each with ENOSPC, EIO and EACCES, at the first or second call:
 
 * ShardWriter commit protocol (each once as a one-off fault and once as a lasting one,
-  where every call fails): ``write`` (``h5guard._layout.write_dataset`` raises the
+  where every call fails): ``write`` (``h5guard._format.write.write_dataset`` raises the
   OSError h5py raises for a failed HDF5 write, whose message names the file), ``close``
   (``h5py.File.close`` of the batch file closes, then raises libhdf5's RuntimeError for
   a failed flush), ``fsync`` of the partial file, ``replace`` (``os.replace`` to the
@@ -112,7 +112,8 @@ def _inject(fault: Fault, protocol: str, ctx: dict[str, str]) -> Iterator[None]:
     """Patch the one function whose failure ``fault`` describes (in this process only)."""
     import h5py
 
-    from h5guard import _atomic, _layout
+    from h5guard import _atomic
+    from h5guard._format import write as _layout
 
     real_fsync, real_replace = os.fsync, os.replace
     step = fault.step.split(",")[0]

@@ -10,19 +10,20 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from h5guard._version import __version__
 
 if TYPE_CHECKING:
+    from h5guard._check.api import check, validate, validate_many
     from h5guard._liveness import WriterIdentity, writer_identity
     from h5guard._lock import exclusive
     from h5guard._merge.output import Quarantined, record_output
     from h5guard._merge.plan import MergePlan, plan_merge
     from h5guard._merge.run import MergeReport, merge
-    from h5guard._read import Dataset, Group, Result, iter_results, read, to_dataframe
+    from h5guard._reading import Dataset, Group, Result, iter_results, read, to_dataframe
+    from h5guard._salvage.api import FileSalvage, SalvageReport, salvage
+    from h5guard._sandbox import Sandbox, SandboxResult
     from h5guard._writer import ShardWriter
     from h5guard.errors import (
         DigestMismatchError,
@@ -44,18 +45,17 @@ if TYPE_CHECKING:
         WriterTransferError,
     )
     from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
-    from h5guard.salvage import FileSalvage, SalvageReport, salvage
-    from h5guard.sandbox import Sandbox, SandboxResult
     from h5guard.schema import AttrSpec, DatasetSpec, GroupSpec, Schema
-    from h5guard.validate import check, validate, validate_many
 
 # Each public name is imported from its module on first use (PEP 562): ``h5guard check
 # --quick`` and other light commands then never import h5py (about 0.3 s per call).
+# No module is named like a function it exports, so importing a submodule never rebinds
+# a public name of the package.
 _HOMES = {
     "exclusive": "_lock",
     **dict.fromkeys(("WriterIdentity", "writer_identity"), "_liveness"),
     **dict.fromkeys(
-        ("Dataset", "Group", "Result", "iter_results", "read", "to_dataframe"), "_read"
+        ("Dataset", "Group", "Result", "iter_results", "read", "to_dataframe"), "_reading"
     ),
     **dict.fromkeys(
         (
@@ -83,11 +83,11 @@ _HOMES = {
     **dict.fromkeys(("MergePlan", "plan_merge"), "_merge.plan"),
     **dict.fromkeys(("MergeReport", "merge"), "_merge.run"),
     **dict.fromkeys(("Code", "FileKind", "FileSummary", "Finding", "Report", "Severity"), "report"),
-    **dict.fromkeys(("FileSalvage", "SalvageReport", "salvage"), "salvage"),
-    **dict.fromkeys(("Sandbox", "SandboxResult"), "sandbox"),
+    **dict.fromkeys(("FileSalvage", "SalvageReport", "salvage"), "_salvage.api"),
+    **dict.fromkeys(("Sandbox", "SandboxResult"), "_sandbox"),
     **dict.fromkeys(("AttrSpec", "DatasetSpec", "GroupSpec", "Schema"), "schema"),
     "ShardWriter": "_writer",
-    **dict.fromkeys(("check", "validate", "validate_many"), "validate"),
+    **dict.fromkeys(("check", "validate", "validate_many"), "_check.api"),
 }
 
 
@@ -104,23 +104,6 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_HOMES))
-
-
-class _Package(types.ModuleType):
-    """Keeps the functions ``validate``, ``merge`` and ``salvage`` public under their names.
-
-    Importing a submodule binds it as an attribute of its package, and three submodules
-    share their names with the function they define. The eager imports this file used to
-    make rebound the names to the functions afterwards; with lazy imports, this does.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _HOMES.get(name) == name:
-            return  # h5guard.validate (etc.) stay the functions; the module is in sys.modules
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [

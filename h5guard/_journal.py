@@ -18,7 +18,7 @@ File layout::
     record = b"H5GR" | u32 header length | u64 payload length
              | u32 CRC-32 of the 16 bytes before it and the header | header | payload
 
-The header and payload of a result are :func:`h5guard._result.encode`'s; decoding
+The header and payload of a result are :func:`h5guard._format.result.encode`'s; decoding
 recomputes the result's digest, so a record is either exactly what was added or
 rejected. A record cut short (the writer died inside ``add()``, whose call then never
 returned) ends the journal.
@@ -55,11 +55,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from h5guard import _atomic, _liveness, _lock, _seal
+from h5guard import _atomic, _liveness, _lock
+from h5guard._format import seal as _seal
 from h5guard.report import Code, Finding, Severity
 
 if TYPE_CHECKING:
-    from h5guard import _result
+    from h5guard._format import result as _result
 
 log = logging.getLogger(__name__)
 
@@ -429,7 +430,8 @@ def read_journal(path: str | os.PathLike[str]) -> tuple[JournalState, list[_resu
     FileNotFoundError
         The journal is gone (recovered or removed meanwhile).
     """
-    from h5guard import _result, _shard  # h5py: only once results are decoded
+    from h5guard import _shard
+    from h5guard._format import result as _result  # h5py: only once results are decoded
 
     scanned = scan(path)
     name = os.fspath(path)
@@ -468,7 +470,7 @@ def read_journal(path: str | os.PathLike[str]) -> tuple[JournalState, list[_resu
 
 
 def _file_attrs_of(scanned: JournalScan) -> _result.PreparedResult | None:
-    from h5guard import _result
+    from h5guard._format import result as _result
 
     header = scanned.meta.get("file_attrs") if scanned.meta else None
     if not isinstance(header, str):

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from h5guard import _atomic, _layout, _result, _seal
+from h5guard import _atomic
+from h5guard._format import names, write
+from h5guard._format import result as _result
+from h5guard._format import seal as _seal
 from h5guard._version import __version__
 
 SHARD_SUFFIX = ".h5"
@@ -77,11 +80,11 @@ def write_shard(
     index: dict[str, str] = {}
     f = None
     try:
-        f = _layout.create_file(os.fspath(partial), "w", userblock=_seal.SEAL_SIZE)
-        f.attrs[_layout.FORMAT_ATTR] = np.bytes_(_layout.SHARD_FORMAT.encode())
-        f.attrs[_layout.VERSION_ATTR] = np.bytes_(__version__.encode())
+        f = write.create_file(os.fspath(partial), "w", userblock=_seal.SEAL_SIZE)
+        f.attrs[names.FORMAT_ATTR] = np.bytes_(names.SHARD_FORMAT.encode())
+        f.attrs[names.VERSION_ATTR] = np.bytes_(__version__.encode())
         if schema_json is not None:
-            f.attrs[_layout.SCHEMA_ATTR] = np.bytes_(schema_json.encode())
+            f.attrs[names.SCHEMA_ATTR] = np.bytes_(schema_json.encode())
         if file_attrs is not None:
             _result.write_root_attrs(f, file_attrs)
         for result in results:
@@ -89,7 +92,7 @@ def write_shard(
             index[result.key] = result.digest
         # The index lets a merge plan from one attribute instead of one per group.
         text = json.dumps(index, sort_keys=True, ensure_ascii=False)
-        _layout.write_attr(f, _layout.INDEX_ATTR, np.array(text.encode(), dtype=np.bytes_))
+        write.write_attr(f, names.INDEX_ATTR, np.array(text.encode(), dtype=np.bytes_))
         f.close()
         f = None
         _seal.write_seal(partial)

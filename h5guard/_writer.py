@@ -21,7 +21,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
 
-from h5guard import _atomic, _journal, _layout, _result
+from h5guard import _atomic, _journal
+from h5guard._format import names
+from h5guard._format import result as _result
 from h5guard._shard import SHARD_SUFFIX, new_shard_stem, write_shard
 from h5guard._version import __version__
 from h5guard.errors import (
@@ -156,7 +158,7 @@ class ShardWriter:
             raise ValueError(f"lease: expected a number of seconds > 0, got {lease!r}")
         self.lease = lease
         for k in file_attrs or {}:
-            if k.startswith(_layout.RESERVED_PREFIX):
+            if k.startswith(names.RESERVED_PREFIX):
                 raise ValueError(f"file_attrs: {k!r} uses the reserved prefix 'h5guard_'")
         self._file_attrs = _result.prepare_attrs(_FILE_KEY, dict(file_attrs or {}))
         self._pid = os.getpid()

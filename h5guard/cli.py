@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from h5guard import _version
+from h5guard._check.api import check
+from h5guard._sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT
 from h5guard.errors import H5GuardError
 from h5guard.report import Report, Severity
-from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT
 from h5guard.schema import Schema
-from h5guard.validate import check
 
 # merge and salvage (and with them h5py) are imported by their commands only:
 # ``h5guard check --quick`` must not pay for h5py (it reads superblocks in pure Python).
@@ -441,7 +441,7 @@ def _render_plan(plan: MergePlan) -> str:
 
 
 def _cmd_salvage(args: argparse.Namespace) -> int:
-    from h5guard.salvage import salvage
+    from h5guard._salvage.api import salvage
 
     for path in args.paths:
         if not os.path.exists(path):

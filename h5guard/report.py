@@ -70,8 +70,20 @@ class Code(enum.StrEnum):
 class Finding:
     """One fact about one object of one file.
 
-    ``obj`` is the HDF5 path inside the file (``/`` for the file as a whole).
     Findings sort by file, object, code, so printed reports are stable.
+
+    Parameters
+    ----------
+    path
+        The file.
+    obj
+        The HDF5 path inside the file (``/`` for the file as a whole).
+    code
+        The stable code scripts match on.
+    severity
+        ``ERROR`` and ``WARNING`` make a check fail.
+    message
+        What was expected and what was found.
     """
 
     path: str
@@ -107,8 +119,20 @@ class FileKind(enum.StrEnum):
 class FileSummary:
     """What validation learned about one file.
 
-    ``groups`` maps each top-level group key to its stored digest (``None`` where the
-    group has none). ``schema_json`` is the schema embedded in the file, if any.
+    Parameters
+    ----------
+    path
+        The file.
+    kind
+        What it turned out to be.
+    size
+        Its size in bytes.
+    groups
+        Each valid top-level group's key and its stored digest (None where it has none).
+    schema_json
+        The schema embedded in the file, if any.
+    invalid_groups
+        Top-level groups that were read but are not valid (damaged, schema, digest).
     """
 
     path: str
@@ -131,7 +155,15 @@ class FileSummary:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """Every finding of a check, and a summary of each file looked at."""
+    """Every finding of a check, and a summary of each file looked at.
+
+    Parameters
+    ----------
+    findings
+        Every finding, of every file.
+    files
+        A :class:`FileSummary` per file looked at.
+    """
 
     findings: tuple[Finding, ...] = ()
     files: tuple[FileSummary, ...] = ()

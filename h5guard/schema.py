@@ -25,6 +25,12 @@ Trees: a dataset spec may carry ``"attrs"`` (rules for the dataset's own attribu
 and ``"groups": {"history": {"datasets": ..., "attrs": ..., "groups": ...,
 "required": true}}`` describes nested groups, at the top level or inside a group.
 Every value object here is frozen and pickles (so a schema can go to a process pool).
+
+A schema is applied in one place, :meth:`Schema.check_group`, to a :class:`GroupInfo`:
+the description of a group that every reader gives (the writer's tree in memory,
+h5guard's streaming and byte readers, the walk over foreign files, salvage), so a
+rule applies the same way whoever wrote the file and whichever reader looked at it.
+This module imports nothing of h5guard's format: the readers depend on it, not back.
 """
 
 from __future__ import annotations
@@ -32,16 +38,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from h5guard.errors import SchemaError
 from h5guard.report import Code
-
-if TYPE_CHECKING:
-    from h5guard._tree import GroupNode
 
 SCHEMA_FORMAT_VERSION = 1
 _V = TypeVar("_V")
@@ -122,7 +125,27 @@ def dtype_matches(rule: str, dtype: np.dtype[Any], kind: str | None = None) -> b
 
 @dataclass(frozen=True, slots=True)
 class DatasetSpec:
-    """Rules for one dataset of a group."""
+    """Rules for one dataset of a group.
+
+    Parameters
+    ----------
+    dtype
+        A numpy dtype name or a kind (``"float"``, ``"int"``, ``"number"``, ``"bool"``,
+        ``"complex"``, ``"string"``, ``"str"``, ``"bytes"``, ``"structured"``).
+    shape
+        Sizes: an int is exact, a name any size shared by the group's datasets that
+        use it, None any size.
+    finite
+        No NaN or infinity.
+    required
+        False: the dataset may be absent.
+    required_when
+        Required only when the group's attributes have these values.
+    attrs
+        Rules for the dataset's own attributes.
+    fields
+        For ``"structured"``: exactly these fields, each with its dtype rule.
+    """
 
     dtype: str | None = None
     shape: ShapeRule | None = None
@@ -196,7 +219,17 @@ class DatasetSpec:
 
 @dataclass(frozen=True, slots=True)
 class AttrSpec:
-    """Rules for one attribute of a group."""
+    """Rules for one attribute of a group or of a dataset.
+
+    Parameters
+    ----------
+    dtype
+        A numpy dtype name or a kind, as for :class:`DatasetSpec`.
+    allowed
+        The value must be one of these.
+    required
+        False: the attribute may be absent.
+    """
 
     dtype: str | None = None
     allowed: tuple[Any, ...] | None = None
@@ -258,7 +291,26 @@ def _group_specs(section: Any, where: str, depth: int) -> Mapping[str, GroupSpec
 
 @dataclass(frozen=True, slots=True)
 class GroupSpec:
-    """Rules for a group nested inside a result."""
+    """Rules for a group nested inside a result (or inside another nested group).
+
+    Parameters
+    ----------
+    datasets
+        Rules for its datasets, by name.
+    attrs
+        Rules for its attributes, by name.
+    groups
+        Rules for the groups nested in it, by name.
+    required
+        False: the group may be absent (its rules apply when it is there).
+
+    Examples
+    --------
+    >>> from h5guard import DatasetSpec, GroupSpec, Schema
+    >>> schema = Schema(groups={"history": GroupSpec(datasets={"loss": DatasetSpec("float")})})
+    >>> schema.to_dict()["groups"]["history"]["datasets"]
+    {'loss': {'dtype': 'float'}}
+    """
 
     datasets: Mapping[str, DatasetSpec] = field(default_factory=FrozenMap)
     attrs: Mapping[str, AttrSpec] = field(default_factory=FrozenMap)
@@ -340,7 +392,19 @@ class SchemaViolation:
 
 @dataclass(frozen=True, slots=True)
 class Schema:
-    """What every top-level group of a file must look like."""
+    """What every top-level group of a file must look like.
+
+    Parameters
+    ----------
+    name
+        Shown in messages; kept in the files that embed the schema.
+    datasets
+        Rules for the group's datasets, by name.
+    attrs
+        Rules for the group's attributes, by name.
+    groups
+        Rules for the groups nested in it, by name (see :class:`GroupSpec`).
+    """
 
     name: str = "unnamed"
     datasets: Mapping[str, DatasetSpec] = field(default_factory=FrozenMap)
@@ -359,10 +423,29 @@ class Schema:
         return out
 
     def to_json(self) -> str:
+        """The schema as compact JSON (sorted keys): what files embed."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @staticmethod
     def from_dict(data: Any, *, source: str = "schema") -> Schema:
+        """The schema a JSON object describes (docs/schemas.md).
+
+        Parameters
+        ----------
+        data
+            The parsed JSON object.
+        source
+            Where it came from, for error messages.
+
+        Returns
+        -------
+        Schema
+
+        Raises
+        ------
+        SchemaError
+            Unknown keys, a bad dtype rule, a wrong version, or not an object.
+        """
         if not isinstance(data, Mapping):
             raise SchemaError(f"{source}: expected a JSON object, got {type(data).__name__}")
         _only_keys(data, {"h5guard_schema", "name", "datasets", "attrs", "groups"}, source)
@@ -380,6 +463,13 @@ class Schema:
 
     @staticmethod
     def from_json(text: str, *, source: str = "schema") -> Schema:
+        """:meth:`from_dict` of a JSON text.
+
+        Raises
+        ------
+        SchemaError
+            Not valid JSON, or not a valid schema.
+        """
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -388,6 +478,13 @@ class Schema:
 
     @staticmethod
     def load(path: str) -> Schema:
+        """The schema in a JSON file (what ``h5guard check --schema FILE`` reads).
+
+        Raises
+        ------
+        SchemaError
+            The file cannot be read, or does not hold a valid schema.
+        """
         try:
             with open(path, encoding="utf-8") as fh:
                 text = fh.read()
@@ -395,69 +492,62 @@ class Schema:
             raise SchemaError(f"{path}: cannot read schema: {err.strerror or err}") from err
         return Schema.from_json(text, source=path)
 
-    def check(
-        self,
-        datasets: Mapping[str, DatasetInfo],
-        attrs: Mapping[str, Any],
-        groups: Mapping[str, GroupInfo] | None = None,
-    ) -> list[SchemaViolation]:
-        """Every way a group (its datasets' infos and attribute values) breaks the schema.
+    def check_group(self, group: GroupInfo) -> list[SchemaViolation]:
+        """Every way a top-level group breaks the schema, nested groups included.
 
-        ``groups``: the group's subgroups (None: not known, so nested rules are skipped,
-        as for files written before trees).
+        The one entry point of every reader: h5guard's own streaming reader, the byte
+        reader, the inspector of foreign files and salvage all describe a group as a
+        :class:`GroupInfo` and call this, so no reader can skip a rule.
+
+        Parameters
+        ----------
+        group
+            What the reader found in the group: its datasets, attributes and subgroups.
+
+        Returns
+        -------
+        list[SchemaViolation]
+            Empty when the group satisfies the schema. ``obj`` of each violation is
+            relative to the group (``""`` for the group itself, ``"sub/x"`` below it).
         """
         out: list[SchemaViolation] = []
-        _check_level(self.datasets, self.attrs, self.groups, datasets, attrs, groups, "", out)
+        _check_level(self.datasets, self.attrs, self.groups, group, "", out)
         return out
 
-    def check_tree(self, root: GroupNode) -> list[SchemaViolation]:
-        """:meth:`check` on a whole result tree (h5guard._tree), nested groups included."""
-        info = GroupInfo.of(root)
-        return self.check(info.datasets, info.attrs, info.groups)
+    def any_finite(self) -> bool:
+        """Whether some dataset rule, at any depth, asks for finite values only."""
+        return _any_finite(self.datasets, self.groups)
+
+
+def _any_finite(datasets: Mapping[str, DatasetSpec], groups: Mapping[str, GroupSpec]) -> bool:
+    return any(spec.finite for spec in datasets.values()) or any(
+        _any_finite(g.datasets, g.groups) for g in groups.values()
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class GroupInfo:
-    """What the checker knows of a nested group: its datasets, attributes and subgroups."""
+    """The description of a group that a :class:`Schema` checks, whatever reader made it.
+
+    ``datasets`` and ``groups`` are the group's members by name, ``attrs`` its
+    attribute values (h5guard's reserved ``h5guard_*`` attributes may be among them:
+    no rule names them).
+    """
 
     datasets: Mapping[str, DatasetInfo]
     attrs: Mapping[str, Any]
     groups: Mapping[str, GroupInfo]
-    kinds: Mapping[str, str] = field(default_factory=FrozenMap)
-
-    @classmethod
-    def of(cls, node: GroupNode) -> GroupInfo:
-        from h5guard._tree import DatasetNode
-
-        datasets: dict[str, DatasetInfo] = {}
-        groups: dict[str, GroupInfo] = {}
-        for name, child in node.members.items():
-            if isinstance(child, DatasetNode):
-                datasets[name] = DatasetInfo.of(
-                    child.value.array,
-                    attrs={n: v.array for n, v in child.attrs.items()},
-                    kind=child.value.kind,
-                )
-            else:
-                groups[name] = GroupInfo.of(child)
-        return cls(
-            FrozenMap(datasets),
-            FrozenMap({n: v.array for n, v in node.attrs.items()}),
-            FrozenMap(groups),
-            FrozenMap({n: v.kind for n, v in node.attrs.items()}),
-        )
 
 
 def _check_level(
     dspecs: Mapping[str, DatasetSpec],
     aspecs: Mapping[str, AttrSpec],
     gspecs: Mapping[str, GroupSpec],
-    datasets: Mapping[str, DatasetInfo],
-    attrs: Mapping[str, Any],
-    groups: Mapping[str, GroupInfo] | None,
+    group: GroupInfo,
     prefix: str,
     out: list[SchemaViolation],
 ) -> None:
+    datasets, attrs, groups = group.datasets, group.attrs, group.groups
     attr_text = {k: _as_text(v) for k, v in attrs.items()}
     bound: dict[str, int] = {}
     for name, spec in sorted(dspecs.items()):
@@ -493,8 +583,6 @@ def _check_level(
         if spec.attrs:
             _check_attrs(spec.attrs, info.attrs, obj, out)
     _check_attrs(aspecs, attrs, prefix.rstrip("/"), out)
-    if groups is None:
-        return
     for name, gspec in sorted(gspecs.items()):
         obj = prefix + name
         sub = groups.get(name)
@@ -502,16 +590,7 @@ def _check_level(
             if gspec.required:
                 out.append(SchemaViolation(Code.SCHEMA_MISSING, obj, "required group is missing"))
             continue
-        _check_level(
-            gspec.datasets,
-            gspec.attrs,
-            gspec.groups,
-            sub.datasets,
-            sub.attrs,
-            sub.groups,
-            obj + "/",
-            out,
-        )
+        _check_level(gspec.datasets, gspec.attrs, gspec.groups, sub, obj + "/", out)
 
 
 def _check_attrs(

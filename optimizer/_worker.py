@@ -21,7 +21,7 @@ from optimizer.results import RESULT_SCHEMA, failure_group, failure_key, result_
 
 log = logging.getLogger(__name__)
 
-_warm: set[tuple[str, int]] = set()
+_warm: set[tuple[str, str, int]] = set()
 
 # Outcome of one config in a batch: (config_id, "ok" | "failed", one-line error).
 ConfigOutcome = tuple[str, str, str]
@@ -51,14 +51,16 @@ def _inject_fault(config_id: str) -> None:
 def _optimize(config: SweepConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from optimizer.optimize import optimize_layout, warm_up
 
-    if (config.site, config.n_turbines) not in _warm:
+    key = (config.site, config.site_def, config.n_turbines)
+    if key not in _warm:
         # PyWake's import and model set-up (~2 s) would otherwise be billed to the
         # first config's wall time.
-        warm_up(site=config.site, n_turbines=config.n_turbines)
-        _warm.add((config.site, config.n_turbines))
+        warm_up(site=config.site, site_def=config.site_def, n_turbines=config.n_turbines)
+        _warm.add(key)
     _inject_fault(config.config_id)
     result = optimize_layout(
         site=config.site,
+        site_def=config.site_def,
         n_turbines=config.n_turbines,
         start=config.start,
         grid_size=config.grid_size,
@@ -82,7 +84,7 @@ def warm_up_worker() -> int:
     from optimizer.optimize import warm_up
 
     warm_up(site="iea37", n_turbines=16)
-    _warm.add(("iea37", 16))
+    _warm.add(("iea37", "", 16))
     return os.getpid()
 
 

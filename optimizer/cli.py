@@ -153,7 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --engine dask: an existing scheduler, e.g. tcp://host:8786",
     )
     axes = p.add_argument_group("sweep axes (override the spec or the demo in every block)")
-    axes.add_argument("--site", dest="site", metavar="NAME", help="site: iea37 or hornsrev1")
+    axes.add_argument(
+        "--site",
+        dest="site",
+        metavar="NAME",
+        help="iea37, hornsrev1, iea37-cs3, iea37-cs4, a [sites.NAME] of the spec, or "
+        "package.module:function",
+    )
     axes.add_argument("--n-turbines", type=_int_list, metavar="LIST", help="e.g. 16 or 16,36")
     axes.add_argument("--grid-size", type=_int_list, metavar="LIST", help="e.g. 4,5 or 3-6")
     axes.add_argument("--random-pct", type=_float_list, metavar="LIST", help="e.g. 0,25,50")

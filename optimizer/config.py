@@ -5,7 +5,8 @@ type-normalized form: ``270`` and ``270.0`` give the same id, key order does not
 matter, and a default left out gives the same id as the default written out.
 
 A spec file lists one or more ``[[sweep]]`` blocks; each block is the cross product of
-its axes::
+its axes. ``[sites.NAME]`` tables define sites the blocks use by name (docs/sites.md,
+:mod:`optimizer.farm`); a config of such a site carries the resolved table as ``site_def``::
 
     [[sweep]]
     site = "iea37"            # or a list: ["iea37", "hornsrev1"]
@@ -47,11 +48,13 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from optimizer.farm import site_tables
 from optimizer.layouts import (
     DEFAULT_LATTICE,
     OFFSET_MODES,
@@ -78,6 +81,7 @@ _LATER_DEFAULTS: Mapping[str, Any] = {
     "ring_mode": DEFAULT_LATTICE.ring_mode,
     "ring_pair_deg": list(DEFAULT_LATTICE.ring_pair_deg),
     "lattice_offset": DEFAULT_LATTICE.offset_mode,
+    "site_def": "",
 }
 # Lattice options given as [low, high]: (lowest, highest allowed value, integers only).
 _RANGE_OPTIONS: Mapping[str, tuple[float, float, bool]] = {
@@ -118,6 +122,9 @@ class SweepConfig:
     ring_mode: str = DEFAULT_LATTICE.ring_mode
     ring_pair_deg: tuple[float, float] = DEFAULT_LATTICE.ring_pair_deg
     lattice_offset: str = DEFAULT_LATTICE.offset_mode
+    # A site of the spec's [sites.NAME] tables: its resolved definition as canonical JSON
+    # (optimizer.farm), so the config is self-contained; "" for built-in and Python sites.
+    site_def: str = ""
 
     @property
     def lattice(self) -> LatticeRanges:
@@ -166,11 +173,18 @@ class SweepConfig:
         extra = sorted(set(data) - known)
         if extra:
             raise SpecError(f"{where}: unknown option(s) {extra}; expected some of {sorted(known)}")
+        site_def = data.get("site_def", "")
+        if not isinstance(site_def, str):
+            raise SpecError(f"{where}: site_def: expected a string, got {site_def!r}")
         try:
-            site = get_site(str(data.get("site", "iea37")))
+            site = get_site(str(data.get("site", "iea37")), site_def)
         except ValueError as err:
             raise SpecError(f"{where}: {err}") from None
         n = data.get("n_turbines")
+        if n is None and site.default_n_turbines < 1:
+            raise SpecError(
+                f"{where}: n_turbines: site {site.name!r} has no default farm size; give one"
+            )
         n_turbines = (
             site.default_n_turbines if n is None else _integer(n, f"{where}: n_turbines", low=1)
         )
@@ -203,6 +217,7 @@ class SweepConfig:
                 OFFSET_MODES,
                 f"{where}: lattice_offset",
             ),
+            site_def=site_def,
         )
         if config.evaluator == "fast" and config.site not in FAST_SITES:
             raise SpecError(
@@ -349,11 +364,16 @@ def expand_spec(spec: Mapping[str, Any], *, source: str = "spec") -> list[SweepC
         blocks = [blocks]
     if not isinstance(blocks, list) or not blocks:
         raise SpecError(f"{source}: expected at least one [[sweep]] block")
-    extra_top = sorted(set(spec) - {"sweep", "optimizer"})
+    extra_top = sorted(set(spec) - {"sweep", "optimizer", "sites"})
     if extra_top:
         raise SpecError(
-            f"{source}: unknown section(s) {extra_top}; expected [[sweep]] and [optimizer]"
+            f"{source}: unknown section(s) {extra_top}; expected [[sweep]], [optimizer] and "
+            f"[sites.NAME]"
         )
+    try:
+        site_defs = site_tables(spec, base_dir=None, source=source)
+    except ValueError as err:
+        raise SpecError(str(err)) from None
     optimizer = spec.get("optimizer", {})
     if not isinstance(optimizer, Mapping):
         raise SpecError(f"{source}: [optimizer] must be a table")
@@ -389,19 +409,32 @@ def expand_spec(spec: Mapping[str, Any], *, source: str = "spec") -> list[SweepC
         }
         names = list(axes)
         for values in itertools.product(*axes.values()):
-            config = SweepConfig.from_mapping(dict(zip(names, values, strict=True)), where=where)
+            data = dict(zip(names, values, strict=True))
+            if isinstance(data["site"], str) and data["site"] in site_defs:
+                data["site_def"] = site_defs[data["site"]]
+            config = SweepConfig.from_mapping(data, where=where)
             configs.setdefault(config.config_id, config)
     return list(configs.values())
 
 
 def load_spec(path: str) -> dict[str, Any]:
+    """Read a spec file; file paths in its ``[sites.NAME]`` tables become absolute (they are
+    relative to the spec file)."""
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            spec = tomllib.load(fh)
     except OSError as err:
         raise SpecError(f"{path}: cannot read spec: {err.strerror or err}") from None
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"{path}: not valid TOML: {err}") from None
+    base = os.path.dirname(os.path.abspath(path))
+    sites = spec.get("sites")
+    if isinstance(sites, dict):
+        for table in sites.values():
+            turbine = table.get("turbine") if isinstance(table, dict) else None
+            if isinstance(turbine, dict) and isinstance(turbine.get("power_ct_csv"), str):
+                turbine["power_ct_csv"] = os.path.join(base, turbine["power_ct_csv"])
+    return spec
 
 
 # The built-in demo: 32 configs over both sites, ~25 s of optimization on 2 cores.

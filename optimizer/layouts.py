@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from optimizer.geometry import polygon_signed_distance
 from optimizer.sites import FloatArray, SiteSpec
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,9 @@ def boundary_violation(site: SiteSpec, n_turbines: int, xy: FloatArray) -> Float
     if circle is not None:
         r = np.hypot(layout[:, 0] - circle.center[0], layout[:, 1] - circle.center[1])
         return np.maximum(r - circle.radius, 0.0).astype(np.float64)
+    lease = site.lease(n_turbines)
+    if lease is not None:
+        return lease.violation(layout)
     return _polygon_outside_distance(site.boundary(n_turbines), layout)
 
 
@@ -153,6 +157,9 @@ def max_turbines_bound(site: SiteSpec, n_turbines: int) -> int:
     n <= 2 A / (sqrt(3) d^2) + P / (2 d) + 1.
     """
     d = site.min_spacing_m
+    lease = site.lease(n_turbines)
+    if lease is not None:
+        return lease.max_turbines(d)
     circle = site.circle(n_turbines)
     if circle is not None:
         area = math.pi * circle.radius**2
@@ -170,6 +177,9 @@ def _bounding_box(site: SiteSpec, n_turbines: int) -> tuple[FloatArray, FloatArr
     if circle is not None:
         center = np.asarray(circle.center, dtype=np.float64)
         return center - circle.radius, center + circle.radius
+    lease = site.lease(n_turbines)
+    if lease is not None:
+        return lease.bounding_box()
     vertices = site.boundary(n_turbines)
     return vertices.min(axis=0), vertices.max(axis=0)
 
@@ -178,6 +188,16 @@ def grid_candidates(site: SiteSpec, n_turbines: int, grid_size: int) -> FloatArr
     """Feasible points of the fitted ``grid_size`` x ``grid_size`` lattice, serpentine order."""
     lo, hi = _bounding_box(site, n_turbines)
     center = 0.5 * (lo + hi)
+    lease = site.lease(n_turbines)
+    if lease is not None:
+        # Any lease: the cell centres of a grid_size x grid_size division of the bounding box,
+        # those a turbine may stand on, serpentine order. No shrinking: for a non-convex lease
+        # it would pull every point into one corner.
+        cells = (np.arange(grid_size) + 0.5) / grid_size - 0.5
+        gx, gy = np.meshgrid(cells, cells, indexing="xy")
+        gx[1::2] = gx[1::2, ::-1]
+        pts = (center + np.column_stack((gx.ravel(), gy.ravel())) * (hi - lo)).astype(np.float64)
+        return pts[lease.contains(pts)]
     unit = np.linspace(-0.5, 0.5, grid_size) if grid_size > 1 else np.zeros(1)
     ux, uy = np.meshgrid(unit, unit, indexing="xy")
     # Serpentine order (odd rows run right to left) so that evenly spaced picks along the list
@@ -295,6 +315,9 @@ def _area_and_centroid(site: SiteSpec, n_turbines: int) -> tuple[float, FloatArr
     circle = site.circle(n_turbines)
     if circle is not None:
         return math.pi * circle.radius**2, np.asarray(circle.center, dtype=np.float64)
+    lease = site.lease(n_turbines)
+    if lease is not None:
+        return lease.area(), lease.centroid()
     v = site.boundary(n_turbines)
     x, y = v[:, 0], v[:, 1]
     cross = x * np.roll(y, -1) - np.roll(x, -1) * y
@@ -332,6 +355,9 @@ def _ring(
         # Points exactly on the circle can land 1e-13 m outside in floating point; pull them in.
         r = circle.radius * (1.0 - 1e-12)
         return np.column_stack((cx + r * np.cos(theta), cy + r * np.sin(theta)))
+    lease = site.lease(n_turbines)
+    if lease is not None:
+        return lease.ring(fractions)
     v = site.boundary(n_turbines)
     edges = np.roll(v, -1, axis=0) - v
     lengths = np.linalg.norm(edges, axis=1)
@@ -353,6 +379,9 @@ def _inner_distance(site: SiteSpec, n_turbines: int, xy: FloatArray) -> FloatArr
         r: FloatArray = np.hypot(xy[:, 0] - circle.center[0], xy[:, 1] - circle.center[1])
         inside: FloatArray = circle.radius - r
         return inside
+    lease = site.lease(n_turbines)
+    if lease is not None:
+        return lease.signed_distance(xy)
     normals, offsets = polygon_halfplanes(site.boundary(n_turbines))
     nearest_edge: FloatArray = np.min(xy @ normals.T + offsets, axis=1)
     return nearest_edge
@@ -381,6 +410,7 @@ def lattice_layout(
     """
     area, centroid = _area_and_centroid(site, n_turbines)
     lo, hi = _bounding_box(site, n_turbines)
+    general = site.lease(n_turbines) is not None
     reach = float(np.linalg.norm(hi - lo))
     best: FloatArray | None = None
     best_gap = -math.inf
@@ -413,12 +443,19 @@ def lattice_layout(
         a, b = np.meshgrid(steps + offset[0], steps + offset[1], indexing="ij")
         points = centroid + a.reshape(-1, 1) * v1 + b.reshape(-1, 1) * v2
         inner = points[_inner_distance(site, n_turbines, points) >= margin]
-        n_inner = n_turbines - n_ring
+        ring = _ring(site, n_turbines, n_ring, phase, fractions) if n_ring > 0 else np.empty((0, 2))
+        n_inner = n_turbines - len(ring)
         if len(inner) < n_inner:
             continue
-        order = np.argsort(np.hypot(*(inner - centroid).T), kind="stable")
-        ring = _ring(site, n_turbines, n_ring, phase, fractions) if n_ring > 0 else np.empty((0, 2))
-        layout = np.vstack((ring, inner[order[:n_inner]])).astype(np.float64)
+        if general:
+            # Several regions or a non-convex lease: evenly spread picks over the lattice
+            # points (in lattice order), so that every part of the lease gets turbines.
+            picks = np.floor((np.arange(n_inner) + 0.5) * len(inner) / max(n_inner, 1))
+            chosen = inner[picks.astype(int)]
+        else:
+            order = np.argsort(np.hypot(*(inner - centroid).T), kind="stable")
+            chosen = inner[order[:n_inner]]
+        layout = np.vstack((ring, chosen)).astype(np.float64)
         if np.any(boundary_violation(site, n_turbines, layout) > 0.0):
             continue
         gap = _smallest_gap(layout)
@@ -448,12 +485,40 @@ def pull_inside(site: SiteSpec, n_turbines: int, xy: FloatArray) -> FloatArray:
     # every starting layout is exactly feasible with respect to the boundary.
     circle = site.circle(n_turbines)
     if circle is None:
-        return xy
+        return pull_into_lease(site, n_turbines, xy)
     center = np.asarray(circle.center, dtype=np.float64)
     rel = xy - center
     r = np.hypot(rel[:, 0], rel[:, 1])
     factor = np.where(r > circle.radius, circle.radius / np.maximum(r, 1e-300), 1.0)
     return (center + rel * factor[:, None]).astype(np.float64)
+
+
+def pull_into_lease(site: SiteSpec, n_turbines: int, xy: FloatArray) -> FloatArray:
+    """Move points of ``xy`` within a metre outside a lease (rounded published layouts on its
+    edge) to a feasible point at most a few millimetres from the nearest edge; others unchanged.
+    """
+    lease = site.lease(n_turbines)
+    if lease is None:
+        return xy
+    out = np.array(xy, dtype=np.float64)
+    angles = np.linspace(0.0, 2.0 * np.pi, 16, endpoint=False)
+    ring = np.column_stack((np.cos(angles), np.sin(angles)))
+    for i in np.flatnonzero(lease.violation(out) > 0.0):
+        for v in (*lease.regions, *lease.exclusions):
+            d, g = polygon_signed_distance(v, out[i : i + 1])
+            if abs(d[0]) > 1.0:
+                continue
+            nearest = out[i] + d[0] * -g[0] if d[0] > 0 else out[i] + abs(d[0]) * g[0]
+            # The nearest edge point, then the first feasible point on small circles about it.
+            for radius in (1e-6, 1e-5, 1e-4, 1e-3):
+                cands = nearest + radius * ring
+                ok = np.flatnonzero(lease.violation(cands) <= 0.0)
+                if len(ok):
+                    out[i] = cands[ok[0]]
+                    break
+            if lease.violation(out[i : i + 1])[0] <= 0.0:
+                break
+    return out
 
 
 def initial_layout(

@@ -2,8 +2,10 @@
 
 The AEP of the site's PyWake model is maximised over turbine positions with SciPy's SLSQP,
 using PyWake's exact autograd gradients, subject to the site boundary and a minimum spacing of
-two rotor diameters. Design variables are positions relative to the boundary centre divided by
-the boundary radius, and the objective is AEP divided by the initial AEP, so that SLSQP sees
+two rotor diameters (or the site's own spacing). On a lease of several regions, exclusions or
+non-convex polygons the boundary constraints are :meth:`optimizer.geometry.Lease.constraints`
+(each turbine held in the region it starts a solve in). Design variables are positions
+relative to the boundary centre divided by the boundary radius, and the objective is AEP divided by the initial AEP, so that SLSQP sees
 O(1) numbers; in metres and GWh it needs several times more iterations.
 
 Every returned layout is exactly feasible (every turbine inside or on the boundary, every pair at
@@ -33,6 +35,7 @@ from optimizer.layouts import (
     LatticeRanges,
     boundary_violation,
     check_start,
+    grid_candidates,
     initial_layout,
     polygon_halfplanes,
     pull_inside,
@@ -168,15 +171,28 @@ class _Problem:
         self.n = n_turbines
         self.model = model
         self.circle = site.circle(n_turbines)
-        if self.circle is not None:
+        self.lease = site.lease(n_turbines)
+        self.assignment: tuple[int, ...] = ()
+        if self.lease is not None:
+            # Any lease (regions, exclusions, non-convex): its constraints in metres
+            # (optimizer.geometry.Lease.constraints), scaled here.
+            lo, hi = self.lease.bounding_box()
+            self.center = 0.5 * (lo + hi)
+            self.length = float(0.5 * np.linalg.norm(hi - lo))
+            self.lower = np.repeat((lo - self.center) / self.length, n_turbines)
+            self.upper = np.repeat((hi - self.center) / self.length, n_turbines)
+            self.inner_radius = 1.0
+            self.normals: FloatArray | None = None
+            self.offsets: FloatArray | None = None
+        elif self.circle is not None:
             self.center = np.asarray(self.circle.center, dtype=np.float64)
             self.length = float(self.circle.radius)
             self.lower = np.full(2 * n_turbines, -1.0)
             self.upper = np.full(2 * n_turbines, 1.0)
             # Scaled radius the optimizer must stay within.
             self.inner_radius = 1.0 - CONSTRAINT_MARGIN_M / self.length
-            self.normals: FloatArray | None = None
-            self.offsets: FloatArray | None = None
+            self.normals = None
+            self.offsets = None
         else:
             vertices = site.boundary(n_turbines)
             lo, hi = vertices.min(axis=0), vertices.max(axis=0)
@@ -253,7 +269,15 @@ class _Problem:
         return self.aep_gwh(xy)
 
     # --- constraints (>= 0 when feasible) --------------------------------------------------
+    def assign_regions(self, xy: FloatArray) -> None:
+        """Fix each turbine's region for the next solve (the one it is deepest in)."""
+        if self.lease is not None:
+            self.assignment = self.lease.assign(xy)
+
     def boundary_con(self, u: FloatArray) -> FloatArray:
+        if self.lease is not None:
+            values, _ = self.lease.constraints(self.to_xy(u), self.assignment, CONSTRAINT_MARGIN_M)
+            return (values / self.length).astype(np.float64)
         ux, uy = u[: self.n], u[self.n :]
         if self.normals is None or self.offsets is None:
             return (self.inner_radius**2 - ux * ux - uy * uy).astype(np.float64)
@@ -261,6 +285,10 @@ class _Problem:
         return signed.ravel().astype(np.float64)
 
     def boundary_jac(self, u: FloatArray) -> FloatArray:
+        if self.lease is not None:
+            # d(value / length)/du = d(value)/d(xy) * length / length
+            _, jac = self.lease.constraints(self.to_xy(u), self.assignment, CONSTRAINT_MARGIN_M)
+            return jac
         n = self.n
         ux, uy = u[:n], u[n:]
         idx = np.arange(n)
@@ -333,6 +361,7 @@ class _Problem:
         from scipy.optimize import minimize  # imported when used: the CLI must start fast
 
         self.watch_pairs_near(None)
+        self.assign_regions(xy)
         target = self.to_u(xy)
         res = minimize(
             lambda u: 0.5 * float(np.sum((u - target) ** 2)),
@@ -356,6 +385,7 @@ def _solve(
     # Keep the objective O(1); a zero AEP (all turbines idle) must not divide by zero.
     problem.aep_scale = start_aep if start_aep > 0.0 else 1.0
     problem.watch_pairs_near(xy)
+    problem.assign_regions(xy)
     while True:
         res = minimize(
             problem.objective,
@@ -472,6 +502,7 @@ def _frozen(xy: FloatArray) -> FloatArray:
 def optimize_layout(
     *,
     site: str,
+    site_def: str = "",
     n_turbines: int | None = None,
     start: str = "grid",
     grid_size: int,
@@ -499,7 +530,7 @@ def optimize_layout(
     ``FloatingPointError`` if the model returns a non-finite AEP or gradient.
     """
     t_start = time.perf_counter()
-    spec = get_site(site)
+    spec = get_site(site, site_def)
     n = spec.default_n_turbines if n_turbines is None else n_turbines
     schedule = tuple(float(xi) for xi in wec)
     _check_options(
@@ -593,21 +624,29 @@ def optimize_layout(
     )
 
 
-def warm_up(*, site: str, n_turbines: int | None = None) -> float:
+def warm_up(*, site: str, site_def: str = "", n_turbines: int | None = None) -> float:
     """Import PyWake, build the site's model and run one AEP and one gradient; return seconds.
 
     Importing PyWake takes ~2 s, which otherwise lands in the first ``optimize_layout`` call
     of each worker process and skews its ``wall_time_s``.
     """
     t0 = time.perf_counter()
-    spec = get_site(site)
+    spec = get_site(site, site_def)
     n = spec.default_n_turbines if n_turbines is None else n_turbines
     spec.check_n_turbines(n)
     problem = _Problem(spec, n, _PyWakeModel(spec.wind_farm_model(n)))
-    side = math.ceil(math.sqrt(n))
+    side = math.ceil(math.sqrt(n)) if spec.lease(n) is None else _warm_grid(spec, n)
     xy = initial_layout(
         spec, n_turbines=n, start="grid", grid_size=max(side, 1), random_pct=0.0, seed=0
     )
     problem.aep_gwh(xy)
     problem.aep_gradient(xy)
     return time.perf_counter() - t0
+
+
+def _warm_grid(spec: SiteSpec, n: int) -> int:
+    """A grid size whose lease points hold ``n`` turbines (a lease can leave many cells out)."""
+    size = max(math.ceil(math.sqrt(n)), 1)
+    while len(grid_candidates(spec, n, size)) < n and size < 64 * max(n, 1):
+        size += 1
+    return size

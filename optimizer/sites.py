@@ -29,11 +29,12 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+
+from optimizer.geometry import FloatArray, Lease
+
+__all__ = ["FloatArray"]  # re-exported: the package's array type, defined in geometry
 
 logger = logging.getLogger(__name__)
-
-FloatArray = NDArray[np.float64]
 
 # Number of vertices used to approximate circular boundaries as polygons; the exact circle is
 # exposed separately, so the polygon only matters for plotting and generic geometry.
@@ -76,11 +77,31 @@ class SiteSpec:
     reference: Mapping[int, ReferenceAEP] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
+    # A lease of regions and exclusions (optimizer.geometry.Lease); None: the boundary above
+    # (a circle or one convex polygon), handled as it always was.
+    lease_fn: Callable[[int], Lease] | None = field(default=None, repr=False)
+    min_spacing_diameters: float = 2.0
 
     @property
     def min_spacing_m(self) -> float:
-        """Minimum allowed distance between two turbines: two rotor diameters."""
-        return 2.0 * self.rotor_diameter
+        """Minimum allowed distance between two turbines (default two rotor diameters)."""
+        return self.min_spacing_diameters * self.rotor_diameter
+
+    def lease(self, n_turbines: int) -> Lease | None:
+        """The site's regions and exclusions, or ``None`` for a circle or one convex polygon."""
+        self.check_n_turbines(n_turbines)
+        return None if self.lease_fn is None else self.lease_fn(n_turbines)
+
+    def outline(self, n_turbines: int) -> Lease:
+        """What to draw: the regions and exclusions of any site (a circle as a polygon).
+
+        The report draws ``outline(n).regions`` as the lease and ``outline(n).exclusions`` as
+        hatched no-go zones.
+        """
+        lease = self.lease(n_turbines)
+        if lease is not None:
+            return lease
+        return Lease.build([self.boundary(n_turbines)], where=f"site {self.name!r}")
 
     def check_n_turbines(self, n_turbines: int) -> None:
         """Raise ``ValueError`` unless ``n_turbines`` is a farm size this site supports."""
@@ -105,9 +126,13 @@ class SiteSpec:
         """Boundary polygon vertices, shape (m, 2), metres, counter-clockwise, convex.
 
         For circular sites the polygon is inscribed in the exact circle, so a point inside the
-        polygon is always inside the circle.
+        polygon is always inside the circle. For a site with a lease (:meth:`lease`), the
+        first region; use :meth:`outline` to draw any site.
         """
         self.check_n_turbines(n_turbines)
+        lease = self.lease(n_turbines)
+        if lease is not None:
+            return np.array(lease.regions[0], dtype=np.float64)
         return self.polygon_fn(n_turbines).copy()
 
     def wind_farm_model(self, n_turbines: int) -> Any:
@@ -304,9 +329,50 @@ SITES: Mapping[str, SiteSpec] = MappingProxyType(
 )
 
 
-def get_site(name: str) -> SiteSpec:
-    """Look up a site by name; unknown names raise ``ValueError`` listing the known ones."""
-    try:
+# Built-in sites written in the user-facing [sites.NAME] format (package data, see
+# optimizer/data/README.md for the attribution of the IEA37 case-study data).
+SPEC_SITES: Mapping[str, str] = MappingProxyType(
+    {"iea37-cs3": "iea37-cs3.toml", "iea37-cs4": "iea37-cs4.toml"}
+)
+
+
+def site_names() -> list[str]:
+    """Every built-in site name."""
+    return sorted([*SITES, *SPEC_SITES])
+
+
+def get_site(name: str, definition: str = "") -> SiteSpec:
+    """Look up a site.
+
+    Parameters
+    ----------
+    name
+        A built-in site (:func:`site_names`), a site defined in a spec's ``[sites.NAME]``
+        table (then ``definition`` holds it), or ``"package.module:function"``: a function
+        returning an :class:`optimizer.farm.Site`, imported here (in every worker).
+    definition
+        The resolved ``[sites.NAME]`` table as canonical JSON (``SweepConfig.site_def``).
+
+    Raises
+    ------
+    ValueError
+        An unknown name, or a site definition that cannot be used.
+    """
+    if definition:
+        from optimizer.farm import site_from_definition
+
+        return site_from_definition(name, definition)
+    if name in SITES:
         return SITES[name]
-    except KeyError:
-        raise ValueError(f"site: expected one of {sorted(SITES)}, got {name!r}") from None
+    if name in SPEC_SITES:
+        from optimizer.farm import builtin_spec_site
+
+        return builtin_spec_site(name, SPEC_SITES[name])
+    if ":" in name:
+        from optimizer.farm import python_site
+
+        return python_site(name)
+    raise ValueError(
+        f"site: expected one of {site_names()}, a [sites.NAME] table of the spec, or "
+        f"'package.module:function', got {name!r}"
+    )

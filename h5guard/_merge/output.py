@@ -16,12 +16,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from h5guard import _atomic, _layout
+from h5guard import _atomic
+from h5guard._check.api import QUARANTINE_DIR, validate_many
+from h5guard._format import names, reader, write
 from h5guard._version import __version__
 from h5guard.errors import UnreadableOutputError
 from h5guard.report import FileSummary, Severity
 from h5guard.schema import Schema
-from h5guard.validate import QUARANTINE_DIR, validate_many
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +118,15 @@ class Output:
             )
         try:
             self.file = h5py.File(path, "r", locking=False)
-            fmt = _layout.text_attr(self.file, _layout.FORMAT_ATTR)
-            self.schema_json = _layout.text_attr(self.file, _layout.SCHEMA_ATTR)
+            fmt = reader.text_attr(self.file, names.FORMAT_ATTR)
+            self.schema_json = reader.text_attr(self.file, names.SCHEMA_ATTR)
             self.count = self.file.id.get_num_objs()
         except Exception as err:
             self.close()
             raise UnreadableOutputError(
                 f"{path}: existing output could not be opened ({_one_line(err)}); left untouched"
             ) from err
-        if fmt != _layout.OUTPUT_FORMAT and fmt != _layout.SHARD_FORMAT:
+        if fmt != names.OUTPUT_FORMAT and fmt != names.SHARD_FORMAT:
             self.close()
             found = f"format {fmt!r}" if fmt else "an HDF5 file h5guard did not write"
             raise UnreadableOutputError(
@@ -141,8 +142,8 @@ class Output:
         try:
             if not self.file.id.links.exists(name):
                 return None
-            aid = h5py.h5a.open(self.file.id, _layout.DIGEST_ATTR.encode(), obj_name=name)
-            value = _layout.read_attr_id(aid)
+            aid = h5py.h5a.open(self.file.id, names.DIGEST_ATTR.encode(), obj_name=name)
+            value = reader.read_attr_id(aid)
         except KeyError:
             value = None
         except Exception as err:
@@ -238,15 +239,15 @@ def write_partial(
     """
     if os.path.exists(output):
         _atomic.copy_file(output, partial)
-        f = h5py.File(partial, "r+", libver=_layout.LIBVER, locking=False)
+        f = h5py.File(partial, "r+", libver=names.LIBVER, locking=False)
     else:
-        f = _layout.create_file(partial, "w")
+        f = write.create_file(partial, "w")
     added: dict[str, tuple[int, str]] = {}
     todo = set(new)
     sources: dict[str, dict[str, Any]] = {}
     try:
         if SOURCES_ATTR in f.attrs:
-            sources = json.loads(_layout.text_attr(f, SOURCES_ATTR) or "{}")
+            sources = json.loads(reader.text_attr(f, SOURCES_ATTR) or "{}")
         for shard in shards:
             keys = [k for k in sorted(summaries[shard].groups) if k in todo]
             if not keys:
@@ -259,22 +260,22 @@ def write_partial(
                     link = key.encode("utf-8")
                     # The low-level call: h5py's Group.copy spends as long resolving its
                     # arguments as libhdf5 spends copying a small group.
-                    h5py.h5o.copy(src.id, link, f.id, link, lcpl=_layout.LINK_CREATE_UTF8)
+                    h5py.h5o.copy(src.id, link, f.id, link, lcpl=write.LINK_CREATE_UTF8)
                     added[key] = (h5py.h5o.get_info(f.id, link).addr, str(new[key]))
                     todo.discard(key)
-        f.attrs[_layout.FORMAT_ATTR] = np.bytes_(_layout.OUTPUT_FORMAT.encode())
-        f.attrs[_layout.VERSION_ATTR] = np.bytes_(__version__.encode())
+        f.attrs[names.FORMAT_ATTR] = np.bytes_(names.OUTPUT_FORMAT.encode())
+        f.attrs[names.VERSION_ATTR] = np.bytes_(__version__.encode())
         if schema is not None:
-            f.attrs[_layout.SCHEMA_ATTR] = np.bytes_(schema.to_json().encode())
+            f.attrs[names.SCHEMA_ATTR] = np.bytes_(schema.to_json().encode())
         f.attrs[GROUPS_ATTR] = np.int64(existing_groups + len(added))
         f.attrs[LAST_MERGE_ATTR] = np.bytes_(
             _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").encode()
         )
         for name, value in root_attrs.items():
-            _layout.write_attr(f, name, _layout.normalize_value(name, value))
+            write.write_attr(f, name, write.normalize_value(name, value))
         if sources:
             text = json.dumps(sources, sort_keys=True, ensure_ascii=False)
-            _layout.write_attr(f, SOURCES_ATTR, np.array(text.encode(), dtype=np.bytes_))
+            write.write_attr(f, SOURCES_ATTR, np.array(text.encode(), dtype=np.bytes_))
     finally:
         f.close()
     return added
@@ -284,8 +285,8 @@ def _file_attrs(src: h5py.File) -> dict[str, Any]:
     """A shard's worker-level attributes (``ShardWriter(file_attrs=...)``), as JSON values."""
     out: dict[str, Any] = {}
     for name in src.attrs:
-        if not name.startswith(_layout.RESERVED_PREFIX):
-            out[name] = _jsonable(_layout.read_attr(src, name))
+        if not name.startswith(names.RESERVED_PREFIX):
+            out[name] = _jsonable(reader.read_attr(src, name))
     return out
 
 

@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from h5guard import _atomic, _journal, _result
+from h5guard import _atomic, _journal
+from h5guard._check.api import ProgressCallback, validate_many
+from h5guard._format import result as _result
 from h5guard._liveness import GoneWriters, WriterIdentity
 from h5guard._merge.output import Output, Quarantined, recorded_output
+from h5guard._sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox
 from h5guard.errors import MergeSourceError, SchemaError
 from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
-from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox
 from h5guard.schema import Schema
-from h5guard.validate import ProgressCallback, validate_many
 
 log = logging.getLogger(__name__)
 

@@ -11,17 +11,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from h5guard import _atomic, _journal, _layout, _lock
+from h5guard import _atomic, _journal, _lock
+from h5guard._check.api import ProgressCallback
+from h5guard._format import names
 from h5guard._liveness import GoneWriters, WriterIdentity
 from h5guard._merge import output as _output
 from h5guard._merge import plan as _plan
 from h5guard._merge import verify as _verify
 from h5guard._merge.output import Quarantined
+from h5guard._sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox
 from h5guard.errors import H5GuardError, InsufficientSpaceError, UnreadableOutputError, WriteError
 from h5guard.report import Finding
-from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox
 from h5guard.schema import Schema
-from h5guard.validate import ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ def merge(
     directory, out = _plan.resolve(shard_dir, output)
     extra_attrs = dict(root_attrs or {})
     for name in extra_attrs:
-        if name.startswith(_layout.RESERVED_PREFIX):
+        if name.startswith(names.RESERVED_PREFIX):
             raise ValueError(f"root_attrs: {name!r} uses the reserved prefix 'h5guard_'")
     checking = _plan.Checking(schema, sandbox, progress, timeout, memory_limit, workers)
     with contextlib.ExitStack() as stack:

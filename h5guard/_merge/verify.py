@@ -1,14 +1,15 @@
 """Step 5 of the merge: the digest of every added group, recomputed from the bytes of
 the new output, must match before the new output replaces the old one.
 
-h5guard's own reader (:mod:`h5guard._fastread`) parses the copied objects straight from
-the file, independently of the libhdf5 that wrote them; groups outside the layout it
-knows (big chunked datasets, say) are read back through libhdf5. The new file is one
-this process just wrote, so it is read in-process.
+The check's own-file verification (:func:`h5guard._check.own.verify_copied`) does it:
+the independent byte reader parses the copied objects straight from the file, apart
+from the libhdf5 that wrote them, and groups outside the layout it parses are read back
+through the streaming reader. The new file is one this process just wrote, so it is
+read in-process.
 
-A big verification is shared with one sandbox child (:class:`h5guard.sandbox.Sandbox`,
-the one child-process protocol of h5guard): the child reads half of the groups while
-this process reads the other half. The child is started before the copy is written
+A big verification is shared with one sandbox child (:class:`h5guard.Sandbox`, the one
+child-process protocol of h5guard): the child verifies half of the groups while this
+process verifies the other half. The child is started before the copy is written
 (:func:`helper`), so its interpreter start-up overlaps the copy instead of delaying the
 verification. Any failure of the child (a crash, its time or memory limit) means this
 process verifies that half too: a verification never depends on the helper.
@@ -21,9 +22,9 @@ import logging
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from h5guard import _deep, _fastread
-from h5guard import sandbox as _sandbox
-from h5guard.report import Code, Finding, Severity
+from h5guard import _sandbox
+from h5guard._check.own import verify_copied
+from h5guard.report import Finding
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 # 0.6 s slower than verifying here, while the forked one had been even with it.
 PARALLEL_VERIFY_MIN = 20000
 # What the helper runs on its half; tests rebind it to slow the helper down or kill it.
-HELPER_TARGET = "h5guard._fastread:verify_groups_at"
+HELPER_TARGET = "h5guard._check.own:verify_copied"
 
 Added = Mapping[str, tuple[int, str]]  # key -> (object header address, digest)
 
@@ -61,20 +62,9 @@ def helper(groups: int, *, timeout: float, memory_limit: int) -> Iterator[_sandb
         yield None
         return
     with _sandbox.Sandbox(workers=1, timeout=timeout, memory_limit=memory_limit) as box:
-        _start_ahead(box)
+        with contextlib.suppress(Exception):  # no child now: the call starts one
+            box.start(1)
         yield box
-
-
-def _start_ahead(box: _sandbox.Sandbox) -> None:
-    """Start the child now, without waiting for it: it starts up while the copy is written.
-
-    Until the sandbox has a public hook for this (``Sandbox.start(n)``), the one child is
-    put into the pool the way :meth:`Sandbox.map` puts one back after a call; ``map``
-    then sends the call to it as soon as it says it is ready. Created in this thread, so
-    the child's parent-death signal (PR_SET_PDEATHSIG) follows this process.
-    """
-    with contextlib.suppress(Exception):  # no child: map starts one when it needs it
-        box._idle.append(_sandbox._Child(box.memory_limit))
 
 
 def verify_copy(partial: str, added: Added, *, helper: _sandbox.Sandbox | None) -> list[Finding]:
@@ -92,45 +82,26 @@ def verify_copy(partial: str, added: Added, *, helper: _sandbox.Sandbox | None) 
     Returns
     -------
     list of Finding
-        A ``DIGEST_MISMATCH`` error for each group whose bytes do not give its digest
-        (empty when everything verifies).
+        An error for each group whose bytes do not give its digest (empty when
+        everything verifies).
     """
     if not added:
         return []
-    mismatched, unsupported = _verify_in_two(partial, added, helper)
-    problems = [
-        Finding(partial, f"/{key}", Code.DIGEST_MISMATCH, Severity.ERROR, message)
-        for key, message in mismatched
-    ]
-    if unsupported:
-        log.debug("%d group(s) verified through libhdf5", len(unsupported))
-        problems += _deep.verify_groups(partial, {k: added[k][1] for k in unsupported})
-    return problems
-
-
-def _verify_in_two(
-    partial: str, added: Added, helper: _sandbox.Sandbox | None
-) -> tuple[list[tuple[str, str]], list[str]]:
-    """Run the reader on half of the groups in the helper, on the other half here.
-
-    This process's half runs in a thread while this thread waits for the helper's
-    answer (the sandbox's calls are made from the thread that started its children).
-    """
     if helper is None or len(added) < PARALLEL_VERIFY_MIN:
-        return _fastread.verify_groups_at(partial, added)
+        return verify_copied(partial, added)
+    # This process's half runs in a thread while this thread waits for the helper's
+    # answer (the sandbox's calls are made from the thread that started its children).
     keys = list(added)
     mine = {k: added[k] for k in keys[: len(keys) // 2]}
     theirs = {k: added[k] for k in keys[len(keys) // 2 :]}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="h5guard-verify") as pool:
-        own = pool.submit(_fastread.verify_groups_at, partial, mine)
+        own = pool.submit(verify_copied, partial, mine)
         try:
             answer = helper.call(HELPER_TARGET, partial, theirs)
         except Exception as err:  # the helper could not even start
             answer = _sandbox.SandboxResult(failure="error", detail=str(err))
-        problems, unsupported = own.result()
+        problems = own.result()
     if answer.ok:
-        more, more_unsupported = answer.value
-    else:
-        log.info("verification helper failed (%s); verifying its half here", answer.detail)
-        more, more_unsupported = _fastread.verify_groups_at(partial, theirs)
-    return problems + list(more), unsupported + list(more_unsupported)
+        return problems + list(answer.value)
+    log.info("verification helper failed (%s); verifying its half here", answer.detail)
+    return problems + verify_copied(partial, theirs)

@@ -18,7 +18,7 @@ import pytest
 
 from campaigns.foreign_corpus import check_corpus, disagreement, load_verdicts
 from h5guard import Code, Report, Sandbox, Severity, validate_many
-from h5guard._walk import block_shape, iter_regions
+from h5guard._check.foreign import block_shape, iter_regions
 
 REPO = Path(__file__).resolve().parents[2]
 FOREIGN = REPO / "fixtures" / "foreign"
@@ -141,7 +141,7 @@ def test_missing_filter_names_hdf5plugin_when_it_is_not_installed(tmp_path: Path
     blocker = tmp_path / "hdf5plugin.py"
     blocker.write_text("raise ImportError('hidden for this test')\n")
     code = (
-        "import sys; from h5guard._deep import inspect_file; "
+        "import sys; from h5guard._check.deep import inspect_file; "
         f"fs, _ = inspect_file({str(FOREIGN / 'hdf5__h5ex_d_blosc.h5')!r}); "
         "print([f.message for f in fs if f.code == 'FILTER_MISSING'])"
     )

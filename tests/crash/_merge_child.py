@@ -35,9 +35,9 @@ if str(_ROOT) not in sys.path:
 from h5guard import (  # noqa: E402
     LockTimeoutError,
     ShardWriter,
-    _result,
 )
-from h5guard._layout import DIGEST_ATTR  # noqa: E402
+from h5guard._format import result as _result  # noqa: E402
+from h5guard._format.names import DIGEST_ATTR  # noqa: E402
 
 F = TypeVar("F", bound=Callable[..., Any])
 PHASES = (
@@ -216,14 +216,14 @@ _SLOW_HELPER_ENV = "H5GUARD_TEST_SLOW_HELPER"  # "<seconds> <phase log>"
 def slow_helper(partial: str, groups: Any) -> Any:
     """The verification helper's function under ``--slow-helper``: it runs in the
     sandbox child, says so in the phase log, sleeps, then verifies as the merge's does."""
-    from h5guard import _fastread
+    from h5guard._check.own import verify_copied
 
     seconds, log_path = os.environ[_SLOW_HELPER_ENV].split(" ", 1)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
     os.write(fd, f"helper {time.monotonic():.6f}\n".encode())
     os.close(fd)
     time.sleep(float(seconds))
-    return _fastread.verify_groups_at(partial, groups)
+    return verify_copied(partial, groups)
 
 
 def _slow_down_helper(seconds: float, log_path: str) -> None:

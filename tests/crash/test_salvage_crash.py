@@ -110,7 +110,7 @@ def flushed_keys(side: Path, seed: int) -> tuple[set[str], bool]:
 
 def trials(tmp_path: Path, seeds: list[int]) -> None:
     import h5guard
-    from h5guard.salvage import salvage
+    from h5guard import salvage
 
     inputs = tmp_path / "in"
     inputs.mkdir()

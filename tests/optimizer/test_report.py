@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import html
 import json
 import re
 import shutil
 import struct
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ pytest.importorskip("matplotlib")
 import h5guard
 import optimizer
 from optimizer import _report_cli
+from optimizer._report import html as report_html
 from optimizer.config import expand_spec
 from optimizer.report import (
     MissingExtraError,
@@ -29,7 +33,7 @@ from optimizer.report import (
     write_report,
 )
 from optimizer.results import RESULT_SCHEMA, failure_group, failure_key
-from optimizer.summary import NotASweepOutputError
+from optimizer.summary import NotASweepOutputError, SiteStats, iter_records, summarize
 
 SPEC: dict[str, Any] = {
     "sweep": [
@@ -171,7 +175,9 @@ def test_report_shows_failures_escaped(with_failure: tuple[Path, str], tmp_path:
     result = write_report(path, tmp_path / "rep", top_k=1, run_check=False)
     page = result.index_html.read_text(encoding="utf-8")
     assert failed_id in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; ValueError: boom" in page
+    # Escaped by the template's autoescape (markupsafe writes " as &#34;).
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; ValueError: boom" in page
+    assert NASTY_ERROR in html.unescape(page)
     assert "<script>" not in page
     for link in local_links(result.index_html):
         assert (result.index_html.parent / link).is_file()
@@ -260,3 +266,60 @@ def test_missing_matplotlib_is_one_clear_error(
     assert "\n" not in str(info.value) and isinstance(info.value, RuntimeError)
     with pytest.raises(MissingExtraError):
         write_layout_plot(sweep, read_sweep(sweep).ok[0].key, tmp_path / "x.png")
+
+
+def test_run_summary_and_report_share_the_site_stats(
+    sweep: Path, with_failure: tuple[Path, str]
+) -> None:
+    """``layout-sweep run``'s summary and the report compute the same SiteStats."""
+    for path in (sweep, with_failure[0]):
+        sites, errors = summarize(iter_records(str(path)))
+        data = read_sweep(path)
+        from_report = [
+            dataclasses.replace(s, planned=None, pending=None)
+            for s in data.site_stats()
+            if s.best_aep_gwh is not None
+        ]
+        assert sites == from_report and sites
+        assert errors == {cid: f.error for cid, f in data.failures.items()}
+        assert all(isinstance(s, SiteStats) for s in sites)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            sites[0].done = 0  # type: ignore[misc]
+    assert errors == {with_failure[1]: NASTY_ERROR}
+
+
+def test_the_template_autoescapes_and_inlines_its_css() -> None:
+    env = report_html._environment()
+    assert env.autoescape is True
+    css = (
+        resources.files("optimizer._report")
+        .joinpath("templates", report_html.STYLESHEET)
+        .read_text(encoding="utf-8")
+    )
+    assert env.globals["css"] == css and '"Segoe UI"' in css
+    source = env.loader.get_source(env, report_html.TEMPLATE)[0]
+    for section in ("summary", "failures", "layouts", "published", "axes", "provenance"):
+        assert f'<section id="{section}">' in source
+
+
+def test_layout_figure_draws_exclusion_zones(tmp_path: Path) -> None:
+    """The drawing a lease with exclusion zones needs (SiteGeometry.exclusions)."""
+    import numpy as np
+
+    from optimizer._report import figures
+
+    square = np.array([[0.0, 0.0], [1000.0, 0.0], [1000.0, 1000.0], [0.0, 1000.0]])
+    zone = np.array([[400.0, 400.0], [600.0, 400.0], [500.0, 600.0]])
+    turbines = np.array([[100.0, 100.0], [900.0, 900.0]])
+    fig = figures.layout_figure(
+        title="lease",
+        boundary=square,
+        initial=None,
+        optimized=turbines,
+        min_spacing_m=200.0,
+        exclusions=[zone],
+    )
+    legend = fig.axes[0].get_legend()
+    assert "exclusion zone" in [t.get_text() for t in legend.get_texts()]
+    assert png_size(figures.save_png(fig, tmp_path / "lease.png"))[0] >= 400
+    figures.close(fig)

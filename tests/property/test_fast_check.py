@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from h5guard import AttrSpec, DatasetSpec, Schema, ShardWriter, _deep, merge
+from h5guard import AttrSpec, Dataset, DatasetSpec, Group, GroupSpec, Schema, ShardWriter, merge
+from h5guard._check import deep, own
 from h5guard.report import FileSummary, Finding
 
 SCHEMA = Schema(
@@ -46,17 +47,52 @@ def write_shard(directory: Path, first: int, n: int = 4) -> Path:
     return path
 
 
+TREE_SCHEMA = Schema(
+    "fast-check-trees",
+    datasets={"layout": DatasetSpec(dtype="float64", attrs={"units": AttrSpec(dtype="str")})},
+    groups={
+        "history": GroupSpec(
+            datasets={"loss": DatasetSpec(dtype="float64", shape=("n",))},
+            attrs={"optimizer": AttrSpec(allowed=("adam", "sgd"))},
+            groups={"last": GroupSpec(datasets={"step": DatasetSpec(dtype="int")})},
+        )
+    },
+)
+
+
+def write_tree_shard(directory: Path, n: int = 4) -> Path:
+    """Results that are trees: the byte reader takes those too (nested groups, attributes)."""
+    rng = np.random.default_rng(7)
+    with ShardWriter(directory, schema=TREE_SCHEMA, prefix="t") as w:
+        for i in range(n):
+            history = Group(
+                {"loss": rng.random(5 + i), "last": {"step": i}},
+                {"optimizer": "adam" if i % 2 else "sgd"},
+            )
+            w.add(
+                f"tree-{i}",
+                {"layout": Dataset(rng.random((4, 2)), {"units": "m"}), "history": history},
+                {"seed": i},
+            )
+    [path] = w.committed
+    return path
+
+
 class Originals:
     """The intact files (a short repr: Hypothesis prints the arguments of a failure)."""
 
-    def __init__(self, shard: Path, output: Path) -> None:
-        self._bytes = {"shard": shard.read_bytes(), "output": output.read_bytes()}
+    def __init__(self, shard: Path, output: Path, trees: Path) -> None:
+        self._bytes = {
+            "shard": shard.read_bytes(),
+            "output": output.read_bytes(),
+            "trees": trees.read_bytes(),
+        }
 
     def __getitem__(self, kind: str) -> bytes:
         return self._bytes[kind]
 
     def __repr__(self) -> str:
-        return "Originals(shard, output)"
+        return "Originals(shard, output, trees)"
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +105,7 @@ def files() -> Iterator[Originals]:
         write_shard(shards, 10)
         write_shard(shards, 20)
         merge(shards, tmp / "out.h5")
-        yield Originals(shard, tmp / "out.h5")
+        yield Originals(shard, tmp / "out.h5", write_tree_shard(tmp / "trees"))
     finally:
         shutil.rmtree(tmp)
 
@@ -78,20 +114,20 @@ def both_paths(
     path: str, monkeypatch: pytest.MonkeyPatch, schema_json: str | None = None
 ) -> tuple[tuple[list[Finding], FileSummary], tuple[list[Finding], FileSummary], int]:
     accepted: list[str] = []
-    real_accept = _deep._FastGroups.accept
+    real_accept = own._FastGroups.accept
 
-    def counting(self: _deep._FastGroups, ins: object, f: object, key: str) -> bool:
+    def counting(self: own._FastGroups, ins: object, f: object, key: str) -> bool:
         ok = real_accept(self, ins, f, key)  # type: ignore[arg-type]
         if ok:
             accepted.append(key)
         return ok
 
     with monkeypatch.context() as m:
-        m.setattr(_deep._FastGroups, "accept", counting)
-        fast = _deep.inspect_file(path, schema_json)
+        m.setattr(own._FastGroups, "accept", counting)
+        fast = deep.inspect_file(path, schema_json)
     with monkeypatch.context() as m:
-        m.setattr(_deep, "_fast_groups", lambda _path: None)
-        slow = _deep.inspect_file(path, schema_json)
+        m.setattr(own, "_fast_groups", lambda _path: None)
+        slow = deep.inspect_file(path, schema_json)
     return fast, slow, len(accepted)
 
 
@@ -99,7 +135,7 @@ def same(a: tuple[list[Finding], FileSummary], b: tuple[list[Finding], FileSumma
     return sorted(a[0]) == sorted(b[0]) and a[1] == b[1]
 
 
-@pytest.mark.parametrize("kind", ["shard", "output"])
+@pytest.mark.parametrize("kind", ["shard", "output", "trees"])
 def test_intact_files_take_the_fast_path_with_the_same_result(
     kind: str, files: Originals, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -107,7 +143,7 @@ def test_intact_files_take_the_fast_path_with_the_same_result(
     path.write_bytes(files[kind])
     fast, slow, accepted = both_paths(str(path), monkeypatch)
     assert same(fast, slow)
-    assert fast[0] == [] and len(fast[1].groups) == accepted == (4 if kind == "shard" else 8)
+    assert fast[0] == [] and len(fast[1].groups) == accepted == (8 if kind == "output" else 4)
 
 
 def test_schema_violations_are_left_to_the_libhdf5_path(
@@ -126,7 +162,29 @@ def test_schema_violations_are_left_to_the_libhdf5_path(
     assert {f.obj for f in fast[0] if f.code.startswith("SCHEMA_")} >= {"/cfg-0001/layout"}
 
 
-@pytest.mark.parametrize("kind", ["shard", "output"])
+def test_nested_schema_violations_are_left_to_the_libhdf5_path(
+    files: Originals, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "trees.h5"
+    path.write_bytes(files["trees"])
+    stricter = Schema(
+        "fast-check-trees",
+        groups={
+            "history": GroupSpec(
+                attrs={"optimizer": AttrSpec(allowed=("adam",))},
+                groups={"last": GroupSpec(datasets={"step": DatasetSpec(dtype="float")})},
+            )
+        },
+    )
+    fast, slow, accepted = both_paths(str(path), monkeypatch, stricter.to_json())
+    assert same(fast, slow)
+    assert accepted == 0  # every tree breaks a nested rule
+    found = {(f.obj, f.code) for f in fast[0] if f.code.startswith("SCHEMA_")}
+    assert ("/tree-0/history", "SCHEMA_VALUE") in found  # optimizer "sgd"
+    assert ("/tree-1/history/last/step", "SCHEMA_DTYPE") in found
+
+
+@pytest.mark.parametrize("kind", ["shard", "output", "trees"])
 @given(
     flips=st.lists(st.tuples(st.integers(0, 2**24), st.integers(1, 255)), min_size=1, max_size=3)
 )

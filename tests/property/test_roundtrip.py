@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from h5guard import Code, Sandbox, ShardWriter, validate
-from h5guard._layout import normalize_value
-from h5guard._superblock import quick_check
+from h5guard._check.quick import quick_check
+from h5guard._format.write import normalize_value
 from tests.strategies import groups, names
 
 

@@ -19,7 +19,7 @@ from hypothesis.extra import numpy as hnp
 
 import h5guard
 from h5guard import Dataset, Group, ShardWriter
-from h5guard._read import _equal
+from h5guard._format.tree import _equal
 from tests.strategies import names
 
 _NUMERIC = [

@@ -1,4 +1,4 @@
-"""h5guard._fastread: the independent reader agrees with libhdf5 and h5guard's digest."""
+"""h5guard._format.bytes: the independent reader agrees with libhdf5 and h5guard's digest."""
 
 from __future__ import annotations
 
@@ -19,8 +19,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from h5guard import ShardWriter, _deep, _fastread, _layout
-from h5guard._fastread import Malformed, Unsupported, group_digest_at, verify_groups_at
+from h5guard import Code, ShardWriter
+from h5guard._check import own
+from h5guard._format import bytes as _fastread
+from h5guard._format import names as fmt
+from h5guard._format import reader
+from h5guard._format import write as layout
+from h5guard._format.bytes import Malformed, Unsupported, group_digest_at, verify_groups_at
+from h5guard._format.digest import digest_of
 from tests.strategies import names
 
 # -- building files the way h5guard does --------------------------------------------
@@ -38,7 +44,7 @@ def _gcpl(*, compact_attrs: bool = True, creation_order: bool = False) -> Any:
 
 
 def normalized(values: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
-    return {name: _layout.normalize_value(name, v) for name, v in values.items()}
+    return {name: layout.normalize_value(name, v) for name, v in values.items()}
 
 
 def write_group(
@@ -53,17 +59,17 @@ def write_group(
 ) -> str:
     """One result group in h5guard's layout; returns its digest (of the normalized inputs)."""
     arrays, attr_arrays = normalized(datasets), normalized(attrs)
-    digest = _layout.digest_of(arrays, attr_arrays)
+    digest = digest_of(arrays, attr_arrays)
     gcpl = _gcpl(compact_attrs=compact_attrs, creation_order=creation_order)
-    h5py.h5g.create(f.id, key.encode(), lcpl=_layout.LINK_CREATE_UTF8, gcpl=gcpl)
+    h5py.h5g.create(f.id, key.encode(), lcpl=layout.LINK_CREATE_UTF8, gcpl=gcpl)
     group = f[key]
     for name, arr in arrays.items():
-        _layout.write_dataset(group, name, arr)
+        layout.write_dataset(group, name, arr)
     for name, arr in attr_arrays.items():
-        _layout.create_attr(group, name, arr)
+        layout.create_attr(group, name, arr)
     if stored_digest is not None:
         text = digest if stored_digest == "computed" else stored_digest
-        _layout.create_attr(group, _layout.DIGEST_ATTR, np.array(text.encode(), dtype=np.bytes_))
+        layout.create_attr(group, fmt.DIGEST_ATTR, np.array(text.encode(), dtype=np.bytes_))
     return digest
 
 
@@ -79,18 +85,18 @@ def expected_at(path: str | Path, digests: Mapping[str, str]) -> dict[str, tuple
 
 def copy_groups(src: str | Path, dst: str | Path, keys: list[str]) -> None:
     """What merge does: H5Ocopy each group into an h5guard output file."""
-    with h5py.File(src, "r", locking=False) as s, _layout.create_file(str(dst)) as f:
+    with h5py.File(src, "r", locking=False) as s, layout.create_file(str(dst)) as f:
         for key in keys:
             name = key.encode()
-            h5py.h5o.copy(s.id, name, f.id, name, lcpl=_layout.LINK_CREATE_UTF8)
+            h5py.h5o.copy(s.id, name, f.id, name, lcpl=layout.LINK_CREATE_UTF8)
 
 
 def digest_via_h5py(path: str | Path, key: str) -> str:
     """The digest of a group as h5py reads it (what _deep computes)."""
     with h5py.File(path, "r", locking=False) as f:
         group = f[key]
-        attrs = _layout.read_attrs(group)
-        attrs.pop(_layout.DIGEST_ATTR, None)
+        attrs = reader.read_attrs(group)
+        attrs.pop(fmt.DIGEST_ATTR, None)
         datasets = {}
         for name in group:
             dset = group[name]
@@ -100,7 +106,7 @@ def digest_via_h5py(path: str | Path, key: str) -> str:
             if out.size:
                 dset.read_direct(out)
             datasets[name] = out
-        return _layout.digest_of(datasets, attrs)
+        return digest_of(datasets, attrs)
 
 
 def digest_at(path: str | Path, addr: int) -> tuple[str, str | None]:
@@ -111,7 +117,7 @@ def digest_at(path: str | Path, addr: int) -> tuple[str, str | None]:
 def assert_verified(path: str | Path, expected: Mapping[str, tuple[int, str]]) -> None:
     assert verify_groups_at(path, expected) == ([], [])
     assert verify_groups_at(path, expected, checksums=True) == ([], [])
-    assert _deep.verify_groups(str(path), {k: d for k, (_, d) in expected.items()}) == []
+    assert own.verify_groups(str(path), {k: d for k, (_, d) in expected.items()}) == []
 
 
 EVERY_KIND: dict[str, Any] = {
@@ -146,7 +152,7 @@ XY = np.arange(128, dtype=np.float64).reshape(64, 2) / 7
 
 def test_every_supported_kind_in_source_and_copy(tmp_path: Path) -> None:
     src, dst = tmp_path / "src.h5", tmp_path / "dst.h5"
-    with _layout.create_file(str(src)) as f:
+    with layout.create_file(str(src)) as f:
         digests = {
             "attrs": write_group(f, "attrs", {"xy": XY}, EVERY_KIND),
             "bare": write_group(f, "bare", {}, {}),
@@ -177,7 +183,7 @@ def test_shard_writer_output_and_merge_copy(tmp_path: Path) -> None:
             w.add(f"cfg-{i}", {"xy": XY[: 10 + i], "ids": np.arange(i + 1)}, {**attrs, "i": i})
     [shard] = sorted(shard_dir.glob("*.h5"))
     with h5py.File(shard, "r") as f:
-        digests = {k: _layout.text_attr(f[k], _layout.DIGEST_ATTR) or "" for k in f}
+        digests = {k: reader.text_attr(f[k], fmt.DIGEST_ATTR) or "" for k in f}
     out = tmp_path / "out.h5"
     copy_groups(shard, out, sorted(digests))
     for path in (shard, out):
@@ -186,7 +192,7 @@ def test_shard_writer_output_and_merge_copy(tmp_path: Path) -> None:
 
 def test_userblock_is_skipped(tmp_path: Path) -> None:
     path = tmp_path / "ub.h5"
-    with h5py.File(path, "w", libver=_layout.LIBVER, userblock_size=1024) as f:
+    with h5py.File(path, "w", libver=fmt.LIBVER, userblock_size=1024) as f:
         digests = {"g": write_group(f, "g", {"xy": XY}, {"a": 1})}
     with open(path, "rb") as fh:
         assert _fastread.base_address(fh.read()) == 1024
@@ -196,8 +202,8 @@ def test_userblock_is_skipped(tmp_path: Path) -> None:
 def test_contiguous_scalar_and_empty_datasets(tmp_path: Path) -> None:
     # Size-0 arrays and scalars over the compact limit are contiguous, not compact.
     path = tmp_path / "c.h5"
-    big = "x" * (_layout.COMPACT_LIMIT + 10)
-    with _layout.create_file(str(path)) as f:
+    big = "x" * (fmt.COMPACT_LIMIT + 10)
+    with layout.create_file(str(path)) as f:
         digests = {"g": write_group(f, "g", {"empty": np.zeros((0, 2)), "big": big}, {})}
         assert f["g/big"].id.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS
     assert_verified(path, expected_at(path, digests))
@@ -221,7 +227,7 @@ def test_string_padding_read_as_h5py_reads_it(tmp_path: Path, pad: int, cset: in
     path = tmp_path / "s.h5"
     values = np.array([b"a\x00b\x00", b"ab  ", b"abcd", b" \x00 ", b"\xc3\xa9  "], dtype="S4")
     tid = _string_type(4, pad, cset)
-    with _layout.create_file(str(path)) as f:
+    with layout.create_file(str(path)) as f:
         write_group(f, "g", {}, {}, stored_digest=None)
         gid = f["g"].id
         aid = h5py.h5a.create(gid, b"attr", tid, h5py.h5s.create_simple(values.shape))
@@ -268,7 +274,7 @@ def test_property_digest_matches_writer(contents: tuple[dict[str, Any], dict[str
     tmp = tempfile.mkdtemp(prefix="fastread-")
     try:
         src, dst = os.path.join(tmp, "src.h5"), os.path.join(tmp, "dst.h5")
-        with _layout.create_file(src) as f:
+        with layout.create_file(src) as f:
             digest = write_group(f, "g", datasets, attrs)
         copy_groups(src, dst, ["g"])
         for path in (src, dst):
@@ -276,7 +282,7 @@ def test_property_digest_matches_writer(contents: tuple[dict[str, Any], dict[str
             assert verify_groups_at(path, expected) == ([], [])
             assert digest_at(path, expected["g"][0]) == (digest, digest)
         assert digest_via_h5py(dst, "g") == digest
-        assert _deep.verify_groups(dst, {"g": digest}) == []
+        assert own.verify_groups(dst, {"g": digest}) == []
     finally:
         shutil.rmtree(tmp)
 
@@ -287,7 +293,7 @@ def test_property_digest_matches_writer(contents: tuple[dict[str, Any], dict[str
 def test_constructs_outside_the_subset_are_unsupported(tmp_path: Path) -> None:
     path = tmp_path / "u.h5"
     many = {f"a{i}": i for i in range(12)}
-    with _layout.create_file(str(path)) as f:
+    with layout.create_file(str(path)) as f:
         digests = {
             "dense": write_group(f, "dense", {"xy": XY}, many, compact_attrs=False),
             "chunked": write_group(f, "chunked", {"big": np.zeros(5000)}, {}),
@@ -312,7 +318,7 @@ def test_constructs_outside_the_subset_are_unsupported(tmp_path: Path) -> None:
     assert problems == []
     assert sorted(unsupported) == sorted(set(digests) - {"ok"})
     # The libhdf5 path (which the caller falls back to) still verifies the real groups.
-    assert _deep.verify_groups(str(path), {k: digests[k] for k in ("dense", "chunked")}) == []
+    assert own.verify_groups(str(path), {k: digests[k] for k in ("dense", "chunked")}) == []
 
 
 def test_unsupported_superblock_defers_every_group(tmp_path: Path) -> None:
@@ -331,7 +337,7 @@ def _sample() -> tuple[bytes, dict[str, tuple[int, str]]]:
     tmp = tempfile.mkdtemp(prefix="fastread-")
     try:
         path = os.path.join(tmp, "sample.h5")
-        with _layout.create_file(path) as f:
+        with layout.create_file(path) as f:
             digests = {
                 "a": write_group(f, "a", {"xy": XY}, {**EVERY_KIND, "marker": 1234.5678}),
                 "b": write_group(f, "b", {"t": ["x", "yz"]}, {"n": 1}),
@@ -382,7 +388,7 @@ def test_flipped_stored_digest_is_reported(tmp_path: Path) -> None:
 
 def test_missing_or_wrong_stored_digest(tmp_path: Path) -> None:
     path = tmp_path / "d.h5"
-    with _layout.create_file(str(path)) as f:
+    with layout.create_file(str(path)) as f:
         digests = {
             "none": write_group(f, "none", {"xy": XY}, {}, stored_digest=None),
             "wrong": write_group(f, "wrong", {"xy": XY}, {}, stored_digest="sha256:0"),
@@ -487,6 +493,32 @@ def test_scalar_string_dataset_with_trailing_nuls_verifies_through_libhdf5(
 ) -> None:
     """``dset[()]`` strips a scalar string's trailing NULs; the digest must not."""
     path = tmp_path / "nul.h5"
-    with _layout.create_file(str(path)) as f:
+    with layout.create_file(str(path)) as f:
         digest = write_group(f, "g", {"s": np.array(b"a", dtype="S2")}, {})
-    assert _deep.verify_groups(str(path), {"g": digest}) == []
+    assert own.verify_groups(str(path), {"g": digest}) == []
+
+
+def test_verify_copied_reads_with_bytes_then_falls_back_to_the_streaming_reader(
+    tmp_path: Path,
+) -> None:
+    """own.verify_copied: what the merge calls after copying groups into its output."""
+    src = tmp_path / "src.h5"
+    with ShardWriter(tmp_path / "shards") as w:
+        w.add("flat", {"xy": XY}, {"status": "ok"})
+        w.add("tree", {"history": {"loss": np.arange(3.0)}}, {"status": "ok"})
+        w.add("chunked", {"big": np.arange(50_000.0)}, {})  # outside the byte reader's subset
+    shutil.copy(w.committed[0], src)
+    with h5py.File(src, "r", locking=False) as f:
+        digests = {k: reader.text_attr(f[k], fmt.DIGEST_ATTR) or "" for k in f}
+    dst = tmp_path / "out.h5"
+    copy_groups(src, dst, list(digests))
+    added = expected_at(dst, digests)
+    assert verify_groups_at(dst, added)[1] == ["chunked"]  # the fallback is exercised
+    assert own.verify_copied(str(dst), added) == []
+    wrong = {**added, "chunked": (added["chunked"][0], "sha256-v2:" + "0" * 64)}
+    wrong["tree"] = (added["tree"][0], "sha256-v2:" + "1" * 64)
+    problems = own.verify_copied(str(dst), wrong)
+    assert {(p.obj, p.code) for p in problems} == {
+        ("/chunked", Code.DIGEST_MISMATCH),
+        ("/tree", Code.DIGEST_MISMATCH),
+    }

@@ -27,10 +27,10 @@ from h5guard import (
     record_output,
 )
 from h5guard._atomic import writer_tag
-from h5guard._layout import FORMAT_ATTR, OUTPUT_FORMAT, SCHEMA_ATTR, VERSION_ATTR
+from h5guard._format.names import FORMAT_ATTR, OUTPUT_FORMAT, SCHEMA_ATTR, VERSION_ATTR
 from h5guard._merge import verify
 from h5guard._merge.output import GROUPS_ATTR, LAST_MERGE_ATTR
-from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, SandboxResult
+from h5guard._sandbox import DEFAULT_MEMORY_LIMIT, SandboxResult
 from tests.crash._merge_child import (
     expected_digest,
     make_group,
@@ -440,16 +440,16 @@ def test_verification_helper_shares_the_work(
         wrong = dict(added)
         for key in (keys[3], keys[30]):  # one in this process's half, one in the helper's
             wrong[key] = (added[key][0], "sha256:" + "0" * 64)
-        problems, _ = verify._verify_in_two(out, wrong, box)
+        problems = verify.verify_copy(out, wrong, helper=box)
         # A wrong digest in this process's half and one in the helper's half are both found.
-        assert sorted(k for k, _ in problems) == [keys[3], keys[30]]
-        assert list(verify._verify_in_two(out, added, box)) == [[], []]
+        assert sorted(p.obj.lstrip("/") for p in problems) == [keys[3], keys[30]]
+        assert verify.verify_copy(out, added, helper=box) == []
         # The helper killed mid-verification: this process verifies its half instead.
         monkeypatch.setattr(verify, "HELPER_TARGET", "tests.unit._verify_helper:dies")
         wrong = dict(added)
         wrong[keys[35]] = (added[keys[35]][0], "sha256:" + "1" * 64)
-        problems, _ = verify._verify_in_two(out, wrong, box)
-        assert [k for k, _ in problems] == [keys[35]]
+        problems = verify.verify_copy(out, wrong, helper=box)
+        assert [p.obj.lstrip("/") for p in problems] == [keys[35]]
     assert len(calls) == 3
 
 

@@ -15,10 +15,19 @@ import numpy as np
 import pytest
 
 import h5guard
-from h5guard import AttrSpec, DatasetSpec, MergeSourceError, Schema, ShardWriter
-from h5guard._layout import DIGEST_ATTR
-from h5guard._superblock import lookup3, quick_check
-from h5guard.salvage import FileSalvage, SalvageReport, salvage
+from h5guard import (
+    AttrSpec,
+    DatasetSpec,
+    FileSalvage,
+    MergeSourceError,
+    SalvageReport,
+    Schema,
+    ShardWriter,
+    salvage,
+)
+from h5guard._check.quick import quick_check
+from h5guard._format.checksum import lookup3
+from h5guard._format.names import DIGEST_ATTR
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 

@@ -10,12 +10,12 @@ import h5py
 import numpy as np
 import pytest
 
-from h5guard import Code, FileKind, Schema, ShardWriter, _result, merge, validate
-from h5guard._layout import INDEX_ATTR
-from h5guard._seal import SEAL_SIZE, check_seal, parse_seal
-from h5guard._superblock import quick_check
+from h5guard import Code, FileKind, Schema, ShardWriter, merge, validate, validate_many
+from h5guard._check.quick import quick_check
+from h5guard._format import result as _result
+from h5guard._format.names import INDEX_ATTR
+from h5guard._format.seal import SEAL_SIZE, check_seal, parse_seal
 from h5guard.schema import AttrSpec, DatasetSpec
-from h5guard.validate import validate_many
 
 SCHEMA = Schema(
     "seal-test",
@@ -138,7 +138,7 @@ def test_a_stricter_schema_than_the_embedded_one_is_checked_fully(tmp_path: Path
 @pytest.fixture
 def checker_starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Records every sandbox child started (the real ones still start)."""
-    import h5guard.sandbox as sandbox_module
+    import h5guard._sandbox as sandbox_module
 
     started: list[int] = []
     real = sandbox_module._Child.__init__
@@ -168,7 +168,7 @@ def test_sealed_shards_merge_without_a_checker_process(
 def test_root_attributes_are_parsed_without_libhdf5_as_h5py_reads_them(tmp_path: Path) -> None:
     import mmap
 
-    from h5guard import _fastread
+    from h5guard._format import bytes as _fastread
 
     path = make_shard(tmp_path)
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
@@ -185,7 +185,7 @@ def test_many_file_attributes_in_dense_storage_still_plan_from_the_index(
     reader does not parse: the sealed shard is then summarized through libhdf5."""
     import mmap
 
-    from h5guard import _fastread
+    from h5guard._format import bytes as _fastread
 
     attrs = {f"meta{i:02d}": f"value {i}" for i in range(12)}
     with ShardWriter(tmp_path, schema=SCHEMA, prefix="d", file_attrs=attrs) as w:

@@ -21,8 +21,8 @@ from h5guard import (
     WriterTransferError,
     validate,
 )
-from h5guard._layout import COMPACT_LIMIT, DIGEST_ATTR, SCHEMA_ATTR
-from h5guard._superblock import quick_check
+from h5guard._check.quick import quick_check
+from h5guard._format.names import COMPACT_LIMIT, DIGEST_ATTR, SCHEMA_ATTR
 
 SCHEMA = Schema.from_dict(
     {

@@ -31,12 +31,13 @@ from h5guard import (
     SchemaError,
     ShardWriter,
     UnsupportedValueError,
-    _fastread,
-    _layout,
-    _result,
-    _tree,
 )
-from h5guard._read import _equal
+from h5guard._format import bytes as _fastread
+from h5guard._format import digest as digests
+from h5guard._format import names
+from h5guard._format import result as _result
+from h5guard._format import write as layout
+from h5guard._format.tree import _equal
 
 STRUCT = np.dtype([("x", "<f8"), ("n", ">i4"), ("ok", "?")])
 
@@ -207,15 +208,15 @@ def test_a_changed_kind_or_name_changes_the_digest() -> None:
 
 def test_limits_are_enforced_with_a_clear_error() -> None:
     deep: dict[str, Any] = {"x": 1}
-    for _ in range(_tree.MAX_DEPTH + 1):
+    for _ in range(names.MAX_DEPTH + 1):
         deep = {"g": deep}
     with pytest.raises(ResultLimitError, match="nested 33 deep, expected at most 32"):
         _result.prepare("k", deep, None, schema=None)
-    many = {f"x{i}": i for i in range(_tree.MAX_OBJECTS + 1)}
+    many = {f"x{i}": i for i in range(names.MAX_OBJECTS + 1)}
     with pytest.raises(ResultLimitError, match="more than 10000"):
         _result.prepare("k", many, None, schema=None)
     with pytest.raises(ResultLimitError, match="store it as a dataset"):
-        _result.prepare("k", {}, {"big": np.zeros(_tree.MAX_ATTR_BYTES // 8 + 1)}, schema=None)
+        _result.prepare("k", {}, {"big": np.zeros(names.MAX_ATTR_BYTES // 8 + 1)}, schema=None)
     with pytest.raises(ValueError, match="reserved prefix"):
         _result.prepare("k", {"g": {"h5guard_x": 1}}, None, schema=None)
 
@@ -277,16 +278,16 @@ def test_read_names_the_group_and_both_digests_on_damage(tmp_path: Path) -> None
 
 def test_v1_groups_still_verify_and_read(tmp_path: Path) -> None:
     path = tmp_path / "v1.h5"
-    arrays = {"x": _layout.normalize_value("x", np.arange(3.0))}
-    attrs = {"status": _layout.normalize_value("s", "ok"), "n": _layout.normalize_value("n", 2)}
-    with _layout.create_file(str(path)) as f:
-        g = _layout.create_result_group(f, "old")
+    arrays = {"x": layout.normalize_value("x", np.arange(3.0))}
+    attrs = {"status": layout.normalize_value("s", "ok"), "n": layout.normalize_value("n", 2)}
+    with layout.create_file(str(path)) as f:
+        g = layout.create_result_group(f, "old")
         for name, arr in arrays.items():
-            _layout.write_dataset(g, name, arr)
+            layout.write_dataset(g, name, arr)
         for name, arr in attrs.items():
-            _layout.create_attr(g, name, arr)
-        digest = _layout.digest_of(arrays, attrs)
-        _layout.create_attr(g, _layout.DIGEST_ATTR, np.array(digest.encode(), dtype=np.bytes_))
+            layout.create_attr(g, name, arr)
+        digest = digests.digest_of(arrays, attrs)
+        layout.create_attr(g, names.DIGEST_ATTR, np.array(digest.encode(), dtype=np.bytes_))
     back = h5guard.read(path, "old")
     assert back.digest == digest and back.digest.startswith("sha256:")
     assert back.attrs == {"status": "ok", "n": 2} and type(back.attrs["n"]) is int
@@ -413,7 +414,7 @@ def test_every_value_object_pickles_and_crosses_a_spawn_pool(tmp_path: Path) -> 
 
 
 def test_checker_streams_big_datasets_of_a_tree_and_agrees_with_read(tmp_path: Path) -> None:
-    big = np.random.default_rng(0).random(_layout.READ_BLOCK // 8 + 1000)  # > one block
+    big = np.random.default_rng(0).random(names.READ_BLOCK // 8 + 1000)  # > one block
     with ShardWriter(tmp_path) as w:
         w.add("big", {"run": Dataset(big, {"units": "W"}), "sub": {"x": big[:10]}})
     path = w.committed[0]

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from h5guard import Code, FileKind, Sandbox, Schema, Severity, ShardWriter, check, validate
-from h5guard._layout import DIGEST_ATTR
-from h5guard._superblock import lookup3, quick_check
+from h5guard._check.quick import quick_check
+from h5guard._format.checksum import lookup3
+from h5guard._format.names import DIGEST_ATTR
 
 
 def make_shard(directory: Path, n: int = 3, *, schema: Schema | None = None) -> Path:

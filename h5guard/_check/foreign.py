@@ -1,4 +1,4 @@
-"""One walk over an HDF5 file that h5guard did not write: every object, once.
+"""Files h5guard did not write, in the deep layer: one walk over every object, once.
 
 What "libhdf5 reads the file completely" means here, and so what a foreign file must
 survive to pass ``h5guard check``:
@@ -15,6 +15,13 @@ survive to pass ``h5guard check``:
 * soft, external and user-defined links, committed datatypes, data stored in other
   files (external storage, virtual datasets with sources elsewhere) are reported the
   same way at every depth, as notes: they are not damage, and they are not followed.
+
+With a schema, the walk keeps what it read of every group below the root (attributes,
+datasets' dtypes, shapes, finiteness and attributes, subgroups) and each top-level group
+is described as a :class:`~h5guard.schema.GroupInfo`, the same description h5guard's
+own readers give, and checked through :meth:`h5guard.Schema.check_group`: nested rules
+apply to foreign files exactly as to h5guard's. (An object reached through two hard
+links is read once, and described where it was first reached.)
 
 Each problem becomes a finding; the walk itself never raises for a bad file. It is
 written against h5py's low-level API because the high-level objects cost more than
@@ -34,11 +41,13 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
+from h5guard._check.inspector import Inspector, one_line
+from h5guard._format.names import READ_BLOCK
 from h5guard.report import Code, Finding, Severity
+from h5guard.schema import DatasetInfo, FrozenMap, GroupInfo
 
 log = logging.getLogger(__name__)
 
-READ_BLOCK = 16 * 1024 * 1024  # bytes held in memory per read, whatever the shapes
 MAX_ATTR_FAILURES_SHOWN = 1  # further failures of one object are counted, not listed
 
 # Registered HDF5 filter ids (https://github.com/HDFGroup/hdf5_plugins/blob/master/docs/RegisteredFilterPlugins.md)
@@ -86,11 +95,6 @@ FILTER_NAMES: dict[int, str] = {
 HDF5PLUGIN_FILTERS = frozenset(
     {307, 32001, 32004, 32008, 32013, 32015, 32017, 32018, 32024, 32026, 32028, 32033}
 )
-
-
-def one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
 
 
 def _decode(name: bytes) -> str:
@@ -149,6 +153,7 @@ class DatasetRead:
     dtype: np.dtype[Any]
     shape: tuple[int, ...]
     all_finite: bool = True
+    attrs: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -165,14 +170,16 @@ class WalkStats:
 class Walk:
     """Walks one open file; collects findings. ``finite``: check datasets for NaN/inf.
 
-    ``keep``: for each group directly below the start group, its attributes and the
-    dtype/shape of its datasets (a schema applies to them); only when asked.
+    ``keep``: for each group below the start group (at any depth), its subgroups and,
+    with ``keep_values``, its attributes and the dtype/shape/attributes of its datasets,
+    so that :meth:`describe` can give a schema the group's description.
     """
 
     path: str
     fid: Any
     finite: bool = False
     keep: bool = False
+    keep_values: bool = True
     findings: list[Finding] = field(default_factory=list)
     stats: WalkStats = field(default_factory=WalkStats)
     # The file holds region references, whose reading is known to damage the heap:
@@ -180,11 +187,25 @@ class Walk:
     tainted: bool = False
     kept_attrs: dict[str, dict[str, npt.NDArray[Any]]] = field(default_factory=dict)
     kept_datasets: dict[str, dict[str, DatasetRead]] = field(default_factory=dict)
+    kept_groups: dict[str, list[str]] = field(default_factory=dict)  # path -> subgroup names
     _seen: set[tuple[int, int]] = field(default_factory=set)
     _plugins_tried: bool = False
 
     def add(self, obj: str, code: Code, message: str, severity: Severity = Severity.ERROR) -> None:
         self.findings.append(Finding(self.path, obj, code, severity, message))
+
+    def describe(self, where: str) -> GroupInfo:
+        """What a kept group holds, for a schema (see ``keep``)."""
+        datasets = {
+            name: DatasetInfo(r.dtype, r.shape, r.all_finite, FrozenMap(r.attrs))
+            for name, r in self.kept_datasets.get(where, {}).items()
+        }
+        groups = {
+            name: self.describe(f"{where}/{name}") for name in self.kept_groups.get(where, [])
+        }
+        return GroupInfo(
+            FrozenMap(datasets), FrozenMap(self.kept_attrs.get(where, {})), FrozenMap(groups)
+        )
 
     # -- traversal ------------------------------------------------------------------
     def run(self, start: Any, where: str = "/") -> None:
@@ -225,21 +246,25 @@ class Walk:
             return []  # another hard link to an object already read (or a cycle)
         self._seen.add(key)
         self.stats.objects += 1
-        keep_attrs = self.keep and depth == 1 and info.type == h5py.h5o.TYPE_GROUP
-        attrs = self.read_attributes(obj, where, int(info.num_attrs), keep=keep_attrs)
-        if keep_attrs and attrs is not None:
-            self.kept_attrs[where] = attrs
+        keep = self.keep and depth >= 1
+        attrs = self.read_attributes(
+            obj, where, int(info.num_attrs), keep=keep and self.keep_values
+        )
+        parent, _, leaf = where.rpartition("/")
         if info.type == h5py.h5o.TYPE_GROUP:
-            if self.keep and depth == 1:
+            if keep:
+                self.kept_attrs[where] = attrs if attrs is not None else {}
                 self.kept_datasets.setdefault(where, {})
+                self.kept_groups.setdefault(where, [])
+                if depth >= 2 and parent in self.kept_groups:
+                    self.kept_groups[parent].append(leaf)
             return self._members(obj, where, depth)
         if info.type == h5py.h5o.TYPE_DATASET:
             self.stats.datasets += 1
             read = self.read_dataset(obj, where)
-            if read is not None and self.keep and depth == 2:
-                parent, _, leaf = where.rpartition("/")
-                if parent in self.kept_datasets:
-                    self.kept_datasets[parent][leaf] = read
+            if read is not None and keep and parent in self.kept_datasets:
+                read.attrs = attrs if attrs is not None else {}
+                self.kept_datasets[parent][leaf] = read
             return []
         if info.type == h5py.h5o.TYPE_NAMED_DATATYPE:
             self.add(
@@ -627,3 +652,47 @@ def _buffer(shape: tuple[int, ...], dtype: np.dtype[Any]) -> tuple[npt.NDArray[A
         base, sub = dtype.subdtype
         return np.empty(shape + sub, dtype=base), h5py.h5t.py_create(dtype)
     return np.empty(shape, dtype=dtype), None
+
+
+# -- the deep layer on a foreign file ------------------------------------------------
+
+
+def inspect_foreign(ins: Inspector, f: h5py.File) -> bool:
+    """The whole file through one walk; top-level groups then get the schema."""
+    schema = ins.schema
+    walk = Walk(
+        ins.path,
+        f.id,
+        finite=schema is not None and schema.any_finite(),
+        keep=True,
+        keep_values=schema is not None,
+    )
+    try:
+        root = h5py.h5o.open(f.id, b"/")  # the root group itself, not the file
+    except Exception as err:
+        ins.add("/", Code.UNREADABLE, f"root group unreadable: {one_line(err)}")
+        return False
+    walk.run(root, "/")
+    ins.findings.extend(walk.findings)
+    ins.tainted = ins.tainted or walk.tainted
+    bad = [x.obj for x in walk.findings if x.severity >= Severity.WARNING]
+    top = [w for w in walk.kept_groups if w.count("/") == 1]
+    for where in sorted(top, key=lambda w: w.encode("utf-8")):
+        key = where[1:]
+        if any(obj == where or obj.startswith(where + "/") for obj in bad):
+            ins.invalid.append(key)  # damaged: a schema verdict would say nothing more
+            continue
+        violations = schema.check_group(walk.describe(where)) if schema is not None else []
+        ins.settle(key, None, None, violations)
+    root_damaged = any(x.obj == "/" and x.severity is Severity.ERROR for x in walk.findings)
+    return not root_damaged
+
+
+def note_foreign(ins: Inspector) -> None:
+    if not ins.owned:
+        ins.add(
+            "/",
+            Code.NO_DIGESTS,
+            "not written by h5guard: readable, but silent data damage cannot be ruled out",
+            Severity.INFO,
+        )

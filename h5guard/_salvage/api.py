@@ -41,17 +41,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from h5guard import _atomic
-from h5guard._salvage_child import (
+from h5guard._check.api import ProgressCallback
+from h5guard._check.quick import quick_check
+from h5guard._salvage.child import (
     SALVAGE_PREFIX,
     FileOutcome,
     read_progress,
 )
-from h5guard._superblock import quick_check
+from h5guard._sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox, SandboxResult
 from h5guard.errors import MergeSourceError
 from h5guard.report import Code, Severity
-from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox, SandboxResult
 from h5guard.schema import Schema
-from h5guard.validate import ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +72,29 @@ VERDICTS: tuple[Verdict, ...] = (
 _UNLISTABLE = frozenset({"truncated", "unreadable", "timeout", "crashed"})
 # Each resume can cost a full timeout; a file that hangs on every group is given up.
 MAX_RESUMES = 2
-_CHILD_TARGET = "h5guard._salvage_child:salvage_file"
-_SCAN_TARGET = "h5guard._salvage_child:committed_by_run"
+_CHILD_TARGET = "h5guard._salvage.child:salvage_file"
+_SCAN_TARGET = "h5guard._salvage.child:committed_by_run"
 
 
 @dataclass(frozen=True, slots=True)
 class FileSalvage:
     """What salvage did with one input file.
 
-    ``recovered`` are the keys now in ``shards``; ``lost`` the ``(key, reason)`` of
-    groups that were found but not salvaged.
+    Parameters
+    ----------
+    path
+        The input file.
+    verdict
+        ``"ok"``, ``"partial"``, ``"empty"``, ``"not_hdf5"``, ``"truncated"``,
+        ``"unreadable"``, ``"timeout"`` or ``"crashed"``.
+    recovered
+        The keys now in ``shards``.
+    lost
+        The ``(key, reason)`` of groups that were found but not salvaged.
+    shards
+        The shards the recovered results were written to.
+    note
+        What else there is to know (e.g. a superblock that had to be patched).
     """
 
     path: str
@@ -126,7 +139,17 @@ class FileSalvage:
 
 @dataclass(frozen=True, slots=True)
 class SalvageReport:
-    """Every file's :class:`FileSalvage`. ``exit_code`` is 0 only if every file was ok."""
+    """Every file's :class:`FileSalvage`. ``exit_code`` is 0 only if every file was ok.
+
+    Parameters
+    ----------
+    files
+        One per input file.
+    out_dir
+        Where the recovered shards are.
+    seconds
+        How long the salvage took.
+    """
 
     files: tuple[FileSalvage, ...]
     out_dir: str
@@ -466,14 +489,39 @@ def salvage(
 ) -> SalvageReport:
     """Recover every intact top-level group of ``paths`` into shards in ``out_dir``.
 
-    A path is a file or a directory (its ``*.h5`` files). ``ignore`` names top-level
-    objects that are not results (the seed pipeline's ``init`` dataset). ``timeout``
-    is seconds per file and attempt; ``memory_limit`` bytes per reader process.
-    ``progress(done, total)`` is called as each file is settled.
-
     Never modifies the inputs and never raises for a bad file: each gets a verdict.
-    Raises :class:`~h5guard.MergeSourceError` for a missing path or an unusable
-    ``out_dir``, ``ValueError`` for impossible limits.
+
+    Parameters
+    ----------
+    paths
+        Files, or directories (their ``*.h5`` files).
+    out_dir
+        Where the recovered results are written, as committed h5guard shards.
+    schema
+        A group that breaks it is not recovered (nested rules included); its reason
+        names the violation.
+    ignore
+        Top-level objects that are not results (the seed pipeline's ``init`` dataset).
+    timeout
+        Seconds per file and attempt.
+    memory_limit
+        Bytes per reader process.
+    workers
+        Reader processes (default: one per CPU, at most one per file).
+    progress
+        Called as ``progress(done, total)`` as each file is settled.
+
+    Returns
+    -------
+    SalvageReport
+        A :class:`FileSalvage` per file: its verdict, the keys recovered and lost.
+
+    Raises
+    ------
+    MergeSourceError
+        A path does not exist, or ``out_dir`` cannot be used.
+    ValueError
+        Impossible limits.
     """
     started = time.monotonic()
     _check_limits(timeout, memory_limit, workers)

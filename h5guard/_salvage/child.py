@@ -1,6 +1,6 @@
 """The child side of :mod:`h5guard.salvage`: copy, patch, read and re-write one file.
 
-Runs inside a :class:`~h5guard.sandbox.Sandbox` child, because libhdf5 may hang or
+Runs inside a :class:`~h5guard.Sandbox` child, because libhdf5 may hang or
 crash on exactly the files salvage is for. Recovered groups never travel back to
 the parent: the child writes them straight into committed shards with a
 :class:`~h5guard.ShardWriter`, and returns only key lists and reasons.
@@ -45,9 +45,16 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib import recfunctions as rfn
 
-from h5guard import _layout, _read, _tree
-from h5guard._read import Dataset, Group
-from h5guard._superblock import UNDEFINED, SuperblockInfo, lookup3, quick_check
+from h5guard._check.inspector import one_line as _one_line
+from h5guard._check.quick import SuperblockInfo, quick_check
+from h5guard._format import digest as digests
+from h5guard._format import names, reader, tree
+from h5guard._format import write as layout
+from h5guard._format.checksum import lookup3
+from h5guard._format.names import UNDEFINED
+from h5guard._format.tree import Dataset, Group
+from h5guard._shard import SHARD_SUFFIX
+from h5guard._writer import ShardWriter
 from h5guard.errors import (
     InsufficientSpaceError,
     InvalidKeyError,
@@ -56,7 +63,6 @@ from h5guard.errors import (
 )
 from h5guard.report import Severity
 from h5guard.schema import Schema
-from h5guard.shards import SHARD_SUFFIX, ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +92,6 @@ class _Lost(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
 
 
 class _Progress:
@@ -296,7 +297,7 @@ def _read_dataset(dset: h5py.Dataset, name: str) -> tuple[npt.NDArray[Any], bool
             written = dset.id.get_num_chunks()
             if written < expected:
                 raise _Lost(f"{what}: only {written} of its {expected} chunks were written")
-    return _read.read_dataset_array(dset), False
+    return reader.read_dataset_array(dset), False
 
 
 def _text(value: npt.NDArray[Any]) -> str:
@@ -324,7 +325,7 @@ def _as_given(where: str, arr: npt.NDArray[Any], vlen: bool, conv: _Conversions)
             conv.repacked.append(where)
         arr = np.asarray(packed)
     try:
-        return _read.python_value(_read.stored_value(where, arr, None))
+        return tree.python_value(reader.stored_value(where, arr, None))
     except UnicodeDecodeError as err:
         raise _Lost(f"{where}: tagged UTF-8 but holds invalid UTF-8 at byte {err.start}") from err
 
@@ -340,8 +341,8 @@ def _foreign_attrs(obj: Any, where: str, conv: _Conversions) -> dict[str, Any]:
 def _foreign_members(
     group: h5py.Group, where: str, depth: int, conv: _Conversions
 ) -> dict[str, Any]:
-    if depth > _tree.MAX_DEPTH:
-        raise _Lost(f"{where}: groups nested deeper than {_tree.MAX_DEPTH}")
+    if depth > names.MAX_DEPTH:
+        raise _Lost(f"{where}: groups nested deeper than {names.MAX_DEPTH}")
     out: dict[str, Any] = {}
     for name in group:
         member = group.get(name, getlink=True)
@@ -379,29 +380,29 @@ def _read_group(
     if not isinstance(group, h5py.Group):
         raise _Lost(f"a {type(group).__name__} at the top level, not a result group")
     try:
-        _layout.check_key(key)
+        layout.check_key(key)
     except InvalidKeyError as err:
         raise _Lost(f"cannot name a shard group: {err.reason}") from err
-    stored = _read.stored_digest(group)
+    stored = reader.stored_digest(group)
     if stored is not None:
         # Written by h5guard: the tree as stored, trusted only if its digest agrees.
-        node = _read.read_tree(group, key)
-        computed = _read.computed_digest(node, stored)
+        node = reader.read_tree(group, key)
+        computed = digests.computed_digest(node, stored)
         if computed != stored:
-            raise _Lost(f"{_layout.DIGEST_ATTR} mismatch: stored {stored}, recomputed {computed}")
-        if not stored.startswith(_tree.DIGEST_V2_PREFIX):
-            node = _read.v1_strings(node)
-        datasets, attrs = _read.python_tree(node)
+            raise _Lost(f"{names.DIGEST_ATTR} mismatch: stored {stored}, recomputed {computed}")
+        if not stored.startswith(names.DIGEST_V2_PREFIX):
+            node = reader.v1_strings(node)
+        datasets, attrs = tree.python_tree(node)
     else:
         datasets = _foreign_members(group, key, 0, conv)
         attrs = _foreign_attrs(group, key, conv)
     try:
         # Refuses what a shard cannot hold (reserved names, opaque data, ...) with a reason.
-        root = _tree.build(key, datasets, attrs)
+        root = tree.build(key, datasets, attrs)
     except (UnsupportedValueError, ResultLimitError, ValueError) as err:
         raise _Lost(str(err)) from err
     if schema is not None:
-        problems = schema.check_tree(root)
+        problems = schema.check_group(tree.describe(root))
         if problems:
             p = problems[0]
             where = f" {p.obj}:" if p.obj else ""
@@ -658,9 +659,9 @@ def committed_by_run(out_dir: str, run_id: str) -> dict[str, list[tuple[str, lis
     for path in sorted(Path(out_dir).glob(f"{SALVAGE_PREFIX}-*{SHARD_SUFFIX}")):
         try:
             with h5py.File(path, "r", locking=False) as f:
-                if _layout.text_attr(f, RUN_ATTR) != run_id:
+                if reader.text_attr(f, RUN_ATTR) != run_id:
                     continue
-                source = _layout.text_attr(f, SOURCE_ATTR)
+                source = reader.text_attr(f, SOURCE_ATTR)
                 keys = [k for k, obj in f.items() if isinstance(obj, h5py.Group)]
         except Exception as err:
             log.warning("%s: cannot list salvaged groups: %s", path, _one_line(err))

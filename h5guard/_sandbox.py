@@ -42,9 +42,15 @@ _HEADER = 8
 class SandboxResult:
     """The outcome of one sandboxed call.
 
-    ``failure`` is None on success, else one of ``"timeout"``, ``"memory"``,
-    ``"crashed"`` (the child died, e.g. a segfault in libhdf5) or ``"error"`` (the
-    function raised; ``detail`` holds the exception's one-line description).
+    Parameters
+    ----------
+    value
+        What the function returned (None on failure).
+    failure
+        None on success, else one of ``"timeout"``, ``"memory"``, ``"crashed"`` (the
+        child died, e.g. a segfault in libhdf5) or ``"error"`` (the function raised).
+    detail
+        The exception's one-line description, or how the child died.
     """
 
     value: Any = None
@@ -53,6 +59,7 @@ class SandboxResult:
 
     @property
     def ok(self) -> bool:
+        """The call returned a value."""
         return self.failure is None
 
 
@@ -129,7 +136,7 @@ class _Child:
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "h5guard._sandbox_child", str(memory_limit)],
+                [sys.executable, "-m", "h5guard._check.child", str(memory_limit)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self.stderr,
@@ -210,8 +217,26 @@ class _Child:
 class Sandbox:
     """A pool of checker processes; use as a context manager.
 
-    ``timeout`` is seconds per call, ``memory_limit`` bytes of address space a child
-    may add on top of what it had after start-up.
+    Each call runs in a child process (``python -m h5guard._check.child``) that may hang
+    or crash on a damaged file without harming the caller: this is the one child-process
+    protocol of h5guard (check, salvage and the merge's verification use it).
+
+    Parameters
+    ----------
+    workers
+        Children to run at most at once (default: one per CPU).
+    timeout
+        Seconds per call; a child past it is killed.
+    memory_limit
+        Bytes of address space a child may add on top of what it had after start-up.
+    retire_on_request
+        False: a child that asked to be retired is reused anyway (fault-injection
+        campaigns); a child that crashed, timed out or raised is never reused.
+
+    Raises
+    ------
+    ValueError
+        ``timeout`` not positive, or ``memory_limit`` under 16 MiB.
     """
 
     def __init__(
@@ -254,6 +279,22 @@ class Sandbox:
         while self._idle:
             self._idle.pop().close()
 
+    def start(self, children: int = 1) -> None:
+        """Start up to ``children`` children now, without waiting for them to be ready.
+
+        A caller that will need a child later (the merge's verification helper) starts
+        it early, so its interpreter start-up overlaps other work; the next
+        :meth:`call` or :meth:`map` uses it. Children are started in the calling
+        thread, so their parent-death signal follows this process.
+
+        Parameters
+        ----------
+        children
+            How many children to have idle at most (capped at ``workers``).
+        """
+        while len(self._idle) < min(children, self.workers):
+            self._idle.append(_Child(self.memory_limit))
+
     def share(self, *, timeout: float) -> Sandbox:
         """A sandbox that runs its calls in this one's child processes, with its own
         per-call ``timeout``: an application that already keeps a pool of children (a
@@ -267,7 +308,20 @@ class Sandbox:
         return view
 
     def call(self, target: str, *args: Any) -> SandboxResult:
-        """Run ``module:function(*args)`` in a child and return its outcome."""
+        """Run ``module:function(*args)`` in a child and return its outcome.
+
+        Parameters
+        ----------
+        target
+            ``"module:function"``; the function and its arguments must pickle.
+        *args
+            Its arguments.
+
+        Returns
+        -------
+        SandboxResult
+            The value returned, or why there is none.
+        """
         for _, result in self.map(target, [args]):
             return result
         raise AssertionError("unreachable")
@@ -275,7 +329,25 @@ class Sandbox:
     def map(
         self, target: str, calls: Iterable[tuple[Any, ...]]
     ) -> Iterator[tuple[int, SandboxResult]]:
-        """Run ``target`` once per argument tuple; yield ``(index, result)`` as they finish."""
+        """Run ``target`` once per argument tuple, in parallel.
+
+        Parameters
+        ----------
+        target
+            ``"module:function"``.
+        calls
+            One argument tuple per call.
+
+        Yields
+        ------
+        tuple[int, SandboxResult]
+            The call's index in ``calls`` and its outcome, as calls finish.
+
+        Raises
+        ------
+        ValueError
+            ``target`` is not ``"module:function"``.
+        """
         module, _, func = target.partition(":")
         if not module or not func:
             raise ValueError(f"target: expected 'module:function', got {target!r}")

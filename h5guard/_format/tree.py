@@ -1,4 +1,4 @@
-"""A result as a small tree, its value kinds, its digest (v2), and how it is written.
+"""A result as a small tree, its value kinds, and Python values turned into it and back.
 
 A result is a :class:`GroupNode`: attributes, and members that are datasets
 (:class:`DatasetNode`, with attributes of their own) or nested groups. Every value
@@ -7,15 +7,19 @@ and digests, and its *kind*, which says what Python object reading it back retur
 (``"str"`` for a Python ``str``, ``"bytes"``, ``"int"``, ``"U7"`` for a numpy unicode
 array of width 7, ``"ndarray"``, ...). Kinds that the stored HDF5 type and shape imply
 (:func:`default_kind`) are not written; the others go into one small JSON attribute
-(``h5guard_kinds``) of the object that holds the value. See docs/format.md for the
-layout and the byte-for-byte definition of the v2 digest, which covers every value,
-its kind, every name and the shape of the tree.
+(``h5guard_kinds``) of the object that holds the value.
+
+:func:`build` turns what a caller gives ``add()`` into a tree (refusing what cannot be
+stored, saying what to store instead); :func:`python_tree` turns a tree back into
+those values; :class:`Dataset`, :class:`Group` and :class:`Result` are the public
+value classes of both directions. :func:`describe` gives a schema the same
+description of a tree that every reader gives of a stored group. The digest of a tree
+is :mod:`h5guard._format.digest`'s, its writing :mod:`h5guard._format.write`'s
+(docs/format.md defines both).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -26,25 +30,21 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
-from h5guard import _layout
+from h5guard._format.names import (
+    MAX_ATTR_BYTES,
+    MAX_DEPTH,
+    MAX_NAME_BYTES,
+    MAX_OBJECTS,
+    PY_SCALAR_KINDS,
+    RESERVED_PREFIX,
+)
 from h5guard.errors import ResultLimitError, UnsupportedValueError
+from h5guard.schema import DatasetInfo, FrozenMap, GroupInfo
 
 Array = npt.NDArray[Any]
 
-DIGEST_V2_PREFIX = "sha256-v2:"
-KINDS_ATTR = "h5guard_kinds"
-_DIGEST_V2_MAGIC = b"h5guard-digest-v2\0"
 
-# Limits (documented in docs/format.md and docs/reading.md): a result is meant to be
-# small enough to read whole; these keep a mistake (a loop that nests forever, a
-# million attributes) from producing a file nothing can open in reasonable time.
-MAX_DEPTH = 32  # nested groups below the result's own group
-MAX_OBJECTS = 10_000  # groups + datasets + attributes in one result
-MAX_NAME_BYTES = 1024  # UTF-8 bytes of one member or attribute name
-MAX_ATTR_BYTES = 1024 * 1024  # one attribute's value; bigger values belong in a dataset
-
-_PY_SCALAR_KINDS = {"int": "<i8", "float": "<f8", "bool": "|b1", "complex": "<c16"}
-_SCALAR_DEFAULTS = {token: kind for kind, token in _PY_SCALAR_KINDS.items()}
+_SCALAR_DEFAULTS = {token: kind for kind, token in PY_SCALAR_KINDS.items()}
 _NUMBER_KINDS = "biufc"
 _UTF8_DT_CACHE: dict[int, np.dtype[Any]] = {}
 
@@ -114,8 +114,8 @@ def resolve_kind(kind: str, arr: Array) -> str:
 def check_kind(kind: str, arr: Array, where: str) -> None:
     """Raise ValueError if ``kind`` cannot describe ``arr`` (a damaged kinds attribute)."""
     ok: bool
-    if kind in _PY_SCALAR_KINDS:
-        ok = arr.shape == () and arr.dtype.str == _PY_SCALAR_KINDS[kind]
+    if kind in PY_SCALAR_KINDS:
+        ok = arr.shape == () and arr.dtype.str == PY_SCALAR_KINDS[kind]
     elif kind == "str":
         ok = arr.shape == () and is_utf8(arr.dtype)
     elif kind == "bytes":
@@ -126,6 +126,133 @@ def check_kind(kind: str, arr: Array, where: str) -> None:
         ok = kind in ("numpy", "ndarray") and not is_utf8(arr.dtype)
     if not ok:
         raise ValueError(f"{where}: kind {kind!r} does not fit a stored {arr.dtype} {arr.shape}")
+
+
+# -- the values add() takes and read() gives back ----------------------------------------
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """Values equal in type, dtype, shape and bytes (NaN equals NaN); mappings by key."""
+    if isinstance(a, Group | Dataset) or isinstance(b, Group | Dataset):
+        return type(a) is type(b) and a == b
+    if isinstance(a, Mapping) or isinstance(b, Mapping):
+        return (
+            isinstance(a, Mapping)
+            and isinstance(b, Mapping)
+            and set(a) == set(b)
+            and all(_equal(a[k], b[k]) for k in a)
+        )
+    if isinstance(a, np.ndarray | np.generic) or isinstance(b, np.ndarray | np.generic):
+        return (
+            type(a) is type(b)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and np.asarray(a).tobytes() == np.asarray(b).tobytes()
+        )
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float | complex):
+        return bool(a == b or (a != a and b != b)) and repr(a) == repr(b)
+    return bool(a == b)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Dataset:
+    """A dataset with attributes: pass it in ``datasets`` to ``add()``; read gives it back.
+
+    A dataset without attributes is given and read back as its plain value.
+
+    Parameters
+    ----------
+    data
+        The value (anything ``add()`` accepts as a dataset).
+    attrs
+        The dataset's own attributes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from h5guard import Dataset
+    >>> layout = Dataset(np.zeros((3, 2)), attrs={"units": "m"})
+    """
+
+    data: Any
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Dataset):
+            return NotImplemented
+        return _equal(self.data, other.data) and _equal(dict(self.attrs), dict(other.attrs))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Group:
+    """A subgroup with attributes, in ``datasets`` of ``add()``; read gives it back.
+
+    A subgroup without attributes is given and read back as a plain ``dict``.
+
+    Parameters
+    ----------
+    members
+        Its datasets and nested groups, by name (as ``datasets`` of ``add()``).
+    attrs
+        The group's attributes.
+
+    Examples
+    --------
+    >>> from h5guard import Group
+    >>> history = Group({"loss": [0.5, 0.25]}, attrs={"iteration": 3})
+    """
+
+    members: Mapping[str, Any]
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Group):
+            return NotImplemented
+        return _equal(dict(self.members), dict(other.members)) and _equal(
+            dict(self.attrs), dict(other.attrs)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Result:
+    """One result read back: what was given to ``add(key, datasets, attrs)``.
+
+    Parameters
+    ----------
+    key
+        The result's key.
+    datasets
+        Its datasets and subgroups, as they were given.
+    attrs
+        Its attributes, as they were given.
+    digest
+        The stored content digest (None if the group had none).
+    path
+        The file it was read from.
+    """
+
+    key: str
+    datasets: Mapping[str, Any]
+    attrs: Mapping[str, Any]
+    digest: str | None
+    path: str
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Result):
+            return NotImplemented
+        return (
+            self.key == other.key
+            and _equal(dict(self.datasets), dict(other.datasets))
+            and _equal(dict(self.attrs), dict(other.attrs))
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 # -- turning what a caller gives into values -------------------------------------------
@@ -344,9 +471,9 @@ def _check_name(where: str, name: object) -> str:
         raise ValueError(
             f"{where}: member name {name!r}: expected a non-empty name without '/' or NUL"
         )
-    if name.startswith(_layout.RESERVED_PREFIX):
+    if name.startswith(RESERVED_PREFIX):
         raise ValueError(
-            f"{where}: member name {name!r} uses the reserved prefix {_layout.RESERVED_PREFIX!r}; rename it"
+            f"{where}: member name {name!r} uses the reserved prefix {RESERVED_PREFIX!r}; rename it"
         )
     if len(name.encode("utf-8", errors="surrogatepass")) > MAX_NAME_BYTES:
         raise ResultLimitError(
@@ -400,8 +527,6 @@ def _build_group(
     depth: int,
     budget: _Budget,
 ) -> GroupNode:
-    from h5guard._read import Dataset, Group  # the public value classes; no cycle at import
-
     if depth > MAX_DEPTH:
         raise ResultLimitError(
             f"{where}: groups nested {depth} deep, expected at most {MAX_DEPTH}; flatten the tree "
@@ -448,145 +573,73 @@ def is_flat(node: GroupNode) -> bool:
     return all(isinstance(m, DatasetNode) and not m.attrs for m in node.members.values())
 
 
-# -- digest v2 --------------------------------------------------------------------------
-
-
-def dtype_token(dtype: np.dtype[Any]) -> str:
-    """The dtype as the v2 digest names it (docs/format.md, "dtype token")."""
-    if dtype.subdtype is not None:
-        base, shape = dtype.subdtype
-        return f"{dtype_token(base)}({','.join(str(n) for n in shape)})"
-    if dtype.names is not None:
-        assert dtype.fields is not None
-        fields = [
-            [name, dtype.fields[name][1], dtype_token(dtype.fields[name][0])]
-            for name in dtype.names
-        ]
-        return json.dumps([dtype.itemsize, fields], ensure_ascii=False, separators=(",", ":"))
-    if dtype.byteorder in "<>=":
-        return dtype.newbyteorder("<").str
-    return dtype.str
-
-
-def _le(arr: Array) -> Array:
-    little = arr.dtype.newbyteorder("<")
-    return arr if arr.dtype == little else arr.astype(little)
-
-
-class TreeDigest:
-    """Incremental v2 digest, fed in the order of docs/format.md."""
-
-    __slots__ = ("_h",)
-
-    def __init__(self) -> None:
-        self._h = hashlib.sha256(_DIGEST_V2_MAGIC)
-
-    def field(self, data: bytes | memoryview) -> None:
-        self._h.update(len(data).to_bytes(8, "little"))
-        self._h.update(data)
-
-    def count(self, n: int) -> None:
-        self._h.update(n.to_bytes(8, "little"))
-
-    def value_head(self, kind: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
-        self.field(kind.encode())
-        self.field(dtype_token(dtype).encode("utf-8"))
-        self.field(",".join(str(int(n)) for n in shape).encode())
-
-    def value(self, value: Value) -> None:
-        arr = value.array
-        self.value_head(value.kind, arr.dtype, arr.shape)
-        if arr.nbytes <= 4096:  # small values: one copy is cheaper than the views
-            self.field(_le(arr).tobytes())
-            return
-        data = np.ascontiguousarray(_le(arr)).reshape(-1).view(np.uint8)
-        self.field(memoryview(data))  # type: ignore[arg-type]
-
-    def blocks(self, nbytes_total: int, blocks: Iterator[Array]) -> None:
-        """The data field of a value given as C-ordered blocks (large datasets)."""
-        self.count(nbytes_total)
-        seen = 0
-        for block in blocks:
-            view = np.ascontiguousarray(_le(block)).reshape(-1).view(np.uint8)
-            seen += view.nbytes
-            self._h.update(memoryview(view))  # type: ignore[arg-type]
-        if seen != nbytes_total:
-            raise ValueError(f"digest fed {seen} bytes, expected {nbytes_total}")
-
-    def attrs(self, attrs: Mapping[str, Value]) -> None:
-        names = sorted(
-            (n for n in attrs if not n.startswith(_layout.RESERVED_PREFIX)),
-            key=lambda n: n.encode("utf-8"),
-        )
-        self.count(len(names))
-        for name in names:
-            self.field(name.encode("utf-8"))
-            self.value(attrs[name])
-
-    def node(self, node: Node) -> None:
-        if isinstance(node, DatasetNode):
-            self.field(b"D")
-            self.attrs(node.attrs)
-            self.value(node.value)
-            return
-        self.field(b"G")
-        self.attrs(node.attrs)
-        names = sorted(node.members, key=lambda n: n.encode("utf-8"))
-        self.count(len(names))
-        for name in names:
-            self.field(name.encode("utf-8"))
-            self.node(node.members[name])
-
-    def hexdigest(self) -> str:
-        return DIGEST_V2_PREFIX + self._h.hexdigest()
-
-
-def digest(root: GroupNode) -> str:
-    d = TreeDigest()
-    d.node(root)
-    return d.hexdigest()
-
-
-# -- writing ----------------------------------------------------------------------------
-
-
-def _kinds_of(attrs: Mapping[str, Value], own: Value | None) -> dict[str, str]:
-    """The kinds that the stored type does not imply, keyed as in ``h5guard_kinds``."""
-    out: dict[str, str] = {}
-    if own is not None and own.kind != _implied(own):
-        out[""] = own.kind
-    for name, value in attrs.items():
-        if value.kind != _implied(value):
-            out[name] = value.kind
-    return out
-
-
-def _implied(value: Value) -> str:
-    return resolve_kind(default_kind(value.array.dtype, value.array.shape), value.array)
-
-
-def _write_attrs(oid: Any, attrs: Mapping[str, Value], own: Value | None) -> None:
-    for name, value in attrs.items():
-        _layout.create_attr_id(oid, name, value.array)
-    kinds = _kinds_of(attrs, own)
-    if kinds:
-        text = json.dumps(kinds, ensure_ascii=False, sort_keys=True).encode("utf-8")
-        _layout.create_attr_id(oid, KINDS_ATTR, np.array(text, dtype=utf8_dtype(len(text))))
-
-
-def write_members(group: h5py.Group, node: GroupNode) -> None:
-    """Write ``node``'s attributes and members into the (new, empty) ``group``."""
-    _write_attrs(group.id, node.attrs, None)
-    for name, child in node.members.items():
-        if isinstance(child, GroupNode):
-            sub = _layout.create_subgroup(group, name)
-            write_members(sub, child)
-        else:
-            _layout.write_dataset(group, name, child.value.array)
-            if child.attrs or _kinds_of({}, child.value):
-                oid = h5py.h5o.open(group.id, name.encode("utf-8"))
-                _write_attrs(oid, child.attrs, child.value)
-
-
 def stored_nbytes(dtype: np.dtype[Any], shape: tuple[int, ...]) -> int:
     return dtype.itemsize * math.prod(shape)
+
+
+def describe(node: GroupNode) -> GroupInfo:
+    """The description a :class:`~h5guard.Schema` checks, of a tree held in memory."""
+    datasets: dict[str, DatasetInfo] = {}
+    groups: dict[str, GroupInfo] = {}
+    for name, child in node.members.items():
+        if isinstance(child, DatasetNode):
+            datasets[name] = DatasetInfo.of(
+                child.value.array,
+                attrs={n: v.array for n, v in child.attrs.items()},
+                kind=child.value.kind,
+            )
+        else:
+            groups[name] = describe(child)
+    return GroupInfo(
+        FrozenMap(datasets),
+        FrozenMap({n: v.array for n, v in node.attrs.items()}),
+        FrozenMap(groups),
+    )
+
+
+# -- from stored values back to Python objects --------------------------------------
+
+
+def python_value(value: Value) -> Any:
+    """What reading returns for a stored value of a given kind."""
+    arr, kind = value.array, value.kind
+    if kind == "int":
+        return int(arr[()])
+    if kind == "float":
+        return float(arr[()])
+    if kind == "bool":
+        return bool(arr[()])
+    if kind == "complex":
+        return complex(arr[()])
+    if kind == "str":
+        return utf8_bytes(arr).tobytes().rstrip(b"\0").decode("utf-8")
+    if kind == "bytes":
+        return arr.tobytes()
+    if kind.startswith("U"):
+        decoded = np.char.decode(utf8_bytes(arr), "utf-8")
+        return np.asarray(decoded, dtype=f"U{int(kind[1:])}")
+    if kind == "numpy":
+        return arr[()]
+    return arr
+
+
+def utf8_bytes(arr: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """The UTF-8 array as plain ``S`` (numpy's own string functions reject h5py's tag)."""
+    return arr.view(f"S{arr.dtype.itemsize}")
+
+
+def python_tree(node: GroupNode) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(datasets, attrs)`` of a group, as ``add()`` was given them."""
+    members: dict[str, Any] = {}
+    for name, child in node.members.items():
+        if isinstance(child, GroupNode):
+            sub, sub_attrs = python_tree(child)
+            members[name] = Group(sub, sub_attrs) if sub_attrs else sub
+        else:
+            data = python_value(child.value)
+            members[name] = (
+                Dataset(data, {n: python_value(v) for n, v in child.attrs.items()})
+                if child.attrs
+                else data
+            )
+    return members, {n: python_value(v) for n, v in node.attrs.items()}

@@ -19,7 +19,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from h5guard import _layout, _tree
+from h5guard._format import digest as digests
+from h5guard._format import names, tree
+from h5guard._format import write as layout
 from h5guard.errors import SchemaError
 from h5guard.schema import Schema
 
@@ -28,12 +30,12 @@ from h5guard.schema import Schema
 class PreparedResult:
     """A result ready to be journaled and written: a tree of normalized values.
 
-    ``root`` is the result's own group (:class:`h5guard._tree.GroupNode`); ``digest``
+    ``root`` is the result's own group (:class:`h5guard._format.tree.GroupNode`); ``digest``
     its v2 content digest (docs/format.md).
     """
 
     key: str
-    root: _tree.GroupNode
+    root: tree.GroupNode
     digest: str
 
     @property
@@ -42,7 +44,7 @@ class PreparedResult:
         return {
             name: node.value.array
             for name, node in self.root.members.items()
-            if isinstance(node, _tree.DatasetNode)
+            if isinstance(node, tree.DatasetNode)
         }
 
     @property
@@ -53,7 +55,7 @@ class PreparedResult:
     @property
     def nbytes(self) -> int:
         """Bytes of values (datasets and attributes), without HDF5's headers."""
-        return _tree.nbytes(self.root)
+        return tree.nbytes(self.root)
 
 
 def prepare(
@@ -69,23 +71,23 @@ def prepare(
     what to store instead), results past the limits :class:`~h5guard.ResultLimitError`,
     and only a result that breaks a given schema :class:`~h5guard.SchemaError`.
     """
-    _layout.check_key(key)
-    root = _tree.build(key, datasets, attrs)
+    layout.check_key(key)
+    root = tree.build(key, datasets, attrs)
     if schema is not None:
         _check_schema(schema, key, root)
-    return PreparedResult(key, root, _tree.digest(root))
+    return PreparedResult(key, root, digests.digest(root))
 
 
 def prepare_attrs(key: str, attrs: Mapping[str, Any]) -> PreparedResult:
     """Attributes alone (a shard's file attributes), normalized and digested like a result's."""
-    root = _tree.GroupNode(_tree.build(key, {}, attrs).attrs)
-    return PreparedResult(key, root, _tree.digest(root))
+    root = tree.GroupNode(tree.build(key, {}, attrs).attrs)
+    return PreparedResult(key, root, digests.digest(root))
 
 
 def write_root_attrs(f: h5py.File, attrs: PreparedResult) -> None:
     """Store :func:`prepare_attrs`' values as attributes of the file's root group."""
     for name, value in attrs.root.attrs.items():
-        _layout.write_attr(f, name, value.array)
+        layout.write_attr(f, name, value.array)
 
 
 def check_schema(schema: Schema, result: PreparedResult) -> None:
@@ -93,8 +95,8 @@ def check_schema(schema: Schema, result: PreparedResult) -> None:
     _check_schema(schema, result.key, result.root)
 
 
-def _check_schema(schema: Schema, key: str, root: _tree.GroupNode) -> None:
-    problems = schema.check_tree(root)
+def _check_schema(schema: Schema, key: str, root: tree.GroupNode) -> None:
+    problems = schema.check_group(tree.describe(root))
     if problems:
         p = problems[0]
         where = f"{key}/{p.obj}" if p.obj else key
@@ -103,11 +105,9 @@ def _check_schema(schema: Schema, key: str, root: _tree.GroupNode) -> None:
 
 def write(f: h5py.File, result: PreparedResult) -> None:
     """Write ``result`` as a new top-level group of ``f``, digest attribute included."""
-    group = _layout.create_result_group(f, result.key)
-    _tree.write_members(group, result.root)
-    _layout.create_attr(
-        group, _layout.DIGEST_ATTR, np.array(result.digest.encode(), dtype=np.bytes_)
-    )
+    group = layout.create_result_group(f, result.key)
+    layout.write_members(group, result.root)
+    layout.create_attr(group, names.DIGEST_ATTR, np.array(result.digest.encode(), dtype=np.bytes_))
 
 
 # -- the journal encoding ---------------------------------------------------------------
@@ -120,7 +120,7 @@ def write(f: h5py.File, result: PreparedResult) -> None:
 # so any change of a byte is caught there, not trusted.
 
 
-def _value_meta(value: _tree.Value, buffers: list[memoryview]) -> list[Any]:
+def _value_meta(value: tree.Value, buffers: list[memoryview]) -> list[Any]:
     arr = value.array
     contiguous = np.ascontiguousarray(arr) if arr.ndim else np.asarray(arr).reshape(())
     buffers.append(memoryview(contiguous.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
@@ -128,15 +128,15 @@ def _value_meta(value: _tree.Value, buffers: list[memoryview]) -> list[Any]:
     # warning): the kind says they are UTF-8, so record the plain "|S<n>".
     descr = (
         f"|S{arr.dtype.itemsize}"
-        if _tree.is_utf8(arr.dtype)
+        if tree.is_utf8(arr.dtype)
         else np.lib.format.dtype_to_descr(arr.dtype)
     )
     return [value.kind, descr, list(arr.shape)]
 
 
-def _node_meta(node: _tree.Node, buffers: list[memoryview]) -> list[Any]:
+def _node_meta(node: tree.Node, buffers: list[memoryview]) -> list[Any]:
     attrs = [[name, _value_meta(v, buffers)] for name, v in node.attrs.items()]
-    if isinstance(node, _tree.DatasetNode):
+    if isinstance(node, tree.DatasetNode):
         return ["D", attrs, _value_meta(node.value, buffers)]
     return ["G", attrs, [[name, _node_meta(m, buffers)] for name, m in node.members.items()]]
 
@@ -158,12 +158,12 @@ class _Reader:
         self.view = memoryview(payload)
         self.offset = 0
 
-    def value(self, meta: Sequence[Any]) -> _tree.Value:
+    def value(self, meta: Sequence[Any]) -> tree.Value:
         kind, descr, shape = meta
         kind = str(kind)
         dtype = np.lib.format.descr_to_dtype(_tuples(descr))
         if kind == "str" or (kind.startswith("U") and kind[1:].isdigit()):
-            dtype = _tree.utf8_dtype(dtype.itemsize)
+            dtype = tree.utf8_dtype(dtype.itemsize)
         dims = tuple(int(n) for n in shape)
         size = dtype.itemsize * math.prod(dims)
         chunk = self.view[self.offset : self.offset + size]
@@ -171,20 +171,20 @@ class _Reader:
             raise DecodeError(f"record of {self.key!r} ends inside a value")
         self.offset += size
         arr = np.frombuffer(chunk, dtype=dtype).reshape(dims).copy()
-        _tree.check_kind(kind, arr, self.key)
-        return _tree.Value(arr, kind)
+        tree.check_kind(kind, arr, self.key)
+        return tree.Value(arr, kind)
 
-    def node(self, meta: Sequence[Any], depth: int) -> _tree.Node:
-        if depth > _tree.MAX_DEPTH + 1:
+    def node(self, meta: Sequence[Any], depth: int) -> tree.Node:
+        if depth > names.MAX_DEPTH + 1:
             raise DecodeError(f"record of {self.key!r} nests too deep")
         tag, attrs_meta, rest = meta
         attrs = {str(name): self.value(v) for name, v in attrs_meta}
         if tag == "D":
-            return _tree.DatasetNode(self.value(rest), attrs)
+            return tree.DatasetNode(self.value(rest), attrs)
         if tag != "G":
             raise DecodeError(f"record of {self.key!r}: unknown node tag {tag!r}")
         members = {str(name): self.node(m, depth + 1) for name, m in rest}
-        return _tree.GroupNode(attrs, members)
+        return tree.GroupNode(attrs, members)
 
 
 def decode(header: bytes, payload: bytes | memoryview) -> PreparedResult:
@@ -195,7 +195,7 @@ def decode(header: bytes, payload: bytes | memoryview) -> PreparedResult:
         digest = str(meta["digest"])
         reader = _Reader(key, payload)
         root = reader.node(meta["root"], 0)
-        if not isinstance(root, _tree.GroupNode):
+        if not isinstance(root, tree.GroupNode):
             raise DecodeError(f"record of {key!r}: the root is not a group")
         if reader.offset != len(reader.view):
             raise DecodeError(
@@ -205,7 +205,7 @@ def decode(header: bytes, payload: bytes | memoryview) -> PreparedResult:
         raise
     except Exception as err:
         raise DecodeError(f"undecodable record: {err}") from err
-    computed = _tree.digest(root)
+    computed = digests.digest(root)
     if computed != digest:
         raise DecodeError(f"record of {key!r}: stored digest {digest}, computed {computed}")
     return PreparedResult(key, root, digest)

@@ -1,7 +1,7 @@
 """Validation: everything that can be wrong with a file, as findings, never as a crash.
 
-Two layers. The quick layer (:mod:`h5guard._superblock`) reads a few hundred bytes
-with pure Python. The deep layer (:mod:`h5guard._deep`) opens the file with libhdf5 in
+Two layers. The quick layer (:mod:`h5guard._check.quick`) reads a few hundred bytes
+with pure Python. The deep layer (:mod:`h5guard._check.deep`) opens the file with libhdf5 in
 a sandboxed child, reads every dataset and attribute, verifies every digest and
 applies the schema. The deep layer is skipped for files the quick layer already
 condemned: there is nothing to learn, and they are the likeliest to hurt libhdf5.
@@ -17,15 +17,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from h5guard import _atomic, _fastread, _journal, _seal
-from h5guard._superblock import quick_check
+from h5guard import _atomic, _journal
+from h5guard._check.quick import quick_check
+from h5guard._format import seal as _seal
+from h5guard._sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox, SandboxResult
 from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
-from h5guard.sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox, SandboxResult
 from h5guard.schema import Schema
 
 log = logging.getLogger(__name__)
 
-_DEEP_TARGET = "h5guard._deep:inspect_file"
+_DEEP_TARGET = "h5guard._check.deep:inspect_file"
 QUARANTINE_DIR = "quarantine"
 SEAL_CHECK_LIMIT = 256 * 1024 * 1024  # bytes; bigger files' seals are not re-hashed
 ProgressCallback = Callable[[int, int], None]
@@ -100,11 +101,37 @@ def validate_many(
 ) -> Report:
     """Validate each file; one report for all of them. Never raises for a bad file.
 
-    ``trust_seals``: a shard whose seal matches its bytes is summarized from its index
-    in-process instead of being read fully in the sandbox (what the merge does; see
-    :mod:`h5guard._seal`). A sandbox is started only if some file needs the full read.
-    ``strict``: notes about what was not followed (links, external data, bytes past the
-    end of file) become warnings; see :func:`apply_policy`.
+    Parameters
+    ----------
+    paths
+        The files to validate (no directories: see :func:`check`).
+    schema
+        Check every top-level group against it; None: against the schema each file
+        embeds, if any.
+    deep
+        Read every file fully in the sandbox (digests, schema) after the quick layer;
+        False: the quick layer alone (no libhdf5, no h5py).
+    timeout, memory_limit
+        Limits of the sandboxed read of one file, in seconds and bytes.
+    workers
+        Sandbox children to start (default: one per CPU, at most one per file).
+    sandbox
+        A running :class:`~h5guard.Sandbox` to use instead of starting one.
+    progress
+        Called as ``progress(done, total)`` after each file.
+    trust_seals
+        A shard whose seal matches its bytes is summarized from its index in-process
+        instead of being read fully in the sandbox (what the merge does; see
+        :mod:`h5guard._format.seal`). A sandbox is started only if some file needs the
+        full read.
+    strict
+        Notes about what was not followed (links, external data, bytes past the end
+        of file) become warnings; see :func:`apply_policy`.
+
+    Returns
+    -------
+    Report
+        Every finding and a :class:`~h5guard.FileSummary` per file.
     """
     findings: list[Finding] = []
     summaries: dict[str, FileSummary] = {}
@@ -205,11 +232,14 @@ def _sealed(path: str, schema_json: str | None) -> FileSummary | None:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             if _seal.seal_matches(buf) is not True:
                 return None
+            # Imported here: `check --quick` never gets this far, and must not pay for them.
+            from h5guard._format import bytes as bytes_reader
+
             try:
-                root_attrs: dict[str, bytes] | None = _fastread.root_attribute_values(buf)
-            except (_fastread.Unsupported, _fastread.Malformed):
+                root_attrs: dict[str, bytes] | None = bytes_reader.root_attribute_values(buf)
+            except (bytes_reader.Unsupported, bytes_reader.Malformed):
                 root_attrs = None  # e.g. attributes in dense storage: libhdf5 reads them
-        from h5guard._deep import sealed_summary  # imports h5py: only when a seal matched
+        from h5guard._check.own import sealed_summary  # imports h5py: only when a seal matched
 
         return sealed_summary(path, schema_json, root_attrs)
     except Exception as err:  # readable only in theory: let the sandbox say what is wrong
@@ -230,6 +260,18 @@ def validate(
     """Validate one file: quick layer, then (``deep=True``) the sandboxed full read.
 
     Never raises for a bad file; every problem is a :class:`~h5guard.Finding`.
+
+    Parameters
+    ----------
+    path
+        The file.
+    schema, deep, timeout, memory_limit, sandbox, strict
+        As for :func:`validate_many`.
+
+    Returns
+    -------
+    Report
+        The file's findings and its :class:`~h5guard.FileSummary`.
     """
     return validate_many(
         [os.fspath(path)],
@@ -250,6 +292,17 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[str], li
     quarantine); its ``*.partial`` files are reported, never read, and its shard journals
     are reported with what they hold (a partial whose journal exists is a commit in
     progress or cut short: the journal speaks for it).
+
+    Parameters
+    ----------
+    paths
+        Files and directories, as given on the command line.
+
+    Returns
+    -------
+    tuple[list[str], list[Finding]]
+        The files to validate, and the findings about partials, journals and
+        directories with nothing to check.
     """
     files: list[str] = []
     findings: list[Finding] = []
@@ -269,8 +322,8 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[str], li
             if p.name.endswith(_atomic.PARTIAL_SUFFIX)
             and _journal.journal_beside(p.name) not in names
         ]
-        findings.extend(journal_finding(str(p)) for p in journals)
-        findings.extend(partial_finding(str(p)) for p in partials)
+        findings.extend(_journal.journal_finding(str(p)) for p in journals)
+        findings.extend(_journal.partial_finding(str(p)) for p in partials)
         if not found and not partials and not journals:
             findings.append(_nothing_to_check(path))
     return files, findings
@@ -293,65 +346,6 @@ def _nothing_to_check(directory: str) -> Finding:
     )
 
 
-def journal_finding(path: str) -> Finding:
-    """What a shard journal in a checked directory means for its results.
-
-    A running writer's journal is its open batch (info). A gone writer's journal holds
-    results no shard has yet: ``h5guard merge`` recovers them (warning); any record it
-    cannot read is a lost result (error). One whose shard was committed is leftover (info).
-    """
-
-    def finding(severity: Severity, message: str) -> Finding:
-        return Finding(path, "/", Code.JOURNAL_FILE, severity, message)
-
-    if _journal.writer_alive(path):
-        return finding(Severity.INFO, "open batch of a running writer")
-    # Only here: decoding a journal needs h5py, which a quick check of files never loads.
-    from h5guard.shards import read_journal
-
-    try:
-        state, _ = read_journal(path)
-    except FileNotFoundError:
-        return finding(Severity.INFO, "journal removed while checking (merged meanwhile?)")
-    held = f"{len(state.results)} result(s)"
-    cut = (
-        f"; one add() of {state.interrupted!r} was cut short and never returned"
-        if state.interrupted
-        else ""
-    )
-    if state.lost:
-        return finding(
-            Severity.ERROR,
-            f"journal of a writer that is gone, damaged: {'; '.join(state.lost)}; "
-            f"`h5guard merge` recovers the {held} it can read and lists the loss{cut}",
-        )
-    if state.committed:
-        return finding(
-            Severity.INFO,
-            f"journal left after its shard was committed ({held}); `h5guard merge` removes it",
-        )
-    if not state.results:
-        return finding(Severity.INFO, f"journal of a writer that is gone, holding no result{cut}")
-    return finding(
-        Severity.WARNING,
-        f"journal of a writer that is gone: {held} not yet in a shard; "
-        f"`h5guard merge` recovers them{cut}",
-    )
-
-
-def partial_finding(path: str) -> Finding:
-    alive = _atomic.partial_owner_alive(path)
-    if alive:
-        state = "its writer is still running"
-    elif alive is None:
-        state = "its writer cannot be identified"
-    else:
-        state = "its writer is gone: an uncommitted batch that was lost in a crash"
-    return Finding(
-        path, "/", Code.PARTIAL_FILE, Severity.WARNING, f"uncommitted partial file; {state}"
-    )
-
-
 def check(
     paths: Sequence[str | os.PathLike[str]],
     *,
@@ -367,9 +361,33 @@ def check(
 ) -> Report:
     """What ``h5guard check`` does: validate files and directories, then expected keys.
 
-    Each key in ``expect`` that no valid group in any checked file has is an
-    ``EXPECTED_MISSING`` finding. A directory argument that holds no file to check is a
-    ``NOTHING_TO_CHECK`` warning: an empty result must not pass silently.
+    A directory argument that holds no file to check is a ``NOTHING_TO_CHECK``
+    warning: an empty result must not pass silently.
+
+    Parameters
+    ----------
+    paths
+        Files and directories (a directory stands for its ``*.h5`` files; see
+        :func:`expand_paths`).
+    schema
+        Check every top-level group against it, nested groups included; None: against
+        the schema each file embeds, if any.
+    expect
+        Keys that must be present: each one that no valid group of any checked file
+        has is an ``EXPECTED_MISSING`` finding.
+    deep, timeout, memory_limit, workers, progress, sandbox, strict
+        As for :func:`validate_many`.
+
+    Returns
+    -------
+    Report
+        ``report.ok`` is whether everything passed; ``report.exit_code`` what the CLI
+        exits with.
+
+    Examples
+    --------
+    >>> report = h5guard.check(["results/"], expect=[f"cfg{i}" for i in range(10)])  # doctest: +SKIP
+    >>> print(report.render_text())  # doctest: +SKIP
     """
     files, extra = expand_paths(paths)
     report = validate_many(

@@ -1,6 +1,6 @@
 """Main loop of a sandbox child: read a call, run it, answer, repeat.
 
-Started by :mod:`h5guard.sandbox` as ``python -m h5guard._sandbox_child LIMIT``.
+Started by :mod:`h5guard._sandbox` as ``python -m h5guard._check.child LIMIT``.
 Frames on stdin/stdout are an 8-byte little-endian length and a pickle.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 import h5py  # noqa: F401
 import numpy  # noqa: F401
 
-from h5guard import _deep  # noqa: F401
-from h5guard.sandbox import _read_frame, _write_frame, die_with_parent, take_retirement
+from h5guard._check import deep  # noqa: F401
+from h5guard._sandbox import _read_frame, _write_frame, die_with_parent, take_retirement
 
 
 def _address_space() -> int:

@@ -1,12 +1,18 @@
-"""Matplotlib drawing for ``layout-sweep report`` and ``show``.
+"""The report's figures: matplotlib drawing, and writing the figures of results as PNGs.
 
-matplotlib is an optional extra, so it is imported inside the functions only. Figures are
-plain :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas: no pyplot, no
-global figure registry, no GUI backend, safe to use from any thread or process.
+matplotlib is imported inside the functions only (without it, :func:`require_matplotlib`
+raises :class:`MissingExtraError`). Figures are plain :class:`matplotlib.figure.Figure`
+objects rendered by the Agg canvas: no pyplot, no global figure registry, no GUI backend,
+safe to use from any thread or process.
+
+Drawing (``layout_figure``, ``published_figure``, ``axes_figure``) takes arrays and numbers
+only; ``write_layout_png`` and ``write_axes_png`` read what they need (layouts, the flow
+map of :mod:`optimizer._report.flow`) and save the PNG.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,38 +22,46 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from optimizer._report.flow import FlowField, SiteGeometry, dominant_wind, flow_field, site_geometry
+from optimizer.summary import NotASweepOutputError, OkRow, Reference, read_layouts
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+log = logging.getLogger(__name__)
+
 FloatArray = NDArray[np.float64]
+INSTALL_HINT = 'pip install ".[report]"'
 
 DPI = 100
 START_COLOR = "#8c8c8c"
 OPT_COLOR = "#d62728"
 BOUNDARY_COLOR = "#1f4e79"
+EXCLUSION_COLOR = "#7f7f7f"
 REF_BASELINE_COLOR = "#7f7f7f"
 REF_BEST_COLOR = "#2ca02c"
 _SITE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
-@dataclass(frozen=True, slots=True)
-class FlowField:
-    """Effective wind speed on a horizontal grid at hub height, for one flow case."""
-
-    x: FloatArray
-    y: FloatArray
-    ws_eff: FloatArray  # shape (len(y), len(x))
-    wd: float
-    ws: float
+class MissingExtraError(RuntimeError):
+    """An optional dependency (matplotlib, the ``report`` extra) is not installed."""
 
 
-@dataclass(frozen=True, slots=True)
-class Reference:
-    """Published AEP reference lines, GWh."""
+def require_matplotlib() -> None:
+    """Raise :class:`MissingExtraError` unless matplotlib can be imported.
 
-    baseline_gwh: float
-    best_published_gwh: float
+    Raises
+    ------
+    MissingExtraError
+        With the command that installs it.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MissingExtraError(
+            f"plotting needs matplotlib, which is not installed; install it with: {INSTALL_HINT}"
+        ) from None
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -60,7 +74,20 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def save_png(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` as a PNG, atomically (a reader never sees half an image)."""
+    """Write ``fig`` as a PNG, atomically (a reader never sees half an image).
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure.
+    path : str or os.PathLike
+        The PNG to write (replaced if it exists).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
     final = Path(path)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     try:
@@ -78,6 +105,7 @@ def _draw_layout(
     initial: FloatArray | None,
     optimized: FloatArray,
     min_spacing_m: float | None,
+    exclusions: Sequence[FloatArray] = (),
     legend: bool = True,
 ) -> None:
     from matplotlib.collections import LineCollection, PatchCollection
@@ -92,6 +120,18 @@ def _draw_layout(
                 edgecolor=BOUNDARY_COLOR,
                 linewidth=1.5,
                 label="boundary",
+            )
+        )
+    for i, zone in enumerate(z for z in exclusions if len(z) >= 3):
+        ax.add_patch(
+            Polygon(
+                zone,
+                closed=True,
+                facecolor=(0.5, 0.5, 0.5, 0.15),
+                edgecolor=EXCLUSION_COLOR,
+                hatch="//",
+                linewidth=1.0,
+                label="exclusion zone" if i == 0 else None,
             )
         )
     if initial is not None and initial.shape == optimized.shape:
@@ -170,6 +210,7 @@ def _draw_flow(
     *,
     boundary: FloatArray | None,
     optimized: FloatArray,
+    exclusions: Sequence[FloatArray] = (),
 ) -> None:
     extent = (float(flow.x[0]), float(flow.x[-1]), float(flow.y[0]), float(flow.y[-1]))
     # Clip the deep deficit right behind each rotor so the wakes far downstream stay visible.
@@ -188,6 +229,9 @@ def _draw_flow(
     if boundary is not None and len(boundary) >= 3:
         closed = np.vstack((boundary, boundary[:1]))
         ax.plot(closed[:, 0], closed[:, 1], color=BOUNDARY_COLOR, linewidth=1.0, linestyle="--")
+    for zone in (z for z in exclusions if len(z) >= 3):
+        closed = np.vstack((zone, zone[:1]))
+        ax.plot(closed[:, 0], closed[:, 1], color=EXCLUSION_COLOR, linewidth=1.0, linestyle=":")
     ax.scatter(optimized[:, 0], optimized[:, 1], s=14, color=OPT_COLOR, zorder=3)
     # PyWake's wd is where the wind comes FROM (meteorological): the flow goes the other way.
     rad = np.deg2rad(flow.wd)
@@ -214,8 +258,31 @@ def layout_figure(
     optimized: FloatArray,
     min_spacing_m: float | None,
     flow: FlowField | None = None,
+    exclusions: Sequence[FloatArray] = (),
 ) -> Figure:
-    """The layout (boundary, start, optimized, spacing circles), plus its wake if ``flow``."""
+    """Draw a layout: boundary, start, optimized positions, spacing circles; and its wake.
+
+    Parameters
+    ----------
+    title : str
+        The figure's title.
+    boundary : numpy.ndarray or None
+        The site polygon, shape (m, 2), metres.
+    initial : numpy.ndarray or None
+        The starting positions, (n, 2); a dotted line joins each to its optimized position.
+    optimized : numpy.ndarray
+        The optimized positions, (n, 2).
+    min_spacing_m : float or None
+        Draws a circle of radius ``min_spacing_m / 2`` around each optimized turbine.
+    flow : FlowField, optional
+        With it, a second panel shows the flow map (one flow case) of the optimized layout.
+    exclusions : sequence of numpy.ndarray
+        Polygons (m, 2) inside the boundary where no turbine may stand, drawn hatched.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     if flow is None:
         fig = _figure(6.4, 6.8)
         ax = fig.add_subplot()
@@ -225,6 +292,7 @@ def layout_figure(
             initial=initial,
             optimized=optimized,
             min_spacing_m=min_spacing_m,
+            exclusions=exclusions,
         )
     else:
         fig = _figure(12.8, 6.2)
@@ -235,8 +303,11 @@ def layout_figure(
             initial=initial,
             optimized=optimized,
             min_spacing_m=min_spacing_m,
+            exclusions=exclusions,
         )
-        _draw_flow(ax_flow, fig, flow, boundary=boundary, optimized=optimized)
+        _draw_flow(
+            ax_flow, fig, flow, boundary=boundary, optimized=optimized, exclusions=exclusions
+        )
     ax.set_title("start and optimized layout", fontsize="medium")
     fig.suptitle(title, fontsize="medium")
     return fig
@@ -249,7 +320,23 @@ def published_figure(
     panels: Sequence[tuple[str, FloatArray]],
     min_spacing_m: float | None,
 ) -> Figure:
-    """Layouts side by side (ours first, then the published ones), one panel each."""
+    """Draw layouts side by side, one panel each (the sweep's first, then the published ones).
+
+    Parameters
+    ----------
+    title : str
+        The figure's title.
+    boundary : numpy.ndarray or None
+        The site polygon drawn in every panel.
+    panels : sequence of (str, numpy.ndarray)
+        Each panel's title and layout (n, 2).
+    min_spacing_m : float or None
+        Spacing circles, as in :func:`layout_figure`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     fig = _figure(4.6 * max(1, len(panels)), 5.2)
     axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
     for ax, (label, layout) in zip(axes, panels, strict=False):
@@ -281,8 +368,10 @@ def _strip(
     color: str,
     seed: int = 0,
 ) -> None:
-    """Box plot plus jittered points of ``values`` grouped by ``categories`` (numbers first,
-    in numeric order, then words); fine with thousands of points."""
+    """Draw a box plot plus jittered points of ``values`` grouped by ``categories``.
+
+    Numbers first, in numeric order, then words; fine with thousands of points.
+    """
     cats = sorted(set(categories), key=_category_order)
     if not cats:
         return
@@ -323,9 +412,29 @@ def axes_figure(
     wall_time_s: Sequence[float],
     reference: Reference | None,
 ) -> Figure:
-    """How one site's results depend on the sweep axes: gain vs grid size and vs the share of
-    randomly placed starting turbines, and AEP vs wall time (with published reference lines
-    where known). ``grid_size`` and ``random_pct`` are category labels, one per result."""
+    """Draw how one site's results depend on the sweep axes.
+
+    Three panels: the gain against the grid size and against the share of randomly placed
+    starting turbines (box plots with the points), and the AEP against the wall time (with
+    published reference lines where known).
+
+    Parameters
+    ----------
+    label : str
+        The site label, for the title.
+    color_index : int
+        Picks the site's colour.
+    grid_size, random_pct : sequence of str
+        Category labels, one per result (numbers sort numerically, words after them).
+    gain_pct, aep_gwh, wall_time_s : sequence of float
+        One per result.
+    reference : Reference or None
+        The published baseline and best AEP lines.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     color = _SITE_COLORS[color_index % len(_SITE_COLORS)]
     fig = _figure(14.0, 4.2)
     ax_grid, ax_rand, ax_time = fig.subplots(1, 3)
@@ -366,5 +475,135 @@ def axes_figure(
 
 
 def close(fig: Any) -> None:
-    """Drop the figure's artists now rather than at garbage collection."""
+    """Drop the figure's artists now rather than at garbage collection.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure, not used afterwards.
+    """
     fig.clear()
+
+
+# --- the figures of results, as PNG files -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutFigure:
+    """One of the best layouts of a site as the page shows it: the row, its rank, its image.
+
+    ``image`` is the PNG's file name in the report directory (None if the layout could not
+    be read); ``note`` says what is missing from the figure, if anything.
+    """
+
+    row: OkRow
+    rank: int
+    image: str | None
+    note: str | None = None
+
+
+def write_layout_png(
+    path: str,
+    row: OkRow,
+    rank: int,
+    destination: Path,
+    geometry: dict[tuple[str, int], SiteGeometry],
+    winds: dict[tuple[str, int], tuple[float, float]],
+) -> LayoutFigure:
+    """Draw one result with its wake at the site's dominant wind and save it as a PNG.
+
+    Parameters
+    ----------
+    path : str
+        The sweep output the layouts are read from.
+    row : OkRow
+        The result.
+    rank : int
+        Its rank in its site (1 = best), for the title.
+    destination : pathlib.Path
+        The PNG to write.
+    geometry, winds : dict
+        Caches shared by the figures of one report: site geometry, and the dominant wind
+        of each (site, farm size).
+
+    Returns
+    -------
+    LayoutFigure
+        With ``image`` None when the layout could not be read (nothing is written then),
+        and a note when the flow map could not be computed (the layout is drawn alone).
+    """
+    try:
+        initial, layout = read_layouts(path, row.key)
+    except (NotASweepOutputError, OSError, KeyError) as err:
+        log.warning("%s: cannot read the layout: %s", row.key, err)
+        return LayoutFigure(row, rank, None, f"layout could not be read: {err}")
+    geo = site_geometry(row.site, row.n_turbines, geometry)
+    flow = None
+    note = None
+    if geo.wfm is not None and len(layout):
+        key = (row.site, row.n_turbines)
+        try:
+            if key not in winds:
+                centre = layout.mean(axis=0)
+                winds[key] = dominant_wind(geo.wfm, float(centre[0]), float(centre[1]))
+            wd, ws = winds[key]
+            flow = flow_field(geo.wfm, layout, geo.boundary, wd, ws)
+        except Exception as err:  # a flow map is a nice-to-have; keep the layout plot
+            log.warning("%s: no flow map: %s", row.key, err)
+            note = f"no flow map: {err}"
+    fig = layout_figure(
+        title=f"{row.label} #{rank}: {row.key}, AEP {row.aep_gwh:.2f} GWh "
+        f"({row.gain_pct:+.2f} % over start)",
+        boundary=geo.boundary,
+        initial=initial,
+        optimized=layout,
+        min_spacing_m=geo.min_spacing_m,
+        flow=flow,
+        exclusions=geo.exclusions,
+    )
+    save_png(fig, destination)
+    close(fig)
+    return LayoutFigure(row, rank, destination.name, note)
+
+
+def write_axes_png(
+    label: str,
+    rows: Sequence[OkRow],
+    destination: Path,
+    *,
+    color_index: int,
+    reference: Reference | None,
+) -> Path:
+    """Draw how the results of one site depend on the sweep axes, and save it as a PNG.
+
+    Parameters
+    ----------
+    label : str
+        The site label, e.g. ``iea37-16``.
+    rows : sequence of OkRow
+        Its results.
+    destination : pathlib.Path
+        The PNG to write.
+    color_index : int
+        Picks the site's colour.
+    reference : Reference or None
+        Published AEP lines to draw, if the site has them.
+
+    Returns
+    -------
+    pathlib.Path
+        ``destination``.
+    """
+    fig = axes_figure(
+        label=label,
+        color_index=color_index,
+        grid_size=[f"{r.grid_size:g}" if r.start == "grid" else r.start for r in rows],
+        random_pct=[f"{r.random_pct:g}" for r in rows],
+        gain_pct=[r.gain_pct for r in rows],
+        aep_gwh=[r.aep_gwh for r in rows],
+        wall_time_s=[r.wall_time_s for r in rows],
+        reference=reference,
+    )
+    save_png(fig, destination)
+    close(fig)
+    return destination

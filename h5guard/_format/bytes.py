@@ -1,29 +1,34 @@
-"""An independent reader of the few HDF5 constructs h5guard writes, for verifying copies.
+"""The independent byte reader: h5guard's own files parsed without libhdf5.
 
-After a merge copies result groups into its output with libhdf5's ``H5Ocopy``, every
-copied group's content digest is recomputed from the bytes on disk. Reading them back
-through h5py costs hundreds of µs a group (tens of µs per attribute), and it trusts
-the very library that just wrote them. This module parses the bytes itself (struct,
-numpy and hashlib only, no libhdf5) at a few percent of that cost: a second,
-independent reader whose digest must agree with the one the writer computed from its
-inputs.
+After a merge copies result groups into its output with libhdf5's ``H5Ocopy``, and when
+``check`` reads an h5guard file, every group's content digest is recomputed from the
+bytes on disk. Reading them back through h5py costs hundreds of µs a group (tens of µs
+per attribute), and it trusts the very library that wrote them. This module parses the
+bytes itself (struct, numpy and hashlib only, no libhdf5) at a few percent of that
+cost: a second, independent reader whose digest must agree with the one the writer
+computed from its inputs. The digest definitions (:mod:`h5guard._format.digest`) and
+the format's names (:mod:`h5guard._format.names`) are shared with the writer; the
+parsing is not, on purpose.
 
 It reads only the narrow subset of the format h5guard's own files use:
 
 * superblock version 2 or 3 (``libver=("v110", "latest")``), 8-byte offsets and
   lengths, after an optional userblock;
-* version-2 object headers ("OHDR") and their continuation chunks ("OCHK");
-* a group whose links and attributes are *compact* (messages in its object header),
-  whose members are hard links to datasets;
+* version-2 object headers ("OHDR") and their continuation chunks ("OCHK"), read by
+  one loop (:meth:`_File.object`) whatever the object;
+* groups whose links and attributes are *compact* (messages in their object header),
+  whose members are hard links to datasets or to nested groups (result trees, to
+  :data:`~h5guard._format.names.MAX_DEPTH` levels), with attributes on groups and
+  datasets;
 * datasets with a scalar or simple dataspace and *compact* layout (or contiguous,
   for the empty and scalar datasets h5py writes that way);
 * the datatypes h5py writes for numpy kinds ``b i u f c S``: integers of 1-8 bytes,
   IEEE half/single/double floats, either byte order; fixed-length strings; h5py's
   boolean enum and complex compound.
 
-Anything else (dense link or attribute storage, chunked data, nested groups, shared
-messages, other datatypes) raises :class:`Unsupported` and the caller verifies that
-group through libhdf5 instead. Bytes that do not parse as the subset claims raise
+Anything else (dense link or attribute storage, chunked data, shared messages, other
+datatypes such as structured ones) raises :class:`Unsupported` and the caller verifies
+that group through libhdf5 instead. Bytes that do not parse as the subset claims raise
 :class:`Malformed`. Parsing is bounded by the buffer: damaged bytes give an error,
 never a hang, a crash or a huge allocation.
 
@@ -45,7 +50,22 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from h5guard._superblock import lookup3
+from h5guard._format.checksum import lookup3
+from h5guard._format.digest import dtype_token, field
+from h5guard._format.names import DIGEST_ATTR as _DIGEST_ATTR_NAME
+from h5guard._format.names import (
+    DIGEST_PREFIX,
+    DIGEST_V1_MAGIC,
+    DIGEST_V2_MAGIC,
+    DIGEST_V2_PREFIX,
+    MAX_DEPTH,
+    PY_SCALAR_KINDS,
+    SIGNATURE,
+    UNDEFINED,
+)
+from h5guard._format.names import KINDS_ATTR as _KINDS_ATTR_NAME
+from h5guard._format.names import RESERVED_PREFIX as _RESERVED_NAME
+from h5guard.schema import DatasetInfo, FrozenMap, GroupInfo
 
 __all__ = ["Malformed", "Unsupported", "base_address", "group_digest_at", "verify_groups_at"]
 
@@ -64,12 +84,7 @@ class Malformed(Exception):
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 
-_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-_UNDEFINED = 0xFFFF_FFFF_FFFF_FFFF
-_DIGEST_MAGIC = b"h5guard-digest-v1\0"
-_DIGEST_PREFIX = "sha256:"
-_DIGEST_V2_PREFIX = "sha256-v2:"
-_DIGEST_ATTR = b"h5guard_digest"
+_DIGEST_ATTR = _DIGEST_ATTR_NAME.encode()
 
 # Limits that keep damaged bytes from turning into long loops or big allocations.
 _MAX_RANK = 32  # H5S_MAX_RANK
@@ -101,10 +116,6 @@ _ATTR_INFO = 0x15
 # Messages that say nothing about the content the digest covers: old and new fill
 # value, group info, comment, old and new modification time, reference count.
 _IGNORED = frozenset({_NIL, 0x04, 0x05, 0x0A, 0x0D, 0x0E, 0x12, 0x16})
-_GROUP_WANTED = frozenset({_LINK_INFO, _LINK, _ATTR_INFO})  # attributes: parsed inline
-_DATASET_WANTED = frozenset({_DATASPACE, _DATATYPE, _LAYOUT})
-# A dataset's own attributes are not covered by the group digest.
-_DATASET_IGNORED = _IGNORED | {_ATTRIBUTE, _ATTR_INFO}
 
 # Data conversions: how to turn stored element bytes into what h5py hands back.
 _RAW = 0
@@ -120,15 +131,13 @@ _IEEE = {
 }
 
 
-_PY_SCALAR_KINDS = {"<i8": "int", "<f8": "float", "|b1": "bool", "<c16": "complex"}
-_DIGEST_V2_MAGIC = b"h5guard-digest-v2\0"
-_KINDS_ATTR = b"h5guard_kinds"
-_RESERVED = b"h5guard_"
-_MAX_DEPTH = 33  # h5guard._tree.MAX_DEPTH plus the result's own group
+_SCALAR_KINDS = {token: kind for kind, token in PY_SCALAR_KINDS.items()}
+_KINDS_ATTR = _KINDS_ATTR_NAME.encode()
+_RESERVED = _RESERVED_NAME.encode()
+_MAX_DEPTH = MAX_DEPTH + 1  # the result's own group, then MAX_DEPTH nested groups
 
 
-def _f(data: bytes) -> bytes:
-    return len(data).to_bytes(8, "little") + data
+_f = field
 
 
 _TAG_D = _f(b"D")
@@ -151,7 +160,13 @@ class _Type:
         # numpy's dtype.str in little-endian order (numpy itself refuses strings of 2 GiB)
         order = "|" if kind in "bS" or size == 1 else "<"
         self.numpy = f"{order}{kind}{size}"
-        self.token = _f(self.numpy.encode())
+        # The token both digests use (h5guard._format.digest.dtype_token); cached with
+        # the parsed type, so computing it through numpy costs once per distinct type.
+        try:
+            token = dtype_token(np.dtype(self.numpy))
+        except (TypeError, ValueError, OverflowError) as err:
+            raise Unsupported(f"datatype {self.numpy}: {err}") from err
+        self.token = _f(token.encode())
         # The v2 kind of a scalar of this type when no h5guard_kinds entry names one
         # (h5guard._tree.default_kind): Python numbers only for native little-endian types.
         if self.utf8:
@@ -159,7 +174,7 @@ class _Type:
         elif conv == _SWAP:
             self.scalar_kind = "numpy"
         else:
-            self.scalar_kind = _PY_SCALAR_KINDS.get(self.numpy, "numpy")
+            self.scalar_kind = _SCALAR_KINDS.get(self.numpy, "numpy")
 
 
 class _Space:
@@ -366,14 +381,13 @@ def _chunk_messages(
     p: int,
     end: int,
     header_size: int,
-    wanted: frozenset[int],
-    ignored: frozenset[int],
-    out: list[tuple[int, bytes]],
-    attrs: dict[bytes, bytes] | None,
+    obj: _Object,
     continuations: list[tuple[int, int]],
-    attr_objs: dict[bytes, _Attr] | None = None,
 ) -> None:
-    """Sort the messages of ``chunk[p:end]`` into ``out``, ``attrs`` and ``continuations``."""
+    """Sort the messages of ``chunk[p:end]`` into ``obj`` and ``continuations``."""
+    wanted, ignored, out = obj.wanted, obj.ignored, obj.messages
+    attrs = obj.attrs if obj.attributes else None
+    attr_objs = obj.attr_objs
     cache_get = _ATTRS.get
     unpack_message = _MSG.unpack_from
     unpack_attribute = (_ATTR_MSG_ORDERED if header_size == 6 else _ATTR_MSG).unpack_from
@@ -408,8 +422,7 @@ def _chunk_messages(
             if name in attrs:
                 raise Malformed(f"two attributes named {name!r}")
             attrs[name] = attr.prefix + value
-            if attr_objs is not None:
-                attr_objs[name] = attr
+            attr_objs[name] = attr
             continue
         mtype, msize, mflags = unpack_message(chunk, p)
         body = p + header_size
@@ -431,93 +444,6 @@ def _chunk_messages(
 def _checksum_ok(chunk: bytes) -> bool:
     (stored,) = _U32.unpack_from(chunk, len(chunk) - 4)
     return lookup3(chunk[:-4]) == int(stored)
-
-
-def _object_messages(
-    buf: Buffer,
-    base: int,
-    addr: int,
-    wanted: frozenset[int],
-    ignored: frozenset[int],
-    attrs: dict[bytes, bytes] | None,
-    checksums: bool,
-    attr_objs: dict[bytes, _Attr] | None = None,
-) -> list[tuple[int, bytes]]:
-    """The wanted messages, in order, of the version-2 object header at ``addr``.
-
-    Attribute messages go to ``attrs`` unless it is None, as name -> digest fields.
-    """
-    size = len(buf)
-    start = base + addr
-    if not 0 <= addr < _UNDEFINED:
-        raise Malformed(f"object header address {addr} outside the file")
-    # signature, version, flags, times, phase change values, chunk size: at most 38 bytes
-    head = bytes(buf[start : start + 38])
-    if head[:4] != b"OHDR":
-        raise Malformed(f"no object header signature at address {addr}")
-    if head[4] != 2:
-        raise Unsupported(f"object header version {head[4]}")
-    flags = head[5]
-    if flags & 0xC0:
-        raise Malformed(f"object header with reserved flags {flags:#x}")
-    p = 6 + (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
-    data_start = p + (1 << (flags & 3))
-    if data_start > len(head):
-        raise Malformed(f"object header at {addr} runs past the end of the file")
-    data_end = data_start + int.from_bytes(head[p:data_start], "little")
-    if start + data_end + 4 > size:
-        raise Malformed(f"object header at {addr} runs past the end of the file")
-    chunk = bytes(buf[start : start + data_end + 4])
-    if checksums and not _checksum_ok(chunk):
-        raise Malformed(f"object header at {addr}: checksum mismatch")
-    header_size = 6 if flags & 0x04 else 4  # with a creation order per message
-    out: list[tuple[int, bytes]] = []
-    continuations: list[tuple[int, int]] = []
-    _chunk_messages(
-        chunk,
-        data_start,
-        data_end,
-        header_size,
-        wanted,
-        ignored,
-        out,
-        attrs,
-        continuations,
-        attr_objs,
-    )
-    seen = {addr}
-    # The chunks of one header never overlap, so together they fit in the file: a bound
-    # on the work damaged continuation messages can cause.
-    budget = size - len(chunk)
-    while continuations:
-        offset, length = continuations.pop()
-        if offset in seen:
-            raise Malformed(f"object header at {addr}: continuation chunks form a cycle")
-        seen.add(offset)
-        cstart = base + offset
-        if offset >= _UNDEFINED or length < 8 or cstart + length > size:
-            raise Malformed(f"continuation chunk at {offset} ({length} bytes) outside the file")
-        budget -= length
-        if budget < 0:
-            raise Malformed(f"object header at {addr}: chunks larger than the file")
-        chunk = bytes(buf[cstart : cstart + length])
-        if chunk[:4] != b"OCHK":
-            raise Malformed(f"no continuation chunk signature at address {offset}")
-        if checksums and not _checksum_ok(chunk):
-            raise Malformed(f"continuation chunk at {offset}: checksum mismatch")
-        _chunk_messages(
-            chunk,
-            4,
-            length - 4,
-            header_size,
-            wanted,
-            ignored,
-            out,
-            attrs,
-            continuations,
-            attr_objs,
-        )
-    return out
 
 
 # -- attributes, links, datasets ------------------------------------------------------
@@ -614,104 +540,78 @@ def _link(body: bytes) -> tuple[bytes, int]:
     return name, target
 
 
-def _dataset(buf: Buffer, base: int, addr: int, name: bytes, checksums: bool) -> list[bytes]:
-    """The digest fields of the dataset at ``addr``: tag, name, dtype, shape, data."""
-    raw: dict[int, bytes] = {}
-    for mtype, body in _object_messages(
-        buf, base, addr, _DATASET_WANTED, _DATASET_IGNORED, None, checksums
-    ):
-        if mtype in raw:
-            raise Malformed(f"dataset {name!r}: message {mtype:#x} given twice")
-        raw[mtype] = body
-    if len(raw) != 3:
-        raise Unsupported(f"member {name!r} is not a dataset")
-    dtype, space, nbytes, data = _dataset_value(buf, base, raw, name)
-    return [_TAG_D, _f(name), dtype.token, space.token, nbytes.to_bytes(8, "little"), data]
+# -- the one object-header reader ---------------------------------------------------
+
+_OBJECT_WANTED = frozenset({_LINK_INFO, _LINK, _ATTR_INFO, _DATASPACE, _DATATYPE, _LAYOUT})
+_NO_ATTRIBUTES = _IGNORED | {_ATTRIBUTE, _ATTR_INFO}
 
 
-def _dataset_value(
-    buf: Buffer, base: int, raw: dict[int, bytes], name: bytes
-) -> tuple[_Type, _Space, int, bytes]:
-    """A dataset's type, space, size and data (as h5py reads it) from its messages."""
-    dtype = _TYPES.get(raw[_DATATYPE]) or _datatype(raw[_DATATYPE])
-    space = _SPACES.get(raw[_DATASPACE]) or _dataspace(raw[_DATASPACE])
-    nbytes = dtype.size * space.count
-    layout = raw[_LAYOUT]
-    version, cls = layout[0], layout[1]
-    if not 3 <= version <= 5:
-        raise Unsupported(f"layout message version {version}")
-    if cls == 0:
-        (stored,) = _U16.unpack_from(layout, 2)
-        data = layout[4 : 4 + stored]
-        if stored != nbytes or len(data) != nbytes:
-            raise Malformed(f"dataset {name!r}: compact data of {stored} bytes, expected {nbytes}")
-    elif cls == 1:
-        where, stored = _PAIR64.unpack_from(layout, 2)
-        if where == _UNDEFINED:
-            if nbytes:
-                raise Unsupported(f"dataset {name!r}: data never written (fill value)")
-            data = b""
-        else:
-            if nbytes > _MAX_CONTIGUOUS:
-                raise Unsupported(f"dataset {name!r}: {nbytes} bytes of contiguous data")
-            data = bytes(buf[base + where : base + where + nbytes])
-            if stored < nbytes or len(data) != nbytes:
-                raise Malformed(f"dataset {name!r}: contiguous data outside the file")
-    else:
-        raise Unsupported(f"dataset {name!r}: layout class {cls}")
-    if dtype.conv:
-        data = _convert(dtype, data)
-    return dtype, space, nbytes, data
+class _Object:
+    """The messages of one object header that h5guard's subset uses, sorted by role.
 
+    ``attrs``: attribute name -> its v1 digest fields (``attr_objs[name].prefix`` then
+    the value as h5py reads it); ``raw``: the dataspace, datatype and layout messages of
+    a dataset; ``link_bodies``: a group's link messages, parsed by :meth:`links`.
+    """
 
-def _group_parts(
-    buf: Buffer, base: int, addr: int, checksums: bool
-) -> tuple[dict[bytes, list[bytes]], dict[bytes, bytes], str | None]:
-    """``(dataset digest fields by name, attribute digest fields by name, stored digest)``."""
-    attrs: dict[bytes, bytes] = {}
-    links: dict[bytes, int] = {}
-    is_group = False
-    for mtype, body in _object_messages(buf, base, addr, _GROUP_WANTED, _IGNORED, attrs, checksums):
-        if mtype == _LINK:
+    __slots__ = (
+        "addr",
+        "attr_objs",
+        "attributes",
+        "attrs",
+        "dense_links",
+        "ignored",
+        "is_group",
+        "link_bodies",
+        "messages",
+        "raw",
+        "wanted",
+    )
+
+    def __init__(self, addr: int, *, attributes: bool) -> None:
+        self.addr = addr
+        # attributes=False: attribute messages are skipped (a v1 digest does not cover
+        # a dataset's attributes), as the header's other ignorable messages are.
+        self.attributes = attributes
+        self.wanted = _OBJECT_WANTED if attributes else _OBJECT_WANTED - {_ATTR_INFO}
+        self.ignored = _IGNORED if attributes else _NO_ATTRIBUTES
+        self.messages: list[tuple[int, bytes]] = []  # the wanted ones, in order
+        self.attrs: dict[bytes, bytes] = {}
+        self.attr_objs: dict[bytes, _Attr] = {}
+        self.raw: dict[int, bytes] = {}
+        self.link_bodies: list[bytes] = []
+        self.is_group = False
+        self.dense_links = False
+
+    def links(self) -> dict[bytes, int]:
+        """The group's hard links, name -> object header address."""
+        if self.dense_links:
+            raise Unsupported("dense link storage")
+        out: dict[bytes, int] = {}
+        for body in self.link_bodies:
             name, target = _link(body)
-            if name in links:
+            if name in out:
                 raise Malformed(f"two links named {name!r}")
-            links[name] = target
-        elif mtype == _LINK_INFO:
-            is_group = True
-            if body[0] != 0:
-                raise Unsupported(f"link info message version {body[0]}")
-            (heap,) = _U64.unpack_from(body, 10 if body[1] & 1 else 2)
-            if heap != _UNDEFINED:
-                raise Unsupported("dense link storage")
-        else:  # attribute info
-            if body[0] != 0:
-                raise Unsupported(f"attribute info message version {body[0]}")
-            (heap,) = _U64.unpack_from(body, 4 if body[1] & 1 else 2)
-            if heap != _UNDEFINED:
-                raise Unsupported("dense attribute storage")
-    if not is_group:
-        raise Unsupported(f"object at {addr} is not a group with a link info message")
-    value = attrs.pop(_DIGEST_ATTR, None)
-    stored = None if value is None else value.rstrip(b"\0").decode("utf-8", errors="replace")
-    if stored is not None and stored.startswith(_DIGEST_V2_PREFIX):
-        # A tree (v2) digest: h5guard._deep / h5guard.read verify those through libhdf5.
-        raise _TreeDigest("content digest v2 (result trees)")
-    datasets = {name: _dataset(buf, base, links[name], name, checksums) for name in links}
-    return datasets, attrs, stored
+            out[name] = target
+        return out
+
+    def attr_value(self, name: bytes) -> bytes:
+        """An attribute's value bytes, as h5py reads them."""
+        return self.attrs[name][len(self.attr_objs[name].prefix) :]
+
+    def pop_digest(self) -> str | None:
+        """The stored ``h5guard_digest`` text (removed from ``attrs``), or None."""
+        value = self.attrs.pop(_DIGEST_ATTR, None)
+        self.attr_objs.pop(_DIGEST_ATTR, None)
+        return None if value is None else value.rstrip(b"\0").decode("utf-8", errors="replace")
 
 
 def _digest_of_parts(datasets: dict[bytes, list[bytes]], attrs: dict[bytes, bytes]) -> str:
-    parts = [_DIGEST_MAGIC]
+    parts = [DIGEST_V1_MAGIC]
     for name in sorted(datasets):
         parts += datasets[name]
     parts += map(attrs.__getitem__, sorted(attrs))
-    return _DIGEST_PREFIX + hashlib.sha256(b"".join(parts)).hexdigest()
-
-
-def _group_digest(buf: Buffer, base: int, addr: int, checksums: bool) -> tuple[str, str | None]:
-    datasets, attrs, stored = _group_parts(buf, base, addr, checksums)
-    return _digest_of_parts(datasets, attrs), stored
+    return DIGEST_PREFIX + hashlib.sha256(b"".join(parts)).hexdigest()
 
 
 def _fields(data: bytes, count: int) -> list[bytes]:
@@ -734,7 +634,6 @@ def _array(dtype: bytes, shape: bytes, value: bytes) -> npt.NDArray[Any]:
 
 # -- digest v2 (result trees; docs/format.md) -------------------------------------------
 
-_ANY_WANTED = _GROUP_WANTED | _DATASET_WANTED
 _F_G = _f(b"G")
 _F_D = _f(b"D")
 
@@ -787,94 +686,238 @@ def _attrs_v2(
     return b"".join(parts)
 
 
-class _Flat:
-    """What read_group_at hands a schema check: the values of a group of datasets."""
-
-    def __init__(self) -> None:
-        self.datasets: dict[bytes, tuple[_Type, _Space, bytes]] = {}
-        self.attrs: dict[bytes, tuple[_Type, _Space, bytes]] = {}
-        self.nested = False  # a subgroup or a dataset attribute: too much for a flat check
+_Values = dict[bytes, tuple[_Type, _Space, bytes]]
 
 
-def _node_v2(
-    buf: Buffer,
-    base: int,
-    addr: int,
-    checksums: bool,
-    depth: int,
-    out: list[bytes],
-    flat: _Flat | None,
-    name: bytes = b"",
-) -> str | None:
-    """Append the v2 digest fields of the object at ``addr``; the stored digest, if any."""
-    if depth > _MAX_DEPTH:
-        raise Unsupported("groups nested too deep")
-    attrs: dict[bytes, bytes] = {}
-    objs: dict[bytes, _Attr] = {}
-    raw: dict[int, bytes] = {}
-    links: dict[bytes, int] = {}
-    is_group = False
-    for mtype, body in _object_messages(
-        buf, base, addr, _ANY_WANTED, _IGNORED, attrs, checksums, objs
-    ):
-        if mtype == _LINK:
-            link_name, target = _link(body)
-            if link_name in links:
-                raise Malformed(f"two links named {link_name!r}")
-            links[link_name] = target
-        elif mtype == _LINK_INFO:
-            is_group = True
-            if body[0] != 0:
-                raise Unsupported(f"link info message version {body[0]}")
-            (heap,) = _U64.unpack_from(body, 10 if body[1] & 1 else 2)
-            if heap != _UNDEFINED:
-                raise Unsupported("dense link storage")
-        elif mtype == _ATTR_INFO:
-            if body[0] != 0:
-                raise Unsupported(f"attribute info message version {body[0]}")
-            (heap,) = _U64.unpack_from(body, 4 if body[1] & 1 else 2)
-            if heap != _UNDEFINED:
-                raise Unsupported("dense attribute storage")
-        else:
-            if mtype in raw:
-                raise Malformed(f"object at {addr}: message {mtype:#x} given twice")
-            raw[mtype] = body
-    value = attrs.pop(_DIGEST_ATTR, None)
-    stored = None if value is None else value.rstrip(b"\0").decode("utf-8", errors="replace")
-    kinds = _kinds_entry(attrs, objs)
-    if is_group:
-        if raw:
+class _Desc:
+    """What a schema check needs of a group, as parsed: values, datasets, subgroups."""
+
+    __slots__ = ("attrs", "datasets", "groups", "values")
+
+    def __init__(self, *, values: bool) -> None:
+        self.values = values  # False: the names alone (which objects there are)
+        self.attrs: _Values = {}
+        # name -> (type, space, data, kind, the dataset's own attributes)
+        self.datasets: dict[bytes, tuple[_Type, _Space, bytes, str, _Values]] = {}
+        self.groups: dict[bytes, _Desc] = {}
+
+
+def _values(obj: _Object) -> _Values:
+    return {
+        name: (a.dtype, a.space, obj.attr_value(name))
+        for name, a in obj.attr_objs.items()
+        if not name.startswith(_RESERVED)
+    }
+
+
+# -- one file's bytes ------------------------------------------------------------------
+
+
+class _File:
+    """The bytes of one file, where its addresses count from, and whether metadata
+    checksums are verified: what every parse of one of its objects needs."""
+
+    __slots__ = ("base", "buf", "checksums", "size")
+
+    def __init__(self, buf: Buffer, base: int, *, checksums: bool = False) -> None:
+        self.buf = buf
+        self.base = base
+        self.size = len(buf)
+        self.checksums = checksums
+
+    def object(self, addr: int, *, attributes: bool = True) -> _Object:
+        """The version-2 object header at ``addr``, its messages sorted (:class:`_Object`).
+
+        Dense attribute storage raises :class:`Unsupported`; dense link storage only
+        when the links are asked for.
+        """
+        obj = _Object(addr, attributes=attributes)
+        self._read_header(obj)
+        for mtype, body in obj.messages:
+            if mtype == _LINK:
+                obj.link_bodies.append(body)
+            elif mtype == _LINK_INFO:
+                obj.is_group = True
+                if body[0] != 0:
+                    raise Unsupported(f"link info message version {body[0]}")
+                (heap,) = _U64.unpack_from(body, 10 if body[1] & 1 else 2)
+                obj.dense_links = heap != UNDEFINED
+            elif mtype == _ATTR_INFO:
+                if body[0] != 0:
+                    raise Unsupported(f"attribute info message version {body[0]}")
+                (heap,) = _U64.unpack_from(body, 4 if body[1] & 1 else 2)
+                if heap != UNDEFINED:
+                    raise Unsupported("dense attribute storage")
+            else:
+                if mtype in obj.raw:
+                    raise Malformed(f"object at {addr}: message {mtype:#x} given twice")
+                obj.raw[mtype] = body
+        if obj.is_group and obj.raw:
             raise Malformed(f"group at {addr} carries dataset messages")
-        if flat is not None and depth == 1:
-            flat.nested = True
-        out += [_F_G, _attrs_v2(attrs, objs, kinds, False), len(links).to_bytes(8, "little")]
-        if flat is not None and depth == 0:
-            for attr_name in attrs:
-                if not attr_name.startswith(_RESERVED):
-                    a = objs[attr_name]
-                    flat.attrs[attr_name] = (a.dtype, a.space, attrs[attr_name][len(a.prefix) :])
-        for member in sorted(links):
-            out.append(_f(member))
-            _node_v2(buf, base, links[member], checksums, depth + 1, out, flat, member)
+        return obj
+
+    def _read_header(self, obj: _Object) -> None:
+        """Sort the messages of ``obj``'s header, continuation chunks included, into it."""
+        buf, base, size, addr = self.buf, self.base, self.size, obj.addr
+        start = base + addr
+        if not 0 <= addr < UNDEFINED:
+            raise Malformed(f"object header address {addr} outside the file")
+        # signature, version, flags, times, phase change values, chunk size: at most 38 bytes
+        head = bytes(buf[start : start + 38])
+        if head[:4] != b"OHDR":
+            raise Malformed(f"no object header signature at address {addr}")
+        if head[4] != 2:
+            raise Unsupported(f"object header version {head[4]}")
+        flags = head[5]
+        if flags & 0xC0:
+            raise Malformed(f"object header with reserved flags {flags:#x}")
+        p = 6 + (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
+        data_start = p + (1 << (flags & 3))
+        if data_start > len(head):
+            raise Malformed(f"object header at {addr} runs past the end of the file")
+        data_end = data_start + int.from_bytes(head[p:data_start], "little")
+        if start + data_end + 4 > size:
+            raise Malformed(f"object header at {addr} runs past the end of the file")
+        chunk = bytes(buf[start : start + data_end + 4])
+        if self.checksums and not _checksum_ok(chunk):
+            raise Malformed(f"object header at {addr}: checksum mismatch")
+        header_size = 6 if flags & 0x04 else 4  # with a creation order per message
+        continuations: list[tuple[int, int]] = []
+        # (chunk, where its messages start, where they end): the header's own chunk first,
+        # then its continuation chunks, in the order libhdf5 reads them.
+        chunks = [(chunk, data_start, data_end)]
+        seen = {addr}
+        # The chunks of one header never overlap, so together they fit in the file: a bound
+        # on the work damaged continuation messages can cause.
+        budget = size - len(chunk)
+        while chunks:
+            chunk, p, end = chunks.pop()
+            _chunk_messages(chunk, p, end, header_size, obj, continuations)
+            for offset, length in continuations:
+                if offset in seen:
+                    raise Malformed(f"object header at {addr}: continuation chunks form a cycle")
+                seen.add(offset)
+                cstart = base + offset
+                if offset >= UNDEFINED or length < 8 or cstart + length > size:
+                    raise Malformed(
+                        f"continuation chunk at {offset} ({length} bytes) outside the file"
+                    )
+                budget -= length
+                if budget < 0:
+                    raise Malformed(f"object header at {addr}: chunks larger than the file")
+                more = bytes(buf[cstart : cstart + length])
+                if more[:4] != b"OCHK":
+                    raise Malformed(f"no continuation chunk signature at address {offset}")
+                if self.checksums and not _checksum_ok(more):
+                    raise Malformed(f"continuation chunk at {offset}: checksum mismatch")
+                chunks.append((more, 4, length - 4))
+            continuations.clear()
+
+    def dataset_fields(self, addr: int, name: bytes) -> list[bytes]:
+        """The v1 digest fields of the dataset at ``addr``: tag, name, dtype, shape, data."""
+        obj = self.object(addr, attributes=False)
+        if obj.is_group or len(obj.raw) != 3:
+            raise Unsupported(f"member {name!r} is not a dataset")
+        dtype, space, nbytes, data = self.dataset_value(obj.raw, name)
+        return [_TAG_D, _f(name), dtype.token, space.token, nbytes.to_bytes(8, "little"), data]
+
+    def dataset_value(self, raw: dict[int, bytes], name: bytes) -> tuple[_Type, _Space, int, bytes]:
+        """A dataset's type, space, size and data (as h5py reads it) from its messages."""
+        dtype = _TYPES.get(raw[_DATATYPE]) or _datatype(raw[_DATATYPE])
+        space = _SPACES.get(raw[_DATASPACE]) or _dataspace(raw[_DATASPACE])
+        nbytes = dtype.size * space.count
+        layout = raw[_LAYOUT]
+        version, cls = layout[0], layout[1]
+        if not 3 <= version <= 5:
+            raise Unsupported(f"layout message version {version}")
+        if cls == 0:
+            (stored,) = _U16.unpack_from(layout, 2)
+            data = layout[4 : 4 + stored]
+            if stored != nbytes or len(data) != nbytes:
+                raise Malformed(
+                    f"dataset {name!r}: compact data of {stored} bytes, expected {nbytes}"
+                )
+        elif cls == 1:
+            where, stored = _PAIR64.unpack_from(layout, 2)
+            if where == UNDEFINED:
+                if nbytes:
+                    raise Unsupported(f"dataset {name!r}: data never written (fill value)")
+                data = b""
+            else:
+                if nbytes > _MAX_CONTIGUOUS:
+                    raise Unsupported(f"dataset {name!r}: {nbytes} bytes of contiguous data")
+                start = self.base + where
+                data = bytes(self.buf[start : start + nbytes])
+                if stored < nbytes or len(data) != nbytes:
+                    raise Malformed(f"dataset {name!r}: contiguous data outside the file")
+        else:
+            raise Unsupported(f"dataset {name!r}: layout class {cls}")
+        if dtype.conv:
+            data = _convert(dtype, data)
+        return dtype, space, nbytes, data
+
+    def group_parts(
+        self, addr: int
+    ) -> tuple[dict[bytes, list[bytes]], dict[bytes, bytes], str | None]:
+        """``(dataset digest fields by name, attribute digest fields by name, stored digest)``
+        of a v1 group; :class:`_TreeDigest` if it carries a v2 digest."""
+        obj = self.object(addr)
+        if not obj.is_group:
+            raise Unsupported(f"object at {addr} is not a group with a link info message")
+        stored = obj.pop_digest()
+        if stored is not None and stored.startswith(DIGEST_V2_PREFIX):
+            raise _TreeDigest("content digest v2 (result trees)")
+        links = obj.links()
+        datasets = {name: self.dataset_fields(links[name], name) for name in links}
+        return datasets, obj.attrs, stored
+
+    def group_digest(self, addr: int) -> tuple[str, str | None]:
+        """(computed v1 digest, stored digest) of the group at ``addr``."""
+        datasets, attrs, stored = self.group_parts(addr)
+        return _digest_of_parts(datasets, attrs), stored
+
+    def tree_digest(self, addr: int, desc: _Desc | None = None) -> tuple[str, str | None]:
+        """(computed v2 digest, stored digest) of the result tree at ``addr``."""
+        out = [DIGEST_V2_MAGIC]
+        stored = self._node_v2(addr, 0, out, desc, b"")
+        return DIGEST_V2_PREFIX + hashlib.sha256(b"".join(out)).hexdigest(), stored
+
+    def _node_v2(
+        self, addr: int, depth: int, out: list[bytes], desc: _Desc | None, name: bytes
+    ) -> str | None:
+        """Append the v2 digest fields of the object at ``addr``; the stored digest, if any.
+
+        ``desc``: the description of the group that holds the object (of the object itself
+        at depth 0), filled in for a schema check; None when no schema asks.
+        """
+        if depth > _MAX_DEPTH:
+            raise Unsupported("groups nested too deep")
+        obj = self.object(addr)
+        stored = obj.pop_digest()
+        attrs, objs = obj.attrs, obj.attr_objs
+        kinds = _kinds_entry(attrs, objs)
+        if obj.is_group:
+            links = obj.links()
+            out += [_F_G, _attrs_v2(attrs, objs, kinds, False), len(links).to_bytes(8, "little")]
+            own = desc
+            if desc is not None and depth > 0:
+                own = desc.groups[name] = _Desc(values=desc.values)
+            if own is not None and own.values:
+                own.attrs = _values(obj)
+            for member in sorted(links):
+                out.append(_f(member))
+                self._node_v2(links[member], depth + 1, out, own, member)
+            return stored
+        if len(obj.raw) != 3 or depth == 0:
+            raise Unsupported(f"object at {addr} is not a group or a dataset of the subset")
+        dtype, space, nbytes, data = self.dataset_value(obj.raw, b"")
+        kind = _kind(kinds.get(""), dtype, space, data)
+        if desc is not None:
+            values = _values(obj) if desc.values else {}
+            desc.datasets[name] = (dtype, space, data, kind[8:].decode(), values)
+        out += [_F_D, _attrs_v2(attrs, objs, kinds, True), kind]
+        out += [dtype.token, space.token, nbytes.to_bytes(8, "little"), data]
         return stored
-    if len(raw) != 3 or depth == 0:
-        raise Unsupported(f"object at {addr} is not a group or a dataset of the subset")
-    dtype, space, nbytes, data = _dataset_value(buf, base, raw, b"")
-    if flat is not None and depth == 1:
-        if attrs:
-            flat.nested = True
-        flat.datasets[name] = (dtype, space, data)
-    out += [_F_D, _attrs_v2(attrs, objs, kinds, True), _kind(kinds.get(""), dtype, space, data)]
-    out += [dtype.token, space.token, nbytes.to_bytes(8, "little"), data]
-    return stored
-
-
-def _tree_digest(
-    buf: Buffer, base: int, addr: int, checksums: bool, flat: _Flat | None = None
-) -> tuple[str, str | None]:
-    out = [_DIGEST_V2_MAGIC]
-    stored = _node_v2(buf, base, addr, checksums, 0, out, flat)
-    return _DIGEST_V2_PREFIX + hashlib.sha256(b"".join(out)).hexdigest(), stored
 
 
 # -- public API -----------------------------------------------------------------------
@@ -884,7 +927,7 @@ def base_address(buf: Buffer) -> int:
     """Where HDF5 addresses count from: the superblock (after any userblock)."""
     size = len(buf)
     offset = 0
-    while bytes(buf[offset : offset + 8]) != _SIGNATURE:
+    while bytes(buf[offset : offset + 8]) != SIGNATURE:
         offset = 512 if offset == 0 else offset * 2
         if offset + 8 > size:
             raise Malformed("no HDF5 signature at offset 0, 512, 1024, ...")
@@ -904,36 +947,20 @@ def root_attribute_values(buf: Buffer) -> dict[str, bytes]:
     """The root group's attributes as ``name -> stored value bytes`` (as h5py reads them).
 
     What a merge needs from a sealed shard (its format, schema and index strings) without
-    opening it through libhdf5. Raises :class:`Unsupported` (e.g. attributes in dense
-    storage) or :class:`Malformed`.
+    opening it through libhdf5.
+
+    Raises
+    ------
+    Unsupported
+        The attributes are stored in a way this reader does not parse (dense storage).
+    Malformed
+        The bytes do not parse.
     """
     try:
         base = base_address(buf)
         (root,) = _U64.unpack_from(buf, base + 36)  # v2/v3: after base, extension, EOF
-        attrs: dict[bytes, bytes] = {}
-        for _, body in _object_messages(
-            buf, base, root, frozenset({_ATTR_INFO}), _IGNORED | {_LINK, _LINK_INFO}, attrs, False
-        ):
-            if body[0] != 0:
-                raise Unsupported(f"attribute info message version {body[0]}")
-            (heap,) = _U64.unpack_from(body, 4 if body[1] & 1 else 2)
-            if heap != _UNDEFINED:
-                raise Unsupported("dense attribute storage")
-        out: dict[str, bytes] = {}
-        for name, fields in attrs.items():
-            if name == _DIGEST_ATTR:
-                out[name.decode("utf-8", "replace")] = fields
-                continue
-            # The digest fields F(b"A") F(name) F(dtype) F(shape) F(value): the value is last.
-            p = 0
-            for _ in range(4):
-                p += 8 + int.from_bytes(fields[p : p + 8], "little")
-            size = int.from_bytes(fields[p : p + 8], "little")
-            value = fields[p + 8 : p + 8 + size]
-            if len(value) != size:
-                raise Malformed(f"root attribute {name!r} truncated")
-            out[name.decode("utf-8", "replace")] = value
-        return out
+        obj = _File(buf, base).object(root)
+        return {name.decode("utf-8", "replace"): obj.attr_value(name) for name in obj.attrs}
     except (IndexError, struct.error, ValueError, OverflowError) as err:
         raise Malformed(f"{type(err).__name__}: {err}") from err
 
@@ -947,44 +974,69 @@ def group_digest_at(
     :func:`base_address`). Raises :class:`Unsupported` or :class:`Malformed`.
     """
     try:
+        file = _File(buf, base, checksums=checksums)
         try:
-            return _group_digest(buf, base, addr, checksums)
+            return file.group_digest(addr)
         except _TreeDigest:
-            return _tree_digest(buf, base, addr, checksums)
+            return file.tree_digest(addr)
     except (IndexError, struct.error, ValueError, OverflowError) as err:
         raise Malformed(f"{type(err).__name__}: {err}") from err
 
 
 def read_group_at(
-    buf: Buffer, base: int, addr: int, *, attributes: bool = True
-) -> tuple[str, str | None, dict[str, npt.NDArray[Any]], dict[str, npt.NDArray[Any]]]:
-    """``(computed digest, stored digest, datasets, attributes)`` of the group at ``addr``,
-    values as h5py would read them (read-only arrays over the parsed bytes).
+    buf: Buffer, base: int, addr: int, *, describe: bool = True
+) -> tuple[str, str | None, GroupInfo | None, list[bytes]]:
+    """The digest of the group at ``addr`` and its description for a schema check.
 
-    For a checker that also applies a schema; ``attributes=False`` skips turning the
-    attributes into arrays (an empty dict comes back). Raises :class:`Unsupported` or
-    :class:`Malformed`.
+    Parameters
+    ----------
+    buf, base
+        The file's bytes and its base address (:func:`base_address`).
+    addr
+        The group's object header address, relative to ``base``.
+    describe
+        Build the :class:`~h5guard.schema.GroupInfo` (values as h5py would read
+        them: read-only arrays over the parsed bytes), nested groups included.
+
+    Returns
+    -------
+    tuple
+        ``(computed digest, stored digest or None, description or None, members)``;
+        ``members`` are the paths (relative to the group, ``b"sub/x"``) of every object
+        below it, for a caller that has libhdf5 load (and checksum) their headers too.
+
+    Raises
+    ------
+    Unsupported
+        A construct outside the subset: check the group with libhdf5.
+    Malformed
+        The bytes do not parse.
     """
     try:
+        file = _File(buf, base)
         try:
-            parts, attrs, stored = _group_parts(buf, base, addr, False)
+            parts, attrs, stored = file.group_parts(addr)
         except _TreeDigest:
-            return _read_flat_v2(buf, base, addr, attributes)
-        datasets: dict[str, npt.NDArray[Any]] = {}
-        for name, (_, _, dtype, shape, _, data) in parts.items():
-            datasets[name.decode("utf-8")] = _array(
-                _fields(dtype, 1)[0], _fields(shape, 1)[0], data
-            )
-        values: dict[str, npt.NDArray[Any]] = {}
-        for name, fields in attrs.items() if attributes else ():
-            _, _, dtype, shape, value = _fields(fields, 5)
-            values[name.decode("utf-8")] = _array(dtype, shape, value)
-        return _digest_of_parts(parts, attrs), stored, datasets, values
+            desc = _Desc(values=describe)
+            computed, stored = file.tree_digest(addr, desc)
+            return computed, stored, _info(desc) if describe else None, _paths(desc, b"")
+        info = None
+        if describe:
+            datasets = {}
+            for name, (_, _, dtype, shape, _, data) in parts.items():
+                arr = _array(_fields(dtype, 1)[0], _fields(shape, 1)[0], data)
+                datasets[name.decode("utf-8")] = DatasetInfo.of(arr)
+            values = {}
+            for name, fields in attrs.items():
+                _, _, dtype, shape, value = _fields(fields, 5)
+                values[name.decode("utf-8")] = _array(dtype, shape, value)
+            info = GroupInfo(FrozenMap(datasets), FrozenMap(values), FrozenMap())
+        return _digest_of_parts(parts, attrs), stored, info, list(parts)
     except (IndexError, struct.error, ValueError, OverflowError, TypeError) as err:
         raise Malformed(f"{type(err).__name__}: {err}") from err
 
 
-def _flat_array(dtype: _Type, space: _Space, data: bytes) -> npt.NDArray[Any]:
+def _value_array(dtype: _Type, space: _Space, data: bytes) -> npt.NDArray[Any]:
     dims = tuple(int(n) for n in _fields(space.token, 1)[0].split(b",")) if not space.scalar else ()
     if dtype.utf8:
         import h5py  # only for the UTF-8 tag a schema's "str" rule looks for
@@ -993,18 +1045,27 @@ def _flat_array(dtype: _Type, space: _Space, data: bytes) -> npt.NDArray[Any]:
     return np.frombuffer(data, dtype=np.dtype(dtype.numpy)).reshape(dims)
 
 
-def _read_flat_v2(
-    buf: Buffer, base: int, addr: int, attributes: bool
-) -> tuple[str, str | None, dict[str, npt.NDArray[Any]], dict[str, npt.NDArray[Any]]]:
-    flat = _Flat()
-    computed, stored = _tree_digest(buf, base, addr, False, flat)
-    if flat.nested:
-        raise Unsupported("a result tree (subgroups or dataset attributes): check it with libhdf5")
-    datasets = {n.decode("utf-8"): _flat_array(*v) for n, v in flat.datasets.items()}
-    values = (
-        {n.decode("utf-8"): _flat_array(*v) for n, v in flat.attrs.items()} if attributes else {}
-    )
-    return computed, stored, datasets, values
+def _arrays(values: _Values) -> dict[str, npt.NDArray[Any]]:
+    return {n.decode("utf-8"): _value_array(*v) for n, v in values.items()}
+
+
+def _paths(desc: _Desc, prefix: bytes) -> list[bytes]:
+    out = [prefix + name for name in desc.datasets]
+    for name, sub in desc.groups.items():
+        out.append(prefix + name)
+        out += _paths(sub, prefix + name + b"/")
+    return out
+
+
+def _info(desc: _Desc) -> GroupInfo:
+    datasets = {
+        name.decode("utf-8"): DatasetInfo.of(
+            _value_array(dtype, space, data), attrs=_arrays(attrs), kind=kind
+        )
+        for name, (dtype, space, data, kind, attrs) in desc.datasets.items()
+    }
+    groups = {name.decode("utf-8"): _info(sub) for name, sub in desc.groups.items()}
+    return GroupInfo(FrozenMap(datasets), FrozenMap(_arrays(desc.attrs)), FrozenMap(groups))
 
 
 def verify_groups_at(
