@@ -34,8 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_MEMORY_LIMIT = 1024**3
-STARTUP_ALLOWANCE = 60.0  # seconds a new child may take to start before its first call
-_HEADER = 8
+STARTUP_ALLOWANCE = 60.0  # seconds a new child may take to become ready at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +64,124 @@ class SandboxResult:
 
 _PR_SET_PDEATHSIG = 1
 _retire_requested = False
+
+# A frame: magic, 8-byte little-endian body length, pickled body. The magic makes
+# stray bytes on the result descriptor (text a library printed, garbage) recognisable
+# at once instead of being read as a length.
+_MAGIC = b"H5GF"
+_HEADER = len(_MAGIC) + 8
+MAX_FRAME = 256 * 1024**2  # bytes; a longer announced frame is implausible
+_READ_CHUNK = 1024**2
+_STATUSES = frozenset({"ready", "ok", "memory", "error"})
+
+# The child's environment: only what libhdf5, its filter plugins, numpy's BLAS and the
+# C library need (docs/security.md). Everything else (PYTHON*, LD_PRELOAD, HDF5_VOL_*,
+# HDF5_DRIVER, HDF5_EXTFILE_PREFIX, credentials, ...) stays in the parent.
+ENV_KEPT = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "TEMP",
+        "TMP",
+        "LD_LIBRARY_PATH",
+        "DYLD_LIBRARY_PATH",
+        "HDF5_PLUGIN_PATH",
+        "SYSTEMROOT",
+    }
+)
+ENV_KEPT_PREFIXES = ("LC_", "OMP_", "OPENBLAS_", "MKL_", "GOTO_", "BLIS_")
+
+# How the child starts: isolated mode (-I: no PYTHON* variables, no user site-packages,
+# neither the working directory nor a script directory on sys.path), then h5guard's own
+# import root first on sys.path, explicitly.
+_BOOTSTRAP = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from h5guard._check.child import main; main(sys.argv[2:])"
+)
+
+
+def import_root() -> str:
+    """The directory the running h5guard package is imported from (its parent).
+
+    Returns
+    -------
+    str
+        A checkout, a ``PYTHONPATH`` entry or ``site-packages``: what the child puts
+        first on its ``sys.path``.
+    """
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def _module_root(module: str) -> str | None:
+    """Where the caller imported the top-level package of ``module`` from, if it did."""
+    top = sys.modules.get(module.partition(".")[0])
+    if top is None:
+        return None
+    where = getattr(top, "__file__", None)
+    if where:
+        path = Path(where).resolve()
+        return str(path.parent.parent if path.name == "__init__.py" else path.parent)
+    search = list(getattr(top, "__path__", None) or [])  # a namespace package
+    return str(Path(search[0]).resolve().parent) if search else None
+
+
+def child_command(result_fd: int, memory_limit: int) -> list[str]:
+    """The command line of a sandbox child.
+
+    Parameters
+    ----------
+    result_fd
+        The descriptor (inherited) the child writes its frames to.
+    memory_limit
+        Bytes of address space the child may add after start-up.
+
+    Returns
+    -------
+    list[str]
+        ``python -I -c BOOTSTRAP ROOT FD LIMIT``.
+    """
+    return [
+        sys.executable,
+        "-I",
+        "-c",
+        _BOOTSTRAP,
+        import_root(),
+        str(result_fd),
+        str(memory_limit),
+    ]
+
+
+def child_env(extra: Iterable[str] = ()) -> dict[str, str]:
+    """The reduced environment of a sandbox child (see :data:`ENV_KEPT`).
+
+    Parameters
+    ----------
+    extra
+        Names of further variables to pass on unchanged.
+
+    Returns
+    -------
+    dict[str, str]
+        The kept variables, one BLAS thread, and HDF5 file locking off.
+    """
+    wanted = set(extra)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k in ENV_KEPT or k in wanted or k.startswith(ENV_KEPT_PREFIXES)
+    }
+    # One BLAS thread: the children do I/O, and thread pools inflate the address
+    # space that the memory limit is measured against.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = "1"
+    env["HDF5_USE_FILE_LOCKING"] = "FALSE"
+    return env
 
 
 def retire_after_call() -> None:
@@ -97,10 +214,25 @@ def die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _write_frame(stream: IO[bytes], obj: Any) -> None:
+def encode_frame(obj: Any) -> bytes:
+    """One frame: magic, body length, pickled ``obj``."""
     body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(len(body).to_bytes(_HEADER, "little") + body)
-    stream.flush()
+    return _MAGIC + len(body).to_bytes(8, "little") + body
+
+
+def write_frame(fd: int, obj: Any) -> None:
+    """Write one frame to descriptor ``fd`` (blocking, whole)."""
+    view = memoryview(encode_frame(obj))
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def read_frame(stream: IO[bytes]) -> Any:
+    """Read one frame from a blocking stream (the child's requests); EOFError at the end."""
+    head = _read_exact(stream, _HEADER)
+    if head[: len(_MAGIC)] != _MAGIC:
+        raise EOFError("not a frame")
+    return pickle.loads(_read_exact(stream, int.from_bytes(head[len(_MAGIC) :], "little")))
 
 
 def _read_exact(stream: IO[bytes], n: int) -> bytes:
@@ -114,72 +246,109 @@ def _read_exact(stream: IO[bytes], n: int) -> bytes:
     return b"".join(chunks)
 
 
-def _read_frame(stream: IO[bytes]) -> Any:
-    size = int.from_bytes(_read_exact(stream, _HEADER), "little")
-    return pickle.loads(_read_exact(stream, size))
+class _Implausible(Exception):
+    """The child sent something that is not a well-formed answer."""
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # One BLAS thread: the children do I/O, and thread pools inflate the address
-    # space that the memory limit is measured against.
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = "1"
-    env["HDF5_USE_FILE_LOCKING"] = "FALSE"
-    package_parent = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
-    return env
+def _answer(body: bytes) -> tuple[str, Any, bool]:
+    try:
+        answer = pickle.loads(body)
+    except Exception as err:  # any garbage unpickles into any error
+        raise _Implausible(f"an undecodable answer ({type(err).__name__})") from err
+    if (
+        not isinstance(answer, tuple)
+        or len(answer) != 3
+        or answer[0] not in _STATUSES
+        or not isinstance(answer[2], bool)
+    ):
+        raise _Implausible(f"an answer of an unknown form ({type(answer).__name__})")
+    return answer[0], answer[1], answer[2]
 
 
 class _Child:
-    def __init__(self, memory_limit: int) -> None:
+    def __init__(self, memory_limit: int, pass_env: Iterable[str] = ()) -> None:
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
+        read_fd, write_fd = os.pipe()
         try:
+            # stdout goes to the same file as stderr: fd 1 of the child is never the
+            # result pipe, whatever a library prints there.
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "h5guard._check.child", str(memory_limit)],
+                child_command(write_fd, memory_limit),
                 stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
+                stdout=self.stderr,
                 stderr=self.stderr,
-                env=_child_env(),
+                env=child_env(pass_env),
                 close_fds=True,
+                pass_fds=(write_fd,),
+                cwd=None,
             )
         except OSError as err:
+            os.close(read_fd)
             self.stderr.close()
             raise SandboxError(f"cannot start the checker process {sys.executable}: {err}") from err
+        finally:
+            os.close(write_fd)
+        self.fd = read_fd
+        os.set_blocking(read_fd, False)
+        self.buffer = bytearray()
         self.task: int | None = None
         self.deadline = 0.0
         self.timeout = 0.0
-        # Until the child says it is ready (interpreter, h5py and numpy imported), a call's
-        # clock does not run: start-up, slow on a loaded machine, is not the file's time.
+        self.sent = 0.0
         self.ready = False
 
-    @property
-    def fd(self) -> int:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.fileno()
+    def started(self) -> None:
+        """The child is ready (its first frame): the call's deadline is the timeout
+        after it was sent, start-up included. Only a start-up slower than half the
+        timeout (a loaded machine) leaves the call half its timeout from now: a slow
+        start is not the file's fault, and the file has not been touched yet."""
+        if not self.ready:
+            self.ready = True
+            self.deadline = max(self.sent + self.timeout, time.monotonic() + self.timeout / 2)
 
     def send(self, task: int, payload: tuple[Any, ...], timeout: float) -> None:
+        """Give the child a call. Its clock starts now, start-up included (see
+        :meth:`started`); a child still starting may take :data:`STARTUP_ALLOWANCE`."""
         assert self.proc.stdin is not None
         self.task = task
         self.timeout = timeout
-        self.deadline = time.monotonic() + timeout + (0.0 if self.ready else STARTUP_ALLOWANCE)
-        _write_frame(self.proc.stdin, payload)
+        self.sent = time.monotonic()
+        self.deadline = self.sent + (timeout if self.ready else max(timeout, STARTUP_ALLOWANCE))
+        self.proc.stdin.write(encode_frame(payload))
+        self.proc.stdin.flush()
 
-    def receive(self) -> Any:
-        """The next frame. Read with os.read, never through a buffered reader: a
-        read-ahead would hide the answer that follows the ready frame from select()."""
-        size = int.from_bytes(self._read_exact(_HEADER), "little")
-        return pickle.loads(self._read_exact(size))
+    def receive(self) -> list[tuple[str, Any, bool]]:
+        """The frames that arrived complete (non-blocking).
 
-    def _read_exact(self, n: int) -> bytes:
-        chunks = []
-        while n:
-            chunk = os.read(self.fd, n)
-            if not chunk:
-                raise EOFError
-            chunks.append(chunk)
-            n -= len(chunk)
-        return b"".join(chunks)
+        Raises
+        ------
+        EOFError
+            The child closed its end (it died).
+        _Implausible
+            A frame without the magic, announcing more than :data:`MAX_FRAME` bytes,
+            or not decoding to an answer.
+        """
+        try:
+            chunk = os.read(self.fd, _READ_CHUNK)
+        except BlockingIOError:
+            return []
+        if not chunk:
+            raise EOFError
+        self.buffer += chunk
+        out = []
+        while len(self.buffer) >= _HEADER:
+            if bytes(self.buffer[: len(_MAGIC)]) != _MAGIC:
+                shown = bytes(self.buffer[:16])
+                raise _Implausible(f"bytes that are not a frame ({shown!r})")
+            size = int.from_bytes(self.buffer[len(_MAGIC) : _HEADER], "little")
+            if size > MAX_FRAME:
+                raise _Implausible(f"a frame announcing {size} bytes (at most {MAX_FRAME})")
+            if len(self.buffer) < _HEADER + size:
+                break
+            body = bytes(self.buffer[_HEADER : _HEADER + size])
+            del self.buffer[: _HEADER + size]
+            out.append(_answer(body))
+        return out
 
     def death_note(self) -> str:
         code = self.proc.wait()
@@ -190,10 +359,13 @@ class _Child:
                 what = f"signal {-code}"
         else:
             what = f"exit code {code}"
+        return f"the checker process died ({what})" + self._last_words()
+
+    def _last_words(self) -> str:
         self.stderr.seek(0)
         tail = self.stderr.read()[-2000:].decode("utf-8", "replace").strip().splitlines()
         last = tail[-1].strip() if tail else ""
-        return f"the checker process died ({what})" + (f": {last}" if last else "")
+        return f": {last}" if last else ""
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -202,24 +374,33 @@ class _Child:
         self.close()
 
     def close(self) -> None:
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
         self.stderr.close()
 
 
 class Sandbox:
     """A pool of checker processes; use as a context manager.
 
-    Each call runs in a child process (``python -m h5guard._check.child``) that may hang
-    or crash on a damaged file without harming the caller: this is the one child-process
-    protocol of h5guard (check, salvage and the merge's verification use it).
+    Each call runs in a child process that may hang or crash on a damaged file without
+    harming the caller: this is the one child-process protocol of h5guard (check,
+    salvage and the merge's verification use it). A child is started isolated
+    (``python -I``: nothing from the working directory, ``PYTHON*`` variables or the
+    user's site-packages), with h5guard's own import root first on its ``sys.path``
+    and a reduced environment (:func:`child_env`); it answers on a pipe of its own,
+    never on its standard output, and its time limit runs from the moment a call is
+    given to it, start-up included (a start-up slower than half the timeout leaves the
+    call half its timeout after the child is ready).
 
     Parameters
     ----------
@@ -232,6 +413,9 @@ class Sandbox:
     retire_on_request
         False: a child that asked to be retired is reused anyway (fault-injection
         campaigns); a child that crashed, timed out or raised is never reused.
+    pass_env
+        Names of environment variables to pass to the children on top of the
+        reduced environment (:func:`child_env`), e.g. an application's own settings.
 
     Raises
     ------
@@ -246,6 +430,7 @@ class Sandbox:
         timeout: float = DEFAULT_TIMEOUT,
         memory_limit: int = DEFAULT_MEMORY_LIMIT,
         retire_on_request: bool = True,
+        pass_env: Iterable[str] = (),
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout: expected seconds > 0, got {timeout}")
@@ -261,6 +446,7 @@ class Sandbox:
         # for fault-injection campaigns that check thousands of damaged files and want
         # the old speed. A child that crashed, timed out or raised is never reused.
         self.retire_on_request = retire_on_request
+        self.pass_env = tuple(pass_env)
 
     def __enter__(self) -> Sandbox:
         return self
@@ -274,6 +460,7 @@ class Sandbox:
         self.close()
 
     def close(self) -> None:
+        """Stop the idle children (a view leaves them to the sandbox it shares)."""
         if not self._owns_children:
             return
         while self._idle:
@@ -293,16 +480,31 @@ class Sandbox:
             How many children to have idle at most (capped at ``workers``).
         """
         while len(self._idle) < min(children, self.workers):
-            self._idle.append(_Child(self.memory_limit))
+            self._idle.append(self._new_child())
 
     def share(self, *, timeout: float) -> Sandbox:
         """A sandbox that runs its calls in this one's child processes, with its own
         per-call ``timeout``: an application that already keeps a pool of children (a
         sweep's workers) checks files without starting new interpreters. The children
-        keep the memory limit they were started with; closing the view leaves them to
-        this sandbox, and the two must not run calls at the same time.
+        keep the memory limit and environment they were started with; closing the view
+        leaves them to this sandbox, and the two must not run calls at the same time.
+
+        Parameters
+        ----------
+        timeout
+            Seconds per call in the view.
+
+        Returns
+        -------
+        Sandbox
+            The view.
         """
-        view = Sandbox(workers=self.workers, timeout=timeout, memory_limit=self.memory_limit)
+        view = Sandbox(
+            workers=self.workers,
+            timeout=timeout,
+            memory_limit=self.memory_limit,
+            pass_env=self.pass_env,
+        )
         view._idle = self._idle
         view._owns_children = False
         return view
@@ -334,7 +536,10 @@ class Sandbox:
         Parameters
         ----------
         target
-            ``"module:function"``.
+            ``"module:function"``. A module of h5guard, of the standard library or of
+            ``site-packages`` is found by the child as is; for one of another package
+            that this process imported (a checkout's ``campaigns``), the child appends
+            that package's import root to its ``sys.path``.
         calls
             One argument tuple per call.
 
@@ -351,25 +556,30 @@ class Sandbox:
         module, _, func = target.partition(":")
         if not module or not func:
             raise ValueError(f"target: expected 'module:function', got {target!r}")
+        root = _module_root(module)
+        roots = (root,) if root is not None and root != import_root() else ()
         pending: deque[tuple[int, tuple[Any, ...]]] = deque(enumerate(calls))
         running: dict[int, _Child] = {}
         try:
             while pending or running:
                 while pending and len(running) < self.workers:
                     index, args = pending.popleft()
-                    child = self._idle.pop() if self._idle else _Child(self.memory_limit)
+                    child = self._idle.pop() if self._idle else self._new_child()
                     try:
-                        child.send(index, (module, func, args), self.timeout)
+                        child.send(index, (module, func, args, roots), self.timeout)
                     except (BrokenPipeError, OSError):
                         # A pooled child that died while idle: start over with a new one.
                         child.kill()
-                        child = _Child(self.memory_limit)
-                        child.send(index, (module, func, args), self.timeout)
+                        child = self._new_child()
+                        child.send(index, (module, func, args, roots), self.timeout)
                     running[child.fd] = child
                 yield from self._collect(running, spare=bool(pending))
         finally:
             for child in running.values():
                 child.kill()
+
+    def _new_child(self) -> _Child:
+        return _Child(self.memory_limit, self.pass_env)
 
     def _collect(
         self, running: dict[int, _Child], *, spare: bool
@@ -378,29 +588,57 @@ class Sandbox:
         wait = max(0.0, min(c.deadline for c in running.values()) - now)
         ready, _, _ = select.select(list(running), [], [], wait)
         for fd in ready:
-            child = running.pop(fd)
+            child = running[fd]
             assert child.task is not None
             task = child.task
             try:
-                status, payload, retire = child.receive()
-                if status == "ready":
-                    child.ready = True
-                    child.deadline = time.monotonic() + child.timeout
-                    running[fd] = child
-                    continue
-            except (EOFError, OSError, pickle.UnpicklingError, ValueError):
+                frames = child.receive()
+            except EOFError:
+                del running[fd]
                 note = child.death_note()
                 child.close()
                 yield task, SandboxResult(failure="crashed", detail=note)
                 continue
-            if (retire and self.retire_on_request) or status != "ok":
-                # Its heap may be damaged: never reuse it. It has answered and has
-                # nothing left to do, so it is killed rather than waited for. Its successor starts now, so that its interpreter start-up overlaps
-                # the other children's work.
+            except (_Implausible, OSError) as err:
+                # Whatever wrote it (a plugin writing to a descriptor it does not own,
+                # a heap gone wrong), this child's answers cannot be trusted any more.
+                del running[fd]
                 child.kill()
                 self.retired += 1
                 if spare:
-                    self._idle.append(_Child(self.memory_limit))
+                    self._idle.append(self._new_child())
+                yield (
+                    task,
+                    SandboxResult(failure="crashed", detail=f"the checker process sent {err}"),
+                )
+                continue
+            if any(f[0] == "ready" for f in frames):
+                child.started()
+            frames = [f for f in frames if f[0] != "ready"]
+            if not frames:
+                continue
+            if len(frames) > 1 or child.buffer:
+                del running[fd]
+                child.kill()
+                self.retired += 1
+                yield (
+                    task,
+                    SandboxResult(
+                        failure="crashed", detail="the checker process sent more than one answer"
+                    ),
+                )
+                continue
+            del running[fd]
+            status, payload, retire = frames[0]
+            if (retire and self.retire_on_request) or status != "ok":
+                # Its heap may be damaged: never reuse it. It has answered and has
+                # nothing left to do, so it is killed rather than waited for. Its
+                # successor starts now, so that its interpreter start-up overlaps the
+                # other children's work.
+                child.kill()
+                self.retired += 1
+                if spare:
+                    self._idle.append(self._new_child())
             else:
                 self._idle.append(child)
             if status == "ok":
@@ -413,11 +651,12 @@ class Sandbox:
                 del running[fd]
                 overran = child.task
                 assert overran is not None
+                late = "" if child.ready else " (the checker process never became ready)"
                 child.kill()
                 log.warning("sandboxed call %d overran %.3g s; child killed", overran, self.timeout)
                 yield (
                     overran,
                     SandboxResult(
-                        failure="timeout", detail=f"did not finish within {self.timeout:g} s"
+                        failure="timeout", detail=f"did not finish within {self.timeout:g} s{late}"
                     ),
                 )

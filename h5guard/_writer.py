@@ -165,7 +165,8 @@ class ShardWriter:
         self._journal: _journal.JournalWriter | None = None
         self._stem = ""
         self._batch: dict[str, str] = {}  # key -> digest, in add() order
-        self._held: list[_result.PreparedResult] | None = []  # None once over the limit
+        # Each held result's journal record (header, payload copy); None once over the limit.
+        self._held: list[tuple[bytes, bytes]] | None = []
         self._batch_bytes = 0
         self._keys: set[str] = set()
         self._closed = False
@@ -257,9 +258,15 @@ class ShardWriter:
         _atomic.require_free_space(self.directory, 2 * nbytes + 64 * 1024, min_free=self.min_free)
         journal = self._open_batch()
         header, buffers = _result.encode(result)
+        # The buffers are views of the caller's arrays, which the caller may change or
+        # reuse as soon as add() returns: what the commit writes must be a private copy
+        # (held here while the batch is small) or the journal's own bytes (read back).
+        hold = self._held is not None and self._batch_bytes + nbytes <= _IN_MEMORY_BATCH
+        payload = b"".join(buffers) if hold else None
         try:
+            data = buffers if payload is None else [memoryview(payload)]
             try:
-                journal.append(header, buffers)
+                journal.append(header, data)
             except _journal.Claimed as claimed:
                 # A merge took this batch for a dead writer's (this process was stopped
                 # for longer than the lease): what it read is its to recover; this
@@ -267,7 +274,7 @@ class ShardWriter:
                 log.warning("%s; this writer starts a new batch", claimed)
                 self._start_over()
                 journal = self._open_batch()
-                journal.append(header, buffers)
+                journal.append(header, data)
         except _journal.Claimed as err:
             raise self._write_error(f"journaling group {key!r} failed", err, journal.path) from err
         except OSError as err:
@@ -276,9 +283,10 @@ class ShardWriter:
         self._keys.add(key)
         self._batch_bytes += nbytes
         if self._held is not None:
-            self._held.append(result)
-            if self._batch_bytes > _IN_MEMORY_BATCH:
+            if payload is None:
                 self._held = None
+            else:
+                self._held.append((header, payload))
         if len(self._batch) >= self.commit_every:
             try:
                 self.commit()
@@ -311,7 +319,9 @@ class ShardWriter:
         keys = list(self._batch)
         held = self._held
         results: Iterable[_result.PreparedResult] = (
-            held if held is not None else _read_back(journal, len(keys))
+            (_result.decode(header, payload) for header, payload in held)
+            if held is not None
+            else _read_back(journal, len(keys))
         )
         try:
             write_shard(

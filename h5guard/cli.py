@@ -100,6 +100,17 @@ def _add_sandbox_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="log what is being done on stderr")
 
 
+def _add_allow_external(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-external",
+        action="store_true",
+        help=(
+            "also read data a file keeps in other files (HDF5 external storage, virtual "
+            "datasets' sources); by default they are named, never read"
+        ),
+    )
+
+
 def _add_on_conflict(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--on-conflict",
@@ -172,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "fail on structural notes too: links not followed (soft, external, "
             "user-defined), data stored in other files, bytes past the end of file"
+        ),
+    )
+    _add_allow_external(p)
+    p.add_argument(
+        "--swmr",
+        action="store_true",
+        help=(
+            "a file a live SWMR writer holds is read as an SWMR reader sees it "
+            "(its open-for-write flag is then a note, not an error)"
         ),
     )
     _add_sandbox_options(p)
@@ -254,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="top-level object to skip (repeatable; default: init, as in the original pipeline)",
     )
+    _add_allow_external(p)
     _add_sandbox_options(p)
     p.set_defaults(run=_cmd_salvage)
     return parser
@@ -329,6 +350,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
             memory_limit=args.memory_limit,
             progress=update,
             strict=args.strict,
+            allow_external=args.allow_external,
+            swmr=args.swmr,
         )
     _render_report(report, args)
     return EXIT_OK if report.ok else EXIT_PROBLEMS
@@ -456,6 +479,7 @@ def _cmd_salvage(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             memory_limit=args.memory_limit,
             progress=update,
+            allow_external=args.allow_external,
         )
     print(result.render_json() if args.json else result.render_text())
     return result.exit_code

@@ -64,6 +64,8 @@ class Code(enum.StrEnum):
     EXTERNAL_DATA = "EXTERNAL_DATA"
     FILTER_MISSING = "FILTER_MISSING"
     NOTHING_TO_CHECK = "NOTHING_TO_CHECK"
+    FAMILY_MEMBER = "FAMILY_MEMBER"
+    UNSUPPORTED_TYPE = "UNSUPPORTED_TYPE"
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -275,8 +275,8 @@ def _run_summary(result: RunResult) -> dict[str, Any]:
         "best": [
             {
                 "site": s.label,
-                "best_aep_gwh": round(s.best_aep_gwh, 4),
-                "config_id": s.best_key,
+                "best_aep_gwh": None if s.best_aep_gwh is None else round(s.best_aep_gwh, 4),
+                "config_id": s.best_config_id,
                 "done": s.done,
             }
             for s in sites

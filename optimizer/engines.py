@@ -116,7 +116,14 @@ class LocalEngine(Engine):
         memory_limit: int = DEFAULT_WORKER_MEMORY,
     ) -> None:
         self.workers = workers or os.cpu_count() or 1
-        self._box = Sandbox(workers=self.workers, timeout=config_timeout, memory_limit=memory_limit)
+        # The sandbox's children get a reduced environment; the sweep's fault injection
+        # (optimizer._worker.FAULT_ENV) is passed on explicitly.
+        self._box = Sandbox(
+            workers=self.workers,
+            timeout=config_timeout,
+            memory_limit=memory_limit,
+            pass_env=("LAYOUT_SWEEP_FAULT",),
+        )
 
     def run(
         self, temp_dir: str, batches: Sequence[Batch], attempts: Mapping[str, int]

@@ -18,6 +18,7 @@ raise :class:`MissingExtraError`.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -198,7 +199,7 @@ def write_report(
     stats = data.site_stats()
     images: list[Path] = []
     used: set[str] = set()
-    geometry: dict[tuple[str, int], SiteGeometry] = {}
+    geometry: dict[tuple[str, int, str], SiteGeometry] = {}
     winds: dict[tuple[str, int], tuple[float, float]] = {}
     layouts: dict[str, list[LayoutFigure]] = {}
     axes_images: dict[str, str] = {}
@@ -358,7 +359,14 @@ def write_layout_plot(
     initial, layout = read_layouts(path, key)
     site = text_of(attrs.get("site", "?"))
     n = int(number_of(attrs.get("n_turbines", len(layout))) or len(layout))
-    geo = site_geometry(site, n)
+    config = attrs.get("config")
+    try:
+        site_def = (
+            str(json.loads(text_of(config)).get("site_def", "")) if config is not None else ""
+        )
+    except (ValueError, AttributeError):
+        site_def = ""
+    geo = site_geometry(site, n, site_def=site_def)
     aep, aep0 = number_of(attrs.get("aep_gwh")), number_of(attrs.get("initial_aep_gwh"))
     gain = 100.0 * (aep / aep0 - 1.0) if aep0 else math.nan
     fig = figures.layout_figure(
@@ -368,6 +376,7 @@ def write_layout_plot(
         optimized=layout,
         min_spacing_m=geo.min_spacing_m,
         exclusions=geo.exclusions,
+        regions=geo.regions,
     )
     out = Path(destination) if destination is not None else Path(f"{key}.png")
     figures.save_png(fig, out)

@@ -212,6 +212,7 @@ class OkRow:
     start: str
     converged: bool
     iterations: float
+    site_def: str = ""  # a spec-defined site's resolved table (SweepConfig.site_def)
 
     @classmethod
     def of(cls, rec: Record) -> OkRow:
@@ -231,6 +232,7 @@ class OkRow:
             start=str(cfg.get("start", "?")),
             converged=bool(rec.attrs.get("converged", False)),
             iterations=number_of(rec.attrs.get("iterations")),
+            site_def=str(cfg.get("site_def", "")),
         )
 
     @property
@@ -357,11 +359,6 @@ class SiteStats:
     best_config_id: str | None
     reference_baseline_gwh: float | None
     reference_best_gwh: float | None
-
-    @property
-    def best_key(self) -> str | None:
-        """The same as :attr:`best_config_id` (the name ``optimizer.cli`` reads)."""
-        return self.best_config_id
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON form (``layout-sweep report --json``), floats rounded to 4 digits."""

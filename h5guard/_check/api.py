@@ -71,6 +71,12 @@ def _sandbox_findings(path: str, result: SandboxResult) -> list[Finding]:
         )
     elif result.failure == "memory":
         code, msg = Code.MEMORY_LIMIT, f"reading the file {result.detail} (damaged sizes?)"
+    elif result.failure == "crashed" and result.detail.startswith("the checker process sent"):
+        code, msg = (
+            Code.CHECKER_CRASHED,
+            f"the reader's answer was unusable: {result.detail} (something in the reader "
+            "process, a filter plugin or a damaged heap, wrote where only answers go)",
+        )
     elif result.failure == "crashed":
         code, msg = Code.CHECKER_CRASHED, f"libhdf5 crashed while reading: {result.detail}"
     else:
@@ -98,6 +104,8 @@ def validate_many(
     progress: ProgressCallback | None = None,
     trust_seals: bool = False,
     strict: bool = False,
+    allow_external: bool = False,
+    swmr: bool = False,
 ) -> Report:
     """Validate each file; one report for all of them. Never raises for a bad file.
 
@@ -127,6 +135,13 @@ def validate_many(
     strict
         Notes about what was not followed (links, external data, bytes past the end
         of file) become warnings; see :func:`apply_policy`.
+    allow_external
+        Also read raw data that a file keeps in other files (HDF5 external storage,
+        sources of virtual datasets). False (the default): those files are named in
+        an ``EXTERNAL_DATA`` note and not read: a file is read only where it is.
+    swmr
+        A file whose superblock says an SWMR writer holds it is read as an SWMR
+        reader reads it (``swmr=True``), and the flag is a note, not an error.
 
     Returns
     -------
@@ -139,8 +154,13 @@ def validate_many(
     refused: set[str] = set()  # write flags set: libhdf5 refuses it as it is
     done = 0
     schema_json = schema.to_json() if schema is not None else None
+    swmr_paths: set[str] = set()
     for path in paths:
         quick, info = quick_check(path)
+        if swmr and info is not None and info.swmr_write:
+            quick = [_as_swmr(f) for f in quick]
+            info = replace(info, refused=False)
+            swmr_paths.add(path)
         findings.extend(quick)
         # A flag libhdf5 refuses the file for does not stop the deep layer: it reads the
         # file as if the flags were clear, so that damage behind them is reported too.
@@ -185,7 +205,9 @@ def validate_many(
             memory_limit=memory_limit,
         )
         try:
-            calls = [(p, schema_json, p in refused) for p in deep_paths]
+            calls = [
+                (p, schema_json, p in refused, allow_external, p in swmr_paths) for p in deep_paths
+            ]
             for index, result in box.map(_DEEP_TARGET, calls):
                 path = deep_paths[index]
                 if result.ok:
@@ -206,6 +228,20 @@ def validate_many(
     kinds = {p: s.kind for p, s in summaries.items()}
     findings = apply_policy(findings, kinds, strict=strict)
     return Report(tuple(sorted(findings)), tuple(summaries[p] for p in paths))
+
+
+def _as_swmr(finding: Finding) -> Finding:
+    """The open-for-write finding of a file an SWMR writer holds, read with ``swmr``."""
+    if finding.code is not Code.OPEN_FOR_WRITE:
+        return finding
+    return replace(
+        finding,
+        severity=Severity.INFO,
+        message=(
+            "superblock says an SWMR writer holds the file: read as an SWMR reader sees it "
+            "now (what the writer adds later is not covered)"
+        ),
+    )
 
 
 def _size(path: str) -> int:
@@ -256,6 +292,8 @@ def validate(
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     sandbox: Sandbox | None = None,
     strict: bool = False,
+    allow_external: bool = False,
+    swmr: bool = False,
 ) -> Report:
     """Validate one file: quick layer, then (``deep=True``) the sandboxed full read.
 
@@ -265,7 +303,7 @@ def validate(
     ----------
     path
         The file.
-    schema, deep, timeout, memory_limit, sandbox, strict
+    schema, deep, timeout, memory_limit, sandbox, strict, allow_external, swmr
         As for :func:`validate_many`.
 
     Returns
@@ -282,6 +320,8 @@ def validate(
         workers=1,
         sandbox=sandbox,
         strict=strict,
+        allow_external=allow_external,
+        swmr=swmr,
     )
 
 
@@ -358,6 +398,8 @@ def check(
     progress: ProgressCallback | None = None,
     sandbox: Sandbox | None = None,
     strict: bool = False,
+    allow_external: bool = False,
+    swmr: bool = False,
 ) -> Report:
     """What ``h5guard check`` does: validate files and directories, then expected keys.
 
@@ -375,7 +417,7 @@ def check(
     expect
         Keys that must be present: each one that no valid group of any checked file
         has is an ``EXPECTED_MISSING`` finding.
-    deep, timeout, memory_limit, workers, progress, sandbox, strict
+    deep, timeout, memory_limit, workers, progress, sandbox, strict, allow_external, swmr
         As for :func:`validate_many`.
 
     Returns
@@ -400,6 +442,8 @@ def check(
         progress=progress,
         sandbox=sandbox,
         strict=strict,
+        allow_external=allow_external,
+        swmr=swmr,
     )
     findings = list(report.findings) + extra
     if expect is not None:

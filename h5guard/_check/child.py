@@ -1,25 +1,41 @@
 """Main loop of a sandbox child: read a call, run it, answer, repeat.
 
-Started by :mod:`h5guard._sandbox` as ``python -m h5guard._check.child LIMIT``.
-Frames on stdin/stdout are an 8-byte little-endian length and a pickle.
+Started by :mod:`h5guard._sandbox` as ``python -I -c BOOTSTRAP ROOT FD LIMIT``: isolated
+(no working directory, ``PYTHON*`` variables or user site-packages on ``sys.path``), with
+h5guard's import root ``ROOT`` put first on ``sys.path`` by the bootstrap. Requests
+arrive on stdin; answers leave on the inherited descriptor ``FD`` and nowhere else:
+the C-level standard output is pointed at stderr before anything is imported, so a
+filter plugin printing to stdout cannot corrupt the frames.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import resource
 import signal
 import sys
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
-# Imported before the memory limit is set, so their mappings count as start-up.
-import h5py  # noqa: F401
-import numpy  # noqa: F401
+# Before anything else is imported: C-level writes to fd 1 (libhdf5, plugins) go to
+# stderr, and Python's stdout with them.
+os.dup2(2, 1)
+sys.stdout = sys.stderr
 
-from h5guard._check import deep  # noqa: F401
-from h5guard._sandbox import _read_frame, _write_frame, die_with_parent, take_retirement
+# Imported before the memory limit is set, so their mappings count as start-up.
+import h5py  # noqa: E402, F401
+import numpy  # noqa: E402, F401
+
+from h5guard._check import deep  # noqa: E402, F401
+from h5guard._sandbox import (  # noqa: E402
+    die_with_parent,
+    read_frame,
+    take_retirement,
+    write_frame,
+)
 
 
 def _address_space() -> int:
@@ -39,19 +55,29 @@ def _limit_memory(extra: int) -> None:
             resource.setrlimit(resource.RLIMIT_AS, (current + extra, current + extra))
 
 
-def main() -> None:
+def main(argv: Sequence[str]) -> None:
+    """Serve calls until stdin closes.
+
+    Parameters
+    ----------
+    argv
+        ``[FD, LIMIT]``: the result descriptor and the memory limit in bytes.
+    """
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    _limit_memory(int(sys.argv[1]))
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    # Nothing but frames may reach the real stdout.
-    sys.stdout = sys.stderr
-    _write_frame(stdout, ("ready", None, False))  # the parent starts the call's clock now
+    out = int(argv[0])
+    os.set_inheritable(out, False)  # nothing this process starts may write answers
+    _limit_memory(int(argv[1]))
+    stdin = sys.stdin.buffer
+    write_frame(out, ("ready", None, False))
     while True:
         try:
-            module, func, args = _read_frame(stdin)
+            module, func, args, roots = read_frame(stdin)
         except EOFError:
             return
+        for root in roots:
+            if root not in sys.path:
+                sys.path.append(root)  # after site-packages: it cannot shadow them
         answer: tuple[str, Any]
         try:
             target = getattr(importlib.import_module(module), func)
@@ -66,10 +92,6 @@ def main() -> None:
         # heap that libhdf5 may have damaged reads no other file.
         retire = take_retirement() or answer[0] != "ok"
         try:
-            _write_frame(stdout, (*answer, retire))
+            write_frame(out, (*answer, retire))
         except MemoryError:
-            _write_frame(stdout, ("memory", "ran out of its memory limit", True))
-
-
-if __name__ == "__main__":
-    main()
+            write_frame(out, ("memory", "ran out of its memory limit", True))

@@ -28,18 +28,39 @@ from h5guard.report import Code, FileKind, FileSummary, Finding
 
 
 def inspect_file(
-    path: str, schema_json: str | None = None, clear_write_flags: bool = False
+    path: str,
+    schema_json: str | None = None,
+    clear_write_flags: bool = False,
+    allow_external: bool = False,
+    swmr: bool = False,
 ) -> tuple[list[Finding], FileSummary]:
     """Read every object of ``path``; return findings and a summary of the file.
 
-    ``clear_write_flags``: the superblock's "open for write" flags are set (libhdf5
-    refuses such a file; the quick layer reported it): read the file as if they were
-    clear, so that damage behind the flags is reported too. The file is not modified.
+    Parameters
+    ----------
+    path
+        The file.
+    schema_json
+        The schema to apply, as JSON; None: the one the file embeds, if any.
+    clear_write_flags
+        The superblock's "open for write" flags are set (libhdf5 refuses such a file;
+        the quick layer reported it): read the file as if they were clear, so that
+        damage behind the flags is reported too. The file is not modified.
+    allow_external
+        Read raw data the file keeps in other files (external storage, virtual
+        datasets' sources) too; False: name those files, read nothing of them.
+    swmr
+        Open as an SWMR reader (a live SWMR writer holds the file).
+
+    Returns
+    -------
+    tuple[list[Finding], FileSummary]
+        The findings and the file's summary.
     """
     ins = Inspector(path, None)
     size = file_size(path)
     try:
-        f = _open(path, clear_write_flags=clear_write_flags)
+        f = _open(path, clear_write_flags=clear_write_flags, swmr=swmr)
     except Exception as err:
         ins.add("/", Code.UNREADABLE, f"HDF5 cannot open the file: {one_line(err)}")
         retire(ins)
@@ -56,7 +77,7 @@ def inspect_file(
         else:
             embedded = _root_text(f, SCHEMA_ATTR)
             ins.schema = pick_schema(ins, schema_json, embedded)
-            readable = inspect_foreign(ins, f)
+            readable = inspect_foreign(ins, f, allow_external=allow_external)
             note_foreign(ins)
     retire(ins)
     summary = FileSummary(
@@ -81,7 +102,9 @@ def _root_text(f: h5py.File, name: str) -> str | None:
     return attr_text({name: value}, name)
 
 
-def _open(path: str, *, clear_write_flags: bool) -> h5py.File:
+def _open(path: str, *, clear_write_flags: bool, swmr: bool = False) -> h5py.File:
+    if swmr:
+        return h5py.File(path, "r", libver="latest", swmr=True, locking=False)
     if not clear_write_flags:
         return h5py.File(path, "r", locking=False)
     view = FlagsClearedView(path)

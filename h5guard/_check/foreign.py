@@ -97,8 +97,12 @@ HDF5PLUGIN_FILTERS = frozenset(
 )
 
 
-def _decode(name: bytes) -> str:
-    return name.decode("utf-8", errors="replace")
+def _decode(name: bytes | str) -> str:
+    return name.decode("utf-8", errors="replace") if isinstance(name, bytes) else name
+
+
+def _shown(names: list[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def _join(where: str, name: bytes) -> str:
@@ -154,6 +158,7 @@ class DatasetRead:
     shape: tuple[int, ...]
     all_finite: bool = True
     attrs: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
+    mtype: Any = None  # the HDF5 memory type of a type h5py cannot decode (read raw)
 
 
 @dataclass
@@ -180,6 +185,7 @@ class Walk:
     finite: bool = False
     keep: bool = False
     keep_values: bool = True
+    allow_external: bool = False  # read raw data stored in other files (external, VDS)
     findings: list[Finding] = field(default_factory=list)
     stats: WalkStats = field(default_factory=WalkStats)
     # The file holds region references, whose reading is known to damage the heap:
@@ -335,37 +341,51 @@ class Walk:
     def read_attributes(
         self, obj: Any, where: str, count: int, *, keep: bool = False
     ) -> dict[str, npt.NDArray[Any]] | None:
-        """Read every attribute by index, then open each again by name.
+        """Walk the attribute storage, then open and read each attribute by name.
 
-        By index walks the attribute storage; by name goes through the name index
-        (for dense storage, a v2 B-tree of its own) that ``obj.attrs[name]`` uses.
+        Iterating walks the attribute storage (the object header's messages, or for
+        dense storage its fractal heap) once; opening by name goes through the name
+        index (for dense storage, a v2 B-tree of its own) that ``obj.attrs[name]``
+        uses. Both are linear in the number of attributes: opening by *index* on the
+        name index is quadratic in libhdf5 (10,000 attributes took minutes). If the
+        walk fails part-way, the attributes past the damage are looked for by index.
         Returns the values when ``keep``; None when something failed.
         """
         out: dict[str, npt.NDArray[Any]] = {}
         failures: list[str] = []
         names: list[bytes] = []
-        for index in range(count):
+        try:
+            h5py.h5a.iterate(obj, names.append)
+        except Exception as err:
+            failures.append(
+                f"attribute storage unreadable after {len(names)} of {count} attribute(s): "
+                f"{one_line(err)}"
+            )
+            names.extend(self._names_by_index(obj, len(names), count, failures))
+        else:
+            if len(names) != count:
+                failures.append(
+                    f"the object header counts {count} attribute(s), its storage holds {len(names)}"
+                )
+        for name in names:
             try:
-                aid = h5py.h5a.open(obj, index=index)
-                name = aid.name
-                names.append(name)
-                value = self._read_attr(aid)
+                aid = h5py.h5a.open(obj, name)
+                if aid.name != name:
+                    raise ValueError(f"opened by name, it calls itself {_decode(aid.name)!r}")
+            except Exception as err:
+                failures.append(
+                    f"attribute {_decode(name)!r} cannot be opened by name: {one_line(err)}"
+                )
+                continue
+            try:
+                value = self._read_attr(aid, where)
                 self.stats.attributes += 1
                 if keep:
                     out[_decode(name)] = value
             except MemoryError:
                 raise
             except Exception as err:
-                failures.append(f"attribute #{index} unreadable: {one_line(err)}")
-        for name in names:
-            try:
-                by_name = h5py.h5a.open(obj, name)
-                if by_name.name != name:
-                    raise ValueError(f"opened by name, it calls itself {_decode(by_name.name)!r}")
-            except Exception as err:
-                failures.append(
-                    f"attribute {_decode(name)!r} cannot be opened by name: {one_line(err)}"
-                )
+                failures.append(f"attribute {_decode(name)!r} unreadable: {one_line(err)}")
         if failures:
             shown = "; ".join(failures[:MAX_ATTR_FAILURES_SHOWN])
             more = len(failures) - MAX_ATTR_FAILURES_SHOWN
@@ -374,15 +394,26 @@ class Walk:
             return None
         return out
 
-    def _read_attr(self, aid: Any) -> npt.NDArray[Any]:
+    @staticmethod
+    def _names_by_index(obj: Any, start: int, count: int, failures: list[str]) -> list[bytes]:
+        """Names of attributes ``start``.. ``count``, opened by index (damaged storage only)."""
+        found: list[bytes] = []
+        for index in range(start, count):
+            try:
+                found.append(h5py.h5a.open(obj, index=index).name)
+            except Exception as err:
+                failures.append(f"attribute #{index} unreadable: {one_line(err)}")
+        return found
+
+    def _read_attr(self, aid: Any, where: str) -> npt.NDArray[Any]:
         shape = aid.shape
-        dtype = aid.dtype
+        dtype, raw = self._dtype(aid, where, f"attribute {_decode(aid.name)!r}")
         self._note_references(dtype)
         if shape is None:  # a null dataspace: there is no value
             return np.zeros(0, dtype=dtype)
         buf, mtype = _buffer(tuple(int(n) for n in shape), dtype)
         if buf.size:
-            aid.read(buf, mtype=mtype)
+            aid.read(buf, mtype=raw or mtype)
         return buf
 
     def _note_references(self, dtype: np.dtype[Any]) -> None:
@@ -393,9 +424,32 @@ class Walk:
             self.tainted = True
 
     # -- datasets -------------------------------------------------------------------
+    def _dtype(self, oid: Any, where: str, what: str) -> tuple[np.dtype[Any], Any]:
+        """The numpy dtype to read ``oid`` with, and the memory type (None: h5py's).
+
+        A type h5py has no numpy equivalent for (``H5T_TIME``, as PyTables' Time64
+        columns use, or a compound holding one) is not damage: it is read as raw
+        bytes of the file's own type (no conversion), so its storage is still read
+        through the filters. It is still an error, named for what it is: an h5py user
+        cannot get these values back, and a check that passed would say they can.
+        """
+        try:
+            return oid.dtype, None
+        except (TypeError, ValueError) as err:
+            tid = oid.get_type()  # raises on a damaged datatype message: unreadable
+            self.add(
+                where,
+                Code.UNSUPPORTED_TYPE,
+                f"{what} of HDF5 type {_type_name(tid)}, which h5py cannot decode "
+                f"({one_line(err)}): not damage (its bytes were read through the filters), "
+                "but its values cannot be read with h5py; use a reader that knows the type",
+                Severity.ERROR,
+            )
+            return np.dtype(f"V{max(1, tid.get_size())}"), tid
+
     def read_dataset(self, dsid: Any, where: str) -> DatasetRead | None:
         try:
-            dtype = dsid.dtype
+            dtype, mtype = self._dtype(dsid, where, "dataset")
             space = dsid.get_space()
             shape = tuple(int(n) for n in space.shape) if space.shape is not None else None
             dcpl = dsid.get_create_plist()
@@ -405,7 +459,7 @@ class Walk:
         self._note_references(dtype)
         if shape is None:  # null dataspace: no data
             return DatasetRead(dtype, ())
-        result = DatasetRead(dtype, shape)
+        result = DatasetRead(dtype, shape, mtype=mtype)
         if math.prod(shape) == 0:
             return result
         try:
@@ -438,18 +492,35 @@ class Walk:
     ) -> None:
         layout = dcpl.get_layout()
         if dcpl.get_external_count() > 0:
-            self._external_storage(dcpl, where)
+            if not self.allow_external:
+                self._external_storage(dcpl, where)
+                return
+            names = [_decode(dcpl.get_external(i)[0]) for i in range(dcpl.get_external_count())]
+            self.add(
+                where,
+                Code.EXTERNAL_DATA,
+                f"raw data stored in {len(names)} external file(s) ({_shown(names)}): read "
+                "(external data allowed)",
+                Severity.INFO,
+            )
+            self._read_box(dsid, dtype, shape, (0,) * len(shape), shape, result)
             return
         if layout == h5py.h5d.VIRTUAL:
-            sources = {dcpl.get_virtual_filename(i) for i in range(dcpl.get_virtual_count())}
-            if sources - {"."}:
+            sources = sorted(
+                {_decode(dcpl.get_virtual_filename(i)) for i in range(dcpl.get_virtual_count())}
+                - {"."}
+            )
+            if sources:
+                how = "read (external data allowed)" if self.allow_external else "not read"
                 self.add(
                     where,
                     Code.EXTERNAL_DATA,
-                    f"virtual dataset with sources in {len(sources - {'.'})} other file(s): not read",
+                    f"virtual dataset with sources in {len(sources)} other file(s) "
+                    f"({_shown(sources)}): {how}",
                     Severity.INFO,
                 )
-                return
+                if not self.allow_external:
+                    return
         itemsize = max(1, dtype.itemsize)
         nbytes = math.prod(shape) * itemsize
         if layout == h5py.h5d.CHUNKED:
@@ -515,7 +586,7 @@ class Walk:
         check = self.finite and dtype.kind in "fc"
         if not shape:  # scalar
             buf, mtype = _buffer((), dtype)
-            dsid.read(h5py.h5s.ALL, h5py.h5s.ALL, buf, mtype=mtype)
+            dsid.read(h5py.h5s.ALL, h5py.h5s.ALL, buf, mtype=result.mtype or mtype)
             self._account(buf, check, result)
             return
         itemsize = dtype.itemsize if dtype.kind != "O" else 16
@@ -523,7 +594,7 @@ class Walk:
             block = block_shape(tuple(e - s for s, e in zip(start, stop, strict=True)), itemsize)
         if start == (0,) * len(shape) and stop == shape and block == shape:
             buf, mtype = _buffer(shape, dtype)
-            dsid.read(h5py.h5s.ALL, h5py.h5s.ALL, buf, mtype=mtype)
+            dsid.read(h5py.h5s.ALL, h5py.h5s.ALL, buf, mtype=result.mtype or mtype)
             self._account(buf, check, result)
             return
         fspace = dsid.get_space()
@@ -531,7 +602,7 @@ class Walk:
             fspace.select_hyperslab(offset, count)
             buf, mtype = _buffer(count, dtype)
             mspace = h5py.h5s.create_simple(count)
-            dsid.read(mspace, fspace, buf, mtype=mtype)
+            dsid.read(mspace, fspace, buf, mtype=result.mtype or mtype)
             self._account(buf, check, result)
 
     def _external_storage(self, dcpl: Any, where: str) -> None:
@@ -552,7 +623,8 @@ class Walk:
         self.add(
             where,
             Code.EXTERNAL_DATA,
-            f"raw data stored in {len(names)} external file(s) ({', '.join(names[:3])}): not read",
+            f"raw data stored in {len(names)} external file(s) ({_shown(names)}): not read "
+            "(--allow-external reads it)",
             Severity.INFO,
         )
 
@@ -630,6 +702,43 @@ def _out_of_memory(err: BaseException) -> bool:
     return "memory allocation failed" in text or "unable to allocate" in text
 
 
+_TYPE_CLASSES = {
+    h5py.h5t.INTEGER: "integer",
+    h5py.h5t.FLOAT: "float",
+    h5py.h5t.TIME: "time (H5T_TIME)",
+    h5py.h5t.STRING: "string",
+    h5py.h5t.BITFIELD: "bitfield",
+    h5py.h5t.OPAQUE: "opaque",
+    h5py.h5t.COMPOUND: "compound",
+    h5py.h5t.REFERENCE: "reference",
+    h5py.h5t.ENUM: "enum",
+    h5py.h5t.VLEN: "variable-length",
+    h5py.h5t.ARRAY: "array",
+}
+
+
+def _type_name(tid: Any, depth: int = 0) -> str:
+    """An HDF5 datatype's class, and for a compound the members h5py cannot decode."""
+    try:
+        cls = int(tid.get_class())
+    except Exception:
+        return "(unreadable class)"
+    name = f"{_TYPE_CLASSES.get(cls, f'class {cls}')} ({tid.get_size()} bytes)"
+    if cls == h5py.h5t.COMPOUND and depth < 4:
+        bad: list[str] = []
+        for i in range(tid.get_nmembers()):
+            member = tid.get_member_type(i)
+            try:
+                member.dtype  # noqa: B018 - does h5py decode it?
+            except (TypeError, ValueError):
+                bad.append(f"{_decode(tid.get_member_name(i))!r} {_type_name(member, depth + 1)}")
+        if bad:
+            name += f" with member {', '.join(bad[:3])}"
+    elif cls in (h5py.h5t.ARRAY, h5py.h5t.VLEN) and depth < 4:
+        name += f" of {_type_name(tid.get_super(), depth + 1)}"
+    return name
+
+
 def _has_region_references(dtype: np.dtype[Any]) -> bool:
     if dtype.fields:
         return any(_has_region_references(f[0]) for f in dtype.fields.values())
@@ -657,8 +766,11 @@ def _buffer(shape: tuple[int, ...], dtype: np.dtype[Any]) -> tuple[npt.NDArray[A
 # -- the deep layer on a foreign file ------------------------------------------------
 
 
-def inspect_foreign(ins: Inspector, f: h5py.File) -> bool:
-    """The whole file through one walk; top-level groups then get the schema."""
+def inspect_foreign(ins: Inspector, f: h5py.File, *, allow_external: bool = False) -> bool:
+    """The whole file through one walk; top-level groups then get the schema.
+
+    ``allow_external``: read raw data the file keeps in other files too.
+    """
     schema = ins.schema
     walk = Walk(
         ins.path,
@@ -666,6 +778,7 @@ def inspect_foreign(ins: Inspector, f: h5py.File) -> bool:
         finite=schema is not None and schema.any_finite(),
         keep=True,
         keep_values=schema is not None,
+        allow_external=allow_external,
     )
     try:
         root = h5py.h5o.open(f.id, b"/")  # the root group itself, not the file

@@ -38,6 +38,7 @@ class SuperblockInfo:
     eof_address: int  # recorded end of file, comparable with the file size
     open_for_write: bool  # a write-access flag is set (v2 or v3)
     refused: bool = False  # ... and libhdf5 refuses to open the file for it (v3 only)
+    swmr_write: bool = False  # the SWMR-write flag is set (a live SWMR writer, v3)
 
 
 def _find_signature(fh: BinaryIO, size: int) -> int | None:
@@ -84,6 +85,26 @@ def quick_check(path: str) -> tuple[list[Finding], SuperblockInfo | None]:
     return _parse_superblock(path, head, offset, size)
 
 
+_FAMILY_DRIVER = b"NCSAfami"
+
+
+def _family_member_size(head: bytes, version: int) -> int | None:
+    """The member size recorded by the family driver, if the superblock names it.
+
+    Versions 0 and 1 keep a driver information block after the superblock (the
+    driver's name, then its 8-byte member size); versions 2 and 3 a driver-info
+    message in the superblock extension (name, a 2-byte length, the member size).
+    """
+    at = head.find(_FAMILY_DRIVER)
+    if at < 0:
+        return None
+    start = at + len(_FAMILY_DRIVER) + (0 if version in (0, 1) else 2)
+    if start + 8 > len(head):
+        return None
+    member = int.from_bytes(head[start : start + 8], "little")
+    return member if member > 0 else None
+
+
 def _parse_superblock(
     path: str, head: bytes, offset: int, size: int
 ) -> tuple[list[Finding], SuperblockInfo | None]:
@@ -113,6 +134,7 @@ def _parse_superblock(
         base = int.from_bytes(head[pos : pos + sizeof_offsets], "little")
         eof = int.from_bytes(head[pos + 2 * sizeof_offsets : pos + 3 * sizeof_offsets], "little")
         open_for_write = False  # libhdf5 does not act on v0/1 write flags
+        flags = 0
         flags01 = int.from_bytes(head[20:24], "little")
         if flags01 & ~_KNOWN_FLAGS:
             add(
@@ -154,12 +176,18 @@ def _parse_superblock(
     # despite the format spec, it is not offset by the base address (a userblock).
     absolute_eof = eof
     refused = open_for_write and version >= 3
-    info = SuperblockInfo(offset, version, base, absolute_eof, open_for_write, refused)
+    swmr_write = version >= 3 and bool(flags & _FLAG_SWMR_WRITE)
+    info = SuperblockInfo(offset, version, base, absolute_eof, open_for_write, refused, swmr_write)
     if refused:
         add(
             Code.OPEN_FOR_WRITE,
             "superblock says a writer still has the file open: it was killed before closing "
-            "(or is still writing); libhdf5 refuses to open it until the flags are cleared",
+            "(or is still writing); libhdf5 refuses to open it until the flags are cleared"
+            + (
+                "; an SWMR writer's flag is set: --swmr reads it as an SWMR reader"
+                if swmr_write
+                else ""
+            ),
         )
     elif open_for_write:
         add(
@@ -168,6 +196,22 @@ def _parse_superblock(
             "libhdf5 ignores these flags in a version-2 superblock and opens it",
             Severity.INFO,
         )
+    member = _family_member_size(head, version)
+    if member is not None and absolute_eof != UNDEFINED and absolute_eof > size:
+        # The first file of a family (driver="family"): the superblock describes the
+        # whole family, so the address space ends in a later member. Not truncation.
+        members = -(-absolute_eof // member)
+        add(
+            Code.FAMILY_MEMBER,
+            f"the first member of an HDF5 file family (family driver, {members} member(s) of "
+            f"{member} bytes, {absolute_eof} bytes in all): one piece of a file, not read "
+            "alone; read the family with h5py.File(pattern, driver='family', "
+            f"memb_size={member}) (e.g. pattern 'name%d.h5')",
+            # Alone, the member cannot be opened (h5py and libhdf5 refuse it): the file
+            # as given is not readable, though nothing in it is damaged.
+            Severity.ERROR,
+        )
+        return out, None
     if absolute_eof == UNDEFINED or absolute_eof > size:
         shown = "undefined" if absolute_eof == UNDEFINED else f"{absolute_eof} bytes"
         add(Code.TRUNCATED, f"superblock says the file is {shown}, found {size} bytes")

@@ -354,11 +354,21 @@ def _array_value(where: str, arr: Array, kind: str) -> Value:
             )
         _check_structured(dt, where)
         return Value(np.asarray(arr, order="C"), kind)
-    if dt.kind in "Mm":
+    if dt.kind == "m":
+        unit, count = np.datetime_data(dt)
+        step = f"{count}{unit}" if count != 1 else unit
         raise _refuse(
             where,
-            f"a {dt} (datetime/timedelta) array",
-            "store arr.astype('int64') with the unit in an attribute, or ISO-8601 text (np.datetime_as_string(arr))",
+            f"a {dt} (timedelta) array",
+            f"store arr.astype('int64') (counts of {step}) with the unit {step!r} in an "
+            "attribute, or float seconds: arr / np.timedelta64(1, 's')",
+        )
+    if dt.kind == "M":
+        raise _refuse(
+            where,
+            f"a {dt} (datetime) array",
+            "store ISO-8601 text, np.datetime_as_string(arr), or arr.astype('int64') with "
+            "the unit in an attribute",
         )
     if dt.kind in _NUMBER_KINDS:
         if dt.kind in "fc" and dt.itemsize > (8 if dt.kind == "f" else 16):
@@ -442,6 +452,14 @@ def normalize(where: str, value: Any) -> Value:
                 "pad the rows to one length, store one dataset per row, or json.dumps(the_list) as a str",
             ) from err
         return _array_value(where, arr, "ndarray")
+    if isinstance(value, np.ma.MaskedArray):
+        # Stored as a plain array its mask would be dropped silently: refused instead.
+        raise _refuse(
+            where,
+            "a numpy masked array (its mask would be lost)",
+            "store the values and the mask as two datasets, e.g. "
+            "{'x': arr.filled(np.nan), 'x_mask': np.ma.getmaskarray(arr)}",
+        )
     if isinstance(value, np.ndarray):
         return _array_value(where, value, "ndarray")
     raise _refuse(

@@ -349,7 +349,8 @@ def _quick_verdict(path: str, index: int) -> FileSalvage | _Job:
     if info is None:
         if truncated is not None:
             return FileSalvage(path, "truncated", note=truncated)
-        message = f"{errors[0].code} {errors[0].message}" if errors else "superblock unusable"
+        shown = errors[0] if errors else (findings[0] if findings else None)
+        message = f"{shown.code} {shown.message}" if shown is not None else "superblock unusable"
         return FileSalvage(path, "unreadable", note=message)
     job = _Job(index, path, os.path.abspath(path), truncated=truncated is not None)
     if truncated is not None:
@@ -390,6 +391,7 @@ class _Run:
         schema_json: str | None,
         box: Sandbox,
         finished: Callable[[_Job], None],
+        allow_external: bool = False,
     ) -> None:
         self.jobs = jobs
         self.out_dir = out_dir
@@ -398,6 +400,7 @@ class _Run:
         self.schema_json = schema_json
         self.box = box
         self.finished = finished
+        self.allow_external = allow_external
         self.run_id = uuid.uuid4().hex
 
     def _work_path(self, job: _Job, suffix: str) -> str:
@@ -416,6 +419,7 @@ class _Run:
                     self.ignore,
                     tuple(sorted(job.skip)),
                     self.schema_json,
+                    self.allow_external,
                 )
                 for job in queue
             ]
@@ -486,6 +490,7 @@ def salvage(
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
+    allow_external: bool = False,
 ) -> SalvageReport:
     """Recover every intact top-level group of ``paths`` into shards in ``out_dir``.
 
@@ -510,6 +515,11 @@ def salvage(
         Reader processes (default: one per CPU, at most one per file).
     progress
         Called as ``progress(done, total)`` as each file is settled.
+    allow_external
+        Also copy data that a dataset keeps in other files (HDF5 external storage,
+        virtual datasets with sources elsewhere). False (the default): such a group is
+        lost, its reason naming the other files, and their bytes are never read: an
+        untrusted file can name any file the user can read.
 
     Returns
     -------
@@ -574,6 +584,7 @@ def salvage(
                     schema.to_json() if schema is not None else None,
                     box,
                     lambda job: settle(job.index, job.result()),
+                    allow_external,
                 )
                 run.run()
         finally:

@@ -311,6 +311,7 @@ class _Conversions:
     def __init__(self) -> None:
         self.vlen: list[str] = []
         self.repacked: list[str] = []
+        self.allow_external = False  # copy data kept in other files (see _refuse_external)
 
 
 def _as_given(where: str, arr: npt.NDArray[Any], vlen: bool, conv: _Conversions) -> Any:
@@ -366,11 +367,60 @@ def _foreign_members(
     return out
 
 
+def external_sources(dset: h5py.Dataset) -> list[str]:
+    """The other files a dataset's raw data lives in: external storage, and the
+    sources of a virtual dataset outside its own file (``"."``)."""
+    dcpl = dset.id.get_create_plist()
+    found = [_decode_name(dcpl.get_external(i)[0]) for i in range(dcpl.get_external_count())]
+    if dcpl.get_layout() == h5py.h5d.VIRTUAL:
+        for i in range(dcpl.get_virtual_count()):
+            name = _decode_name(dcpl.get_virtual_filename(i))
+            if name != "." and name not in found:
+                found.append(name)
+    return found
+
+
+def _decode_name(raw: bytes | str) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+
+
+def _refuse_external(group: h5py.Group, key: str) -> None:
+    """Raise ``_Lost`` naming the first dataset of ``group`` whose data is in another file.
+
+    An untrusted file is read only where it is: external storage can name any
+    readable file (a key file), and salvage would copy its bytes into the results.
+    """
+    problem: list[str] = []
+
+    def visit(name: str, obj: Any) -> Any:
+        if isinstance(obj, h5py.Dataset):
+            sources = external_sources(obj)
+            if sources:
+                shown = ", ".join(sources[:3]) + (" ..." if len(sources) > 3 else "")
+                problem.append(
+                    f"dataset {key}/{name}: its data is stored in other file(s) ({shown}); "
+                    "not read (untrusted files are read only where they are: pass "
+                    "allow_external=True, --allow-external, to copy it)"
+                )
+                return True
+        return None
+
+    group.visititems(visit)
+    if problem:
+        raise _Lost(problem[0])
+
+
 def _read_group(
-    f: h5py.File, key: str, schema: Schema | None, conv: _Conversions
+    f: h5py.File,
+    key: str,
+    schema: Schema | None,
+    conv: _Conversions,
+    *,
+    allow_external: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The datasets and attributes of result group ``key`` as ``add()`` takes them, verified
-    against the group's digest when it has one."""
+    against the group's digest when it has one. Data stored in other files is refused
+    unless ``allow_external``."""
     link = f.get(key, getlink=True)
     if not isinstance(link, h5py.HardLink):
         raise _Lost(f"a {type(link).__name__} at the top level, not a result group")
@@ -379,6 +429,8 @@ def _read_group(
         raise _Lost("a dataset at the top level, not a result group (add it to ignore to skip it)")
     if not isinstance(group, h5py.Group):
         raise _Lost(f"a {type(group).__name__} at the top level, not a result group")
+    if not allow_external:
+        _refuse_external(group, key)
     try:
         layout.check_key(key)
     except InvalidKeyError as err:
@@ -520,17 +572,21 @@ def salvage_file(
     ignore: tuple[str, ...],
     skip: tuple[str, ...],
     schema_json: str | None,
+    allow_external: bool = False,
 ) -> FileOutcome:
     """Salvage ``source`` through a copy at ``copy`` into shards in ``out_dir``.
 
-    ``skip`` are keys an earlier, interrupted call already settled.
+    ``skip`` are keys an earlier, interrupted call already settled; ``allow_external``:
+    copy data a dataset keeps in other files too (refused by default).
     """
     progress = _Progress(progress_path)
     try:
         progress.at("copy")
         shutil.copyfile(source, copy)
         try:
-            return _salvage_copy(source, copy, out_dir, progress, run_id, ignore, skip, schema_json)
+            return _salvage_copy(
+                source, copy, out_dir, progress, run_id, ignore, skip, schema_json, allow_external
+            )
         finally:
             Path(copy).unlink(missing_ok=True)
     finally:
@@ -546,6 +602,7 @@ def _salvage_copy(
     ignore: tuple[str, ...],
     skip: tuple[str, ...],
     schema_json: str | None,
+    allow_external: bool,
 ) -> FileOutcome:
     schema = Schema.from_json(schema_json) if schema_json is not None else None
     progress.at("open")
@@ -557,6 +614,7 @@ def _salvage_copy(
     lost: list[tuple[str, str]] = []
     listed = False
     conv = _Conversions()
+    conv.allow_external = allow_external
     with _Output(out_dir, source, run_id, schema) as out:
         f, names, problem = _open(copy)
         if f is not None:
@@ -634,7 +692,7 @@ def _walk(
         handled.add(key)
         progress.at("group", key)
         try:
-            datasets, attrs = _read_group(f, key, schema, conv)
+            datasets, attrs = _read_group(f, key, schema, conv, allow_external=conv.allow_external)
         except _Lost as err:
             lost.append((key, err.reason))
             continue

@@ -98,6 +98,12 @@ def save_png(fig: Figure, path: str | os.PathLike[str]) -> Path:
     return final
 
 
+def _lease_polygons(boundary: FloatArray | None, regions: Sequence[FloatArray]) -> list[FloatArray]:
+    """The lease as polygons to draw: the boundary, then any further regions."""
+    polygons = [] if boundary is None else [boundary]
+    return [p for p in (*polygons, *regions) if len(p) >= 3]
+
+
 def _draw_layout(
     ax: Axes,
     *,
@@ -106,20 +112,22 @@ def _draw_layout(
     optimized: FloatArray,
     min_spacing_m: float | None,
     exclusions: Sequence[FloatArray] = (),
+    regions: Sequence[FloatArray] = (),
     legend: bool = True,
 ) -> None:
     from matplotlib.collections import LineCollection, PatchCollection
     from matplotlib.patches import Circle, Polygon
 
-    if boundary is not None and len(boundary) >= 3:
+    lease = _lease_polygons(boundary, regions)
+    for i, region in enumerate(lease):
         ax.add_patch(
             Polygon(
-                boundary,
+                region,
                 closed=True,
                 fill=False,
                 edgecolor=BOUNDARY_COLOR,
                 linewidth=1.5,
-                label="boundary",
+                label=("boundary" if len(lease) == 1 else "lease region") if i == 0 else None,
             )
         )
     for i, zone in enumerate(z for z in exclusions if len(z) >= 3):
@@ -211,6 +219,7 @@ def _draw_flow(
     boundary: FloatArray | None,
     optimized: FloatArray,
     exclusions: Sequence[FloatArray] = (),
+    regions: Sequence[FloatArray] = (),
 ) -> None:
     extent = (float(flow.x[0]), float(flow.x[-1]), float(flow.y[0]), float(flow.y[-1]))
     # Clip the deep deficit right behind each rotor so the wakes far downstream stay visible.
@@ -226,8 +235,8 @@ def _draw_flow(
         aspect="equal",
     )
     fig.colorbar(image, ax=ax, shrink=0.85, label="effective wind speed [m/s]")
-    if boundary is not None and len(boundary) >= 3:
-        closed = np.vstack((boundary, boundary[:1]))
+    for region in _lease_polygons(boundary, regions):
+        closed = np.vstack((region, region[:1]))
         ax.plot(closed[:, 0], closed[:, 1], color=BOUNDARY_COLOR, linewidth=1.0, linestyle="--")
     for zone in (z for z in exclusions if len(z) >= 3):
         closed = np.vstack((zone, zone[:1]))
@@ -259,6 +268,7 @@ def layout_figure(
     min_spacing_m: float | None,
     flow: FlowField | None = None,
     exclusions: Sequence[FloatArray] = (),
+    regions: Sequence[FloatArray] = (),
 ) -> Figure:
     """Draw a layout: boundary, start, optimized positions, spacing circles; and its wake.
 
@@ -278,6 +288,9 @@ def layout_figure(
         With it, a second panel shows the flow map (one flow case) of the optimized layout.
     exclusions : sequence of numpy.ndarray
         Polygons (m, 2) inside the boundary where no turbine may stand, drawn hatched.
+    regions : sequence of numpy.ndarray
+        Further lease polygons (m, 2) of a site of several regions, drawn like the
+        boundary (the first region).
 
     Returns
     -------
@@ -293,6 +306,7 @@ def layout_figure(
             optimized=optimized,
             min_spacing_m=min_spacing_m,
             exclusions=exclusions,
+            regions=regions,
         )
     else:
         fig = _figure(12.8, 6.2)
@@ -304,9 +318,16 @@ def layout_figure(
             optimized=optimized,
             min_spacing_m=min_spacing_m,
             exclusions=exclusions,
+            regions=regions,
         )
         _draw_flow(
-            ax_flow, fig, flow, boundary=boundary, optimized=optimized, exclusions=exclusions
+            ax_flow,
+            fig,
+            flow,
+            boundary=boundary,
+            optimized=optimized,
+            exclusions=exclusions,
+            regions=regions,
         )
     ax.set_title("start and optimized layout", fontsize="medium")
     fig.suptitle(title, fontsize="medium")
@@ -507,7 +528,7 @@ def write_layout_png(
     row: OkRow,
     rank: int,
     destination: Path,
-    geometry: dict[tuple[str, int], SiteGeometry],
+    geometry: dict[tuple[str, int, str], SiteGeometry],
     winds: dict[tuple[str, int], tuple[float, float]],
 ) -> LayoutFigure:
     """Draw one result with its wake at the site's dominant wind and save it as a PNG.
@@ -537,7 +558,7 @@ def write_layout_png(
     except (NotASweepOutputError, OSError, KeyError) as err:
         log.warning("%s: cannot read the layout: %s", row.key, err)
         return LayoutFigure(row, rank, None, f"layout could not be read: {err}")
-    geo = site_geometry(row.site, row.n_turbines, geometry)
+    geo = site_geometry(row.site, row.n_turbines, geometry, site_def=row.site_def)
     flow = None
     note = None
     if geo.wfm is not None and len(layout):
@@ -547,7 +568,7 @@ def write_layout_png(
                 centre = layout.mean(axis=0)
                 winds[key] = dominant_wind(geo.wfm, float(centre[0]), float(centre[1]))
             wd, ws = winds[key]
-            flow = flow_field(geo.wfm, layout, geo.boundary, wd, ws)
+            flow = flow_field(geo.wfm, layout, geo.lease_points, wd, ws)
         except Exception as err:  # a flow map is a nice-to-have; keep the layout plot
             log.warning("%s: no flow map: %s", row.key, err)
             note = f"no flow map: {err}"
@@ -560,6 +581,7 @@ def write_layout_png(
         min_spacing_m=geo.min_spacing_m,
         flow=flow,
         exclusions=geo.exclusions,
+        regions=geo.regions,
     )
     save_png(fig, destination)
     close(fig)

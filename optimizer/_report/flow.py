@@ -39,19 +39,33 @@ class SiteGeometry:
     """What a layout figure draws around the turbines, and the model its flow map uses.
 
     All None when the site is unknown (the figure then shows the turbines only). A lease of
-    several regions with exclusion zones is drawn from ``boundary`` and ``exclusions``:
-    :func:`site_geometry` is the one place that reads them from :mod:`optimizer.sites`.
+    several regions with exclusion zones is drawn from ``boundary``, ``regions`` and
+    ``exclusions``: :func:`site_geometry` is the one place that reads them from
+    :mod:`optimizer.sites`.
     """
 
     boundary: FloatArray | None
+    """The lease's (first) region, (m, 2) metres."""
     min_spacing_m: float | None
     wfm: Any
     exclusions: tuple[FloatArray, ...] = ()
-    """Polygons inside the boundary where no turbine may stand (none for today's sites)."""
+    """Polygons inside the lease where no turbine may stand."""
+    regions: tuple[FloatArray, ...] = ()
+    """Further lease regions of a site of several regions."""
+
+    @property
+    def lease_points(self) -> FloatArray | None:
+        """Every vertex of the lease (all regions), for the extent of a flow map."""
+        polygons = [p for p in (self.boundary, *self.regions) if p is not None]
+        return np.vstack(polygons) if polygons else None
 
 
 def site_geometry(
-    site: str, n_turbines: int, cache: dict[tuple[str, int], SiteGeometry] | None = None
+    site: str,
+    n_turbines: int,
+    cache: dict[tuple[str, int, str], SiteGeometry] | None = None,
+    *,
+    site_def: str = "",
 ) -> SiteGeometry:
     """Look up the boundary, minimum spacing and wind farm model of a site and farm size.
 
@@ -63,6 +77,9 @@ def site_geometry(
         The farm size.
     cache : dict, optional
         Reused between calls of one report (building a wind farm model is not free).
+    site_def : str
+        The config's resolved ``[sites.NAME]`` table (``SweepConfig.site_def``), for a
+        site defined in a spec.
 
     Returns
     -------
@@ -70,12 +87,17 @@ def site_geometry(
         Empty (all None) for an unknown site or size, with a warning logged.
     """
     cache = {} if cache is None else cache
-    key = (site, n_turbines)
+    key = (site, n_turbines, site_def)
     if key not in cache:
         try:
-            spec = get_site(site)
+            spec = get_site(site, site_def)
+            lease = spec.outline(n_turbines)
             cache[key] = SiteGeometry(
-                spec.boundary(n_turbines), spec.min_spacing_m, spec.wind_farm_model(n_turbines)
+                lease.regions[0],
+                spec.min_spacing_m,
+                spec.wind_farm_model(n_turbines),
+                exclusions=tuple(lease.exclusions),
+                regions=tuple(lease.regions[1:]),
             )
         except ValueError as err:
             log.warning("no site geometry for %s-%s: %s", site, n_turbines, err)

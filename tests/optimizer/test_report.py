@@ -323,3 +323,26 @@ def test_layout_figure_draws_exclusion_zones(tmp_path: Path) -> None:
     assert "exclusion zone" in [t.get_text() for t in legend.get_texts()]
     assert png_size(figures.save_png(fig, tmp_path / "lease.png"))[0] >= 400
     figures.close(fig)
+
+
+def test_site_geometry_draws_every_region_and_exclusion_of_a_spec_site() -> None:
+    """The report draws a lease from the site's outline: all five CS4 regions, and the
+    exclusions of a site defined in a spec (through the config's stored site_def)."""
+    from optimizer._report.flow import site_geometry
+    from optimizer.farm import canonical_definition, resolve_site_table
+
+    cs4 = site_geometry("iea37-cs4", 81)
+    assert cs4.boundary is not None and len(cs4.regions) == 4
+    assert cs4.lease_points is not None
+    assert len(cs4.lease_points) == sum(len(r) for r in (cs4.boundary, *cs4.regions))
+    table = {
+        "boundary": [[0, 0], [6000, 0], [6000, 3000], [3000, 3000], [3000, 6000], [0, 6000]],
+        "exclusions": [[[1000, 1000], [1600, 1000], [1600, 1600], [1000, 1600]]],
+        "turbine": "py_wake.examples.data.hornsrev1:V80",
+        "wind": {"frequency": [0.5, 0.5], "weibull_a": [9, 9], "weibull_k": [2, 2], "ti": 0.1},
+        "wake": {"model": "Bastankhah_PorteAgel_2014", "k": 0.0324555},
+    }
+    site_def = canonical_definition(resolve_site_table("lfarm", table, base_dir=None))
+    lfarm = site_geometry("lfarm", 12, site_def=site_def)
+    assert lfarm.boundary is not None and len(lfarm.boundary) == 6
+    assert len(lfarm.exclusions) == 1 and lfarm.regions == ()

@@ -23,6 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE_DATA = (
     "optimizer/py.typed",
     "optimizer/data/iea37_cs1_published.json",
+    "optimizer/data/iea37-cs3.toml",
+    "optimizer/data/iea37-cs4.toml",
     "optimizer/_report/templates/report.html.j2",
     "optimizer/_report/templates/report.css",
 )
@@ -74,7 +76,8 @@ def test_the_wheel_holds_the_package_data(wheel: Path) -> None:
         if "__pycache__" not in p.parts
     }
     assert source <= names, f"modules missing from the wheel: {sorted(source - names)}"
-    assert not any(n.endswith(".toml") for n in names if n.startswith("optimizer/"))
+    shipped_toml = {n for n in names if n.startswith("optimizer/") and n.endswith(".toml")}
+    assert shipped_toml == {"optimizer/data/iea37-cs3.toml", "optimizer/data/iea37-cs4.toml"}
     assert any(r.lower().startswith("jinja2") for r in requires), requires
 
 
@@ -86,6 +89,8 @@ def test_the_installed_package_reads_its_data(wheel: Path, tmp_path: Path) -> No
         "import optimizer, optimizer.published as p, optimizer._report.html as h; "
         f"assert optimizer.__file__.startswith({str(target)!r}), optimizer.__file__; "
         "assert p.published_layout('par12', 64).shape == (64, 2); "
+        "from optimizer.sites import get_site; "
+        "assert len(get_site('iea37-cs4').outline(81).regions) == 5; "
         "h._environment().get_template(h.TEMPLATE); "
         "assert 'font-family' in h._environment().globals['css']; print('ok')"
     )

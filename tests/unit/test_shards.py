@@ -194,3 +194,24 @@ def test_directory_that_cannot_be_made_is_a_write_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(WriteError, match="expected a directory for shards"):
         ShardWriter(tmp_path / "file" / "sub")
+
+
+@pytest.mark.parametrize("commit_every", [1, 3, 100])
+def test_a_buffer_reused_after_add_returns_does_not_change_what_was_added(
+    tmp_path: Path, commit_every: int
+) -> None:
+    """add() returns, then the caller overwrites its array for the next result: every
+    result keeps the values it had at its own add() (regression: the commit wrote the
+    caller's arrays, so earlier keys got the last values under their own digests)."""
+    import h5guard
+
+    buffer = np.zeros(4)
+    with ShardWriter(tmp_path / "tmp", commit_every=commit_every) as writer:
+        for i in range(5):
+            buffer[:] = i
+            writer.add(f"k{i}", {"x": buffer}, {"i": i})
+    out = tmp_path / "out.h5"
+    assert h5guard.merge(tmp_path / "tmp", out).exit_code == 0
+    for i in range(5):
+        result = h5guard.read(out, f"k{i}")
+        np.testing.assert_array_equal(result.datasets["x"], np.full(4, float(i)))
