@@ -53,7 +53,7 @@ import h5guard  # noqa: E402
 # Where the merge's time goes: (label, file suffix, function, calling function or None);
 # cumulative times, so an indented line is part of the line above it.
 PHASES = (
-    ("validate shards (seals, sandbox)", "h5guard/validate.py", "validate_many", "build"),
+    ("validate shards (seals, sandbox)", "h5guard/_check/api.py", "validate_many", "build"),
     ("look keys up in the output", "h5guard/_merge/output.py", "digest", "build"),
     # (h5py's Cython calls such as h5o.copy are invisible to cProfile: the copy of the
     # groups is what "build partial" holds beyond the byte copy.)
@@ -61,8 +61,8 @@ PHASES = (
     ("  byte copy of the old output", "h5guard/_atomic.py", "copy_file", None),
     ("verify copied groups", "h5guard/_merge/verify.py", "verify_copy", None),
     # (with a helper, the reader's own half runs in a thread cProfile does not see)
-    ("  h5guard reader (_fastread)", "h5guard/_fastread.py", "verify_groups_at", None),
-    ("  libhdf5 re-read (fallback)", "h5guard/_deep.py", "verify_groups", None),
+    ("  h5guard byte reader", "h5guard/_format/bytes.py", "verify_groups_at", None),
+    ("  libhdf5 re-read (fallback)", "h5guard/_check/own.py", "verify_groups", None),
     ("fsync + rename + dir fsync", "h5guard/_atomic.py", "commit_file", "merge"),
     ("delete merged shards", "h5guard/_atomic.py", "remove_quietly", "merge"),
 )

@@ -12,11 +12,11 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
 import socket
+import stat
 from pathlib import Path
 
-from h5guard.errors import InsufficientSpaceError
+from h5guard.errors import InsufficientSpaceError, WriteError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def commit_file(partial: str | os.PathLike[str], final: str | os.PathLike[str]) 
     partial : str or os.PathLike
         The finished file, closed by the caller, in the directory of ``final``.
     final : str or os.PathLike
-        The name it takes.
+        The name it takes (a symbolic link there is replaced, never followed).
 
     Raises
     ------
@@ -88,8 +88,218 @@ def commit_file(partial: str | os.PathLike[str], final: str | os.PathLike[str]) 
 
 
 def remove_quietly(path: str | os.PathLike[str]) -> None:
+    """Unlink ``path`` (a link itself, never its target); a missing name is fine."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+# Every file h5guard creates on the write side is created through this: the name must
+# not exist (O_EXCL), and a symbolic link planted under it is never followed (O_EXCL
+# alone already refuses a link; O_NOFOLLOW says so twice, for the old kernels' sake).
+_CREATE_FLAGS = os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def create_exclusive(path: str | os.PathLike[str], *, mode: int = 0o644, read: bool = False) -> int:
+    """Create a new file and return a descriptor open for writing.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The new file's name; nothing (no file, no link) may exist under it.
+    mode : int
+        Permission bits (before the umask).
+    read : bool
+        Open it for reading too.
+
+    Returns
+    -------
+    int
+        The descriptor; the caller closes it.
+
+    Raises
+    ------
+    FileExistsError
+        Something (a file, a symbolic link) already has that name; it is untouched.
+    """
+    return os.open(path, _CREATE_FLAGS | (os.O_RDWR if read else os.O_WRONLY), mode)
+
+
+def clear_own_name(path: str | os.PathLike[str]) -> str | None:
+    """Remove whatever is under a name that only h5guard creates (a ``.partial``).
+
+    A leftover of a crashed commit or merge, or a link someone planted there: the name
+    is removed (``unlink`` removes a link, never its target), so that the next exclusive
+    creation succeeds. A directory under the name is not removed.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The name.
+
+    Returns
+    -------
+    str or None
+        What was removed (for the log), or None if nothing was there.
+
+    Raises
+    ------
+    WriteError
+        The name holds a directory, or cannot be removed (it belongs to someone else).
+    """
+    name = os.fspath(path)
+    try:
+        st = os.lstat(name)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        what = f"a symbolic link to {os.readlink(name)!r} (removed, its target untouched)"
+    elif stat.S_ISREG(st.st_mode):
+        what = "a leftover file"
+    else:
+        raise WriteError(
+            name,
+            "expected no file under this name (h5guard creates it), found something that is "
+            "not a regular file; remove it",
+            FileExistsError(errno.EEXIST, "exists"),
+        )
+    try:
+        os.unlink(name)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise WriteError(name, f"expected to remove {what} under h5guard's own name", err) from err
+    log.warning("%s: removed %s before writing", name, what)
+    return what
+
+
+def require_real_dir(path: str | os.PathLike[str], *, create: bool = False) -> None:
+    """Check that ``path`` is a directory itself, not a symbolic link to one.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A directory h5guard writes into on its own account (``quarantine/``).
+    create : bool
+        Create it (one level) when missing.
+
+    Raises
+    ------
+    WriteError
+        It is a symbolic link (never followed: h5guard writes nothing through a link it
+        did not make) or something other than a directory, or it cannot be created.
+    """
+    name = os.fspath(path)
+    try:
+        st = os.lstat(name)
+    except FileNotFoundError:
+        if not create:
+            raise
+        try:
+            os.mkdir(name)
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise WriteError(name, "expected to create this directory", err) from err
+        st = os.lstat(name)
+    if stat.S_ISLNK(st.st_mode):
+        raise WriteError(
+            name,
+            f"expected a directory, found a symbolic link to {os.readlink(name)!r}; h5guard never "
+            "writes through a link here: remove the link (h5guard creates the directory)",
+            NotADirectoryError(errno.ENOTDIR, "symbolic link"),
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise WriteError(
+            name,
+            "expected a directory, found a file; remove it",
+            NotADirectoryError(errno.ENOTDIR, "not a directory"),
+        )
+
+
+def require_own_link(path: str | os.PathLike[str]) -> None:
+    """Refuse a directory the user named that is a symbolic link planted by someone else.
+
+    A link the user (or root) made is the user's choice and is followed; one owned by
+    another account would send the user's files wherever that account chose.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A directory the caller was given (TEMP_DIR).
+
+    Raises
+    ------
+    WriteError
+        ``path`` is a symbolic link owned by another account.
+    """
+    name = os.fspath(path)
+    try:
+        st = os.lstat(name)
+    except OSError:
+        return  # missing (created later) or unreadable: the caller's own errors say so
+    if stat.S_ISLNK(st.st_mode) and st.st_uid not in (os.geteuid(), 0):
+        raise WriteError(
+            name,
+            f"expected a directory, found a symbolic link to {os.readlink(name)!r} owned by "
+            f"another account (uid {st.st_uid}); h5guard follows only your own links: remove "
+            "it, or name the target if you trust it",
+            NotADirectoryError(errno.ENOTDIR, "symbolic link of another account"),
+        )
+
+
+def write_fd(fd: int, data: bytes | bytearray | memoryview, *, offset: int = 0) -> None:
+    """Write all of ``data`` at ``offset`` (``pwrite`` until done)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def reserve(fd: int, size: int, *, path: str, waiting: str) -> None:
+    """Make the file system allocate ``size`` bytes of ``fd`` now, or refuse cleanly.
+
+    libhdf5 must never be the one to meet a full disk (it may crash the process): the
+    blocks a write will use are allocated here first, where ENOSPC is a plain error.
+
+    Parameters
+    ----------
+    fd : int
+        The file, open for writing.
+    size : int
+        Bytes from offset 0 it must be able to hold.
+    path : str
+        The file's name, for the message.
+    waiting : str
+        Where the data to be written waits meanwhile (for the message).
+
+    Raises
+    ------
+    InsufficientSpaceError
+        The file system cannot hold ``size`` bytes.
+    WriteError
+        The file system is read-only, or another error.
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno == errno.ENOSPC or err.errno == errno.EDQUOT:
+            raise InsufficientSpaceError(
+                path, size, free_bytes(os.path.dirname(path) or "."), waiting=waiting
+            ) from err
+        if err.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return  # the file system cannot preallocate: the free-space check must do
+        raise WriteError(
+            path, f"reserving {size} bytes failed{waiting and '; ' + waiting}", err
+        ) from err
+
+
+def is_read_only(directory: str | os.PathLike[str]) -> bool:
+    """Whether ``directory`` lives on a file system mounted read-only."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def free_bytes(directory: str | os.PathLike[str]) -> int:
@@ -99,7 +309,11 @@ def free_bytes(directory: str | os.PathLike[str]) -> int:
 
 
 def require_free_space(
-    directory: str | os.PathLike[str], needed: int, *, min_free: int = DEFAULT_MIN_FREE
+    directory: str | os.PathLike[str],
+    needed: int,
+    *,
+    min_free: int = DEFAULT_MIN_FREE,
+    waiting: str = "",
 ) -> None:
     """Check that ``needed + min_free`` bytes are free in ``directory``.
 
@@ -111,20 +325,68 @@ def require_free_space(
         Bytes the write needs.
     min_free : int
         Bytes to keep free on top (libhdf5 must never be the one to meet a full disk).
+    waiting : str
+        Where the data waits meanwhile (``"3 result(s) are safe in J"``), for the message.
 
     Raises
     ------
     InsufficientSpaceError
         Fewer bytes are available.
+    WriteError
+        The file system is read-only, or ``directory`` is gone.
     """
-    available = free_bytes(directory)
+    try:
+        st = os.statvfs(directory)
+    except FileNotFoundError as err:
+        raise WriteError(
+            os.fspath(directory),
+            f"expected a directory to write into, found none{waiting and '; ' + waiting}",
+            err,
+        ) from err
+    if st.f_flag & os.ST_RDONLY:
+        raise WriteError(
+            os.fspath(directory),
+            f"the file system is read-only, nothing can be written there{waiting and '; ' + waiting}",
+            OSError(errno.EROFS, os.strerror(errno.EROFS)),
+        )
+    available = st.f_bavail * st.f_frsize
     if available < needed + min_free:
-        raise InsufficientSpaceError(os.fspath(directory), needed + min_free, available)
+        raise InsufficientSpaceError(
+            os.fspath(directory), needed + min_free, available, waiting=waiting
+        )
 
 
 def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    """Byte-for-byte copy (kernel-side where the OS allows it)."""
-    shutil.copyfile(src, dst)
+    """Byte-for-byte copy into a new file ``dst`` (kernel-side where the OS allows it).
+
+    ``dst`` is created exclusively, never through a link; ``src`` is not read through
+    a link either.
+
+    Raises
+    ------
+    FileExistsError
+        Something already has the name ``dst``.
+    OSError
+        Reading or writing failed (``dst`` is then removed).
+    """
+    src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        dst_fd = create_exclusive(dst)
+        try:
+            size = os.fstat(src_fd).st_size
+            offset = 0
+            while offset < size:
+                n = os.sendfile(dst_fd, src_fd, offset, min(size - offset, 1 << 30))
+                if n == 0:
+                    raise OSError(errno.EIO, "source shrank while it was copied", os.fspath(src))
+                offset += n
+        except BaseException:
+            os.close(dst_fd)
+            remove_quietly(dst)
+            raise
+        os.close(dst_fd)
+    finally:
+        os.close(src_fd)
 
 
 def writer_tag() -> str:

@@ -157,7 +157,9 @@ class JournalWriter:
         # which is enough (see _liveness.Liveness.grace), and at the first append.
         self._check_every = _liveness.check_interval(self.lease)
         self._next_check = 0.0
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        # Exclusive and never through a link: a name planted in a shared directory is
+        # refused (FileExistsError), not followed.
+        fd = _atomic.create_exclusive(path, read=True)
         try:
             # A new file nobody else has opened: True, or None where locks are refused.
             flocked = _lock.try_flock(fd, os.fspath(path)) is True
@@ -244,6 +246,19 @@ class JournalWriter:
         data = os.pread(self._fd(), hlen + plen, offset)
         return data[:hlen], data[hlen:]
 
+    def claim_marked(self) -> bool:
+        """Whether a merge marked this journal claimed (its records are the merge's)."""
+        return self.fd is not None and _liveness.claim_marked(self.fd)
+
+    def linked(self) -> bool:
+        """Whether the journal still has a name (False once it, or its directory, was deleted)."""
+        if self.fd is None:
+            return False
+        try:
+            return os.fstat(self.fd).st_nlink > 0
+        except OSError:
+            return False
+
     def _fd(self) -> int:
         if self.fd is None:
             raise OSError(errno.EBADF, f"{self.path}: journal is closed")
@@ -285,25 +300,36 @@ class JournalWriter:
 
 
 # -- reading -------------------------------------------------------------------------
+# A payload longer than this is damage, whatever the file's size: ShardWriter.add()
+# refuses a result above it (ResultLimitError), so no journal it wrote holds one.
+MAX_PAYLOAD = 1 << 36  # 64 GiB
+# Bytes read at a time while looking for the next record after damage.
+_SEARCH_CHUNK = 1 << 20
+_FRAME_SIZE = _FRAME.size + _CRC.size
+
+
 @dataclass(frozen=True, slots=True)
 class JournalRecord:
+    """One whole record: its header, and where its payload is (read when needed)."""
+
     header: bytes
-    payload: bytes
+    offset: int  # of the payload in the file
+    length: int  # of the payload
 
 
 @dataclass(frozen=True, slots=True)
 class JournalScan:
-    """What a journal holds, read without trusting any of it."""
+    """What a journal holds, read without trusting any of it (and never read whole)."""
 
     path: str
     meta: dict[str, Any] | None
     records: tuple[JournalRecord, ...]
-    torn: str | None  # why reading stopped before the end of the file, if it did
+    damage: tuple[str, ...] = ()  # damaged stretches, each named; later records still found
     # The file ends inside its last record: the writer died during that add(), whose
     # call therefore never returned. Anything else that stops the reading is damage.
     interrupted: bool = False
-    meta_payload: bytes = b""
-    cut: JournalRecord | None = None  # the record the writer died writing, if its header is whole
+    meta_record: JournalRecord | None = None
+    cut: bytes | None = None  # the header of the record the writer died writing
 
     @property
     def stem(self) -> str | None:
@@ -311,8 +337,66 @@ class JournalScan:
         return stem if isinstance(stem, str) else None
 
 
+def _pread(fd: int, offset: int, size: int) -> bytes:
+    """Up to ``size`` bytes at ``offset`` (fewer only at the end of the file)."""
+    parts: list[bytes] = []
+    while size > 0:
+        chunk = os.pread(fd, min(size, _SEARCH_CHUNK * 16), offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        offset += len(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
+
+
+def _frame_at(fd: int, pos: int, size: int) -> tuple[int, int, bytes] | None:
+    """``(header length, payload length, header)`` of a whole, CRC-valid frame at ``pos``."""
+    frame = _pread(fd, pos, _FRAME_SIZE)
+    if len(frame) < _FRAME_SIZE:
+        return None
+    magic, hlen, plen = _FRAME.unpack_from(frame)
+    (crc,) = _CRC.unpack_from(frame, _FRAME.size)
+    if magic != _RECORD or hlen > _MAX_HEADER or pos + _FRAME_SIZE + hlen > size:
+        return None
+    header = _pread(fd, pos + _FRAME_SIZE, hlen)
+    if zlib.crc32(header, zlib.crc32(frame[: _FRAME.size])) != crc:
+        return None
+    return hlen, plen, header
+
+
+def _next_frame(fd: int, start: int, size: int) -> int | None:
+    """The offset of the next CRC-valid record frame at or after ``start``, if any.
+
+    Streams the file (holes of a sparse file are skipped, not read).
+    """
+    pos = start
+    while pos < size:
+        try:
+            pos = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole is left (or SEEK_DATA is not supported)
+            if pos != start:
+                return None
+        chunk = _pread(fd, pos, _SEARCH_CHUNK + len(_RECORD) - 1)
+        if not chunk:
+            return None
+        at = chunk.find(_RECORD)
+        while at != -1:
+            if _frame_at(fd, pos + at, size) is not None:
+                return pos + at
+            at = chunk.find(_RECORD, at + 1)
+        pos += _SEARCH_CHUNK
+    return None
+
+
 def scan(path: str | os.PathLike[str]) -> JournalScan:
-    """Every whole record of a journal, and where and why reading stopped early.
+    """Every whole record of a journal, and every damaged stretch, in bounded memory.
+
+    Records are framed by a magic and a CRC over the frame and header, so after
+    damage (a bad CRC, no record where one should start, a length beyond the file or
+    above :data:`MAX_PAYLOAD`) reading resumes at the next valid frame: one damaged
+    record never hides the ones after it. Payloads are not read (see
+    :func:`read_payload`).
 
     Parameters
     ----------
@@ -322,71 +406,109 @@ def scan(path: str | os.PathLike[str]) -> JournalScan:
     Returns
     -------
     JournalScan
-        Its meta record and whole records; a journal cut short or damaged is described,
-        never raised.
+        Its meta record, whole records and damage; a journal cut short or damaged is
+        described, never raised.
 
     Raises
     ------
     OSError
         The file cannot be read (``FileNotFoundError`` once it was recovered).
     """
-    with open(path, "rb") as fh:
-        data = fh.read()
     name = os.fspath(path)
-    if not data.startswith(MAGIC):
-        if MAGIC.startswith(data):  # the writer died while creating it: no add() returned
-            return JournalScan(name, None, (), "journal cut short in its magic", True)
-        return JournalScan(name, None, (), "not an h5guard journal (no magic)")
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        return _scan(fd, name)
+    finally:
+        os.close(fd)
+
+
+def _scan(fd: int, name: str) -> JournalScan:
+    size = os.fstat(fd).st_size
+    head = _pread(fd, 0, len(MAGIC))
+    if head != MAGIC:
+        if MAGIC.startswith(head):  # the writer died while creating it: no add() returned
+            return JournalScan(name, None, (), ("journal cut short in its magic",), True)
+        return JournalScan(name, None, (), ("not an h5guard journal (no magic)",))
     records: list[JournalRecord] = []
-    pos = len(MAGIC)
-    torn: str | None = None
+    damage: list[str] = []
     interrupted = False
-    cut: JournalRecord | None = None
-    frame_size = _FRAME.size + _CRC.size
-    while pos < len(data):
-        frame = data[pos : pos + frame_size]
-        if len(frame) < frame_size:
-            torn, interrupted = f"record frame cut short at byte {pos}", True
+    cut: bytes | None = None
+    pos = len(MAGIC)
+    while pos < size:
+        header: bytes | None = None
+        frame = _frame_at(fd, pos, size)
+        if frame is not None:
+            hlen, plen, header = frame
+            body = pos + _FRAME_SIZE + hlen
+            if plen <= MAX_PAYLOAD and body + plen <= size:
+                records.append(JournalRecord(header, body, plen))
+                pos = body + plen
+                continue
+            if plen > MAX_PAYLOAD:
+                ends, problem = (
+                    False,
+                    f"record at byte {pos} claims {plen} payload bytes, above the cap of {MAX_PAYLOAD}",
+                )
+            else:
+                ends, problem = (
+                    True,
+                    f"record at byte {pos} claims {plen} payload bytes, more than the journal holds",
+                )
+        else:
+            raw = _pread(fd, pos, _FRAME_SIZE)
+            # The file may end inside a frame or a header that the writer was writing.
+            ends = len(raw) < _FRAME_SIZE or (
+                raw[:4] == _RECORD and pos + _FRAME_SIZE + _FRAME.unpack_from(raw)[1] > size
+            )
+            problem = f"no valid record at byte {pos} (bad magic, length or CRC)"
+        nxt = _next_frame(fd, pos + 1, size)
+        if nxt is None and ends:
+            # Nothing valid follows: the end of the file is a record the writer died
+            # writing (its add() never returned).
+            interrupted, cut = True, header
             break
-        magic, hlen, plen = _FRAME.unpack_from(frame)
-        (crc,) = _CRC.unpack_from(frame, _FRAME.size)
-        if magic != _RECORD or hlen > _MAX_HEADER:
-            torn = f"no record at byte {pos}"
+        damage.append(f"{problem}; bytes {pos} to {nxt if nxt is not None else size} skipped")
+        if nxt is None:
             break
-        body = pos + frame_size
-        header = data[body : body + hlen]
-        if len(header) < hlen:
-            torn, interrupted = f"record header at byte {pos} cut short", True
-            break
-        if zlib.crc32(header, zlib.crc32(frame[: _FRAME.size])) != crc:
-            torn = f"record header at byte {pos} is damaged (CRC mismatch)"
-            break
-        payload = data[body + hlen : body + hlen + plen]
-        if len(payload) < plen:
-            torn = f"record at byte {pos} is cut short ({len(payload)} of {plen} payload bytes)"
-            interrupted = True
-            cut = JournalRecord(header, b"")  # its key is still worth naming
-            break
-        records.append(JournalRecord(header, payload))
-        pos = body + hlen + plen
+        pos = nxt
     if not records:
         # Not even the meta record is whole: the writer died while creating the journal,
-        # before its first add() could return.
-        # (Ending right after the magic is the same: the meta record was never written.)
-        return JournalScan(name, None, (), torn or "no meta record", interrupted or torn is None)
+        # before its first add() could return (or the journal is damaged from its start).
+        return JournalScan(
+            name, None, (), tuple(damage) or ("no meta record",), interrupted or not damage
+        )
+    # The meta record is the one right after the magic; if damage took it, every record
+    # found is a result (its writer's schema and file attributes are then unknown).
+    first = records[0]
+    if first.offset != len(MAGIC) + _FRAME_SIZE + len(first.header):
+        return JournalScan(name, None, tuple(records), tuple(damage), interrupted, None, cut)
+    meta: Any = None
     try:
-        meta = json.loads(records[0].header.decode("utf-8"))
+        meta = json.loads(first.header.decode("utf-8"))
     except ValueError:
-        return JournalScan(name, None, (), "meta record is not JSON")
-    if not isinstance(meta, dict):
-        return JournalScan(name, None, (), "meta record is not a JSON object")
-    return JournalScan(name, meta, tuple(records[1:]), torn, interrupted, records[0].payload, cut)
+        damage.insert(0, "meta record is not JSON")
+    if meta is not None and not isinstance(meta, dict):
+        damage.insert(0, "meta record is not a JSON object")
+        meta = None
+    return JournalScan(
+        name, meta, tuple(records[1:]), tuple(damage), interrupted, first if meta else None, cut
+    )
 
 
-def record_key(record: JournalRecord) -> str | None:
-    """The key a record claims, even when its payload is cut short."""
+def read_payload(fd: int, record: JournalRecord) -> bytes:
+    """A record's payload, read from the journal open on ``fd``."""
+    data = _pread(fd, record.offset, record.length)
+    if len(data) != record.length:
+        raise OSError(
+            errno.EIO, f"journal shrank while it was read ({len(data)} of {record.length} bytes)"
+        )
+    return data
+
+
+def record_key(header: bytes) -> str | None:
+    """The key a record's header claims, even when its payload is cut short."""
     try:
-        key = json.loads(record.header.decode("utf-8")).get("key")
+        key = json.loads(header.decode("utf-8")).get("key")
     except (ValueError, AttributeError):
         return None
     return key if isinstance(key, str) else None
@@ -402,15 +524,79 @@ class JournalState:
     results: tuple[tuple[str, str], ...]  # (key, digest) of each whole, verified record
     interrupted: str | None  # a result whose add() was cut short by the writer's death
     lost: tuple[str, ...]  # why results that were (or may have been) added cannot be read
-    committed: bool  # its shard exists: the writer died after committing, before cleanup
+    committed: bool  # its shard holds every result: the writer died before cleanup
     file_attrs: _result.PreparedResult | None = None  # the writer's file_attrs
+    # Why the journal cannot be recovered as it is (it names a shard that is not its
+    # own): the merge quarantines it, check reports it.
+    refused: tuple[str, ...] = ()
+    data_bytes: int = 0  # payload bytes of its whole records
 
     @property
     def groups(self) -> dict[str, str | None]:
         return dict(self.results)
 
 
-def read_journal(path: str | os.PathLike[str]) -> tuple[JournalState, list[_result.PreparedResult]]:
+class JournalResults:
+    """A journal's verified results, decoded from the file one at a time when iterated.
+
+    Memory stays bounded by the largest result, whatever the journal's size.
+    """
+
+    def __init__(self, path: str, records: Sequence[JournalRecord]) -> None:
+        self.path = path
+        self.records = tuple(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> _result.PreparedResult:
+        return next(
+            self._decoded(
+                self.records[index : index + 1] if index >= 0 else self.records[index:][:1]
+            )
+        )
+
+    def __iter__(self) -> Iterator[_result.PreparedResult]:
+        return self._decoded(self.records)
+
+    def _decoded(self, records: Sequence[JournalRecord]) -> Iterator[_result.PreparedResult]:
+        from h5guard._format import result as _result
+
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            for record in records:
+                try:
+                    yield _result.decode(record.header, read_payload(fd, record))
+                except _result.DecodeError as err:
+                    # It decoded when the journal was read, under its lock: the file was
+                    # changed since, by someone who does not respect the lock.
+                    raise OSError(
+                        errno.EIO, f"journal changed while it was recovered: {err}", self.path
+                    ) from err
+        finally:
+            os.close(fd)
+
+
+def _shard_name_ok(stem: str) -> bool:
+    return bool(stem) and "/" not in stem and "\0" not in stem and stem not in (".", "..")
+
+
+def _shard_index(path: str) -> dict[str, str] | None:
+    """The key -> digest index of a sealed shard (None if it has none or is unreadable)."""
+    import h5py
+
+    from h5guard._format import names, reader
+
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            text = reader.text_attr(f, names.INDEX_ATTR)
+        index = json.loads(text) if text else None
+    except Exception:
+        return None
+    return index if isinstance(index, dict) else None
+
+
+def read_journal(path: str | os.PathLike[str]) -> tuple[JournalState, JournalResults]:
     """Decode and verify every record of a journal (of a writer known to be gone).
 
     Parameters
@@ -422,62 +608,135 @@ def read_journal(path: str | os.PathLike[str]) -> tuple[JournalState, list[_resu
     -------
     JournalState
         What it holds, and what of it is lost or was cut short.
-    list of PreparedResult
-        Its results, each decoded and its digest recomputed, in the order added.
+    JournalResults
+        Its verified results, in the order added, decoded again when iterated (one at
+        a time: memory stays bounded).
 
     Raises
     ------
     FileNotFoundError
         The journal is gone (recovered or removed meanwhile).
+
+    Notes
+    -----
+    The shard a journal becomes is named by the journal's own file name
+    (``<stem>.h5.journal`` -> ``<stem>.h5``). A journal whose meta record names another
+    shard (or an impossible name) is *refused*, to be quarantined: it is not what its
+    writer wrote. A journal whose shard exists is taken as committed only if that
+    sealed shard holds every one of its results with the same digest; otherwise its
+    results are recovered into a shard of a new name, never dropped.
     """
     from h5guard import _shard
     from h5guard._format import result as _result  # h5py: only once results are decoded
 
-    scanned = scan(path)
     name = os.fspath(path)
-    stem = scanned.stem
-    if stem is None:
-        stem = Path(name).name.removesuffix(JOURNAL_SUFFIX).removesuffix(_shard.SHARD_SUFFIX)
-    shard = str(Path(name).with_name(f"{stem}{_shard.SHARD_SUFFIX}"))
+    own = Path(name).name.removesuffix(JOURNAL_SUFFIX)
+    if not own.endswith(_shard.SHARD_SUFFIX):
+        own += _shard.SHARD_SUFFIX
+    shard = str(Path(name).with_name(own))
+    if os.path.islink(name):
+        # Never read through a link: whatever it points to is not a writer's journal.
+        why = (
+            f"{name}:/: SYMBOLIC_LINK a symbolic link to {os.readlink(name)!r}, not a journal; "
+            "quarantined unread"
+        )
+        empty = JournalState(name, shard, None, (), None, (), False, refused=(why,))
+        return empty, JournalResults(name, ())
+    scanned = scan(path)
+    refused: list[str] = []
+    recorded = scanned.meta.get("stem") if scanned.meta else None
+    if scanned.meta is not None and recorded is not None:
+        if not isinstance(recorded, str) or not _shard_name_ok(recorded):
+            refused.append(
+                f"{name}:/: JOURNAL_FILE records an impossible shard name {recorded!r}; "
+                "quarantined unrecovered (h5guard never writes one)"
+            )
+        elif f"{recorded}{_shard.SHARD_SUFFIX}" != own:
+            refused.append(
+                f"{name}:/: JOURNAL_FILE records the shard name {recorded + _shard.SHARD_SUFFIX!r}, "
+                f"not its own {own!r}; quarantined unrecovered (it is not what a writer left)"
+            )
     meta = scanned.meta or {}
     schema_json = meta.get("schema") if isinstance(meta.get("schema"), str) else None
-    results: list[_result.PreparedResult] = []
+    results: list[tuple[str, str]] = []
+    good: list[JournalRecord] = []
     lost: list[str] = []
     interrupted: str | None = None
-    if scanned.meta is None and not scanned.interrupted:
-        lost.append(f"{name}: {scanned.torn}; any result it held is lost")
-    for i, record in enumerate(scanned.records):
-        try:
-            results.append(_result.decode(record.header, record.payload))
-        except _result.DecodeError as err:
-            lost.append(f"{name}: record {i + 1}: {err}")
-    if scanned.interrupted:
-        if scanned.cut is not None:
-            interrupted = record_key(scanned.cut) or "(unknown key)"
-    elif scanned.meta is not None and scanned.torn is not None:
-        lost.append(f"{name}: {scanned.torn}; results after it, if any, are lost")
+    if scanned.meta is None and not scanned.records:
+        if not scanned.interrupted:
+            lost.append(f"{name}: {'; '.join(scanned.damage)}; any result it held is lost")
+    else:
+        lost.extend(f"{name}: {what}; any result recorded there is lost" for what in scanned.damage)
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        for i, record in enumerate(scanned.records):
+            try:
+                result = _result.decode(record.header, read_payload(fd, record))
+            except _result.DecodeError as err:
+                lost.append(f"{name}: record {i + 1}: {err}")
+                continue
+            results.append((result.key, result.digest))
+            good.append(record)
+            del result
+        file_attrs = _file_attrs_of(scanned, fd)
+    finally:
+        os.close(fd)
+    if scanned.interrupted and scanned.cut is not None:
+        interrupted = record_key(scanned.cut) or "(unknown key)"
+    committed = False
+    if os.path.lexists(shard) and results:
+        committed = _holds_all(shard, results)
+        if not committed:
+            # Its shard name is taken by a file that does not hold all of its results:
+            # recover them under a new name, so that nothing is dropped or replaced (a
+            # re-run after a crash picks the same name, and finds it committed).
+            fresh = f"{own.removesuffix(_shard.SHARD_SUFFIX)}.recovered-{_token(name)}"
+            shard = str(Path(name).with_name(fresh + _shard.SHARD_SUFFIX))
+            committed = os.path.lexists(shard) and _holds_all(shard, results)
     state = JournalState(
         path=name,
         shard=shard,
         schema_json=schema_json,
-        results=tuple((r.key, r.digest) for r in results),
+        results=tuple(results),
         interrupted=interrupted,
         lost=tuple(lost),
-        committed=os.path.exists(shard) and _seal.check_seal(shard) is True,
-        file_attrs=_file_attrs_of(scanned),
+        committed=committed,
+        file_attrs=file_attrs,
+        refused=tuple(refused),
+        data_bytes=sum(r.length for r in good),
     )
-    return state, results
+    return state, JournalResults(name, good)
 
 
-def _file_attrs_of(scanned: JournalScan) -> _result.PreparedResult | None:
+def _holds_all(shard: str, results: Sequence[tuple[str, str]]) -> bool:
+    """Whether ``shard`` is a sealed shard holding every ``(key, digest)`` of ``results``."""
+    if os.path.islink(shard) or _seal.check_seal(shard) is not True:
+        return False
+    index = _shard_index(shard)
+    return index is not None and all(index.get(k) == d for k, d in results)
+
+
+def _token(path: str) -> str:
+    """A short name part that is the same for the same journal (so a re-run agrees)."""
+    st = os.lstat(path)
+    return zlib.crc32(f"{st.st_dev}:{st.st_ino}:{st.st_size}".encode()).to_bytes(4, "big").hex()
+
+
+_MAX_META_PAYLOAD = 1 << 30
+
+
+def _file_attrs_of(scanned: JournalScan, fd: int) -> _result.PreparedResult | None:
     from h5guard._format import result as _result
 
     header = scanned.meta.get("file_attrs") if scanned.meta else None
-    if not isinstance(header, str):
+    record = scanned.meta_record
+    if not isinstance(header, str) or record is None:
         return None
     try:
-        return _result.decode(header.encode("utf-8"), scanned.meta_payload)
-    except _result.DecodeError as err:
+        if record.length > _MAX_META_PAYLOAD:
+            raise _result.DecodeError(f"{record.length} bytes of file attributes")
+        return _result.decode(header.encode("utf-8"), read_payload(fd, record))
+    except (_result.DecodeError, OSError) as err:
         log.warning(
             "%s: file attributes unreadable (%s); the shard is written without them",
             scanned.path,
@@ -627,7 +886,7 @@ class ClaimedJournals:
     """The journals of writers that are gone, read under their claims, and the rest."""
 
     states: list[JournalState]
-    results: dict[str, list[_result.PreparedResult]]  # journal path -> its results
+    results: dict[str, JournalResults]  # journal path -> its results
     live: list[str]  # journals whose writer may still be running
     pending: list[PendingJournal]  # the same, with what they hold and why
 
@@ -637,7 +896,7 @@ def _pending(path: str, verdict: _liveness.Liveness) -> PendingJournal | None:
         scanned = scan(path)
     except FileNotFoundError:
         return None
-    keys = tuple(k for k in (record_key(r) for r in scanned.records) if k is not None)
+    keys = tuple(k for k in (record_key(r.header) for r in scanned.records) if k is not None)
     writer = _liveness.recorded_writer(scanned.meta)
     return PendingJournal(
         path=path,
@@ -679,7 +938,7 @@ def claim_journals(
         cannot be shown gone (pending), with what they hold.
     """
     states: list[JournalState] = []
-    results: dict[str, list[_result.PreparedResult]] = {}
+    results: dict[str, JournalResults] = {}
     live: list[str] = []
     pending: list[PendingJournal] = []
     taken: list[str] = []
@@ -730,7 +989,16 @@ def recover_journal(state: JournalState, results: Iterable[_result.PreparedResul
     final = Path(state.shard)
     if not state.committed and state.results:
         _shard.write_shard(
-            final, results, schema_json=state.schema_json, file_attrs=state.file_attrs
+            final,
+            results,
+            schema_json=state.schema_json,
+            file_attrs=state.file_attrs,
+            data_bytes=state.data_bytes,
+            count=len(state.results),
+            waiting=(
+                f"its {len(state.results)} result(s) stay in {state.path}; "
+                "free space and run the merge again"
+            ),
         )
         log.info("recovered %d result(s) from %s into %s", len(state.results), state.path, final)
     _atomic.remove_quietly(final.with_name(final.name + _atomic.PARTIAL_SUFFIX))
@@ -771,6 +1039,11 @@ def journal_finding(path: str) -> Finding:
     except FileNotFoundError:
         return finding(Severity.INFO, "journal removed while checking (merged meanwhile?)")
     held = f"{len(state.results)} result(s)"
+    if state.refused:
+        return finding(
+            Severity.ERROR,
+            f"{'; '.join(state.refused)}; `h5guard merge` quarantines it ({held} in it)",
+        )
     cut = (
         f"; one add() of {state.interrupted!r} was cut short and never returned"
         if state.interrupted

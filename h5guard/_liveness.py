@@ -813,6 +813,24 @@ def mark_claimed(fd: int) -> bool:
     return True
 
 
+def claim_marked(fd: int) -> bool:
+    """Whether a recoverer marked the journal of ``fd`` claimed (deleted or not).
+
+    Parameters
+    ----------
+    fd
+        The writer's journal descriptor.
+
+    Returns
+    -------
+    bool
+    """
+    try:
+        return not os.fstat(fd).st_mode & _OWNER_WRITE
+    except OSError:
+        return False
+
+
 def was_claimed(fd: int) -> bool:
     """Whether the journal of ``fd`` was claimed by a recoverer or deleted.
 

@@ -416,6 +416,11 @@ class Sandbox:
     pass_env
         Names of environment variables to pass to the children on top of the
         reduced environment (:func:`child_env`), e.g. an application's own settings.
+    path
+        Directories appended to each child's ``sys.path`` (after its site-packages, so
+        they cannot shadow numpy or h5py): where an application's own code that the
+        targets import lives. Empty for the checks of untrusted files, whose children
+        import h5guard and what is installed, and nothing else.
 
     Raises
     ------
@@ -431,6 +436,7 @@ class Sandbox:
         memory_limit: int = DEFAULT_MEMORY_LIMIT,
         retire_on_request: bool = True,
         pass_env: Iterable[str] = (),
+        path: Iterable[str] = (),
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout: expected seconds > 0, got {timeout}")
@@ -447,6 +453,7 @@ class Sandbox:
         # the old speed. A child that crashed, timed out or raised is never reused.
         self.retire_on_request = retire_on_request
         self.pass_env = tuple(pass_env)
+        self.path = tuple(os.fspath(p) for p in path)
 
     def __enter__(self) -> Sandbox:
         return self
@@ -504,6 +511,7 @@ class Sandbox:
             timeout=timeout,
             memory_limit=self.memory_limit,
             pass_env=self.pass_env,
+            path=self.path,
         )
         view._idle = self._idle
         view._owns_children = False
@@ -557,7 +565,7 @@ class Sandbox:
         if not module or not func:
             raise ValueError(f"target: expected 'module:function', got {target!r}")
         root = _module_root(module)
-        roots = (root,) if root is not None and root != import_root() else ()
+        roots = (*((root,) if root is not None and root != import_root() else ()), *self.path)
         pending: deque[tuple[int, tuple[Any, ...]]] = deque(enumerate(calls))
         running: dict[int, _Child] = {}
         try:

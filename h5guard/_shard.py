@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
+import hashlib
+import itertools
 import json
 import os
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from h5guard import _atomic
@@ -23,6 +27,7 @@ from h5guard._format import names, write
 from h5guard._format import result as _result
 from h5guard._format import seal as _seal
 from h5guard._version import __version__
+from h5guard.errors import InsufficientSpaceError
 
 SHARD_SUFFIX = ".h5"
 
@@ -45,14 +50,106 @@ def new_shard_stem(prefix: str) -> str:
     return f"{prefix}-{stamp}-{_atomic.writer_tag()}-{uuid.uuid4().hex[:8]}"
 
 
+# A shard up to this size is built in memory (libhdf5's core driver) and written with
+# plain os.write calls into blocks reserved first: libhdf5 never meets the disk. A bigger
+# one is written by libhdf5 into a partial whose blocks were reserved for an estimate.
+IN_MEMORY_SHARD = 64 * 1024 * 1024
+# HDF5's own bytes per result (object headers, links, attribute messages), generously.
+_OVERHEAD_PER_RESULT = 8 * 1024
+_OVERHEAD = 1024 * 1024
+
+
+def estimate_size(data_bytes: int, count: int) -> int:
+    """Bytes a shard of ``count`` results holding ``data_bytes`` of values may take.
+
+    Parameters
+    ----------
+    data_bytes : int
+        The values' bytes (:attr:`h5guard._result.PreparedResult.nbytes`, summed).
+    count : int
+        Results in the batch.
+
+    Returns
+    -------
+    int
+        An upper bound for the file h5guard's layout writes (values are stored
+        contiguously or compactly, uncompressed).
+    """
+    return data_bytes + data_bytes // 8 + count * _OVERHEAD_PER_RESULT + _OVERHEAD
+
+
+_images = itertools.count()
+
+
+def _start(
+    f: h5py.File, schema_json: str | None, file_attrs: _result.PreparedResult | None
+) -> None:
+    f.attrs[names.FORMAT_ATTR] = np.bytes_(names.SHARD_FORMAT.encode())
+    f.attrs[names.VERSION_ATTR] = np.bytes_(__version__.encode())
+    if schema_json is not None:
+        f.attrs[names.SCHEMA_ATTR] = np.bytes_(schema_json.encode())
+    if file_attrs is not None:
+        _result.write_root_attrs(f, file_attrs)
+
+
+def _finish(f: h5py.File, results: Iterable[_result.PreparedResult]) -> dict[str, str]:
+    index: dict[str, str] = {}
+    for result in results:
+        _result.write(f, result)
+        index[result.key] = result.digest
+    # The index lets a merge plan from one attribute instead of one per group.
+    text = json.dumps(index, sort_keys=True, ensure_ascii=False)
+    write.write_attr(f, names.INDEX_ATTR, np.array(text.encode(), dtype=np.bytes_))
+    return index
+
+
+def _memory_file() -> h5py.File:
+    """A new HDF5 file that lives in memory only, with the shard's user block."""
+    # The name is a label only, but libhdf5 tries to open it once: a path nobody can
+    # create (so nothing planted is ever opened), ending like the partial it becomes.
+    return h5py.File(
+        f"/proc/self/fdinfo/h5guard-image-{os.getpid()}-{next(_images)}{_atomic.PARTIAL_SUFFIX}",
+        "w",
+        driver="core",
+        backing_store=False,
+        libver=names.LIBVER,
+        locking=False,
+        userblock_size=_seal.SEAL_SIZE,
+    )
+
+
+def _image(f: h5py.File) -> bytearray:
+    """The file's bytes, user block included (libhdf5's image leaves the user block out)."""
+    f.flush()
+    image = bytearray(_seal.SEAL_SIZE)
+    image += f.id.get_file_image()
+    return image
+
+
+def _seal_image(image: bytearray) -> None:
+    """Write the seal into an in-memory shard's user block (as :func:`h5guard._seal.write_seal`)."""
+    digest = hashlib.sha256(memoryview(image)[_seal.SEAL_SIZE :]).hexdigest()
+    text = _seal._MAGIC + f"sha256:{digest}\nsize:{len(image)}\n".encode()
+    image[: _seal.SEAL_SIZE] = text.ljust(_seal.SEAL_SIZE, b"\0")
+
+
 def write_shard(
     final: Path,
     results: Iterable[_result.PreparedResult],
     *,
     schema_json: str | None,
     file_attrs: _result.PreparedResult | None,
+    data_bytes: int = 0,
+    count: int = 0,
+    waiting: str = "",
 ) -> dict[str, str]:
     """Write ``results`` as the sealed shard ``final``, through ``final.partial``.
+
+    The partial is created exclusively (a file or a symbolic link left under its name
+    is removed first, never followed), its blocks are reserved before anything is
+    written into it, and a shard of up to :data:`IN_MEMORY_SHARD` is built in memory
+    and written with plain ``write`` calls: a full disk is an
+    :class:`~h5guard.errors.InsufficientSpaceError`, never an error inside libhdf5.
 
     Parameters
     ----------
@@ -64,6 +161,10 @@ def write_shard(
         The writer's schema, embedded in the shard.
     file_attrs : PreparedResult or None
         The writer's worker-level attributes, stored at the shard's root.
+    data_bytes, count : int
+        The batch's value bytes and results, for the size estimate.
+    waiting : str
+        Where the results wait if writing fails, for the message.
 
     Returns
     -------
@@ -72,35 +173,57 @@ def write_shard(
 
     Raises
     ------
+    InsufficientSpaceError
+        The file system cannot hold the shard; nothing is left under either name.
     Exception
-        Whatever writing raised; nothing is then left under either name, and the
+        Whatever else writing raised; nothing is then left under either name, and the
         caller's journal still holds the results.
     """
     partial = final.with_name(final.name + _atomic.PARTIAL_SUFFIX)
-    index: dict[str, str] = {}
-    f = None
+    name = os.fspath(partial)
+    estimate = estimate_size(data_bytes, count)
+    _atomic.clear_own_name(partial)
+    fd = _atomic.create_exclusive(partial, read=True)
+    f: h5py.File | None = None
     try:
-        f = write.create_file(os.fspath(partial), "w", userblock=_seal.SEAL_SIZE)
-        f.attrs[names.FORMAT_ATTR] = np.bytes_(names.SHARD_FORMAT.encode())
-        f.attrs[names.VERSION_ATTR] = np.bytes_(__version__.encode())
-        if schema_json is not None:
-            f.attrs[names.SCHEMA_ATTR] = np.bytes_(schema_json.encode())
-        if file_attrs is not None:
-            _result.write_root_attrs(f, file_attrs)
-        for result in results:
-            _result.write(f, result)
-            index[result.key] = result.digest
-        # The index lets a merge plan from one attribute instead of one per group.
-        text = json.dumps(index, sort_keys=True, ensure_ascii=False)
-        write.write_attr(f, names.INDEX_ATTR, np.array(text.encode(), dtype=np.bytes_))
-        f.close()
-        f = None
-        _seal.write_seal(partial)
-        _atomic.commit_file(partial, final)
-    except BaseException:
+        if estimate <= IN_MEMORY_SHARD:
+            f = _memory_file()
+            _start(f, schema_json, file_attrs)
+            index = _finish(f, results)
+            image = _image(f)
+            f.close()
+            f = None
+            _seal_image(image)
+            _atomic.reserve(fd, len(image), path=name, waiting=waiting)
+            _atomic.write_fd(fd, image)
+        else:
+            f = _memory_file()
+            _start(f, schema_json, file_attrs)
+            image = _image(f)
+            f.close()
+            f = None
+            _atomic.reserve(fd, len(image) + estimate, path=name, waiting=waiting)
+            _atomic.write_fd(fd, image)
+            # libhdf5 opens the name again: check that it is still the file created above.
+            f = h5py.File(name, "r+", libver=names.LIBVER, locking=False)
+            if not os.path.samestat(os.fstat(f.id.get_vfd_handle()), os.fstat(fd)):
+                raise OSError(errno.EEXIST, "replaced while it was being written", name)
+            index = _finish(f, results)
+            f.close()  # truncates the file to what HDF5 used of the reservation
+            f = None
+            _seal.write_seal(name)
+    except BaseException as err:
         if f is not None:
             with contextlib.suppress(Exception):
                 f.close()
+        os.close(fd)
         _atomic.remove_quietly(partial)
+        full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+        if full and not isinstance(err, InsufficientSpaceError):
+            raise InsufficientSpaceError(
+                name, estimate, _atomic.free_bytes(final.parent), waiting=waiting
+            ) from err
         raise
+    os.close(fd)
+    _atomic.commit_file(partial, final)
     return index

@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import socket
+import threading
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -30,6 +31,7 @@ from h5guard.errors import (
     DuplicateKeyError,
     H5GuardError,
     InsufficientSpaceError,
+    ResultLimitError,
     WriteError,
     WriterClosedError,
     WriterTransferError,
@@ -52,6 +54,9 @@ _WRITERS: weakref.WeakSet[ShardWriter] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     for writer in list(_WRITERS):
+        # Another thread of the parent may have held the lock at the fork: the child's
+        # copy would never be released.
+        writer._lock = threading.RLock()
         writer._leave_parent_batch()
 
 
@@ -77,6 +82,9 @@ class ShardWriter:
     A key may be added once per writer: a second ``add()`` of it raises
     :class:`~h5guard.DuplicateKeyError` (a result is immutable; recomputations belong to
     the merge's ``on_conflict`` policy).
+
+    Threads may share a writer: its methods run under one lock, so every returned
+    ``add()`` is journaled whole (docs/security.md, "Threads").
 
     A writer belongs to the process that created it: in a forked child it starts a
     batch of its own, and it cannot be pickled (create one per worker, e.g. in a pool
@@ -112,7 +120,8 @@ class ShardWriter:
     ValueError
         A bad ``commit_every``, ``prefix`` or ``file_attrs`` name.
     WriteError
-        ``directory`` cannot be created.
+        ``directory`` cannot be created, or is a symbolic link owned by another
+        account (docs/security.md).
     WriterTransferError
         On an attempt to pickle the writer (send it to another process).
 
@@ -143,6 +152,7 @@ class ShardWriter:
                 f"prefix: expected a non-empty name without '-' or '/', got {prefix!r}"
             )
         self.directory = Path(directory)
+        _atomic.require_own_link(self.directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -172,6 +182,9 @@ class ShardWriter:
         self._closed = False
         self.committed: list[Path] = []
         self.committed_keys: list[str] = []
+        # One writer may be shared by threads: every public method runs under this lock,
+        # so each add() is journaled whole and in order (re-entrant: add() commits).
+        self._lock = threading.RLock()
         _WRITERS.add(self)
 
     def __reduce__(self) -> NoReturn:
@@ -210,8 +223,9 @@ class ShardWriter:
     @property
     def pending(self) -> int:
         """Results added since the last commit (safe in the journal, not yet in a shard)."""
-        self._own_process()
-        return len(self._batch)
+        with self._lock:
+            self._own_process()
+            return len(self._batch)
 
     def add(
         self,
@@ -241,8 +255,22 @@ class ShardWriter:
         InsufficientSpaceError
             Not enough free space for the result; nothing was written.
         WriteError
-            Journaling failed; the result was not added.
+            Journaling failed (or the journal was deleted, with its directory say);
+            the result was not added.
+
+        Notes
+        -----
+        Threads may share a writer: calls are serialised by a lock.
         """
+        with self._lock:
+            self._add(key, datasets, attrs)
+
+    def _add(
+        self,
+        key: str,
+        datasets: Mapping[str, Any],
+        attrs: Mapping[str, Any] | None,
+    ) -> None:
         self._own_process()
         if self._closed:
             raise WriterClosedError(f"{self.directory}: ShardWriter is closed")
@@ -255,9 +283,22 @@ class ShardWriter:
         # A group costs its data plus a few KiB of headers, twice over (journal, shard),
         # plus room for HDF5's own allocations when the shard is closed.
         nbytes = result.nbytes
-        _atomic.require_free_space(self.directory, 2 * nbytes + 64 * 1024, min_free=self.min_free)
+        try:
+            _atomic.require_free_space(
+                self.directory, 2 * nbytes + 64 * 1024, min_free=self.min_free
+            )
+        except InsufficientSpaceError as err:
+            # Said only when refusing: where the batch waits costs an fstat to find out.
+            raise InsufficientSpaceError(
+                err.directory, err.needed, err.available, waiting=self._waiting()
+            ) from None
         journal = self._open_batch()
         header, buffers = _result.encode(result)
+        if sum(b.nbytes for b in buffers) > _journal.MAX_PAYLOAD:
+            raise ResultLimitError(
+                f"group key {key!r}: {nbytes} bytes of values, above the "
+                f"{_journal.MAX_PAYLOAD} bytes a result may hold; split it into several results"
+            )
         # The buffers are views of the caller's arrays, which the caller may change or
         # reuse as soon as add() returns: what the commit writes must be a private copy
         # (held here while the batch is small) or the journal's own bytes (read back).
@@ -279,6 +320,35 @@ class ShardWriter:
             raise self._write_error(f"journaling group {key!r} failed", err, journal.path) from err
         except OSError as err:
             raise self._write_error(f"journaling group {key!r} failed", err, journal.path) from err
+        if not journal.linked() and journal.claim_marked():
+            # A merge claimed, recovered and deleted the journal between two claim
+            # checks: what it read is in its shard; this record goes into a new batch
+            # too (a duplicate of the same digest if the merge had it already).
+            log.warning("%s: claimed by a merge; this writer starts a new batch", journal.path)
+            journal.close()
+            self._start_over()
+            journal = self._open_batch()
+            try:
+                journal.append(header, data)
+            except (OSError, _journal.Claimed) as err:
+                raise self._write_error(
+                    f"journaling group {key!r} failed", err, journal.path
+                ) from err
+        if not journal.linked():
+            # The bytes went into a file that no longer has a name (the directory was
+            # deleted, say): nothing of this batch can reach a merge.
+            gone = FileNotFoundError(errno.ENOENT, "the journal was deleted", str(journal.path))
+            lost = len(self._batch)
+            journal.close()
+            self._journal = None
+            self._batch, self._held, self._batch_bytes = {}, [], 0
+            raise WriteError(
+                str(journal.path),
+                f"journaling group {key!r} failed: the journal no longer exists (was "
+                f"{self.directory} deleted?); this result and the {lost} added since the "
+                "last commit are lost",
+                gone,
+            ) from gone
         self._batch[key] = result.digest
         self._keys.add(key)
         self._batch_bytes += nbytes
@@ -307,6 +377,10 @@ class ShardWriter:
         InsufficientSpaceError, WriteError
             The shard could not be written; the batch stays safe in its journal.
         """
+        with self._lock:
+            return self._commit()
+
+    def _commit(self) -> Path | None:
         self._own_process()
         journal = self._journal
         if journal is None:
@@ -329,6 +403,9 @@ class ShardWriter:
                 results,
                 schema_json=self.schema.to_json() if self.schema is not None else None,
                 file_attrs=self._file_attrs,
+                data_bytes=self._batch_bytes,
+                count=len(keys),
+                waiting=self._waiting(),
             )
         except Exception as err:
             raise self._write_error("committing the batch failed", err, final) from err
@@ -344,6 +421,10 @@ class ShardWriter:
 
     def discard(self) -> None:
         """Throw the uncommitted batch away (journal included) and close the writer."""
+        with self._lock:
+            self._discard()
+
+    def _discard(self) -> None:
         self._own_process()
         if self._journal is not None:
             log.info(
@@ -359,12 +440,22 @@ class ShardWriter:
         self._closed = True
 
     def close(self) -> None:
-        """Commit what is pending and close the writer."""
+        """Commit what is pending and close the writer.
+
+        Raises
+        ------
+        InsufficientSpaceError, WriteError
+            The commit failed; the message says where the results wait.
+        """
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         self._own_process()
         if self._closed:
             return
         try:
-            self.commit()
+            self._commit()
         finally:
             self._closed = True
             if self._journal is not None:
@@ -429,21 +520,36 @@ class ShardWriter:
         self.committed = []
         self.committed_keys = []
 
+    def _waiting(self) -> str:
+        """Where the batch waits, for an error's message ("" when nothing is pending)."""
+        journal = self._journal
+        if journal is None or not self._batch:
+            return ""
+        if not journal.linked():
+            return (
+                f"the journal {journal.path} no longer exists (was {self.directory} deleted?): "
+                f"the {len(self._batch)} result(s) added since the last commit are lost"
+            )
+        return (
+            f"{len(self._batch)} result(s) are safe in {journal.path}; "
+            f"the next commit or `h5guard merge {self.directory}` writes them"
+        )
+
     def _write_error(self, what: str, err: BaseException, path: Path) -> OSError:
         if isinstance(err, H5GuardError) and isinstance(err, OSError):
             return err
-        if getattr(err, "errno", None) == errno.ENOSPC or "errno = 28," in str(err):
+        waiting = self._waiting()
+        if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "errno = 28," in str(err):
+            try:
+                free = _atomic.free_bytes(self.directory)
+            except OSError:
+                free = 0
             return InsufficientSpaceError(
-                str(self.directory),
-                self._batch_bytes + self.min_free,
-                _atomic.free_bytes(self.directory),
+                str(path), self._batch_bytes + self.min_free, free, waiting=waiting
             )
-        safe = (
-            f"; {len(self._batch)} result(s) are safe in {self._journal.path}"
-            if (self._journal is not None and self._batch)
-            else ""
-        )
-        return WriteError(str(path), what + safe, err)
+        if getattr(err, "errno", None) == errno.EROFS:
+            what += "; the file system is read-only"
+        return WriteError(str(path), what + (f"; {waiting}" if waiting else ""), err)
 
 
 def _read_back(journal: _journal.JournalWriter, count: int) -> Iterable[_result.PreparedResult]:

@@ -131,17 +131,19 @@ class InsufficientSpaceError(H5GuardError, OSError):
 
     When a write hits a full disk, libhdf5 fails inside ``close()``: a segfault in
     some of our runs, an opaque ``RuntimeError`` in others. So h5guard checks the free
-    space first and refuses instead.
+    space first, and reserves the blocks a file will use before writing into it, and
+    refuses instead. ``waiting`` says where the data waits meanwhile (a journal).
     """
 
-    def __init__(self, directory: str, needed: int, available: int) -> None:
+    def __init__(self, directory: str, needed: int, available: int, *, waiting: str = "") -> None:
         super().__init__(
             f"{directory}: not enough free space: need {_human(needed)}, "
-            f"file system has {_human(available)} free"
+            f"file system has {_human(available)} free" + (f"; {waiting}" if waiting else "")
         )
         self.directory = directory
         self.needed = needed
         self.available = available
+        self.waiting = waiting
 
 
 class WriteError(H5GuardError, OSError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import logging
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -116,13 +117,16 @@ class LocalEngine(Engine):
         memory_limit: int = DEFAULT_WORKER_MEMORY,
     ) -> None:
         self.workers = workers or os.cpu_count() or 1
-        # The sandbox's children get a reduced environment; the sweep's fault injection
-        # (optimizer._worker.FAULT_ENV) is passed on explicitly.
+        # The workers run the user's own code (a site = "package.module:function" may
+        # live beside their script, or read their settings), not untrusted files: they
+        # get this process's environment and its sys.path, as multiprocessing's would,
+        # appended after site-packages so nothing there shadows numpy, h5py or PyWake.
         self._box = Sandbox(
             workers=self.workers,
             timeout=config_timeout,
             memory_limit=memory_limit,
-            pass_env=("LAYOUT_SWEEP_FAULT",),
+            pass_env=tuple(os.environ),
+            path=[os.path.abspath(p or os.curdir) for p in sys.path],
         )
 
     def run(

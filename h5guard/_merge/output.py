@@ -8,6 +8,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from h5guard import _atomic
 from h5guard._check.api import QUARANTINE_DIR, validate_many
 from h5guard._format import names, reader, write
 from h5guard._version import __version__
-from h5guard.errors import UnreadableOutputError
+from h5guard.errors import UnreadableOutputError, WriteError
 from h5guard.report import FileSummary, Severity
 from h5guard.schema import Schema
 
@@ -52,9 +53,21 @@ def record_output(shard_dir: str | os.PathLike[str], output: str | os.PathLike[s
         The record could not be written.
     """
     record = Path(shard_dir) / RECORD_FILE
-    tmp = record.with_name(record.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"output": os.path.abspath(output)}), encoding="utf-8")
+    tmp = record.with_name(f"{record.name}.{uuid.uuid4().hex[:12]}.tmp")
+    _write_new(tmp, json.dumps({"output": os.path.abspath(output)}).encode("utf-8"))
     _atomic.commit_file(tmp, record)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` exclusively (never through a link) and write ``data`` (the commit fsyncs it)."""
+    fd = _atomic.create_exclusive(path)
+    try:
+        _atomic.write_fd(fd, data)
+    except BaseException:
+        os.close(fd)
+        _atomic.remove_quietly(path)
+        raise
+    os.close(fd)
 
 
 def recorded_output(shard_dir: str | os.PathLike[str]) -> str | None:
@@ -170,34 +183,61 @@ def _one_line(err: BaseException) -> str:
 
 
 def quarantine(path: str, reasons: Sequence[str], directory: str) -> Quarantined:
-    """Move ``path`` to ``directory/quarantine/`` beside a JSON note of its ``reasons``."""
+    """Move ``path`` to ``directory/quarantine/`` beside a JSON note of its ``reasons``.
+
+    Parameters
+    ----------
+    path : str
+        The shard (or journal) to move.
+    reasons : sequence of str
+        Why, for the note.
+    directory : str
+        The shard directory.
+
+    Returns
+    -------
+    Quarantined
+        Where it is now, and why.
+
+    Raises
+    ------
+    WriteError
+        ``quarantine/`` is a symbolic link or no directory (never followed), or a step
+        failed; the message names the file and the step.
+    """
     qdir = Path(directory) / QUARANTINE_DIR
-    qdir.mkdir(exist_ok=True)
-    # Never replace an earlier quarantined file of the same name: pick a free name.
+    _atomic.require_real_dir(qdir, create=True)
+    # Never replace an earlier quarantined file (or a link) of the same name.
     name, n = Path(path).name, 0
-    while (qdir / name).exists():
+    while os.path.lexists(qdir / name) or os.path.lexists(qdir / (name + ".json")):
         n += 1
         name = f"{Path(path).stem}.{n}{Path(path).suffix}"
     target = qdir / name
     note = qdir / (name + ".json")
-    tmp = note.with_name(note.name + ".tmp")
-    tmp.write_text(
-        json.dumps(
-            {
-                "file": Path(path).name,
-                "quarantined": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                "reasons": list(reasons),
-            },
-            indent=2,
-        ),
-        encoding="utf-8",
+    tmp = note.with_name(f"{note.name}.{uuid.uuid4().hex[:12]}.tmp")
+    text = json.dumps(
+        {
+            "file": Path(path).name,
+            "quarantined": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "reasons": list(reasons),
+        },
+        indent=2,
     )
-    # The note first: a crash between the two leaves a note without a file (harmless,
-    # the next merge quarantines again), never a file without its reason.
-    _atomic.commit_file(tmp, note)
-    os.replace(path, target)
-    _atomic.fsync_dir(qdir)
-    _atomic.fsync_dir(directory)
+    step, where = "writing its note", str(note)
+    try:
+        # The note first: a crash between the two leaves a note without a file (harmless,
+        # the next merge quarantines again), never a file without its reason.
+        _write_new(tmp, text.encode("utf-8"))
+        _atomic.commit_file(tmp, note)
+        step, where = f"moving it to {target}", path
+        os.replace(path, target)
+        step, where = "making the move durable", str(qdir)
+        _atomic.fsync_dir(qdir)
+        _atomic.fsync_dir(directory)
+    except OSError as err:
+        if isinstance(err, WriteError):
+            raise
+        raise WriteError(where, f"quarantining {path} failed while {step}", err) from err
     log.warning("quarantined %s: %s", path, reasons[0] if reasons else "")
     return Quarantined(str(target), tuple(reasons))
 
@@ -212,8 +252,14 @@ def write_partial(
     existing_groups: int,
     schema: Schema | None,
     root_attrs: Mapping[str, Any],
+    reserve: int = 0,
 ) -> dict[str, tuple[int, str]]:
     """Build the new output in ``partial``: a byte copy of ``output`` plus the new groups.
+
+    ``partial`` is created exclusively (whatever was under its name, a crashed merge's
+    leftover or a planted link, is removed first, never followed) and ``reserve`` bytes
+    of it are allocated before libhdf5 writes into it, so that libhdf5 does not meet a
+    full disk; its close gives the unused part back.
 
     Parameters
     ----------
@@ -231,17 +277,21 @@ def write_partial(
         The schema the output embeds.
     root_attrs : mapping of str to Any
         The caller's root attributes.
+    reserve : int
+        Bytes the new output may take (0: no reservation).
 
     Returns
     -------
     dict of str to (int, str)
         Each added group's object header address and digest, for the verification.
+
+    Raises
+    ------
+    InsufficientSpaceError
+        ``reserve`` bytes cannot be allocated; ``partial`` is removed.
     """
-    if os.path.exists(output):
-        _atomic.copy_file(output, partial)
-        f = h5py.File(partial, "r+", libver=names.LIBVER, locking=False)
-    else:
-        f = write.create_file(partial, "w")
+    _start_partial(output, partial, reserve)
+    f = h5py.File(partial, "r+", libver=names.LIBVER, locking=False)
     added: dict[str, tuple[int, str]] = {}
     todo = set(new)
     sources: dict[str, dict[str, Any]] = {}
@@ -279,6 +329,42 @@ def write_partial(
     finally:
         f.close()
     return added
+
+
+def _start_partial(output: str, partial: str, reserve: int) -> None:
+    """``partial`` as a new file: the bytes of ``output`` (or an empty HDF5 file), reserved."""
+    _atomic.clear_own_name(partial)
+    if os.path.exists(output):
+        _atomic.copy_file(output, partial)  # creates partial exclusively
+        fd = os.open(partial, os.O_RDWR | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            size = os.fstat(fd).st_size
+            _atomic.reserve(fd, max(reserve, size), path=partial, waiting=f"{output} is unchanged")
+        except BaseException:
+            os.close(fd)
+            _atomic.remove_quietly(partial)
+            raise
+        os.close(fd)
+        return
+    fd = _atomic.create_exclusive(partial, read=True)
+    try:
+        with h5py.File(
+            f"/proc/self/fdinfo/h5guard-output-image-{os.getpid()}-{uuid.uuid4().hex}",
+            "w",
+            driver="core",
+            backing_store=False,
+            libver=names.LIBVER,
+            locking=False,
+        ) as f:
+            f.flush()
+            image = f.id.get_file_image()
+        _atomic.reserve(fd, max(reserve, len(image)), path=partial, waiting="nothing was merged")
+        _atomic.write_fd(fd, image)
+    except BaseException:
+        os.close(fd)
+        _atomic.remove_quietly(partial)
+        raise
+    os.close(fd)
 
 
 def _file_attrs(src: h5py.File) -> dict[str, Any]:

@@ -177,6 +177,7 @@ def resolve(
     """The shard directory and the absolute output path ("" when none is known and
     ``need_output`` is false: a plan against no output, as for a first merge)."""
     directory = os.fspath(shard_dir)
+    _atomic.require_own_link(directory)
     if not os.path.isdir(directory):
         raise MergeSourceError(f"{directory}: expected a directory of shards, found none")
     if output is None:
@@ -188,6 +189,13 @@ def resolve(
                 f"{directory}: no output is recorded for this directory; name one with -o OUTPUT"
             )
     out = os.path.abspath(os.fspath(output))
+    if os.path.islink(out):
+        target = os.path.realpath(out)
+        raise MergeSourceError(
+            f"{out}: the output is a symbolic link to {target}; a merge replaces its output "
+            f"atomically and never writes through a link: name the target (-o {target}) or "
+            "remove the link"
+        )
     parent = os.path.dirname(out)
     if not os.path.isdir(parent):
         raise MergeSourceError(f"{out}: expected an existing directory {parent}")
@@ -202,15 +210,23 @@ class _Sources:
     journals: list[str]
     stale: list[str]  # partials without a journal whose writer is known to be gone
     live: list[str]  # journals and partials whose writer may still be running
+    links: list[str]  # symbolic links named like shards or journals: never read through
 
 
 def _sources(directory: str, output: str) -> _Sources:
-    found = _Sources([], [], [], [])
+    found = _Sources([], [], [], [], [])
     # The output (and its partial) may live in the shard directory: it is no shard, and
     # "merging" it into itself would delete it.
     own = {os.path.realpath(output), os.path.realpath(output + _atomic.PARTIAL_SUFFIX)}
     names = {p.name for p in Path(directory).iterdir()}
     for p in sorted(Path(directory).iterdir()):
+        if p.is_symlink():
+            # Someone else's file under a shard's or a journal's name: h5guard reads no
+            # shard or journal through a link (a link at a .partial is h5guard's own
+            # name, removed when that name is next written).
+            if p.name.endswith((_journal.JOURNAL_SUFFIX, ".h5")) and os.path.abspath(p) != output:
+                found.links.append(str(p))
+            continue
         if not p.is_file() or (output and os.path.realpath(p) in own):
             continue
         if p.name.endswith(_journal.JOURNAL_SUFFIX):
@@ -313,7 +329,16 @@ def build(
         trust_seals=True,
     )
     good: list[str] = []
-    bad: list[Quarantined] = []
+    bad: list[Quarantined] = [
+        Quarantined(
+            link,
+            (
+                f"{link}:/: SYMBOLIC_LINK a symbolic link to {os.readlink(link)!r} in the shard "
+                "directory; h5guard reads no shard or journal through a link",
+            ),
+        )
+        for link in found.links
+    ]
     foreign: list[str] = []
     summaries: dict[str, FileSummary] = {}
     # Indexed once: looking each shard up in the report would be quadratic in shards.
@@ -354,6 +379,9 @@ def build(
         for p in found.stale
     ]
     for state in journals.states:
+        if state.refused:
+            bad.append(Quarantined(state.path, state.refused))
+            continue
         lost.extend(state.lost)
         if state.interrupted is not None:
             interrupted.append((state.path, state.interrupted))
@@ -427,7 +455,7 @@ def _readable_foreign(summary: FileSummary, problems: Sequence[Finding]) -> bool
 def _schema_violations(
     schema: Schema | None,
     state: _journal.JournalState,
-    results: Sequence[_result.PreparedResult],
+    results: Iterable[_result.PreparedResult],
 ) -> list[str]:
     """A recovered batch is checked like a shard: against the schema the output embeds."""
     if schema is None or schema.to_json() == state.schema_json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -13,6 +14,7 @@ from typing import Any
 
 from h5guard import _atomic, _journal, _lock
 from h5guard._check.api import ProgressCallback
+from h5guard._check.own import verify_groups
 from h5guard._format import names
 from h5guard._liveness import GoneWriters, WriterIdentity
 from h5guard._merge import output as _output
@@ -21,12 +23,14 @@ from h5guard._merge import verify as _verify
 from h5guard._merge.output import Quarantined
 from h5guard._sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox
 from h5guard.errors import H5GuardError, InsufficientSpaceError, UnreadableOutputError, WriteError
-from h5guard.report import Finding
+from h5guard.report import Code, FileSummary, Finding
 from h5guard.schema import Schema
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT = 60.0
+# The shard directory's own lock (``.h5guard-merge.lock``, with ``.lock.info`` beside it).
+DIR_LOCK = ".h5guard-merge"
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +227,8 @@ def merge(
     Raises
     ------
     LockTimeoutError
-        Another merge holds the output's lock.
+        Another merge holds the shard directory's lock or the output's; nothing was
+        touched, and the message names the holder.
     InsufficientSpaceError
         Not enough free space for the new output.
     UnreadableOutputError
@@ -251,7 +256,114 @@ def merge(
         if name.startswith(names.RESERVED_PREFIX):
             raise ValueError(f"root_attrs: {name!r} uses the reserved prefix 'h5guard_'")
     checking = _plan.Checking(schema, sandbox, progress, timeout, memory_limit, workers)
+    earlier: list[_Altered] = []
+    # A shard whose bytes were altered and resealed passes the seal check; the
+    # verification of the new output catches it. It is then quarantined by name and the
+    # merge starts again without it (each round removes at least one shard).
+    while True:
+        try:
+            report = _merge_once(
+                directory,
+                out,
+                checking,
+                keep_shards=keep_shards,
+                lock_timeout=lock_timeout,
+                timeout=timeout,
+                memory_limit=memory_limit,
+                extra_attrs=extra_attrs,
+                on_conflict=on_conflict,
+                gone=gone,
+                lease=lease,
+            )
+        except _Altered as altered:
+            earlier.append(altered)
+            continue
+        break
+    if not earlier:
+        return dataclasses.replace(report, seconds=time.monotonic() - started)
+    lost = [why for a in earlier for why in a.plan.lost]
+    return dataclasses.replace(
+        report,
+        seconds=time.monotonic() - started,
+        quarantined=tuple(q for a in earlier for q in a.quarantined) + report.quarantined,
+        recovered=tuple(r for a in earlier for r in a.plan.recovered) + report.recovered,
+        interrupted=tuple(i for a in earlier for i in a.plan.interrupted) + report.interrupted,
+        lost=tuple(lost) + tuple(why for why in report.lost if why not in lost),
+    )
+
+
+class _Altered(Exception):
+    """Shards found altered (and resealed) by the verification, now quarantined."""
+
+    def __init__(self, plan: _plan.MergePlan, quarantined: list[Quarantined]) -> None:
+        super().__init__(f"{len(quarantined)} altered shard(s)")
+        self.plan = plan
+        self.quarantined = quarantined
+
+
+def _altered_sources(
+    problems: list[Finding],
+    plan: _plan.MergePlan,
+    summaries: Mapping[str, FileSummary],
+    new: Mapping[str, str | None],
+) -> dict[str, list[str]] | None:
+    """The shards whose own groups do not match their digests, with the reasons.
+
+    None when some mismatch is not explained by its source shard (a fault of the copy).
+    """
+    bad_keys = {f.obj.lstrip("/") for f in problems}
+    source_of: dict[str, str] = {}
+    for shard in plan.shards:
+        for key in summaries[shard].groups:
+            if key in bad_keys and key not in source_of:
+                source_of[key] = shard
+    by_shard: dict[str, dict[str, str | None]] = {}
+    for key in bad_keys:
+        if key not in source_of:
+            return None
+        by_shard.setdefault(source_of[key], {})[key] = new.get(key)
+    altered: dict[str, list[str]] = {}
+    for shard, expected in by_shard.items():
+        findings = verify_groups(shard, expected)
+        mismatched = {f.obj.lstrip("/") for f in findings if f.code == Code.DIGEST_MISMATCH}
+        if mismatched != set(expected):
+            return None
+        altered[shard] = [
+            f"{shard}:/{key}: DIGEST_MISMATCH the group's content differs from its digest although "
+            "the seal matches: the shard was altered and resealed"
+            for key in sorted(expected)
+        ]
+    return altered
+
+
+def _merge_once(
+    directory: str,
+    out: str,
+    checking: _plan.Checking,
+    *,
+    keep_shards: bool,
+    lock_timeout: float,
+    timeout: float,
+    memory_limit: int,
+    extra_attrs: dict[str, Any],
+    on_conflict: str,
+    gone: GoneWriters,
+    lease: float | None,
+) -> MergeReport:
+    started = time.monotonic()
     with contextlib.ExitStack() as stack:
+        # One merge per shard directory, whatever its output (two merges of one
+        # directory into two outputs would take each other's shards), then one per
+        # output (two directories may merge into one output). Always in this order.
+        stack.enter_context(
+            _lock.exclusive(
+                os.path.join(directory, DIR_LOCK),
+                timeout=lock_timeout,
+                purpose=f"h5guard merge {directory} -o {out}",
+                gone=gone,
+                lease=lease,
+            )
+        )
         stack.enter_context(
             _lock.exclusive(
                 out,
@@ -292,7 +404,11 @@ def merge(
         partial = out + _atomic.PARTIAL_SUFFIX
         needs_write = plan.new_groups > 0 or extra_attrs or not os.path.exists(out)
         if needs_write:
-            _atomic.require_free_space(os.path.dirname(out), needed)
+            _atomic.require_free_space(
+                os.path.dirname(out),
+                needed,
+                waiting=f"{out} is unchanged; the shards wait in {directory}",
+            )
             try:
                 added = _output.write_partial(
                     out,
@@ -303,13 +419,24 @@ def merge(
                     existing_groups=plan.output_groups,
                     schema=planned.schema,
                     root_attrs=extra_attrs,
+                    reserve=needed,
                 )
                 problems = _verify.verify_copy(partial, added, helper=helper)
+                altered = (
+                    _altered_sources(problems, plan, summaries, planned.new) if problems else None
+                )
+                if altered:
+                    _atomic.remove_quietly(partial)
+                    quarantined += [
+                        _output.quarantine(shard, reasons, directory)
+                        for shard, reasons in sorted(altered.items())
+                    ]
+                    raise _Altered(plan, quarantined)
                 if problems:
                     raise UnreadableOutputError(
                         f"{partial}: verification of the new output failed, old output kept: {problems[0]}"
                     )
-            except H5GuardError:
+            except (H5GuardError, _Altered):
                 _atomic.remove_quietly(partial)
                 raise
             except Exception as err:

@@ -58,9 +58,14 @@ def one_line_error(proc: subprocess.CompletedProcess[str], code: int = 2) -> str
 
 
 def tree_hash(root: Path) -> str:
-    """Names, sizes, mtimes and contents of everything under ``root``."""
+    """Names, sizes, mtimes and contents of everything under ``root``.
+
+    The merge's own lock of the directory (``.h5guard-merge.lock*``) is left out.
+    """
     h = hashlib.sha256()
     for path in sorted(root.rglob("*")):
+        if path.name.startswith(".h5guard-merge.lock"):
+            continue
         st = path.lstat()
         h.update(f"{path.relative_to(root)} {st.st_size} {st.st_mtime_ns}\n".encode())
         if path.is_file():

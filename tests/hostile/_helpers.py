@@ -1,0 +1,83 @@
+"""What the hostile tests share: a real small file system, a gone writer's journal, the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from h5guard import ShardWriter
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def small_fs(where: Path, size: str = "8m", *, read_only: bool = False) -> Iterator[Path]:
+    """A real tmpfs of ``size`` mounted at ``where`` (root only; skipped otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    where.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size}" + (",ro" if read_only else "")
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"mount is not permitted here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        yield where
+    finally:
+        done = subprocess.run(["umount", str(where)], check=False, timeout=30)
+        if done.returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], check=False, timeout=30)
+
+
+def values(i: int, size: int = 4) -> tuple[dict[str, Any], dict[str, Any]]:
+    return {"x": np.arange(size, dtype=np.float64) + i}, {"status": "ok", "i": i}
+
+
+def gone_writer(directory: Path, keys: list[str]) -> Path:
+    """A journal holding ``keys`` whose writer is gone (its lock released, never committed)."""
+    w = ShardWriter(directory, commit_every=10_000)
+    for n, key in enumerate(keys):
+        w.add(key, *values(n))
+    journal = w._journal
+    assert journal is not None
+    journal.close()  # what the kernel does when the process dies
+    w._journal = None
+    w._closed = True
+    return journal.path
+
+
+def run_cli(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "h5guard.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def run_python(code: str, *args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
