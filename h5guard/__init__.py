@@ -16,6 +16,7 @@ from h5guard._version import __version__
 
 if TYPE_CHECKING:
     from h5guard._check.api import check, validate, validate_many
+    from h5guard._liveness import WriterIdentity, writer_identity
     from h5guard._lock import exclusive
     from h5guard._merge.output import Quarantined, record_output
     from h5guard._merge.plan import MergePlan, plan_merge
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 # a public name of the package.
 _HOMES = {
     "exclusive": "_lock",
+    **dict.fromkeys(("WriterIdentity", "writer_identity"), "_liveness"),
     **dict.fromkeys(
         ("Dataset", "Group", "Result", "iter_results", "read", "to_dataframe"), "_reading"
     ),
@@ -142,6 +144,7 @@ __all__ = [
     "UnsupportedValueError",
     "WriteError",
     "WriterClosedError",
+    "WriterIdentity",
     "WriterTransferError",
     "__version__",
     "check",
@@ -155,4 +158,5 @@ __all__ = [
     "to_dataframe",
     "validate",
     "validate_many",
+    "writer_identity",
 ]

@@ -23,10 +23,13 @@ recomputes the result's digest, so a record is either exactly what was added or
 rejected. A record cut short (the writer died inside ``add()``, whose call then never
 returned) ends the journal.
 
-Liveness: the writer holds an exclusive ``flock`` on its journal for as long as the
-batch is open. The kernel drops it when the process dies, however it dies, so a
-journal whose lock can be taken belongs to a writer that is gone, and its results can
-be recovered into a shard.
+Liveness (:mod:`h5guard._liveness`): the meta record names the writer (host, boot id,
+PID namespace, pid, start time), its lease and whether it holds a ``flock`` on the
+journal (it takes one where the file system allows it); while the batch is open a
+heartbeat thread refreshes the journal's mtime every lease / 4. A merge takes a journal
+only from a writer it can show to be gone (:func:`claim`); it marks the journal claimed
+before reading it, and the writer, which checks after every append, then writes the
+record again into a new batch (:class:`Claimed`).
 
 The module follows a journal through its life, one section each: writing
 (:class:`JournalWriter`), reading (:func:`scan`, :func:`read_journal`), liveness
@@ -41,18 +44,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
 import struct
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from h5guard import _atomic
+from h5guard import _atomic, _liveness, _lock
 from h5guard._format import seal as _seal
 from h5guard.report import Code, Finding, Severity
 
@@ -110,8 +113,31 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
+class Claimed(Exception):
+    """A merge claimed the journal while this record was being appended.
+
+    The record is in the journal, but the merge may have read the journal before it:
+    the writer writes the record again, into a new batch.
+    """
+
+
 class JournalWriter:
-    """The open journal of one batch, locked by this process while it is open."""
+    """The open journal of one batch, locked (where the file system can) and kept fresh
+    by the heartbeat while it is open.
+
+    Parameters
+    ----------
+    path : Path
+        The journal to create (it must not exist).
+    meta : dict
+        The batch's meta record; the writer's identity, lease and lock are added.
+    meta_payload : sequence of memoryview
+        The meta record's payload (the file attributes).
+    fsync_each : bool
+        fsync after every record.
+    lease : float, optional
+        The lease recorded for this batch (default ``$H5GUARD_LEASE`` or 300 s).
+    """
 
     def __init__(
         self,
@@ -120,23 +146,33 @@ class JournalWriter:
         meta_payload: Sequence[memoryview] = (),
         *,
         fsync_each: bool = False,
+        lease: float | None = None,
     ) -> None:
+        self.fd: int | None = None  # first: __del__ of a failed open must find it
         self.path = path
         self.fsync_each = fsync_each
         self.pid = os.getpid()
-        self.fd: int | None = None  # for __del__, should the creation fail
+        self.lease = _liveness.default_lease() if lease is None else max(1.0, float(lease))
+        # The claim check costs an fstat: done at most every check_interval seconds,
+        # which is enough (see _liveness.Liveness.grace), and at the first append.
+        self._check_every = _liveness.check_interval(self.lease)
+        self._next_check = 0.0
         # Exclusive and never through a link: a name planted in a shared directory is
         # refused (FileExistsError), not followed.
         fd = _atomic.create_exclusive(path, read=True)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A new file nobody else has opened: True, or None where locks are refused.
+            flocked = _lock.try_flock(fd, os.fspath(path)) is True
+            meta = {**meta, **_liveness.header_fields(lease=self.lease, flocked=flocked)}
             header = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
             _write_all(fd, MAGIC + _frame(header, sum(b.nbytes for b in meta_payload)))
             for buf in meta_payload:
                 _write_all(fd, buf)
             if fsync_each:
                 os.fsync(fd)
+            _liveness.beat(fd, self.lease)
         except BaseException:
+            _liveness.stop(fd)
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -162,6 +198,10 @@ class JournalWriter:
             The write failed. The journal is cut back to its last whole record first,
             so a later record never follows a torn one; if even that fails, the journal
             is closed and the error says so.
+        Claimed
+            The record is written, but a merge claimed the journal meanwhile (its
+            writer was taken for gone: suspended for longer than the lease). The
+            journal is closed; the caller writes the record again into a new batch.
         """
         fd = self._fd()
         start = self.end
@@ -188,12 +228,27 @@ class JournalWriter:
         offset = start + _FRAME.size + _CRC.size
         self.records.append((offset, len(header), payload_len))
         self.end = offset + len(header) + payload_len
+        now = time.monotonic()
+        if now >= self._next_check and self._claimed(fd, now):
+            # If that merge dies before it is done, the next one takes the journal
+            # at once: this writer has let go of it.
+            _liveness.release(fd)
+            self._let_go()
+            raise Claimed(f"{self.path}: claimed by a merge while its writer was adding")
+
+    def _claimed(self, fd: int, now: float) -> bool:
+        self._next_check = now + self._check_every
+        return _liveness.was_claimed(fd)
 
     def read(self, index: int) -> tuple[bytes, bytes]:
         """Header and payload of the ``index``-th result (0-based; the meta is not one)."""
         offset, hlen, plen = self.records[index]
         data = os.pread(self._fd(), hlen + plen, offset)
         return data[:hlen], data[hlen:]
+
+    def claim_marked(self) -> bool:
+        """Whether a merge marked this journal claimed (its records are the merge's)."""
+        return self.fd is not None and _liveness.claim_marked(self.fd)
 
     def linked(self) -> bool:
         """Whether the journal still has a name (False once it, or its directory, was deleted)."""
@@ -210,9 +265,22 @@ class JournalWriter:
         return self.fd
 
     def close(self) -> None:
-        """Release the lock (the journal stays on disk for recovery)."""
+        """Let go of the batch: the journal stays on disk for a merge to recover.
+
+        Releases the lock, stops the heartbeat and marks the journal released, so a
+        merge on any host takes it at once. In a process that inherited this writer
+        through ``fork()`` it only closes the descriptor: the batch is the parent's.
+        """
+        if self.fd is not None:
+            if os.getpid() == self.pid:
+                _liveness.release(self.fd)
+            self._let_go()
+
+    def _let_go(self) -> None:
         if self.fd is not None:
             fd, self.fd = self.fd, None
+            if os.getpid() == self.pid:
+                _liveness.stop(fd)
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -224,9 +292,11 @@ class JournalWriter:
 
     def remove(self) -> None:
         """Delete the journal (its results are committed) and release the lock."""
+        if self.fd is not None and os.getpid() == self.pid:
+            _liveness.stop(self.fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        self.close()
+        self._let_go()
 
 
 # -- reading -------------------------------------------------------------------------
@@ -676,47 +746,96 @@ def _file_attrs_of(scanned: JournalScan, fd: int) -> _result.PreparedResult | No
 
 
 # -- liveness ------------------------------------------------------------------------
-@contextlib.contextmanager
-def claim(path: str | os.PathLike[str]) -> Iterator[bool]:
-    """Hold a journal's lock if its writer is gone.
+def _read_meta(fd: int) -> dict[str, Any] | None:
+    """The meta record of an open journal (its header only), or None if unreadable."""
+    head_size = len(MAGIC) + _FRAME.size + _CRC.size
+    head = os.pread(fd, head_size, 0)
+    if len(head) < head_size or not head.startswith(MAGIC):
+        return None
+    magic, hlen, _ = _FRAME.unpack_from(head, len(MAGIC))
+    if magic != _RECORD or hlen > _MAX_HEADER:
+        return None
+    header = os.pread(fd, hlen, head_size)
+    (crc,) = _CRC.unpack_from(head, len(MAGIC) + _FRAME.size)
+    if (
+        len(header) < hlen
+        or zlib.crc32(header, zlib.crc32(head[len(MAGIC) : len(MAGIC) + _FRAME.size])) != crc
+    ):
+        return None
+    try:
+        meta = json.loads(header.decode("utf-8"))
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) else None
 
-    The lock is taken on an open descriptor and then checked against the path again:
-    another recoverer may have finished and removed the journal in between, and the
-    lock would then be on a deleted file.
+
+_PROBES = {
+    True: _liveness.LockProbe.FREE,
+    False: _liveness.LockProbe.HELD,
+    None: _liveness.LockProbe.UNSUPPORTED,
+}
+
+
+@contextlib.contextmanager
+def claim(
+    path: str | os.PathLike[str],
+    *,
+    gone: _liveness.GoneWriters | None = None,
+    lease: float | None = None,
+    mark: bool = False,
+) -> Iterator[_liveness.Liveness | None]:
+    """Judge a journal's writer; if it is gone, hold the journal for the block.
+
+    The journal's ``flock`` is tried on an open descriptor (where the file system has
+    locks) and the path checked again: another recoverer may have finished and removed
+    the journal in between, and the lock would then be on a deleted file. Then the
+    evidence (the header's identity and lease, the mtime, the lock) is weighed by
+    :func:`h5guard._liveness.judge_journal`.
 
     Parameters
     ----------
     path : str or os.PathLike
         The journal.
+    gone : GoneWriters, optional
+        Writers declared gone by the user or the engine.
+    lease : float, optional
+        Lengthens the writer's recorded lease (never shortens it).
+    mark : bool
+        When the writer is gone, mark the journal claimed before the caller reads it
+        (a merge does; ``status`` and ``check`` change nothing).
 
     Yields
     ------
-    bool
-        True, holding the lock until the block ends, if the writer is gone; False if it
-        still runs (or the journal is gone).
+    Liveness or None
+        The verdict and its reason; None if the journal is gone. While the block runs
+        a gone writer's journal stays locked (where locks exist).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        yield False
+        yield None
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
+        probe = _PROBES[_lock.try_flock(fd, os.fspath(path))]
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
-        yield same
+        if not same:
+            yield None
+            return
+        verdict = _liveness.judge_journal(
+            _read_meta(fd), os.fstat(fd).st_mtime, probe, gone=gone, lease=lease
+        )
+        if verdict.gone and mark:
+            _liveness.mark_claimed(fd)
+        yield verdict
     finally:
         os.close(fd)
 
 
 def writer_alive(path: str | os.PathLike[str]) -> bool:
-    """Whether a process still holds the journal open (its batch is still being written).
+    """Whether the journal's writer may still be writing it (it cannot be shown gone).
 
     Parameters
     ----------
@@ -726,50 +845,127 @@ def writer_alive(path: str | os.PathLike[str]) -> bool:
     Returns
     -------
     bool
-        True while its writer runs; False once it is gone (or the journal was removed).
+        True while its writer runs or cannot be shown gone (:mod:`h5guard._liveness`);
+        False once it is gone (or the journal was removed).
     """
-    with claim(path) as gone:
-        return not gone and os.path.exists(path)
+    with claim(path) as verdict:
+        return verdict is not None and not verdict.gone
+
+
+@dataclass(frozen=True, slots=True)
+class PendingJournal:
+    """A journal whose writer cannot be shown gone: its results are pending.
+
+    Attributes
+    ----------
+    path : str
+        The journal.
+    keys : tuple of str
+        The keys of its whole records (results whose ``add()`` returned).
+    writer : str
+        Who writes it and where (``pid 4242 on node17, started at tick ...``).
+    reason : str
+        Why it cannot be taken, and what would settle it.
+    alive : bool
+        The writer is shown to run (rather than unknown).
+    """
+
+    path: str
+    keys: tuple[str, ...]
+    writer: str
+    reason: str
+    alive: bool
+
+    def describe(self) -> str:
+        """One line: how many results, where, who, why."""
+        return f"{len(self.keys)} result(s) in {self.path}: {self.reason}"
 
 
 @dataclass(frozen=True, slots=True)
 class ClaimedJournals:
-    """The journals of writers that are gone, read under their locks."""
+    """The journals of writers that are gone, read under their claims, and the rest."""
 
     states: list[JournalState]
     results: dict[str, JournalResults]  # journal path -> its results
     live: list[str]  # journals whose writer may still be running
+    pending: list[PendingJournal]  # the same, with what they hold and why
 
 
-def claim_journals(paths: Sequence[str], stack: contextlib.ExitStack) -> ClaimedJournals:
-    """Claim and read every journal of ``paths`` whose writer is gone.
+def _pending(path: str, verdict: _liveness.Liveness) -> PendingJournal | None:
+    try:
+        scanned = scan(path)
+    except FileNotFoundError:
+        return None
+    keys = tuple(k for k in (record_key(r.header) for r in scanned.records) if k is not None)
+    writer = _liveness.recorded_writer(scanned.meta)
+    return PendingJournal(
+        path=path,
+        keys=keys,
+        writer=writer.describe() if writer is not None else "an unknown writer",
+        reason=verdict.reason,
+        alive=verdict.verdict is _liveness.Verdict.ALIVE,
+    )
+
+
+def claim_journals(
+    paths: Sequence[str],
+    stack: contextlib.ExitStack,
+    *,
+    gone: _liveness.GoneWriters | None = None,
+    lease: float | None = None,
+    mark: bool = False,
+) -> ClaimedJournals:
+    """Claim and read every journal of ``paths`` whose writer is shown gone.
 
     Parameters
     ----------
     paths : sequence of str
         Journals found in a shard directory.
     stack : contextlib.ExitStack
-        Holds each claimed journal's lock until it closes: nobody else recovers the
-        journal meanwhile, and its writer cannot come back (a journal is never reopened).
+        Holds each claimed journal until it closes: nobody else recovers the journal
+        meanwhile, and its writer cannot come back (a journal is never reopened).
+    gone : GoneWriters, optional
+        Writers declared gone by the user or the engine.
+    lease : float, optional
+        Lengthens the writers' recorded leases.
+    mark : bool
+        Mark claimed journals (the merge, which then recovers them).
 
     Returns
     -------
     ClaimedJournals
-        The claimed journals' states and results, and the journals that are still
-        being written.
+        The claimed journals' states and results, and the journals whose writer
+        cannot be shown gone (pending), with what they hold.
     """
     states: list[JournalState] = []
     results: dict[str, JournalResults] = {}
     live: list[str] = []
+    pending: list[PendingJournal] = []
+    taken: list[str] = []
+    wait = 0.0
     for path in paths:
-        if not stack.enter_context(claim(path)):
-            if os.path.exists(path):
-                live.append(path)
+        verdict = stack.enter_context(claim(path, gone=gone, lease=lease, mark=mark))
+        if verdict is None:
             continue
+        if not verdict.gone:
+            found = _pending(path, verdict)
+            if found is not None:
+                live.append(path)
+                pending.append(found)
+            continue
+        taken.append(path)
+        wait = max(wait, verdict.grace)
+    if mark and wait > 0:
+        # A writer taken for gone on another machine's word or its silence may still
+        # run: it checks for the mark at least every wait / 2 s, so anything it
+        # appends after the reading below, it sees claimed and writes again elsewhere.
+        log.info("waiting %.1f s before reading journals claimed from live-looking writers", wait)
+        time.sleep(wait)
+    for path in taken:
         state, decoded = read_journal(path)
         states.append(state)
         results[path] = decoded
-    return ClaimedJournals(states, results, live)
+    return ClaimedJournals(states, results, live, pending)
 
 
 # -- recovery ------------------------------------------------------------------------
@@ -831,8 +1027,13 @@ def journal_finding(path: str) -> Finding:
     def finding(severity: Severity, message: str) -> Finding:
         return Finding(path, "/", Code.JOURNAL_FILE, severity, message)
 
-    if writer_alive(path):
-        return finding(Severity.INFO, "open batch of a running writer")
+    with claim(path) as verdict:
+        if verdict is not None and verdict.verdict is _liveness.Verdict.ALIVE:
+            return finding(Severity.INFO, f"open batch of a running writer ({verdict.reason})")
+        if verdict is not None and not verdict.gone:
+            return finding(
+                Severity.INFO, f"open batch of a writer that cannot be shown gone: {verdict.reason}"
+            )
     try:
         state, _ = read_journal(path)
     except FileNotFoundError:

@@ -1,25 +1,108 @@
-"""Exclusive locks on a sidecar ``<target>.lock`` file, with a named holder.
+"""Exclusive locks on a sidecar ``<target>.lock``, with a named holder, on any file system.
 
-The lock file is never deleted: unlinking a lock file that another process has
-open and is waiting on lets a third process lock a *new* file of the same name,
-and mutual exclusion is gone. Who holds the lock is written to ``<target>.lock.info``
-(not into the lock file, which waiters truncate when they open it) so that a
-timeout can say whom the user is waiting for.
+Two locks are taken, in this order, and both are held for the whole block:
+
+1. an ``flock`` on ``<target>.lock``: exclusion on one machine and on file systems
+   whose locks are cluster-wide (Lustre ``-o flock``, GPFS, NFSv4). The lock file is
+   never deleted: unlinking a lock file that another process has open and waits on
+   lets a third process lock a *new* file of the same name, and mutual exclusion is
+   gone. Where the file system refuses ``flock`` (``ENOSYS``: Lustre without
+   ``-o flock``, many FUSE mounts; ``ENOLCK``: NFS without a lock daemon) this step is
+   skipped, with one log line per process;
+2. an owner file ``<target>.lock.owner``, created with ``O_EXCL`` and holding the
+   holder's identity (:class:`h5guard._liveness.WriterIdentity`) and lease; its
+   modification time is kept fresh by the heartbeat. It is what excludes processes on
+   *other* nodes where ``flock`` is refused or node-local (BeeGFS, NFS ``nolock``), where
+   a lock on node A is invisible on node B. It is deleted on release. A holder that
+   died leaves it behind: on its own machine it is taken over at once (its ``flock`` is
+   free, or its pid no longer runs); from another machine by the journals' rule
+   (:func:`h5guard._liveness.decide`): when declared gone, or untouched for the lease.
+
+Who holds the lock is also written to ``<target>.lock.info`` (a human-readable record
+that outlives the holder) so that a timeout can say whom the user is waiting for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
+import fcntl
 import json
+import logging
 import os
 import socket
 import sys
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
-import filelock
-
+from h5guard import _liveness
 from h5guard.errors import LockTimeoutError
+
+log = logging.getLogger(__name__)
+
+OWNER_SUFFIX = ".owner"
+#: ``flock`` errors that mean "this file system does not lock", not "someone holds it".
+NO_FLOCK = frozenset({errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP})
+_POLL = 0.05
+_MAX_POLL = 0.5
+_noted: set[tuple[int, str]] = set()
+
+
+def note_no_flock(path: str, err: OSError) -> None:
+    """Log, once per process and file system error, that ``flock`` is refused.
+
+    Parameters
+    ----------
+    path
+        The file whose lock was refused.
+    err
+        The error ``flock`` raised.
+    """
+    try:
+        device = str(os.stat(os.path.dirname(os.path.abspath(path))).st_dev)
+    except OSError:
+        device = os.path.dirname(os.path.abspath(path))
+    key = (err.errno or 0, device)
+    if key in _noted:
+        return
+    _noted.add(key)
+    log.warning(
+        "%s: the file system refuses flock (%s); h5guard uses owner files and heartbeats "
+        "instead (see docs/cluster.md)",
+        os.path.dirname(os.path.abspath(path)) or ".",
+        os.strerror(err.errno or 0),
+    )
+
+
+def try_flock(fd: int, path: str) -> bool | None:
+    """Try to take an exclusive ``flock`` on ``fd`` without waiting.
+
+    Parameters
+    ----------
+    fd
+        An open descriptor.
+    path
+        Its path, for the log note.
+
+    Returns
+    -------
+    bool or None
+        True when taken, False when another process holds it, None when the file
+        system refuses locks (noted once in the log).
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as err:
+        if err.errno in NO_FLOCK:
+            note_no_flock(path, err)
+            return None
+        raise
+    return True
 
 
 def _flock_holder(lock_path: str) -> int | None:
@@ -69,47 +152,204 @@ def _command_of(pid: int) -> str:
         return "?"
 
 
+@dataclass(frozen=True, slots=True)
+class _Owner:
+    """An owner file as found: its inode, the judgement of its holder, the holder text."""
+
+    ino: int
+    liveness: _liveness.Liveness
+    text: str
+
+
+def _read_owner(
+    owner_path: str,
+    *,
+    flocked: bool | None,
+    gone: _liveness.GoneWriters,
+    lease: float,
+) -> _Owner | None:
+    """Judge the holder of an existing owner file (None: it vanished meanwhile)."""
+    try:
+        fd = os.open(owner_path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        data = os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+    try:
+        info = json.loads(data.decode("utf-8"))
+    except ValueError:
+        info = None  # its creator is writing it now, or died between create and write
+    holder = _liveness.WriterIdentity.from_json(info)
+    recorded = info.get("lease") if isinstance(info, dict) else None
+    if not isinstance(recorded, int | float) or isinstance(recorded, bool):
+        recorded = _liveness.default_lease()
+    lease = max(lease, float(recorded))
+    holder_flocked = bool(info.get("flock")) if isinstance(info, dict) else False
+    me = _liveness.current()
+    liveness = _liveness.decide(
+        holder,
+        me=me,
+        # We hold the flock (or it is refused): on the holder's machine that proves it
+        # released its own; from another machine it proves nothing.
+        lock=_liveness.LockProbe.FREE if flocked else _liveness.LockProbe.UNSUPPORTED,
+        writer_locked=holder_flocked and bool(flocked),
+        heartbeat_age=_liveness.age(st.st_mtime),
+        lease=lease,
+        process=_liveness.process_state(holder, me) if holder else _liveness.ProcessState.UNKNOWN,
+        gone=gone,
+    )
+    if isinstance(info, dict) and holder is not None:
+        text = f"{holder.describe()} since {info.get('since', '?')} ({info.get('command', '?')})"
+    else:
+        text = "a process that has not written its name yet"
+    return _Owner(st.st_ino, liveness, text)
+
+
+def _create_owner(owner_path: str, *, flocked: bool | None, lease: float, command: str) -> int:
+    """Create the owner file exclusively (FileExistsError if there is one)."""
+    fd = os.open(owner_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        info = {
+            **_liveness.current().to_json(),
+            "lease": lease,
+            "flock": bool(flocked),
+            "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "command": command,
+        }
+        os.write(fd, json.dumps(info, sort_keys=True).encode("utf-8"))
+        _liveness.beat(fd, lease)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(owner_path)
+        raise
+    return fd
+
+
+def _take_over(owner_path: str, judged: _Owner) -> None:
+    """Move a gone holder's owner file aside, unless it is no longer the one judged.
+
+    Between reading the file and moving it, another waiter may have taken over and
+    created a fresh one: that one is put back (``link`` never replaces a name).
+    """
+    tomb = f"{owner_path}.stale-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(owner_path, tomb)
+    except FileNotFoundError:
+        return
+    try:
+        if os.stat(tomb).st_ino != judged.ino:
+            with contextlib.suppress(FileExistsError):
+                os.link(tomb, owner_path)
+        else:
+            log.warning("%s: taking over the lock of %s", owner_path, judged.liveness.reason)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tomb)
+
+
+def _release_owner(owner_path: str, fd: int) -> None:
+    _liveness.stop(fd)
+    try:
+        if os.stat(owner_path).st_ino == os.fstat(fd).st_ino:
+            os.unlink(owner_path)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def exclusive(
-    target: str | os.PathLike[str], *, timeout: float, purpose: str = ""
+    target: str | os.PathLike[str],
+    *,
+    timeout: float,
+    purpose: str = "",
+    gone: Iterable[str | _liveness.WriterIdentity] | _liveness.GoneWriters | None = None,
+    lease: float | None = None,
 ) -> Iterator[None]:
     """Hold ``<target>.lock`` for the duration of the block.
-
-    The lock file is never deleted (another process may be waiting on it); the holder
-    is recorded in ``<target>.lock.info``.
 
     Parameters
     ----------
     target : str or os.PathLike
-        The file to protect (it is never locked itself).
+        The file the lock protects (never locked itself).
     timeout : float
-        Seconds to wait (0: do not wait).
+        Seconds to wait for the holder (0: do not wait).
     purpose : str
-        What the holder does, for the message another process gets.
+        What the holder does, for the waiters' error message.
+    gone : iterable of str or WriterIdentity, or GoneWriters, optional
+        Hosts or processes declared gone (``HOST``, ``HOST:PID``, ``PID``): a lock
+        they left behind is taken over at once.
+    lease : float, optional
+        This holder's lease (default ``$H5GUARD_LEASE`` or 300 s). Waiting for a holder
+        on another machine, its own recorded lease counts; ``lease`` can only lengthen
+        it.
+
+    Yields
+    ------
+    None
 
     Raises
     ------
     LockTimeoutError
-        The lock was not free within ``timeout``; the message names the holder.
+        If another process still holds the lock after ``timeout`` seconds; the error
+        names the holder.
     """
     lock_path = os.fspath(target) + ".lock"
     info_path = lock_path + ".info"
-    lock = filelock.FileLock(lock_path, timeout=timeout)
+    owner_path = lock_path + OWNER_SUFFIX
+    # Our own lease as a holder; as a waiter, another holder's recorded lease counts,
+    # lengthened (never shortened) by an explicit one.
+    own_lease = _liveness.default_lease() if lease is None else max(1.0, lease)
+    judge_lease = 0.0 if lease is None else lease
+    declared = _liveness.GoneWriters.parse(gone, source="the user")
+    command = purpose or " ".join(sys.argv[:3])
+    deadline = time.monotonic() + timeout
+    pause = _POLL
+
+    def wait_or_fail(holder: str) -> None:
+        nonlocal pause
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LockTimeoutError(lock_path, timeout, holder)
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, _MAX_POLL)
+
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        lock.acquire()
-    except filelock.Timeout as err:
-        raise LockTimeoutError(lock_path, timeout, _holder_text(lock_path, info_path)) from err
-    try:
-        info = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "command": purpose or " ".join(sys.argv[:3]),
-        }
-        tmp = f"{info_path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(info, fh)
-        os.replace(tmp, info_path)
-        yield
+        while (flocked := try_flock(fd, lock_path)) is False:
+            wait_or_fail(_holder_text(lock_path, info_path))
+        while True:
+            try:
+                owner_fd = _create_owner(
+                    owner_path, flocked=flocked, lease=own_lease, command=command
+                )
+                break
+            except FileExistsError:
+                found = _read_owner(owner_path, flocked=flocked, gone=declared, lease=judge_lease)
+            if found is None:
+                continue
+            if found.liveness.gone:
+                _take_over(owner_path, found)
+                continue
+            wait_or_fail(f"{found.text}; {found.liveness.reason}")
+        try:
+            info = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                "command": command,
+            }
+            tmp = f"{info_path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(info, fh)
+            os.replace(tmp, info_path)
+            yield
+        finally:
+            _release_owner(owner_path, owner_fd)
     finally:
-        lock.release()
+        os.close(fd)

@@ -109,6 +109,11 @@ class ShardWriter:
         start with ``h5guard_``.
     sync_every_add : bool
         fsync the journal at every ``add()`` (survives a power loss too).
+    lease : float, optional
+        Seconds after which a merge on *another* machine may take this writer's open
+        batch for a dead writer's if its journal has not been touched (the heartbeat
+        touches it every ``lease / 4`` s while the writer lives, computing or not).
+        Default ``$H5GUARD_LEASE`` or 300 s; see docs/guarantee.md.
 
     Raises
     ------
@@ -138,6 +143,7 @@ class ShardWriter:
         min_free: int = _atomic.DEFAULT_MIN_FREE,
         file_attrs: Mapping[str, Any] | None = None,
         sync_every_add: bool = False,
+        lease: float | None = None,
     ) -> None:
         if isinstance(commit_every, bool) or not isinstance(commit_every, int) or commit_every < 1:
             raise ValueError(f"commit_every: expected an integer >= 1, got {commit_every!r}")
@@ -158,6 +164,9 @@ class ShardWriter:
         self.commit_every = commit_every
         self.min_free = min_free
         self.sync_every_add = sync_every_add
+        if lease is not None and (isinstance(lease, bool) or not lease > 0):
+            raise ValueError(f"lease: expected a number of seconds > 0, got {lease!r}")
+        self.lease = lease
         for k in file_attrs or {}:
             if k.startswith(names.RESERVED_PREFIX):
                 raise ValueError(f"file_attrs: {k!r} uses the reserved prefix 'h5guard_'")
@@ -296,9 +305,35 @@ class ShardWriter:
         hold = self._held is not None and self._batch_bytes + nbytes <= _IN_MEMORY_BATCH
         payload = b"".join(buffers) if hold else None
         try:
-            journal.append(header, buffers if payload is None else [memoryview(payload)])
+            data = buffers if payload is None else [memoryview(payload)]
+            try:
+                journal.append(header, data)
+            except _journal.Claimed as claimed:
+                # A merge took this batch for a dead writer's (this process was stopped
+                # for longer than the lease): what it read is its to recover; this
+                # record may not be in it, so it goes into a new batch.
+                log.warning("%s; this writer starts a new batch", claimed)
+                self._start_over()
+                journal = self._open_batch()
+                journal.append(header, data)
+        except _journal.Claimed as err:
+            raise self._write_error(f"journaling group {key!r} failed", err, journal.path) from err
         except OSError as err:
             raise self._write_error(f"journaling group {key!r} failed", err, journal.path) from err
+        if not journal.linked() and journal.claim_marked():
+            # A merge claimed, recovered and deleted the journal between two claim
+            # checks: what it read is in its shard; this record goes into a new batch
+            # too (a duplicate of the same digest if the merge had it already).
+            log.warning("%s: claimed by a merge; this writer starts a new batch", journal.path)
+            journal.close()
+            self._start_over()
+            journal = self._open_batch()
+            try:
+                journal.append(header, data)
+            except (OSError, _journal.Claimed) as err:
+                raise self._write_error(
+                    f"journaling group {key!r} failed", err, journal.path
+                ) from err
         if not journal.linked():
             # The bytes went into a file that no longer has a name (the directory was
             # deleted, say): nothing of this batch can reach a merge.
@@ -443,13 +478,22 @@ class ShardWriter:
         }
         path = _journal.journal_of(self.directory / f"{self._stem}{SHARD_SUFFIX}")
         try:
-            journal = _journal.JournalWriter(path, meta, buffers, fsync_each=self.sync_every_add)
+            journal = _journal.JournalWriter(
+                path, meta, buffers, fsync_each=self.sync_every_add, lease=self.lease
+            )
             if self.sync_every_add:
                 _atomic.fsync_dir(self.directory)
         except OSError as err:
             raise self._write_error("creating the batch journal failed", err, path) from err
         self._journal = journal
         return journal
+
+    def _start_over(self) -> None:
+        """The batch's journal was claimed by a merge: its results are the merge's now."""
+        self._journal = None
+        self._batch = {}
+        self._held = []
+        self._batch_bytes = 0
 
     def _own_process(self) -> None:
         if os.getpid() != self._pid:

@@ -123,6 +123,30 @@ def _add_on_conflict(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_liveness(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--gone",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="HOST_OR_PID",
+        help=(
+            "writers that are gone although this machine cannot see it (another node's): "
+            "HOST, HOST:PID or PID; their batches are recovered (see docs/guarantee.md)"
+        ),
+    )
+    p.add_argument(
+        "--lease",
+        type=_positive,
+        default=None,
+        metavar="S",
+        help=(
+            "a journal of another machine's writer untouched for S seconds counts as gone; "
+            "only lengthens each writer's own lease (default 300, $H5GUARD_LEASE)"
+        ),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="h5guard",
@@ -205,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for another merge on the same output (default %(default)s)",
     )
     _add_on_conflict(p)
+    _add_liveness(p)
     _add_sandbox_options(p)
     p.set_defaults(run=_cmd_merge)
 
@@ -224,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="output file (default: the one recorded in TEMP_DIR; without one, plan a first merge)",
     )
     _add_on_conflict(p)
+    _add_liveness(p)
     _add_sandbox_options(p)
     p.set_defaults(run=_cmd_status)
 
@@ -359,6 +385,8 @@ def _cmd_merge(args: argparse.Namespace) -> int:
             memory_limit=args.memory_limit,
             progress=update,
             on_conflict=args.on_conflict,
+            gone_writers=_gone(args),
+            lease=args.lease,
         )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
@@ -369,6 +397,15 @@ def _cmd_merge(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(result.render_text(), file=sys.stderr)
     return result.exit_code
+
+
+def _gone(args: argparse.Namespace) -> Any:
+    from h5guard._liveness import GoneWriters
+
+    try:
+        return GoneWriters.parse(args.gone, source="--gone")
+    except ValueError as err:
+        raise UsageError(f"h5guard {args.command}: --gone: {err}") from None
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -384,6 +421,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
             memory_limit=args.memory_limit,
             progress=update,
             on_conflict=args.on_conflict,
+            gone_writers=_gone(args),
+            lease=args.lease,
         )
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
@@ -393,6 +432,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _render_plan(plan: MergePlan) -> str:
+    from h5guard._merge.plan import pending_lines
+
     shard_groups = plan.new_groups + plan.duplicates + len(plan.conflicts)
     output = (
         f"{plan.output} ({plan.output_groups} group(s))"
@@ -410,6 +451,11 @@ def _render_plan(plan: MergePlan) -> str:
     ]
     lines += [f"  {q.reasons[0] if q.reasons else q.path}" for q in plan.bad_shards]
     lines += [f"  {k!r} conflicts in {s}" for k, s in plan.conflicts]
+    lines.append(
+        f"pending:          {plan.pending_results} result(s) in {len(plan.pending)} journal(s) "
+        "of writers not shown gone"
+    )
+    lines += [f"  {line}" for line in pending_lines(plan.pending)]
     lines.append(f"still being written: {len(plan.live_partials)}")
     lines += [f"interrupted add(): {k!r} in {j}" for j, k in plan.interrupted]
     lines.append(f"lost:             {len(plan.lost)}")

@@ -5,6 +5,13 @@ work (the scheduler reschedules the task, the nanny restarts the worker) and iso
 a task that kills every worker it runs on (``KilledWorker`` after
 ``distributed.scheduler.allowed-failures`` tries). Results never travel through the
 scheduler: workers commit shards to the shared temp dir, and resume reads the files.
+
+A worker killed on another node leaves its batch's journal in the temp dir, and from
+the client's node h5guard cannot see that its writer is gone (its lock may be
+node-local, its pid is another machine's). Dask can: every batch first logs the
+identity of the worker process running it (topic :data:`WRITERS_TOPIC`), and at the
+end a worker that ran a batch and is no longer one of the scheduler's is dead, so the
+sweep's merge takes its batch (:meth:`DaskEngine.gone_writers`).
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ from typing import Any
 from distributed import Client, LocalCluster, as_completed
 from distributed.scheduler import KilledWorker
 
-from optimizer._worker import run_batch
+from h5guard import WriterIdentity, writer_identity
+from optimizer._worker import BatchReply, run_batch
 from optimizer.engines import Batch, BatchResult, Engine, EngineError
 
 log = logging.getLogger(__name__)
@@ -39,6 +47,26 @@ def probe_temp_dir(temp_dir: str) -> str:
     except OSError as err:
         return f"{socket.gethostname()}: cannot write {temp_dir}: {err.strerror or err}"
     return ""
+
+
+WRITERS_TOPIC = "h5guard-writers"
+
+
+def _identity() -> dict[str, Any]:
+    return writer_identity().to_json()
+
+
+def run_batch_logged(
+    temp_dir: str, configs: Sequence[Mapping[str, Any]], attempts: Mapping[str, int]
+) -> BatchReply:
+    """``run_batch``, after telling the scheduler which process runs it."""
+    try:
+        from distributed import get_worker
+
+        get_worker().log_event(WRITERS_TOPIC, _identity())
+    except ValueError:  # not in a Dask worker (called directly)
+        pass
+    return run_batch(temp_dir, configs, attempts)
 
 
 class DaskEngine(Engine):
@@ -88,7 +116,7 @@ class DaskEngine(Engine):
         futures: dict[Any, int] = {}
         for index, batch in enumerate(batches):
             future = self._client.submit(
-                run_batch, absolute, list(batch), dict(attempts), pure=False, retries=0
+                run_batch_logged, absolute, list(batch), dict(attempts), pure=False, retries=0
             )
             futures[future] = index
         try:
@@ -109,6 +137,25 @@ class DaskEngine(Engine):
             unfinished = [f for f in futures if not f.done()]
             if unfinished:
                 self._client.cancel(unfinished)
+
+    def gone_writers(self) -> tuple[WriterIdentity, ...]:
+        """Worker processes that ran a batch and are no longer the scheduler's.
+
+        Returns
+        -------
+        tuple of WriterIdentity
+            Sorted by host and pid; empty if the scheduler cannot be asked.
+        """
+        try:
+            events = self._client.get_events(WRITERS_TOPIC)
+            alive = self._client.run(_identity)
+        except Exception as err:  # a lost scheduler: the lease rule still applies
+            log.warning("cannot ask the Dask scheduler which workers are gone: %s", err)
+            return ()
+        ran = {WriterIdentity.from_json(msg) for _, msg in events}
+        live = {WriterIdentity.from_json(msg) for msg in alive.values()}
+        gone = [w for w in ran - live if w is not None]
+        return tuple(sorted(gone, key=lambda w: (w.host, w.pid)))
 
     def close(self) -> None:
         client = getattr(self, "_client", None)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from h5guard import Sandbox
+from h5guard import Sandbox, WriterIdentity
 from optimizer._worker import BatchReply, ConfigOutcome
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,19 @@ class Engine(abc.ABC):
     def checker(self) -> Sandbox | None:
         """A sandbox for h5guard's checks that reuses the engine's processes, if it has any."""
         return None
+
+    def gone_writers(self) -> tuple[WriterIdentity, ...]:
+        """Worker processes that ran batches and are known to be dead now.
+
+        The merge may then take their uncommitted batches from the temp dir at once,
+        even where their journals' locks and processes cannot be seen (another node).
+
+        Returns
+        -------
+        tuple of WriterIdentity
+            Empty unless the engine knows (Dask's scheduler does).
+        """
+        return ()
 
     def check_temp_dir(self, temp_dir: str) -> None:  # noqa: B027 - optional hook
         """Raise :class:`EngineError` if workers cannot write ``temp_dir``."""

@@ -26,6 +26,7 @@ from h5guard import (
     Report,
     Sandbox,
     ShardWriter,
+    WriterIdentity,
     check,
     exclusive,
     merge,
@@ -93,10 +94,15 @@ def read_state(
     *,
     sandbox: Sandbox | None = None,
     planned: Sequence[SweepConfig] | None = None,
+    gone_writers: Sequence[WriterIdentity] = (),
 ) -> tuple[SweepState, dict[str, Any] | None]:
     """What is planned, done and failed, from the files alone.
 
     ``planned``: the configs of ``spec`` when the caller has expanded it already.
+    ``gone_writers``: worker processes the engine knows to be dead. A result in the
+    journal of a writer that may still run (pending) counts as done: it reaches the
+    output once its writer commits or is shown gone, and computing it again would
+    compute it twice.
     """
     if spec is None:
         spec = _recorded_spec(output, temp_dir)
@@ -104,7 +110,10 @@ def read_state(
         planned = tuple(expand_spec(spec)) if spec is not None else ()
     keys: frozenset[str] = frozenset()
     if os.path.isdir(temp_dir):
-        keys = plan_merge(temp_dir, output, schema=RESULT_SCHEMA, sandbox=sandbox).keys
+        plan = plan_merge(
+            temp_dir, output, schema=RESULT_SCHEMA, sandbox=sandbox, gone_writers=gone_writers
+        )
+        keys = plan.keys | plan.pending_keys
     elif os.path.exists(output):
         report = check([output], schema=RESULT_SCHEMA, sandbox=sandbox)
         keys = frozenset(report.files[0].groups) if report.files else frozenset()
@@ -250,7 +259,9 @@ def run_sweep(
         box = engine.checker() or stack.enter_context(Sandbox(workers=engine.workers))
         result = RunResult(output=output, temp_dir=tdir, planned=len(configs))
         with _timer(result):
-            state, _ = read_state(output, tdir, spec, sandbox=box, planned=configs)
+            state, _ = read_state(
+                output, tdir, spec, sandbox=box, planned=configs, gone_writers=engine.gone_writers()
+            )
         todo = [c for c in configs if c.config_id not in state.done]
         if not retry_failed:
             todo = [c for c in todo if c.config_id not in state.failed]
@@ -279,6 +290,9 @@ def run_sweep(
                 # reporting back) differs only in timings: keep the first copy.
                 on_conflict="keep-existing",
                 sandbox=box,
+                # Workers the engine saw die: their batches are taken now, even from
+                # nodes whose locks and processes this one cannot see.
+                gone_writers=engine.gone_writers(),
                 root_attrs={
                     "sweep_spec": json.dumps(spec, sort_keys=True),
                     "total_configs": counts["planned"],

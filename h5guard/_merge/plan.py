@@ -15,6 +15,7 @@ from typing import Any
 from h5guard import _atomic, _journal
 from h5guard._check.api import ProgressCallback, validate_many
 from h5guard._format import result as _result
+from h5guard._liveness import GoneWriters, WriterIdentity
 from h5guard._merge.output import Output, Quarantined, recorded_output
 from h5guard._sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox
 from h5guard.errors import MergeSourceError, SchemaError
@@ -58,6 +59,10 @@ class MergePlan:
         The conflict policy planned with.
     output_keys, shard_keys : frozenset of str
         Every key of the output (listed by ``plan_merge`` only) and of the valid shards.
+    pending : tuple of PendingJournal
+        Journals whose writer cannot be shown gone (it runs, or runs elsewhere and may):
+        where, who, why, and the keys of the results they hold. While any holds a
+        result, the exit code is 1.
     """
 
     shard_dir: str
@@ -79,6 +84,17 @@ class MergePlan:
     # keys it brings and leaves this empty.
     output_keys: frozenset[str] = frozenset()
     shard_keys: frozenset[str] = frozenset()  # keys of the valid shards
+    pending: tuple[_journal.PendingJournal, ...] = ()
+
+    @property
+    def pending_keys(self) -> frozenset[str]:
+        """Keys whose ``add()`` returned, in journals of writers not shown gone."""
+        return frozenset(k for p in self.pending for k in p.keys)
+
+    @property
+    def pending_results(self) -> int:
+        """How many returned results are pending (not in the output, not to be merged)."""
+        return sum(len(p.keys) for p in self.pending)
 
     @property
     def keys(self) -> frozenset[str]:
@@ -96,8 +112,9 @@ class MergePlan:
 
     @property
     def exit_code(self) -> int:
-        """What the merge's exit code will be: 1 while anything is lost or quarantined."""
-        return 1 if (self.quarantines or self.lost) else 0
+        """What the merge's exit code will be: 1 while anything is lost or quarantined,
+        or returned results are pending."""
+        return 1 if (self.quarantines or self.lost or self.pending_results) else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,10 +131,34 @@ class MergePlan:
             "recovered": [{"journal": j, "results": n} for j, n in self.recovered],
             "interrupted": [{"journal": j, "key": k} for j, k in self.interrupted],
             "lost": list(self.lost),
+            "pending": [pending_dict(p) for p in self.pending],
             "would_quarantine": list(self.quarantines),
             "on_conflict": self.on_conflict,
             "ok": self.exit_code == 0,
         }
+
+
+def pending_dict(p: _journal.PendingJournal) -> dict[str, Any]:
+    """A pending journal as JSON (``--json`` output of merge and status)."""
+    return {
+        "journal": p.path,
+        "results": len(p.keys),
+        "writer": p.writer,
+        "alive": p.alive,
+        "reason": p.reason,
+    }
+
+
+def pending_lines(pending: Sequence[_journal.PendingJournal]) -> list[str]:
+    """``PENDING: ...`` lines for a report: every pending journal with where and who."""
+    return [f"PENDING: {p.describe()}" for p in pending if p.keys] + [
+        f"still being written (no result yet): {p.path}: {p.reason}" for p in pending if not p.keys
+    ]
+
+
+def check_lease(lease: float | None) -> None:
+    if lease is not None and (isinstance(lease, bool) or not lease > 0):
+        raise ValueError(f"lease: expected a number of seconds > 0, got {lease!r}")
 
 
 def check_on_conflict(on_conflict: str) -> None:
@@ -233,6 +274,9 @@ def build(
     *,
     on_conflict: str,
     list_output_keys: bool = False,
+    gone: GoneWriters | None = None,
+    lease: float | None = None,
+    claim: bool = False,
 ) -> Planned:
     """What to merge; the one planning path of both :func:`merge` and :func:`plan_merge`.
 
@@ -251,6 +295,12 @@ def build(
     list_output_keys : bool
         List every key of the output in the plan (``plan_merge``); a merge looks up
         only the keys it brings.
+    gone : GoneWriters, optional
+        Writers declared gone (the user's ``--gone``, the engine's word).
+    lease : float, optional
+        Lengthens the writers' recorded leases.
+    claim : bool
+        Mark the journals of gone writers claimed (the merge, which recovers them).
 
     Returns
     -------
@@ -267,7 +317,7 @@ def build(
     if effective is None and output.schema_json is not None:
         effective = Schema.from_json(output.schema_json, source=f"{output.path} embedded schema")
     found = _sources(directory, output.path)
-    journals = _journal.claim_journals(found.journals, stack)
+    journals = _journal.claim_journals(found.journals, stack, gone=gone, lease=lease, mark=claim)
     report = validate_many(
         found.shards,
         schema=effective,
@@ -387,6 +437,7 @@ def build(
         on_conflict=on_conflict,
         output_keys=output.keys() if list_output_keys else frozenset(),
         shard_keys=frozenset(k for p in good for k in summaries[p].groups),
+        pending=tuple(journals.pending),
     )
     if effective is None:
         effective = _common_schema([summaries[p] for p in good], output.count)
@@ -444,6 +495,8 @@ def plan_merge(
     progress: ProgressCallback | None = None,
     sandbox: Sandbox | None = None,
     on_conflict: str = "quarantine",
+    gone_writers: Iterable[str | WriterIdentity] | GoneWriters | None = None,
+    lease: float | None = None,
 ) -> MergePlan:
     """What :func:`~h5guard.merge` would do now, without taking the output's lock or
     changing any file.
@@ -474,6 +527,10 @@ def plan_merge(
         ``memory_limit`` are then its own.
     on_conflict : {"quarantine", "keep-existing"}
         The policy the merge would apply (see :func:`~h5guard.merge`).
+    gone_writers : iterable of str or WriterIdentity, optional
+        Writers to count as gone (see :func:`~h5guard.merge`).
+    lease : float, optional
+        Lengthens the writers' recorded leases (see :func:`~h5guard.merge`).
 
     Returns
     -------
@@ -491,11 +548,20 @@ def plan_merge(
         ``on_conflict`` is not one of the two policies.
     """
     check_on_conflict(on_conflict)
+    check_lease(lease)
+    gone = GoneWriters.parse(gone_writers, source="the caller")
     directory, out = resolve(shard_dir, output, need_output=False)
     checking = Checking(schema, sandbox, progress, timeout, memory_limit, workers)
     with contextlib.ExitStack() as stack:
         existing = stack.enter_context(contextlib.closing(Output(out)))
         planned = build(
-            directory, existing, stack, checking, on_conflict=on_conflict, list_output_keys=True
+            directory,
+            existing,
+            stack,
+            checking,
+            on_conflict=on_conflict,
+            list_output_keys=True,
+            gone=gone,
+            lease=lease,
         )
     return planned.plan

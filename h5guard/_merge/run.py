@@ -8,7 +8,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,7 @@ from h5guard import _atomic, _journal, _lock
 from h5guard._check.api import ProgressCallback
 from h5guard._check.own import verify_groups
 from h5guard._format import names
+from h5guard._liveness import GoneWriters, WriterIdentity
 from h5guard._merge import output as _output
 from h5guard._merge import plan as _plan
 from h5guard._merge import verify as _verify
@@ -68,6 +69,9 @@ class MergeReport:
         calls never returned).
     lost : tuple of str
         Results known to be lost, each with where and why.
+    pending : tuple of PendingJournal
+        Journals whose writer cannot be shown gone, left alone: where, who, why. While
+        any holds a returned result, the exit code is 1.
     """
 
     output: str
@@ -87,10 +91,16 @@ class MergeReport:
     recovered: tuple[tuple[str, int], ...] = ()
     interrupted: tuple[tuple[str, str], ...] = ()
     lost: tuple[str, ...] = ()
+    pending: tuple[_journal.PendingJournal, ...] = ()
+
+    @property
+    def pending_results(self) -> int:
+        """Returned results not in the output because their writer may still run."""
+        return sum(len(p.keys) for p in self.pending)
 
     @property
     def exit_code(self) -> int:
-        problems = self.quarantined or self.lost
+        problems = self.quarantined or self.lost or self.pending_results
         return 1 if (problems or (self.conflicts and not self.conflicts_resolved)) else 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,6 +120,7 @@ class MergeReport:
             "recovered": [{"journal": j, "results": n} for j, n in self.recovered],
             "interrupted": [{"journal": j, "key": k} for j, k in self.interrupted],
             "lost": list(self.lost),
+            "pending": [_plan.pending_dict(p) for p in self.pending],
         }
 
     def render_text(self) -> str:
@@ -134,7 +145,11 @@ class MergeReport:
             for j, k in self.interrupted
         ]
         lines += [f"LOST: {why}" for why in self.lost]
-        lines += [f"still being written, not merged: {p}" for p in self.live_partials]
+        lines += _plan.pending_lines(self.pending)
+        journals = {p.path for p in self.pending}
+        lines += [
+            f"still being written, not merged: {p}" for p in self.live_partials if p not in journals
+        ]
         return "\n".join(lines)
 
 
@@ -152,6 +167,8 @@ def merge(
     progress: ProgressCallback | None = None,
     on_conflict: str = "quarantine",
     sandbox: Sandbox | None = None,
+    gone_writers: Iterable[str | WriterIdentity] | GoneWriters | None = None,
+    lease: float | None = None,
 ) -> MergeReport:
     """Merge the committed shards of ``shard_dir`` into ``output``, under its lock.
 
@@ -192,6 +209,15 @@ def merge(
     sandbox : Sandbox, optional
         A checker pool to reuse for shards that need a full read; ``timeout`` and
         ``memory_limit`` are then its own.
+    gone_writers : iterable of str or WriterIdentity, optional
+        Writers to count as gone although nothing on this machine can show it: ``HOST``
+        (every writer that ran there), ``HOST:PID``, ``PID`` (on this machine), or
+        identities (an engine's word about its dead workers). Their batches are
+        recovered, and a lock they left behind is taken over. See docs/guarantee.md.
+    lease : float, optional
+        Seconds after which the untouched journal of a writer on another machine
+        counts as gone; it can only lengthen the lease each writer recorded (default
+        300 s, ``$H5GUARD_LEASE``).
 
     Returns
     -------
@@ -213,13 +239,16 @@ def merge(
     WriteError
         Writing the new output failed.
     ValueError
-        A bad ``on_conflict`` or ``root_attrs`` name.
+        A bad ``on_conflict``, ``root_attrs`` name, ``gone_writers`` entry or
+        ``lease``.
 
     Notes
     -----
     When the merge raises, the output is untouched.
     """
     _plan.check_on_conflict(on_conflict)
+    _plan.check_lease(lease)
+    gone = GoneWriters.parse(gone_writers, source="the caller")
     started = time.monotonic()
     directory, out = _plan.resolve(shard_dir, output)
     extra_attrs = dict(root_attrs or {})
@@ -243,6 +272,8 @@ def merge(
                 memory_limit=memory_limit,
                 extra_attrs=extra_attrs,
                 on_conflict=on_conflict,
+                gone=gone,
+                lease=lease,
             )
         except _Altered as altered:
             earlier.append(altered)
@@ -316,6 +347,8 @@ def _merge_once(
     memory_limit: int,
     extra_attrs: dict[str, Any],
     on_conflict: str,
+    gone: GoneWriters,
+    lease: float | None,
 ) -> MergeReport:
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
@@ -327,13 +360,30 @@ def _merge_once(
                 os.path.join(directory, DIR_LOCK),
                 timeout=lock_timeout,
                 purpose=f"h5guard merge {directory} -o {out}",
+                gone=gone,
+                lease=lease,
             )
         )
         stack.enter_context(
-            _lock.exclusive(out, timeout=lock_timeout, purpose=f"h5guard merge {directory}")
+            _lock.exclusive(
+                out,
+                timeout=lock_timeout,
+                purpose=f"h5guard merge {directory}",
+                gone=gone,
+                lease=lease,
+            )
         )
         existing = stack.enter_context(contextlib.closing(_output.Output(out)))
-        planned = _plan.build(directory, existing, stack, checking, on_conflict=on_conflict)
+        planned = _plan.build(
+            directory,
+            existing,
+            stack,
+            checking,
+            on_conflict=on_conflict,
+            gone=gone,
+            lease=lease,
+            claim=True,
+        )
         plan, summaries = planned.plan, planned.summaries
         existing.close()
         old_size = os.path.getsize(out) if os.path.exists(out) else 0
@@ -448,4 +498,5 @@ def _merge_once(
         recovered=plan.recovered,
         interrupted=plan.interrupted,
         lost=plan.lost,
+        pending=plan.pending,
     )

@@ -21,6 +21,7 @@ REPORT_KEYS = {
     "recovered",
     "interrupted",
     "lost",
+    "pending",
     "output",
     "ok",
     "shards_merged",

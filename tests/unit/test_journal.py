@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -22,11 +23,20 @@ def journal_of(tmp_path: Path, n: int = 3) -> tuple[Path, ShardWriter]:
     return path, w
 
 
+def as_if_dead(path: Path) -> None:
+    """Rewritten by the test, the journal names this (running) process as its writer:
+    give it back the mark its writer left when it let go (see h5guard._liveness)."""
+    from h5guard import _liveness
+
+    os.utime(path, (_liveness.RELEASED_MTIME, _liveness.RELEASED_MTIME))
+
+
 def test_a_live_writer_holds_its_journal(tmp_path: Path) -> None:
     path, w = journal_of(tmp_path)
     assert writer_alive(path)
-    with claim(path) as gone:
-        assert not gone
+    with claim(path) as verdict:
+        assert verdict is not None and not verdict.gone
+        assert "lock is held" in verdict.reason
     w.close()
     assert not path.exists()
 
@@ -67,6 +77,7 @@ def test_damage_inside_a_record_is_a_named_loss(tmp_path: Path, where: str) -> N
     at = raw.find(needle)
     raw[at + 1] ^= 0x01
     path.write_bytes(bytes(raw))
+    as_if_dead(path)
     state, _ = read_journal(path)
     assert state.lost and "k0" in dict(state.results)
     report = merge(tmp_path, tmp_path / "out.h5", workers=1)
@@ -153,6 +164,7 @@ def test_a_journal_left_after_its_commit_is_removed_not_merged_twice(tmp_path: P
     saved = journal.read_bytes()
     w.close()
     journal.write_bytes(saved)  # as if the unlink never happened (no lock held)
+    as_if_dead(journal)
     state, _ = read_journal(journal)
     assert state.committed and state.file_attrs is not None
     report = merge(tmp_path, tmp_path / "out.h5", workers=1)
@@ -213,6 +225,7 @@ def test_check_of_a_directory_names_a_damaged_journal_as_an_error(tmp_path: Path
     raw = bytearray(path.read_bytes())
     raw[raw.find(b'"k1"') + 1] ^= 0x01
     path.write_bytes(bytes(raw))
+    as_if_dead(path)
     [(severity, message)], ok = _journal_findings(tmp_path)
     assert (severity, ok) == ("ERROR", False)
     # The records after the damaged one are still found (resynchronised on the frame).
@@ -226,6 +239,7 @@ def test_check_of_a_directory_notes_a_journal_left_after_its_commit(tmp_path: Pa
     saved = journal.read_bytes()
     w.close()
     journal.write_bytes(saved)
+    as_if_dead(journal)
     [(severity, message)], ok = _journal_findings(tmp_path)
     assert (severity, ok) == ("INFO", True) and "committed" in message
 
@@ -235,6 +249,48 @@ def test_check_of_a_directory_names_an_add_cut_short(tmp_path: Path) -> None:
     w._journal.close()  # type: ignore[union-attr]
     data = path.read_bytes()
     path.write_bytes(data[:-3])  # the writer died inside the last add(): k2 never returned
+    as_if_dead(path)
     [(severity, message)], ok = _journal_findings(tmp_path)
     assert (severity, ok) == ("WARNING", False)
     assert "2 result(s) not yet in a shard" in message and "'k2' was cut short" in message
+
+
+def test_the_header_names_the_writer_and_its_lease(tmp_path: Path) -> None:
+    from h5guard import _journal, _liveness
+
+    w = ShardWriter(tmp_path, commit_every=1000, lease=42)
+    w.add("k", {"v": np.arange(3.0)})
+    [path] = tmp_path.glob("*.journal")
+    meta = _journal.scan(path).meta
+    assert meta is not None and meta["lease"] == 42.0 and meta["flock"] is True
+    assert _liveness.WriterIdentity.from_json(meta["writer"]) == _liveness.current()
+    # A dropped writer marks its journal released: any host takes it at once.
+    del w
+    assert _liveness.is_released(path.stat().st_mtime)
+    with claim(path) as verdict:
+        assert verdict is not None and verdict.gone and "let go" in verdict.reason
+
+
+def test_a_journal_claimed_under_the_writer_starts_a_new_batch(tmp_path: Path) -> None:
+    """A merge that took the batch for a dead writer's (the writer was stopped for longer
+    than the lease): the next add() writes its result again into a new batch."""
+    from h5guard import _liveness
+
+    w = ShardWriter(tmp_path, commit_every=1000, lease=1)  # checks every 0.05 s
+    for i in range(2):
+        w.add(f"k{i}", {"v": np.arange(3, dtype=np.int32)})
+    [path] = tmp_path.glob("*.journal")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert _liveness.mark_claimed(fd)
+    finally:
+        os.close(fd)
+    time.sleep(2 * _liveness.check_interval(1))
+    w.add("k9", {"v": np.arange(3, dtype=np.int32)})
+    journals = sorted(tmp_path.glob("*.journal"))
+    assert len(journals) == 2 and path in journals
+    [new] = [j for j in journals if j != path]
+    state, _ = read_journal(new)
+    assert [k for k, _ in state.results] == ["k9"]
+    assert _liveness.is_released(path.stat().st_mtime)  # the old one: let go of
+    w.close()
