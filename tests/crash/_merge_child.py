@@ -229,9 +229,14 @@ def slow_helper(partial: str, groups: Any) -> Any:
 def _slow_down_helper(seconds: float, log_path: str) -> None:
     import h5guard._merge.verify
 
+    import h5guard._sandbox
+
     verify_mod: Any = h5guard._merge.verify
-    # The sandbox child inherits the environment and imports this module by name.
+    sandbox_mod: Any = h5guard._sandbox
+    # The sandbox child gets a reduced environment: let this one variable through (the
+    # child imports this module by name, from the checkout's root).
     os.environ[_SLOW_HELPER_ENV] = f"{seconds} {os.path.abspath(log_path)}"
+    sandbox_mod.ENV_KEPT = sandbox_mod.ENV_KEPT | {_SLOW_HELPER_ENV}
     verify_mod.HELPER_TARGET = "tests.crash._merge_child:slow_helper"
 
 
