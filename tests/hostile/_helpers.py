@@ -13,8 +13,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from h5guard import ShardWriter
-
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -46,17 +44,24 @@ def values(i: int, size: int = 4) -> tuple[dict[str, Any], dict[str, Any]]:
     return {"x": np.arange(size, dtype=np.float64) + i}, {"status": "ok", "i": i}
 
 
+_GONE_WRITER = """
+import os, signal, sys
+from h5guard import ShardWriter
+from tests.hostile._helpers import values
+w = ShardWriter(sys.argv[1], commit_every=10_000)
+for n, key in enumerate(sys.argv[2:]):
+    w.add(key, *values(n))
+print(w._journal.path, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # dies with its batch open, never committed
+"""
+
+
 def gone_writer(directory: Path, keys: list[str]) -> Path:
-    """A journal holding ``keys`` whose writer is gone (its lock released, never committed)."""
-    w = ShardWriter(directory, commit_every=10_000)
-    for n, key in enumerate(keys):
-        w.add(key, *values(n))
-    journal = w._journal
-    assert journal is not None
-    journal.close()  # what the kernel does when the process dies
-    w._journal = None
-    w._closed = True
-    return journal.path
+    """A journal holding ``keys`` whose writer is gone: a real process, SIGKILLed with
+    its batch open (so the journal may be altered afterwards and still be its)."""
+    proc = run_python(_GONE_WRITER, directory, *keys)
+    assert proc.returncode == -9, proc.stderr
+    return Path(proc.stdout.strip())
 
 
 def run_cli(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from h5guard import MergeSourceError, ShardWriter, WriteError, _journal, _shard, merge
+from h5guard._format import result as _result
 from h5guard._merge.output import RECORD_FILE, record_output
 from tests.hostile._helpers import REPO, gone_writer, run_cli, values
 
@@ -69,12 +70,8 @@ def test_a_link_at_a_shards_partial_is_removed_by_the_writer(tmp_path: Path) -> 
     target = victim(tmp_path)
     final = tmp_path / "s.h5"
     os.symlink(target, tmp_path / "s.h5.partial")
-    w = ShardWriter(tmp_path / "unused")
-    w.add("a", *values(0))
-    held = w._held
-    assert held is not None
-    _shard.write_shard(final, held, schema_json=None, file_attrs=None)
-    w.discard()
+    result = _result.prepare("a", *values(0), schema=None)
+    _shard.write_shard(final, [result], schema_json=None, file_attrs=None)
     assert target.read_bytes() == VICTIM and final.is_file() and not final.is_symlink()
     assert not os.path.lexists(tmp_path / "s.h5.partial")
 

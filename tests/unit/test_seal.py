@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -143,9 +144,9 @@ def checker_starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     started: list[int] = []
     real = sandbox_module._Child.__init__
 
-    def counting(self: object, memory_limit: int) -> None:
+    def counting(self: object, memory_limit: int, *args: Any) -> None:
         started.append(memory_limit)
-        real(self, memory_limit)  # type: ignore[arg-type]
+        real(self, memory_limit, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(sandbox_module._Child, "__init__", counting)
     return started
