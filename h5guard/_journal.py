@@ -811,9 +811,14 @@ def claim(
         a gone writer's journal stays locked (where locks exist).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
         yield None
+        return
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        yield None  # a link planted under a journal's name is never read through
         return
     try:
         probe = _PROBES[_lock.try_flock(fd, os.fspath(path))]

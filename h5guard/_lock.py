@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from h5guard import _liveness
+from h5guard import _atomic, _liveness
 from h5guard.errors import LockTimeoutError
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,11 @@ def _read_owner(
 
 def _create_owner(owner_path: str, *, flocked: bool | None, lease: float, command: str) -> int:
     """Create the owner file exclusively (FileExistsError if there is one)."""
-    fd = os.open(owner_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    fd = os.open(
+        owner_path,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0),
+        0o644,
+    )
     try:
         info = {
             **_liveness.current().to_json(),
@@ -344,9 +348,14 @@ def exclusive(
                 "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                 "command": command,
             }
-            tmp = f"{info_path}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(info, fh)
+            # A private, unpredictable temporary name created exclusively: a link planted
+            # at any name of ours is never written through.
+            tmp = f"{info_path}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+            info_fd = _atomic.create_exclusive(tmp)
+            try:
+                _atomic.write_fd(info_fd, json.dumps(info).encode("utf-8"))
+            finally:
+                os.close(info_fd)
             os.replace(tmp, info_path)
             yield
         finally:

@@ -18,6 +18,7 @@ import pytest
 
 from h5guard import MergeSourceError, ShardWriter, WriteError, _journal, _shard, merge
 from h5guard._format import result as _result
+from h5guard._lock import exclusive
 from h5guard._merge.output import RECORD_FILE, record_output
 from tests.hostile._helpers import REPO, gone_writer, run_cli, values
 
@@ -211,3 +212,16 @@ def test_a_temp_dir_that_is_another_accounts_link_is_refused(tmp_path: Path) -> 
     os.symlink(theirs, mine)  # the user's own link is the user's choice
     shards(mine, 2)
     assert merge(mine, tmp_path / "out.h5", workers=1).exit_code == 0
+
+
+def test_the_lock_info_is_never_written_through_a_planted_link(tmp_path: Path) -> None:
+    """The holder record beside an output lock: links planted at the record and at the
+    names of earlier temporaries are left alone, the record is a regular file."""
+    target = victim(tmp_path)
+    out = tmp_path / "out.h5"
+    info = tmp_path / "out.h5.lock.info"
+    os.symlink(target, info)
+    os.symlink(target, tmp_path / f"out.h5.lock.info.{os.getpid()}.tmp")
+    with exclusive(out, timeout=5):
+        assert info.is_file() and not info.is_symlink()
+    assert target.read_bytes() == VICTIM
