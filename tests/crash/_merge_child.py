@@ -228,7 +228,6 @@ def slow_helper(partial: str, groups: Any) -> Any:
 
 def _slow_down_helper(seconds: float, log_path: str) -> None:
     import h5guard._merge.verify
-
     import h5guard._sandbox
 
     verify_mod: Any = h5guard._merge.verify

@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,30 +17,13 @@ import pytest
 from h5guard import InsufficientSpaceError, merge
 from h5guard import _atomic as atomic
 from tests.crash._merge_child import output_index, sha256_file, write_shards
+from tests.hostile._helpers import small_fs
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@contextlib.contextmanager
-def small_tmpfs(where: Path, size: str = "2m") -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    where.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
-    try:
-        yield where
-    finally:
-        done = subprocess.run(["umount", str(where)], check=False, timeout=30)
-        if done.returncode != 0:
-            subprocess.run(["umount", "-l", str(where)], check=False, timeout=30)
+def small_tmpfs(where: Path, size: str = "2m") -> contextlib.AbstractContextManager[Path]:
+    return small_fs(where, size)
 
 
 def setup(tmp_path: Path, *, old_big: int) -> tuple[Path, Path]:
