@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
-import hashlib
 import itertools
 import json
 import os
@@ -126,13 +125,6 @@ def _image(f: h5py.File) -> bytearray:
     return image
 
 
-def _seal_image(image: bytearray) -> None:
-    """Write the seal into an in-memory shard's user block (as :func:`h5guard._seal.write_seal`)."""
-    digest = hashlib.sha256(memoryview(image)[_seal.SEAL_SIZE :]).hexdigest()
-    text = _seal._MAGIC + f"sha256:{digest}\nsize:{len(image)}\n".encode()
-    image[: _seal.SEAL_SIZE] = text.ljust(_seal.SEAL_SIZE, b"\0")
-
-
 def write_shard(
     final: Path,
     results: Iterable[_result.PreparedResult],
@@ -193,7 +185,7 @@ def write_shard(
             image = _image(f)
             f.close()
             f = None
-            _seal_image(image)
+            _seal.seal_image(image)
             _atomic.reserve(fd, len(image), path=name, waiting=waiting)
             _atomic.write_fd(fd, image)
         else:
