@@ -32,6 +32,7 @@ sweep again.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.machinery
 import importlib.util
 import json
@@ -48,6 +49,7 @@ from typing import Any
 import h5py
 import numpy as np
 import yaml  # type: ignore[import-untyped, unused-ignore]
+from bench_iea37 import cli_env, load_average  # this checkout's CLI environment, the load line
 from numpy.typing import NDArray
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +75,7 @@ class Run:
     outside: int
 
 
+@functools.cache
 def official() -> ModuleType:
     path = DATA / "iea37-aepcalc.py.txt"
     loader = importlib.machinery.SourceFileLoader("iea37_aepcalc", str(path))
@@ -125,10 +128,6 @@ def best_stored_layout(path: Path) -> tuple[NDArray[np.float64], int]:
         return np.array(f[best_key]["layout"][()], dtype=np.float64), count
 
 
-def load_average() -> str:
-    return " ".join(f"{v:.1f}" for v in os.getloadavg())
-
-
 def judge_kept(case: str, out_dir: Path) -> Run:
     """Judge the output a ``--keep`` run left (its times from runs.json)."""
     kept = {r["case"]: r for r in json.loads((out_dir / "runs.json").read_text())}
@@ -153,10 +152,7 @@ def run_case(case: str, workers: int, out_dir: Path) -> Run:
     output = out_dir / f"iea37-{case}.h5"
     command = [sys.executable, "-m", "optimizer.cli", "run", str(spec), "-o", str(output), "-q"]
     command += ["--workers", str(workers)]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
+    env = cli_env()
     before = load_average()
     t0 = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)

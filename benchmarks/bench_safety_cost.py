@@ -55,6 +55,7 @@ if str(_ROOT) not in sys.path:
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
+from bench_h5guard import read_all  # noqa: E402  (the same full read as bench_h5guard's)
 
 import h5guard  # noqa: E402
 
@@ -257,23 +258,10 @@ def child_read_h5guard(p: Params) -> int:
     return len(p["keys"])
 
 
-def _read_all(path: str) -> None:
-    def visit(_: str, obj: Any) -> None:
-        if isinstance(obj, h5py.Dataset):
-            obj[()]
-        for name in obj.attrs:
-            obj.attrs[name]
-
-    with h5py.File(path, "r") as f:
-        f.visititems(visit)
-        for name in f.attrs:
-            f.attrs[name]
-
-
 def child_check_plain(p: Params) -> int:
     paths = sorted(str(x) for x in Path(p["shards"]).glob("*.h5"))
     for path in paths:
-        _read_all(path)
+        read_all(path)
     return len(paths)
 
 
@@ -516,6 +504,24 @@ class Bench:
             assert report.exit_code == 0, report.render_text()
         return out
 
+    def merge_sides(self, src: Path, prefix: str) -> tuple[Side, Side]:
+        """The naive merge loop and h5guard.merge, each on a fresh copy of ``src``."""
+        sides = []
+        for label, child, tag in (
+            ("naive loop", "merge-naive", "naive"),
+            ("h5guard.merge", "merge-h5guard", "ours"),
+        ):
+            shards, out = self.root / f"{prefix}-{tag}", self.root / f"{prefix}-{tag}.h5"
+            sides.append(
+                Side(
+                    label,
+                    child,
+                    {"shards": str(shards), "output": str(out)},
+                    both(removing(out), fresh_copy(src, shards)),
+                )
+            )
+        return sides[0], sides[1]
+
     # -- the rows ------------------------------------------------------------------
     def merge(self) -> None:
         shards, groups = self.size("merge_shards"), self.size("merge_groups")
@@ -523,20 +529,7 @@ class Bench:
         build_shards(src, shards, groups, prefix="w", seed=1)
         print(f"\nmerge: {shards} shards x {groups} groups")
         load = list(os.getloadavg())
-        naive_dir, ours_dir = self.root / "merge-naive", self.root / "merge-ours"
-        naive_out, ours_out = self.root / "merge-naive.h5", self.root / "merge-ours.h5"
-        base = Side(
-            "naive loop",
-            "merge-naive",
-            {"shards": str(naive_dir), "output": str(naive_out)},
-            both(removing(naive_out), fresh_copy(src, naive_dir)),
-        )
-        ours = Side(
-            "h5guard.merge",
-            "merge-h5guard",
-            {"shards": str(ours_dir), "output": str(ours_out)},
-            both(removing(ours_out), fresh_copy(src, ours_dir)),
-        )
+        base, ours = self.merge_sides(src, "merge")
         alternate([base, ours], self.repeat)
         assert base.count == ours.count == shards * groups, (base.count, ours.count)
         self.record("merge", [base, ours], [rate_figure("merge", base, ours, limit=1.0)], load)
@@ -582,20 +575,7 @@ class Bench:
             run_child("big-h5guard", {"shards": str(src), "results": results, "mb": mb})
         print(f"\nmerge-big: {results} results x {mb} MB")
         load = list(os.getloadavg())
-        naive_dir, ours_dir = self.root / "bigm-naive", self.root / "bigm-ours"
-        naive_out, ours_out = self.root / "bigm-naive.h5", self.root / "bigm-ours.h5"
-        base = Side(
-            "naive loop",
-            "merge-naive",
-            {"shards": str(naive_dir), "output": str(naive_out)},
-            both(removing(naive_out), fresh_copy(src, naive_dir)),
-        )
-        ours = Side(
-            "h5guard.merge",
-            "merge-h5guard",
-            {"shards": str(ours_dir), "output": str(ours_out)},
-            both(removing(ours_out), fresh_copy(src, ours_dir)),
-        )
+        base, ours = self.merge_sides(src, "bigm")
         alternate([base, ours], self.repeat)
         # The target is absolute: < 600 MB for results of 100 MB (O(one result)).
         limit = 600e6
@@ -610,7 +590,7 @@ class Bench:
             ),
         ]
         self.record("merge-big", [base, ours], figs, load)
-        removing(naive_dir, ours_dir, naive_out, ours_out)()
+        removing(*(Path(v) for side in (base, ours) for v in side.params.values()))()
 
     def writer_tiny(self) -> None:
         n = self.size("tiny_results")

@@ -20,6 +20,9 @@ SCRIPT = ROOT / "benchmarks" / "bench_iea37_cs34.py"
 
 
 def bench() -> ModuleType:
+    # As when run as a script: its own folder on sys.path (it imports bench_iea37).
+    if str(SCRIPT.parent) not in sys.path:
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("bench_iea37_cs34", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
