@@ -57,6 +57,20 @@ RELEASED_MTIME = 1.0
 _MIN_LEASE = 1.0
 
 
+def check_lease(lease: object) -> None:
+    """Refuse a lease that is not a number of seconds > 0 (None: the default).
+
+    Raises
+    ------
+    ValueError
+        ``lease`` is a bool, not a number, not finite-positive.
+    """
+    if lease is None:
+        return
+    if isinstance(lease, bool) or not isinstance(lease, int | float) or not lease > 0:
+        raise ValueError(f"lease: expected a number of seconds > 0, got {lease!r}")
+
+
 def default_lease() -> float:
     """The lease of this process's writers and locks: ``$H5GUARD_LEASE`` or 300 s.
 

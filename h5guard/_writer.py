@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
 
-from h5guard import _atomic, _journal
+from h5guard import _atomic, _journal, _liveness
 from h5guard._format import names
 from h5guard._format import result as _result
 from h5guard._shard import SHARD_SUFFIX, new_shard_stem, write_shard
@@ -164,8 +164,7 @@ class ShardWriter:
         self.commit_every = commit_every
         self.min_free = min_free
         self.sync_every_add = sync_every_add
-        if lease is not None and (isinstance(lease, bool) or not lease > 0):
-            raise ValueError(f"lease: expected a number of seconds > 0, got {lease!r}")
+        _liveness.check_lease(lease)
         self.lease = lease
         for k in file_attrs or {}:
             if k.startswith(names.RESERVED_PREFIX):

@@ -15,7 +15,7 @@ from typing import Any
 from h5guard import _atomic, _journal
 from h5guard._check.api import ProgressCallback, validate_many
 from h5guard._format import result as _result
-from h5guard._liveness import GoneWriters, WriterIdentity
+from h5guard._liveness import GoneWriters, WriterIdentity, check_lease
 from h5guard._merge.output import Output, Quarantined, recorded_output
 from h5guard._sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox
 from h5guard.errors import MergeSourceError, SchemaError
@@ -154,11 +154,6 @@ def pending_lines(pending: Sequence[_journal.PendingJournal]) -> list[str]:
     return [f"PENDING: {p.describe()}" for p in pending if p.keys] + [
         f"still being written (no result yet): {p.path}: {p.reason}" for p in pending if not p.keys
     ]
-
-
-def check_lease(lease: float | None) -> None:
-    if lease is not None and (isinstance(lease, bool) or not lease > 0):
-        raise ValueError(f"lease: expected a number of seconds > 0, got {lease!r}")
 
 
 def check_on_conflict(on_conflict: str) -> None:

@@ -16,7 +16,7 @@ from h5guard import _atomic, _journal, _lock
 from h5guard._check.api import ProgressCallback
 from h5guard._check.own import verify_groups
 from h5guard._format import names
-from h5guard._liveness import GoneWriters, WriterIdentity
+from h5guard._liveness import GoneWriters, WriterIdentity, check_lease
 from h5guard._merge import output as _output
 from h5guard._merge import plan as _plan
 from h5guard._merge import verify as _verify
@@ -247,7 +247,7 @@ def merge(
     When the merge raises, the output is untouched.
     """
     _plan.check_on_conflict(on_conflict)
-    _plan.check_lease(lease)
+    check_lease(lease)
     gone = GoneWriters.parse(gone_writers, source="the caller")
     started = time.monotonic()
     directory, out = _plan.resolve(shard_dir, output)

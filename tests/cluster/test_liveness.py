@@ -289,3 +289,17 @@ def test_judge_journal_reads_the_header() -> None:
     assert lv.judge_journal(old, now - 5, LockProbe.FREE, now=now).verdict is Verdict.UNKNOWN
     assert lv.judge_journal(None, now - 5, LockProbe.FREE, now=now).gone  # cut short, unlocked
     assert lv.judge_journal(None, now - 5, LockProbe.HELD, now=now).verdict is Verdict.ALIVE
+
+
+@pytest.mark.parametrize("lease", [0, -1.0, float("nan"), True, "300", [300]])
+def test_a_lease_that_is_not_seconds_is_refused_by_writer_and_merge(
+    tmp_path: Path, lease: object
+) -> None:
+    """One rule for the writer's and the merge's lease: a clear ValueError, never a
+    comparison TypeError (a string lease used to raise one in ShardWriter)."""
+    from h5guard import ShardWriter, plan_merge
+
+    with pytest.raises(ValueError, match="lease: expected a number of seconds > 0"):
+        ShardWriter(tmp_path / "tmp", lease=lease)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lease: expected a number of seconds > 0"):
+        plan_merge(tmp_path / "tmp", lease=lease)  # type: ignore[arg-type]
