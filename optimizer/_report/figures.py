@@ -299,27 +299,9 @@ def layout_figure(
     if flow is None:
         fig = _figure(6.4, 6.8)
         ax = fig.add_subplot()
-        _draw_layout(
-            ax,
-            boundary=boundary,
-            initial=initial,
-            optimized=optimized,
-            min_spacing_m=min_spacing_m,
-            exclusions=exclusions,
-            regions=regions,
-        )
     else:
         fig = _figure(12.8, 6.2)
         ax, ax_flow = fig.subplots(1, 2)
-        _draw_layout(
-            ax,
-            boundary=boundary,
-            initial=initial,
-            optimized=optimized,
-            min_spacing_m=min_spacing_m,
-            exclusions=exclusions,
-            regions=regions,
-        )
         _draw_flow(
             ax_flow,
             fig,
@@ -329,6 +311,15 @@ def layout_figure(
             exclusions=exclusions,
             regions=regions,
         )
+    _draw_layout(
+        ax,
+        boundary=boundary,
+        initial=initial,
+        optimized=optimized,
+        min_spacing_m=min_spacing_m,
+        exclusions=exclusions,
+        regions=regions,
+    )
     ax.set_title("start and optimized layout", fontsize="medium")
     fig.suptitle(title, fontsize="medium")
     return fig
