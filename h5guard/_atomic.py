@@ -314,8 +314,8 @@ def require_free_space(
     *,
     min_free: int = DEFAULT_MIN_FREE,
     waiting: str = "",
-) -> None:
-    """Check that ``needed + min_free`` bytes are free in ``directory``.
+) -> int:
+    """Check that ``needed + min_free`` bytes are free in ``directory``; return the free bytes.
 
     Parameters
     ----------
@@ -327,6 +327,11 @@ def require_free_space(
         Bytes to keep free on top (libhdf5 must never be the one to meet a full disk).
     waiting : str
         Where the data waits meanwhile (``"3 result(s) are safe in J"``), for the message.
+
+    Returns
+    -------
+    int
+        The bytes available (at least ``needed + min_free``).
 
     Raises
     ------
@@ -354,6 +359,7 @@ def require_free_space(
         raise InsufficientSpaceError(
             os.fspath(directory), needed + min_free, available, waiting=waiting
         )
+    return available
 
 
 def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
@@ -414,3 +420,43 @@ def partial_owner_alive(name: str) -> bool | None:
     except PermissionError:
         return True
     return True
+
+
+class SpaceBudget:
+    """:func:`require_free_space` for many small writes, with one ``statvfs`` per many.
+
+    After a check finds ``available`` bytes, writes may use up to half of what is left
+    above ``min_free`` (at most :attr:`MAX_UNCHECKED` bytes) before the next check: a
+    writer of tiny results checks about once per few thousand, one of big results at
+    every write, and one near a full disk at every write too.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Where the bytes will be written.
+    min_free : int
+        Bytes to keep free on top of each write.
+    """
+
+    MAX_UNCHECKED = 8 * 1024 * 1024
+
+    def __init__(self, directory: str | os.PathLike[str], *, min_free: int) -> None:
+        self.directory = directory
+        self.min_free = min_free
+        self._unchecked = 0  # bytes that may still be written without a check
+
+    def require(self, needed: int) -> None:
+        """Check (or trust the last check) that ``needed + min_free`` bytes are free.
+
+        Raises
+        ------
+        InsufficientSpaceError, WriteError
+            As :func:`require_free_space`.
+        """
+        if needed <= self._unchecked:
+            self._unchecked -= needed
+            return
+        self._unchecked = 0
+        available = require_free_space(self.directory, needed, min_free=self.min_free)
+        left = available - self.min_free - needed
+        self._unchecked = max(0, min(left // 2, self.MAX_UNCHECKED))

@@ -106,6 +106,10 @@ def _frame(header: bytes, payload_len: int) -> bytes:
     return head + _CRC.pack(zlib.crc32(header, zlib.crc32(head))) + header
 
 
+# Records with a payload up to this size are written with one write(2).
+_JOIN_LIMIT = 4096
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -207,9 +211,13 @@ class JournalWriter:
         start = self.end
         payload_len = sum(b.nbytes for b in buffers)
         try:
-            _write_all(fd, _frame(header, payload_len))
-            for buf in buffers:
-                _write_all(fd, buf)
+            if payload_len <= _JOIN_LIMIT:
+                # A small record in one write(2): copying it costs less than the calls.
+                _write_all(fd, b"".join([_frame(header, payload_len), *buffers]))
+            else:
+                _write_all(fd, _frame(header, payload_len))
+                for buf in buffers:
+                    _write_all(fd, buf)
             if self.fsync_each:
                 os.fsync(fd)
         except BaseException:
@@ -240,11 +248,15 @@ class JournalWriter:
         self._next_check = now + self._check_every
         return _liveness.was_claimed(fd)
 
-    def read(self, index: int) -> tuple[bytes, bytes]:
-        """Header and payload of the ``index``-th result (0-based; the meta is not one)."""
+    def read_result(self, index: int) -> _result.PreparedResult:
+        """The ``index``-th result (0-based; the meta is not one), read straight into its
+        own arrays and checked against its digest (:func:`read_result`)."""
         offset, hlen, plen = self.records[index]
-        data = os.pread(self._fd(), hlen + plen, offset)
-        return data[:hlen], data[hlen:]
+        fd = self._fd()
+        header = os.pread(fd, hlen, offset)
+        if len(header) != hlen:
+            raise OSError(errno.EIO, f"{self.path}: journal shrank while it was read")
+        return read_result(fd, header, offset + hlen, plen)
 
     def claim_marked(self) -> bool:
         """Whether a merge marked this journal claimed (its records are the merge's)."""
@@ -396,7 +408,7 @@ def scan(path: str | os.PathLike[str]) -> JournalScan:
     damage (a bad CRC, no record where one should start, a length beyond the file or
     above :data:`MAX_PAYLOAD`) reading resumes at the next valid frame: one damaged
     record never hides the ones after it. Payloads are not read (see
-    :func:`read_payload`).
+    :func:`read_result`).
 
     Parameters
     ----------
@@ -495,14 +507,56 @@ def _scan(fd: int, name: str) -> JournalScan:
     )
 
 
-def read_payload(fd: int, record: JournalRecord) -> bytes:
-    """A record's payload, read from the journal open on ``fd``."""
-    data = _pread(fd, record.offset, record.length)
-    if len(data) != record.length:
-        raise OSError(
-            errno.EIO, f"journal shrank while it was read ({len(data)} of {record.length} bytes)"
-        )
-    return data
+# Buffers per preadv call (Linux's IOV_MAX).
+_IOV_MAX = 1024
+# Bytes per pread where there is no preadv.
+_READ_CHUNK = 16 * 1024 * 1024
+
+
+def read_into(fd: int, buffers: Sequence[memoryview], offset: int) -> None:
+    """Fill ``buffers`` (writable byte views), in order, from ``fd`` at ``offset``.
+
+    The bytes go from the page cache straight into the buffers (``preadv``): no
+    intermediate ``bytes``. Raises ``OSError(EIO)`` if the file ends first.
+    """
+    pending = [b for b in buffers if b.nbytes]
+    preadv = getattr(os, "preadv", None)
+    i = 0
+    while i < len(pending):
+        if preadv is not None:
+            n = preadv(fd, pending[i : i + _IOV_MAX], offset)
+        else:
+            chunk = os.pread(fd, min(pending[i].nbytes, _READ_CHUNK), offset)
+            n = len(chunk)
+            pending[i][:n] = chunk
+        if n <= 0:
+            raise OSError(errno.EIO, "journal shrank while it was read")
+        offset += n
+        while n and i < len(pending):
+            if n >= pending[i].nbytes:
+                n -= pending[i].nbytes
+                i += 1
+            else:
+                pending[i] = pending[i][n:]
+                n = 0
+
+
+def read_result(fd: int, header: bytes, offset: int, length: int) -> _result.PreparedResult:
+    """The result of a record whose ``header`` was read and whose payload of ``length``
+    bytes is at ``offset`` of ``fd``: decoded, read into its arrays, digest checked.
+
+    Raises
+    ------
+    h5guard._format.result.DecodeError
+        The record is not the result it claims.
+    OSError
+        Reading failed, or the journal ends inside the payload.
+    """
+    from h5guard._format import result as _result
+
+    pending = _result.PendingRecord(header, length)
+    read_into(fd, pending.buffers(), offset)
+    return pending.finish()
 
 
 def record_key(header: bytes) -> str | None:
@@ -566,7 +620,7 @@ class JournalResults:
         try:
             for record in records:
                 try:
-                    yield _result.decode(record.header, read_payload(fd, record))
+                    yield read_result(fd, record.header, record.offset, record.length)
                 except _result.DecodeError as err:
                     # It decoded when the journal was read, under its lock: the file was
                     # changed since, by someone who does not respect the lock.
@@ -671,7 +725,7 @@ def read_journal(path: str | os.PathLike[str]) -> tuple[JournalState, JournalRes
     try:
         for i, record in enumerate(scanned.records):
             try:
-                result = _result.decode(record.header, read_payload(fd, record))
+                result = read_result(fd, record.header, record.offset, record.length)
             except _result.DecodeError as err:
                 lost.append(f"{name}: record {i + 1}: {err}")
                 continue
@@ -735,7 +789,7 @@ def _file_attrs_of(scanned: JournalScan, fd: int) -> _result.PreparedResult | No
     try:
         if record.length > _MAX_META_PAYLOAD:
             raise _result.DecodeError(f"{record.length} bytes of file attributes")
-        return _result.decode(header.encode("utf-8"), read_payload(fd, record))
+        return read_result(fd, header.encode("utf-8"), record.offset, record.length)
     except (_result.DecodeError, OSError) as err:
         log.warning(
             "%s: file attributes unreadable (%s); the shard is written without them",

@@ -14,6 +14,7 @@ import errno
 import itertools
 import json
 import os
+import threading
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -125,6 +126,12 @@ def _image(f: h5py.File) -> bytearray:
     return image
 
 
+def _early_fsync(fd: int) -> None:
+    # An error here is met again by the commit's own fsync, which reports it.
+    with contextlib.suppress(OSError):
+        os.fsync(fd)
+
+
 def write_shard(
     final: Path,
     results: Iterable[_result.PreparedResult],
@@ -203,7 +210,14 @@ def write_shard(
             index = _finish(f, results)
             f.close()  # truncates the file to what HDF5 used of the reservation
             f = None
-            _seal.write_seal(name)
+            # Writeback of the data starts now, while the seal hashes the file (both
+            # wait outside the GIL); the commit's fsync then has only the seal to flush.
+            syncing = threading.Thread(target=_early_fsync, args=(fd,), daemon=True)
+            syncing.start()
+            try:
+                _seal.write_seal(name)
+            finally:
+                syncing.join()
     except BaseException as err:
         if f is not None:
             with contextlib.suppress(Exception):

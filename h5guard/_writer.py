@@ -12,6 +12,7 @@ never calls ``close()``, SIGTERM, SIGKILL, an exception) leaves a journal that
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import socket
@@ -23,7 +24,7 @@ from types import TracebackType
 from typing import Any, NoReturn
 
 from h5guard import _atomic, _journal, _liveness
-from h5guard._format import names
+from h5guard._format import names, tree
 from h5guard._format import result as _result
 from h5guard._shard import SHARD_SUFFIX, new_shard_stem, write_shard
 from h5guard._version import __version__
@@ -40,9 +41,14 @@ from h5guard.schema import Schema
 
 log = logging.getLogger(__name__)
 
-# Below this many bytes a batch is also kept in memory, so a commit does not read its
-# journal back; above it, results are read back one at a time (bounded memory).
+# Below this many bytes a batch is also kept in memory (private copies of its values),
+# so a commit does not read its journal back; above it (a batch that grew past
+# ``commit_bytes`` because commits failed, or a larger ``commit_bytes``), results are
+# read back from the journal one at a time (memory: one result).
 _IN_MEMORY_BATCH = 64 * 1024 * 1024
+# The default ``commit_bytes``: a batch is committed once its values reach this size,
+# so a big result never waits in memory or in the journal for others.
+DEFAULT_COMMIT_BYTES = 64 * 1024 * 1024
 # File attributes travel in the journal's meta record under this pseudo-key.
 _FILE_KEY = "/"
 
@@ -74,10 +80,13 @@ class ShardWriter:
     loss or kernel crash can lose the results added since the last commit, unless
     ``sync_every_add=True`` (one fsync per ``add()``).
 
-    The batch is committed to a shard every ``commit_every`` results, on
-    :meth:`commit`, on :meth:`close` and when the ``with`` block ends, also by an
-    exception (which is then re-raised): results are independent, so what was added
-    is kept. :meth:`discard` throws the uncommitted batch away, explicitly.
+    The batch is committed to a shard every ``commit_every`` results or once its
+    values reach ``commit_bytes`` (a result that alone reaches it is committed by its
+    own ``add()``, straight from the caller's arrays), on :meth:`commit`, on
+    :meth:`close` and when the ``with`` block ends, also by an exception (which is then
+    re-raised): results are independent, so what was added is kept. :meth:`discard`
+    throws the uncommitted batch away, explicitly. Memory stays proportional to one
+    result (plus at most ``commit_bytes`` of held copies), not to the batch.
 
     A key may be added once per writer: a second ``add()`` of it raises
     :class:`~h5guard.DuplicateKeyError` (a result is immutable; recomputations belong to
@@ -100,6 +109,9 @@ class ShardWriter:
         The start of each shard's name (non-empty, no ``-`` or ``/``).
     commit_every : int
         Results per shard (>= 1).
+    commit_bytes : int
+        Bytes of values (datasets and attributes) after which the batch is committed,
+        whatever ``commit_every`` says (>= 1; default 64 MiB).
     min_free : int
         Bytes that must stay free on the file system beyond what a result needs;
         otherwise ``add`` raises :class:`~h5guard.InsufficientSpaceError` before writing.
@@ -118,7 +130,7 @@ class ShardWriter:
     Raises
     ------
     ValueError
-        A bad ``commit_every``, ``prefix`` or ``file_attrs`` name.
+        A bad ``commit_every``, ``commit_bytes``, ``prefix`` or ``file_attrs`` name.
     WriteError
         ``directory`` cannot be created, or is a symbolic link owned by another
         account (docs/security.md).
@@ -140,6 +152,7 @@ class ShardWriter:
         schema: Schema | None = None,
         prefix: str = "shard",
         commit_every: int = 100,
+        commit_bytes: int = DEFAULT_COMMIT_BYTES,
         min_free: int = _atomic.DEFAULT_MIN_FREE,
         file_attrs: Mapping[str, Any] | None = None,
         sync_every_add: bool = False,
@@ -147,6 +160,10 @@ class ShardWriter:
     ) -> None:
         if isinstance(commit_every, bool) or not isinstance(commit_every, int) or commit_every < 1:
             raise ValueError(f"commit_every: expected an integer >= 1, got {commit_every!r}")
+        if isinstance(commit_bytes, bool) or not isinstance(commit_bytes, int) or commit_bytes < 1:
+            raise ValueError(
+                f"commit_bytes: expected an integer number of bytes >= 1, got {commit_bytes!r}"
+            )
         if not isinstance(prefix, str) or "-" in prefix or "/" in prefix or not prefix:
             raise ValueError(
                 f"prefix: expected a non-empty name without '-' or '/', got {prefix!r}"
@@ -162,7 +179,9 @@ class ShardWriter:
         self.schema = schema
         self.prefix = prefix
         self.commit_every = commit_every
+        self.commit_bytes = commit_bytes
         self.min_free = min_free
+        self._space = _atomic.SpaceBudget(self.directory, min_free=min_free)
         self.sync_every_add = sync_every_add
         _liveness.check_lease(lease)
         self.lease = lease
@@ -174,8 +193,9 @@ class ShardWriter:
         self._journal: _journal.JournalWriter | None = None
         self._stem = ""
         self._batch: dict[str, str] = {}  # key -> digest, in add() order
-        # Each held result's journal record (header, payload copy); None once over the limit.
-        self._held: list[tuple[bytes, bytes]] | None = []
+        # The batch's results as private copies, in add() order; None once over the
+        # limit (the commit then reads the batch back from the journal).
+        self._held: list[_result.PreparedResult] | None = []
         self._batch_bytes = 0
         self._keys: set[str] = set()
         self._closed = False
@@ -278,19 +298,30 @@ class ShardWriter:
                 f"group key {key!r}: already added by this writer; a result is written once "
                 "(use another key, or let the merge's on_conflict decide between recomputations)"
             )
-        result = _result.prepare(key, datasets, attrs, schema=self.schema)
+        root = _result.checked_tree(key, datasets, attrs, schema=self.schema)
+        nbytes = tree.nbytes(root)
         # A group costs its data plus a few KiB of headers, twice over (journal, shard),
         # plus room for HDF5's own allocations when the shard is closed.
-        nbytes = result.nbytes
         try:
-            _atomic.require_free_space(
-                self.directory, 2 * nbytes + 64 * 1024, min_free=self.min_free
-            )
+            self._space.require(2 * nbytes + 64 * 1024)
         except InsufficientSpaceError as err:
             # Said only when refusing: where the batch waits costs an fstat to find out.
             raise InsufficientSpaceError(
                 err.directory, err.needed, err.available, waiting=self._waiting()
             ) from None
+        # A result that fills the batch is committed by this add(), from the caller's
+        # arrays (which it cannot touch before add() returns). One that waits for a
+        # later commit is held as a private copy, digested and journaled from that copy:
+        # the caller may change or reuse its arrays as soon as add() returns. Past the
+        # in-memory limit the commit reads the batch back from the journal instead.
+        fills = (
+            len(self._batch) + 1 >= self.commit_every
+            or self._batch_bytes + nbytes >= self.commit_bytes
+        )
+        hold = (
+            not fills and self._held is not None and self._batch_bytes + nbytes <= _IN_MEMORY_BATCH
+        )
+        result = _result.digested(key, root, private=hold)
         journal = self._open_batch()
         header, buffers = _result.encode(result)
         if sum(b.nbytes for b in buffers) > _journal.MAX_PAYLOAD:
@@ -298,13 +329,8 @@ class ShardWriter:
                 f"group key {key!r}: {nbytes} bytes of values, above the "
                 f"{_journal.MAX_PAYLOAD} bytes a result may hold; split it into several results"
             )
-        # The buffers are views of the caller's arrays, which the caller may change or
-        # reuse as soon as add() returns: what the commit writes must be a private copy
-        # (held here while the batch is small) or the journal's own bytes (read back).
-        hold = self._held is not None and self._batch_bytes + nbytes <= _IN_MEMORY_BATCH
-        payload = b"".join(buffers) if hold else None
+        data = buffers
         try:
-            data = buffers if payload is None else [memoryview(payload)]
             try:
                 journal.append(header, data)
             except _journal.Claimed as claimed:
@@ -336,6 +362,15 @@ class ShardWriter:
         if not journal.linked():
             # The bytes went into a file that no longer has a name (the directory was
             # deleted, say): nothing of this batch can reach a merge.
+            if not self.directory.is_dir():
+                # The free-space check trusts its last statvfs for a while, so this is
+                # where a deleted directory is noticed; the batch stays, and its commit
+                # says that it is lost.
+                raise WriteError(
+                    str(self.directory),
+                    f"expected a directory to write into, found none; {self._waiting()}",
+                    FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)),
+                )
             gone = FileNotFoundError(errno.ENOENT, "the journal was deleted", str(journal.path))
             lost = len(self._batch)
             journal.close()
@@ -351,17 +386,21 @@ class ShardWriter:
         self._batch[key] = result.digest
         self._keys.add(key)
         self._batch_bytes += nbytes
-        if self._held is not None:
-            if payload is None:
-                self._held = None
+        if not fills:
+            if hold and self._held is not None:
+                self._held.append(result)
             else:
-                self._held.append((header, payload))
-        if len(self._batch) >= self.commit_every:
-            try:
-                self.commit()
-            except (WriteError, InsufficientSpaceError) as err:
-                # The result is safe in the journal; the next commit tries again.
-                log.warning("%s; %d result(s) stay in the journal", err, len(self._batch))
+                self._held = None
+            return
+        try:
+            self._commit(last=result)
+        except BaseException as err:
+            # The result is safe in the journal, but not held (its arrays are the
+            # caller's): the next commit reads the batch back from the journal.
+            self._held = None
+            if not isinstance(err, WriteError | InsufficientSpaceError):
+                raise
+            log.warning("%s; %d result(s) stay in the journal", err, len(self._batch))
 
     def commit(self) -> Path | None:
         """Write the batch as a shard.
@@ -379,7 +418,8 @@ class ShardWriter:
         with self._lock:
             return self._commit()
 
-    def _commit(self) -> Path | None:
+    def _commit(self, last: _result.PreparedResult | None = None) -> Path | None:
+        """Write the batch as a shard; ``last``, its newest result, from the caller's arrays."""
         self._own_process()
         journal = self._journal
         if journal is None:
@@ -390,12 +430,14 @@ class ShardWriter:
             return None
         final = self.directory / f"{self._stem}{SHARD_SUFFIX}"
         keys = list(self._batch)
+        tail = [] if last is None else [last]
+        earlier = len(keys) - len(tail)
         held = self._held
-        results: Iterable[_result.PreparedResult] = (
-            (_result.decode(header, payload) for header, payload in held)
-            if held is not None
-            else _read_back(journal, len(keys))
+        results: Iterable[_result.PreparedResult] = itertools.chain(
+            held if held is not None else _read_back(journal, earlier), tail
         )
+        if held is not None and len(held) != earlier:
+            raise AssertionError(f"{len(held)} held results for a batch of {earlier}")
         try:
             write_shard(
                 final,
@@ -552,6 +594,7 @@ class ShardWriter:
 
 
 def _read_back(journal: _journal.JournalWriter, count: int) -> Iterable[_result.PreparedResult]:
+    """The batch's first ``count`` results, read from the journal one at a time (each
+    straight into its own arrays) and checked against their digests."""
     for index in range(count):
-        header, payload = journal.read(index)
-        yield _result.decode(header, payload)
+        yield journal.read_result(index)

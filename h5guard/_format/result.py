@@ -18,6 +18,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+import numpy.typing as npt
 
 from h5guard._format import digest as digests
 from h5guard._format import names, tree
@@ -64,18 +65,62 @@ def prepare(
     attrs: Mapping[str, Any] | None,
     *,
     schema: Schema | None,
+    private: bool = False,
 ) -> PreparedResult:
     """Normalize, check and digest one result; raises before anything is written.
 
     Values h5guard cannot store raise :class:`~h5guard.UnsupportedValueError` (saying
     what to store instead), results past the limits :class:`~h5guard.ResultLimitError`,
     and only a result that breaks a given schema :class:`~h5guard.SchemaError`.
+    ``private``: see :func:`digested`.
     """
+    return digested(key, checked_tree(key, datasets, attrs, schema=schema), private=private)
+
+
+def checked_tree(
+    key: str,
+    datasets: Mapping[str, Any],
+    attrs: Mapping[str, Any] | None,
+    *,
+    schema: Schema | None,
+) -> tree.GroupNode:
+    """:func:`prepare`'s first half: the normalized tree, checked (not yet digested)."""
     layout.check_key(key)
     root = tree.build(key, datasets, attrs)
     if schema is not None:
         _check_schema(schema, key, root)
+    return root
+
+
+def digested(key: str, root: tree.GroupNode, *, private: bool) -> PreparedResult:
+    """:func:`prepare`'s second half: the result of a checked tree, digested.
+
+    ``private=True`` copies every value first (values may be views of the caller's
+    arrays, which the caller may change or reuse once ``add()`` returns), so that the
+    digest, the journal and the shard all come from the same bytes.
+    """
+    if private:
+        root = _private(root)
     return PreparedResult(key, root, digests.digest(root))
+
+
+def _private_value(value: tree.Value) -> tree.Value:
+    # ndarray.copy keeps the dtype object, so h5py's UTF-8 tag too.
+    return tree.Value(value.array.copy(), value.kind)
+
+
+def _private(node: tree.GroupNode) -> tree.GroupNode:
+    attrs = {n: _private_value(v) for n, v in node.attrs.items()}
+    members: dict[str, tree.Node] = {}
+    for name, child in node.members.items():
+        if isinstance(child, tree.GroupNode):
+            members[name] = _private(child)
+        else:
+            members[name] = tree.DatasetNode(
+                _private_value(child.value),
+                {n: _private_value(v) for n, v in child.attrs.items()},
+            )
+    return tree.GroupNode(attrs, members)
 
 
 def prepare_attrs(key: str, attrs: Mapping[str, Any]) -> PreparedResult:
@@ -105,9 +150,9 @@ def _check_schema(schema: Schema, key: str, root: tree.GroupNode) -> None:
 
 def write(f: h5py.File, result: PreparedResult) -> None:
     """Write ``result`` as a new top-level group of ``f``, digest attribute included."""
-    group = layout.create_result_group(f, result.key)
-    layout.write_members(group, result.root)
-    layout.create_attr(group, names.DIGEST_ATTR, np.array(result.digest.encode(), dtype=np.bytes_))
+    gid = layout.create_group_id(f.id, result.key)
+    layout.write_members_id(gid, result.root)
+    layout.create_attr_id(gid, names.DIGEST_ATTR, np.array(result.digest.encode(), dtype=np.bytes_))
 
 
 # -- the journal encoding ---------------------------------------------------------------
@@ -120,18 +165,27 @@ def write(f: h5py.File, result: PreparedResult) -> None:
 # so any change of a byte is caught there, not trusted.
 
 
+_DESCR_OF: dict[tuple[np.dtype[Any], bool], Any] = {}
+
+
+def _descr(dtype: np.dtype[Any]) -> Any:
+    # The UTF-8 tag is part of the key: numpy's dtype equality ignores metadata.
+    utf8 = tree.is_utf8(dtype)
+    descr = _DESCR_OF.get((dtype, utf8))
+    if descr is None:
+        # UTF-8 strings carry h5py's tag as dtype metadata, which numpy's descr drops
+        # (with a warning): the kind says they are UTF-8, so record the plain "|S<n>".
+        descr = f"|S{dtype.itemsize}" if utf8 else np.lib.format.dtype_to_descr(dtype)
+        if len(_DESCR_OF) < 1024:
+            _DESCR_OF[(dtype, utf8)] = descr
+    return descr
+
+
 def _value_meta(value: tree.Value, buffers: list[memoryview]) -> list[Any]:
     arr = value.array
     contiguous = np.ascontiguousarray(arr) if arr.ndim else np.asarray(arr).reshape(())
     buffers.append(memoryview(contiguous.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
-    # UTF-8 strings carry h5py's tag as dtype metadata, which numpy's descr drops (with a
-    # warning): the kind says they are UTF-8, so record the plain "|S<n>".
-    descr = (
-        f"|S{arr.dtype.itemsize}"
-        if tree.is_utf8(arr.dtype)
-        else np.lib.format.dtype_to_descr(arr.dtype)
-    )
-    return [value.kind, descr, list(arr.shape)]
+    return [value.kind, _descr(arr.dtype), list(arr.shape)]
 
 
 def _node_meta(node: tree.Node, buffers: list[memoryview]) -> list[Any]:
@@ -152,26 +206,45 @@ class DecodeError(ValueError):
     """A journal record that does not decode to the result it claims (internal)."""
 
 
-class _Reader:
-    def __init__(self, key: str, payload: bytes | memoryview) -> None:
+_DESCRS: dict[str, np.dtype[Any]] = {}
+
+
+def _dtype(kind: str, descr: Any) -> np.dtype[Any]:
+    if isinstance(descr, str):
+        dtype = _DESCRS.get(descr)
+        if dtype is None:
+            dtype = np.lib.format.descr_to_dtype(_tuples(descr))
+            if len(_DESCRS) < 1024:
+                _DESCRS[descr] = dtype
+    else:
+        dtype = np.lib.format.descr_to_dtype(_tuples(descr))
+    if kind == "str" or (kind.startswith("U") and kind[1:].isdigit()):
+        dtype = tree.utf8_dtype(dtype.itemsize)
+    return dtype
+
+
+class _Skeleton:
+    """A record's tree with empty arrays of the right dtypes and shapes, to be filled."""
+
+    def __init__(self, key: str, limit: int) -> None:
         self.key = key
-        self.view = memoryview(payload)
-        self.offset = 0
+        self.limit = limit  # the payload's length: no array is allocated beyond it
+        self.arrays: list[npt.NDArray[Any]] = []
+        self.nbytes = 0
 
     def value(self, meta: Sequence[Any]) -> tree.Value:
         kind, descr, shape = meta
         kind = str(kind)
-        dtype = np.lib.format.descr_to_dtype(_tuples(descr))
-        if kind == "str" or (kind.startswith("U") and kind[1:].isdigit()):
-            dtype = tree.utf8_dtype(dtype.itemsize)
+        dtype = _dtype(kind, descr)
         dims = tuple(int(n) for n in shape)
-        size = dtype.itemsize * math.prod(dims)
-        chunk = self.view[self.offset : self.offset + size]
-        if len(chunk) != size:
+        if any(n < 0 for n in dims):
+            raise DecodeError(f"record of {self.key!r}: negative shape {dims}")
+        if self.nbytes + dtype.itemsize * math.prod(dims) > self.limit:
             raise DecodeError(f"record of {self.key!r} ends inside a value")
-        self.offset += size
-        arr = np.frombuffer(chunk, dtype=dtype).reshape(dims).copy()
+        arr = np.empty(dims, dtype=dtype)
         tree.check_kind(kind, arr, self.key)
+        self.arrays.append(arr)
+        self.nbytes += arr.nbytes
         return tree.Value(arr, kind)
 
     def node(self, meta: Sequence[Any], depth: int) -> tree.Node:
@@ -186,29 +259,64 @@ class _Reader:
         members = {str(name): self.node(m, depth + 1) for name, m in rest}
         return tree.GroupNode(attrs, members)
 
+    def buffers(self) -> list[memoryview]:
+        """Writable byte views of the arrays, in payload order (empty ones left out)."""
+        return [
+            memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+            for arr in self.arrays
+            if arr.nbytes
+        ]
+
+
+class PendingRecord:
+    """A journal record being read: fill :meth:`buffers` with its payload, then
+    :meth:`finish` verifies the digest and gives the result (one copy of the data, from
+    wherever the payload is straight into the result's own arrays)."""
+
+    def __init__(self, header: bytes, payload_length: int) -> None:
+        try:
+            meta = json.loads(header.decode("utf-8"))
+            self.key = str(meta["key"])
+            self.digest = str(meta["digest"])
+            self._skeleton = _Skeleton(self.key, payload_length)
+            root = self._skeleton.node(meta["root"], 0)
+        except DecodeError:
+            raise
+        except Exception as err:
+            raise DecodeError(f"undecodable record: {err}") from err
+        if not isinstance(root, tree.GroupNode):
+            raise DecodeError(f"record of {self.key!r}: the root is not a group")
+        self.root = root
+        if self._skeleton.nbytes < payload_length:
+            raise DecodeError(
+                f"record of {self.key!r} has {payload_length - self._skeleton.nbytes} "
+                "byte(s) too many"
+            )
+
+    def buffers(self) -> list[memoryview]:
+        """Where the payload goes, in order: together exactly the payload's length."""
+        return self._skeleton.buffers()
+
+    def finish(self) -> PreparedResult:
+        """The result, once its buffers hold the payload; DecodeError if it is not the one
+        the record claims."""
+        computed = digests.digest(self.root)
+        if computed != self.digest:
+            raise DecodeError(
+                f"record of {self.key!r}: stored digest {self.digest}, computed {computed}"
+            )
+        return PreparedResult(self.key, self.root, self.digest)
+
 
 def decode(header: bytes, payload: bytes | memoryview) -> PreparedResult:
     """The inverse of :func:`encode`; raises :class:`DecodeError` on any inconsistency."""
-    try:
-        meta = json.loads(header.decode("utf-8"))
-        key = str(meta["key"])
-        digest = str(meta["digest"])
-        reader = _Reader(key, payload)
-        root = reader.node(meta["root"], 0)
-        if not isinstance(root, tree.GroupNode):
-            raise DecodeError(f"record of {key!r}: the root is not a group")
-        if reader.offset != len(reader.view):
-            raise DecodeError(
-                f"record of {key!r} has {len(reader.view) - reader.offset} byte(s) too many"
-            )
-    except DecodeError:
-        raise
-    except Exception as err:
-        raise DecodeError(f"undecodable record: {err}") from err
-    computed = digests.digest(root)
-    if computed != digest:
-        raise DecodeError(f"record of {key!r}: stored digest {digest}, computed {computed}")
-    return PreparedResult(key, root, digest)
+    view = memoryview(payload).cast("B")
+    pending = PendingRecord(header, view.nbytes)
+    offset = 0
+    for buf in pending.buffers():
+        buf[:] = view[offset : offset + buf.nbytes]
+        offset += buf.nbytes
+    return pending.finish()
 
 
 def _tuples(descr: Any) -> Any:

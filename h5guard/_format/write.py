@@ -111,14 +111,40 @@ _RESULT_GCPL = _result_gcpl()
 
 def create_result_group(parent: h5py.File, key: str) -> h5py.Group:
     """A new top-level result group in the hardened layout."""
-    gid = h5py.h5g.create(parent.id, key.encode("utf-8"), lcpl=_LCPL, gcpl=_RESULT_GCPL)
-    return h5py.Group(gid)
+    return h5py.Group(create_group_id(parent.id, key))
+
+
+def create_group_id(parent: Any, name: str) -> Any:
+    """A new group's low-level id under ``parent`` (an id), in the hardened layout."""
+    return h5py.h5g.create(parent, name.encode("utf-8"), lcpl=_LCPL, gcpl=_RESULT_GCPL)
+
+
+# Results repeat the same few types and shapes: one libhdf5 type and dataspace per kind
+# is made once and reused (libhdf5 copies them into each object it creates). The UTF-8
+# tag is part of a type's key because numpy's dtype equality ignores metadata.
+_TYPES: dict[tuple[np.dtype[Any], bool], Any] = {}
+_SPACES: dict[tuple[int, ...], Any] = {}
+_MAX_CACHED = 1024
+
+
+def _type(dtype: np.dtype[Any]) -> Any:
+    key = (dtype, dtype.metadata is not None)
+    tid = _TYPES.get(key)
+    if tid is None:
+        tid = h5py.h5t.py_create(dtype, logical=True)
+        if len(_TYPES) < _MAX_CACHED:
+            _TYPES[key] = tid
+    return tid
 
 
 def _space(arr: npt.NDArray[Any]) -> Any:
-    if arr.ndim == 0:
-        return h5py.h5s.create(h5py.h5s.SCALAR)
-    return h5py.h5s.create_simple(arr.shape)
+    shape = arr.shape
+    sid = _SPACES.get(shape)
+    if sid is None:
+        sid = h5py.h5s.create(h5py.h5s.SCALAR) if not shape else h5py.h5s.create_simple(shape)
+        if len(_SPACES) < _MAX_CACHED:
+            _SPACES[shape] = sid
+    return sid
 
 
 def write_dataset(group: h5py.Group, name: str, arr: npt.NDArray[Any]) -> None:
@@ -127,16 +153,22 @@ def write_dataset(group: h5py.Group, name: str, arr: npt.NDArray[Any]) -> None:
     Compact datasets go through the low-level API: h5py's ``create_dataset`` spends
     more time checking arguments than libhdf5 spends writing a small dataset.
     """
+    _write_dataset_id(group.id, name, arr)
+
+
+def _write_dataset_id(gid: Any, name: str, arr: npt.NDArray[Any]) -> Any:
+    """:func:`write_dataset` on a group's low-level id; returns the dataset's id."""
     if arr.nbytes <= COMPACT_LIMIT and arr.size > 0:
-        tid = h5py.h5t.py_create(arr.dtype, logical=True)
+        tid = _type(arr.dtype)
         dsid = h5py.h5d.create(
-            group.id, name.encode("utf-8"), tid, _space(arr), dcpl=_COMPACT_DCPL, lcpl=_LCPL
+            gid, name.encode("utf-8"), tid, _space(arr), dcpl=_COMPACT_DCPL, lcpl=_LCPL
         )
-        dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, np.asarray(arr, order="C"))
-    elif arr.size == 0 or arr.ndim == 0:
-        group.create_dataset(name, data=arr)
-    else:
-        group.create_dataset(name, data=arr, chunks=True, fletcher32=True)
+        dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, np.asarray(arr, order="C"), mtype=tid)
+        return dsid
+    group = h5py.Group(gid)
+    if arr.size == 0 or arr.ndim == 0:
+        return group.create_dataset(name, data=arr).id
+    return group.create_dataset(name, data=arr, chunks=True, fletcher32=True).id
 
 
 def create_attr(obj: h5py.Group | h5py.File, name: str, arr: npt.NDArray[Any]) -> None:
@@ -146,15 +178,14 @@ def create_attr(obj: h5py.Group | h5py.File, name: str, arr: npt.NDArray[Any]) -
 
 def create_attr_id(oid: Any, name: str, arr: npt.NDArray[Any]) -> None:
     """:func:`create_attr` on a low-level object id (a group's or a dataset's)."""
-    tid = h5py.h5t.py_create(arr.dtype, logical=True)
+    tid = _type(arr.dtype)
     aid = h5py.h5a.create(oid, name.encode("utf-8"), tid, _space(arr))
-    aid.write(np.asarray(arr, order="C"))
+    aid.write(np.asarray(arr, order="C"), mtype=tid)
 
 
 def create_subgroup(parent: h5py.Group, name: str) -> h5py.Group:
     """A group nested in a result, with the same hardened creation properties."""
-    gid = h5py.h5g.create(parent.id, name.encode("utf-8"), lcpl=_LCPL, gcpl=_RESULT_GCPL)
-    return h5py.Group(gid)
+    return h5py.Group(create_group_id(parent.id, name))
 
 
 def write_attr(obj: h5py.Group | h5py.File, name: str, arr: npt.NDArray[Any]) -> None:
@@ -191,13 +222,16 @@ def _write_attrs(oid: Any, attrs: Mapping[str, Value], own: Value | None) -> Non
 
 def write_members(group: h5py.Group, node: GroupNode) -> None:
     """Write ``node``'s attributes and members into the (new, empty) ``group``."""
-    _write_attrs(group.id, node.attrs, None)
+    write_members_id(group.id, node)
+
+
+def write_members_id(gid: Any, node: GroupNode) -> None:
+    """:func:`write_members` on a group's low-level id (no high-level wrappers made)."""
+    _write_attrs(gid, node.attrs, None)
     for name, child in node.members.items():
         if isinstance(child, GroupNode):
-            sub = create_subgroup(group, name)
-            write_members(sub, child)
+            write_members_id(create_group_id(gid, name), child)
         else:
-            write_dataset(group, name, child.value.array)
+            dsid = _write_dataset_id(gid, name, child.value.array)
             if child.attrs or _kinds_of({}, child.value):
-                oid = h5py.h5o.open(group.id, name.encode("utf-8"))
-                _write_attrs(oid, child.attrs, child.value)
+                _write_attrs(dsid, child.attrs, child.value)
