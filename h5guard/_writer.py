@@ -345,7 +345,8 @@ class ShardWriter:
             raise self._write_error(f"journaling group {key!r} failed", err, journal.path) from err
         except OSError as err:
             raise self._write_error(f"journaling group {key!r} failed", err, journal.path) from err
-        if not journal.linked() and journal.claim_marked():
+        linked = journal.linked()  # one fstat per add(): a deleted journal is noticed here
+        if not linked and journal.claim_marked():
             # A merge claimed, recovered and deleted the journal between two claim
             # checks: what it read is in its shard; this record goes into a new batch
             # too (a duplicate of the same digest if the merge had it already).
@@ -359,7 +360,8 @@ class ShardWriter:
                 raise self._write_error(
                     f"journaling group {key!r} failed", err, journal.path
                 ) from err
-        if not journal.linked():
+            linked = journal.linked()
+        if not linked:
             # The bytes went into a file that no longer has a name (the directory was
             # deleted, say): nothing of this batch can reach a merge.
             if not self.directory.is_dir():

@@ -104,23 +104,37 @@ def digested(key: str, root: tree.GroupNode, *, private: bool) -> PreparedResult
     return PreparedResult(key, root, digests.digest(root))
 
 
+# Only a caller's own ndarray, or a numpy scalar (a structured one is a view into its
+# array), can be stored as a view of the caller's memory: every other kind (Python
+# scalars, str, bytes, unicode arrays) was made into a new array by the normalization.
+_MAY_SHARE = frozenset({"ndarray", "numpy"})
+
+
 def _private_value(value: tree.Value) -> tree.Value:
+    if value.kind not in _MAY_SHARE:
+        return value
     # ndarray.copy keeps the dtype object, so h5py's UTF-8 tag too.
     return tree.Value(value.array.copy(), value.kind)
 
 
+def _private_attrs(attrs: Mapping[str, tree.Value]) -> Mapping[str, tree.Value]:
+    if all(v.kind not in _MAY_SHARE for v in attrs.values()):
+        return attrs
+    return {n: _private_value(v) for n, v in attrs.items()}
+
+
 def _private(node: tree.GroupNode) -> tree.GroupNode:
-    attrs = {n: _private_value(v) for n, v in node.attrs.items()}
     members: dict[str, tree.Node] = {}
     for name, child in node.members.items():
         if isinstance(child, tree.GroupNode):
             members[name] = _private(child)
+        elif child.value.kind not in _MAY_SHARE and child.attrs is _private_attrs(child.attrs):
+            members[name] = child
         else:
             members[name] = tree.DatasetNode(
-                _private_value(child.value),
-                {n: _private_value(v) for n, v in child.attrs.items()},
+                _private_value(child.value), _private_attrs(child.attrs)
             )
-    return tree.GroupNode(attrs, members)
+    return tree.GroupNode(_private_attrs(node.attrs), members)
 
 
 def prepare_attrs(key: str, attrs: Mapping[str, Any]) -> PreparedResult:
