@@ -150,25 +150,20 @@ def _space(arr: npt.NDArray[Any]) -> Any:
 def write_dataset(group: h5py.Group, name: str, arr: npt.NDArray[Any]) -> None:
     """Write one normalized array in the hardened layout.
 
-    Compact datasets go through the low-level API: h5py's ``create_dataset`` spends
-    more time checking arguments than libhdf5 spends writing a small dataset.
+    Compact datasets go through the low-level API (with cached type and dataspace
+    ids): h5py's ``create_dataset`` spends more time checking arguments than libhdf5
+    spends writing a small dataset.
     """
-    _write_dataset_id(group.id, name, arr)
-
-
-def _write_dataset_id(gid: Any, name: str, arr: npt.NDArray[Any]) -> Any:
-    """:func:`write_dataset` on a group's low-level id; returns the dataset's id."""
     if arr.nbytes <= COMPACT_LIMIT and arr.size > 0:
         tid = _type(arr.dtype)
         dsid = h5py.h5d.create(
-            gid, name.encode("utf-8"), tid, _space(arr), dcpl=_COMPACT_DCPL, lcpl=_LCPL
+            group.id, name.encode("utf-8"), tid, _space(arr), dcpl=_COMPACT_DCPL, lcpl=_LCPL
         )
         dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, np.asarray(arr, order="C"), mtype=tid)
-        return dsid
-    group = h5py.Group(gid)
-    if arr.size == 0 or arr.ndim == 0:
-        return group.create_dataset(name, data=arr).id
-    return group.create_dataset(name, data=arr, chunks=True, fletcher32=True).id
+    elif arr.size == 0 or arr.ndim == 0:
+        group.create_dataset(name, data=arr)
+    else:
+        group.create_dataset(name, data=arr, chunks=True, fletcher32=True)
 
 
 def create_attr(obj: h5py.Group | h5py.File, name: str, arr: npt.NDArray[Any]) -> None:
@@ -226,12 +221,18 @@ def write_members(group: h5py.Group, node: GroupNode) -> None:
 
 
 def write_members_id(gid: Any, node: GroupNode) -> None:
-    """:func:`write_members` on a group's low-level id (no high-level wrappers made)."""
+    """:func:`write_members` on a group's low-level id."""
     _write_attrs(gid, node.attrs, None)
+    if not node.members:
+        return
+    # Datasets go through write_dataset by name, so that a fault injected there (the
+    # I/O-error campaign patches it) is met by every path that writes a result.
+    group = h5py.Group(gid)
     for name, child in node.members.items():
         if isinstance(child, GroupNode):
             write_members_id(create_group_id(gid, name), child)
         else:
-            dsid = _write_dataset_id(gid, name, child.value.array)
+            write_dataset(group, name, child.value.array)
             if child.attrs or _kinds_of({}, child.value):
-                _write_attrs(dsid, child.attrs, child.value)
+                oid = h5py.h5o.open(gid, name.encode("utf-8"))
+                _write_attrs(oid, child.attrs, child.value)

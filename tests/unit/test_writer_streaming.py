@@ -29,7 +29,9 @@ def merged(directory: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "1", True, None])
 def test_a_bad_commit_bytes_is_refused_naming_the_option(tmp_path: Path, bad: object) -> None:
-    with pytest.raises(ValueError, match=r"commit_bytes: expected an integer number of bytes >= 1, got"):
+    with pytest.raises(
+        ValueError, match=r"commit_bytes: expected an integer number of bytes >= 1, got"
+    ):
         ShardWriter(tmp_path, commit_bytes=bad)  # type: ignore[arg-type]
 
 
