@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -70,9 +71,16 @@ def shape_token(shape: tuple[int, ...]) -> bytes:
     return ",".join(str(int(n)) for n in shape).encode()
 
 
+# Byte orders that are little-endian already for a plain (not structured) dtype.
+_LITTLE = frozenset("<|=" if sys.byteorder == "little" else "<|")
+
+
 def _le(arr: Array) -> Array:
-    little = arr.dtype.newbyteorder("<")
-    return arr if arr.dtype == little else arr.astype(little)
+    dtype = arr.dtype
+    if dtype.byteorder in _LITTLE and dtype.names is None and dtype.subdtype is None:
+        return arr  # the common case, without making a dtype to compare with
+    little = dtype.newbyteorder("<")
+    return arr if dtype == little else arr.astype(little)
 
 
 def _bytes_view(arr: Array) -> memoryview:

@@ -179,6 +179,7 @@ def write(f: h5py.File, result: PreparedResult) -> None:
 # so any change of a byte is caught there, not trusted.
 
 
+_SMALL_VALUE = 4096
 _DESCR_OF: dict[tuple[np.dtype[Any], bool], Any] = {}
 
 
@@ -197,8 +198,12 @@ def _descr(dtype: np.dtype[Any]) -> Any:
 
 def _value_meta(value: tree.Value, buffers: list[memoryview]) -> list[Any]:
     arr = value.array
-    contiguous = np.ascontiguousarray(arr) if arr.ndim else np.asarray(arr).reshape(())
-    buffers.append(memoryview(contiguous.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
+    if arr.nbytes <= _SMALL_VALUE:
+        # A copy of a few bytes costs less than the views that avoid it.
+        buffers.append(memoryview(arr.tobytes()))
+    else:
+        contiguous = np.ascontiguousarray(arr)
+        buffers.append(memoryview(contiguous.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
     return [value.kind, _descr(arr.dtype), list(arr.shape)]
 
 
