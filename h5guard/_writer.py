@@ -115,6 +115,9 @@ class ShardWriter:
     min_free : int
         Bytes that must stay free on the file system beyond what a result needs;
         otherwise ``add`` raises :class:`~h5guard.InsufficientSpaceError` before writing.
+        (While plenty is free, the file system is asked once per few MiB of results,
+        not at every ``add``; a disk filled by others meanwhile is still met cleanly:
+        the journal's own write then raises the same error.)
     file_attrs : mapping, optional
         Worker-level attributes stored at the root of each shard; a merge records them,
         per shard, in the output's ``h5guard_sources`` root attribute. Names must not
