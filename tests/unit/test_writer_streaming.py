@@ -255,3 +255,39 @@ def test_python_values_are_not_copied_again() -> None:
     private = _result.digested("k", plain, private=True)
     assert private.root.members["x"] is plain.members["x"]
     assert private.root.attrs is plain.attrs
+
+
+@pytest.mark.parametrize(
+    "where", ["h5guard._format.seal.write_seal", "h5guard._atomic.commit_file"]
+)
+def test_sigkill_inside_the_commit_an_add_triggers_loses_nothing(
+    tmp_path: Path, where: str
+) -> None:
+    """The result that fills the batch is journaled before its add() commits: a kill in
+    the middle of that commit (a big result, written from the caller's arrays) leaves
+    every result, that one included, to the merge's recovery."""
+    import signal
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            w = ShardWriter(tmp_path, commit_every=100, commit_bytes=1024 * 1024)
+            for i in range(3):
+                w.add(f"small{i}", {"x": np.full(10, float(i))})
+
+            def die(*args: object, **kwargs: object) -> None:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            with mock.patch(where, die), mock.patch("h5guard._shard.IN_MEMORY_SHARD", 0):
+                w.add("big", {"x": np.arange(256 * 1024.0)})  # 2 MiB: fills the batch
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    out = tmp_path / "out.h5"
+    report = h5guard.merge(tmp_path, out, workers=1)
+    assert report.exit_code == 0, report.render_text()
+    assert not report.lost and not report.interrupted
+    for i in range(3):
+        np.testing.assert_array_equal(h5guard.read(out, f"small{i}").datasets["x"], np.full(10, i))
+    np.testing.assert_array_equal(h5guard.read(out, "big").datasets["x"], np.arange(256 * 1024.0))
