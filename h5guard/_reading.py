@@ -15,35 +15,63 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import h5py
 import numpy as np
 
 from h5guard._format import names
-from h5guard._format.digest import computed_digest
-from h5guard._format.reader import read_tree, stored_digest, v1_strings
+from h5guard._format.reader import hard_links, read_result, v1_strings
 from h5guard._format.tree import Dataset, Group, Result, python_tree
 from h5guard.errors import DigestMismatchError, MissingDependencyError, ResultNotFoundError
 
 __all__ = ["Dataset", "Group", "Result", "iter_results", "read", "to_dataframe"]
 
 
-def _result(path: str, group: h5py.Group, key: str, verify: bool) -> Result:
-    node = read_tree(group, key)
-    stored = stored_digest(group)
-    if verify:
-        computed = computed_digest(node, stored)
-        if stored != computed:
-            raise DigestMismatchError(path, key, stored, computed)
+def _result(path: str, gid: Any, key: str, verify: bool) -> Result:
+    node, stored, computed = read_result(gid, key, verify=verify)
+    if computed is not None and stored != computed:
+        raise DigestMismatchError(path, key, stored, computed)
     if stored is not None and not stored.startswith(names.DIGEST_V2_PREFIX):
         node = v1_strings(node)
     datasets, attrs = python_tree(node)
     return Result(key, datasets, attrs, stored, path)
 
 
-def _open(path: str | os.PathLike[str]) -> h5py.File:
-    return h5py.File(os.fspath(path), "r", locking=False)
+_FAPL: list[Any] = []
+
+
+def _fapl() -> Any:
+    """A file access property list made once: no file locking, as ``h5py.File(locking=False)``."""
+    if not _FAPL:
+        fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+        fapl.set_file_locking(False, ignore_when_disabled=False)
+        _FAPL.append(fapl)
+    return _FAPL[0]
+
+
+@contextmanager
+def _open(path: str) -> Iterator[Any]:
+    """The file, read-only, as a low-level FileID (``h5py.File`` adds a wrapper and a
+    property list per open that reading results does not use)."""
+    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY, fapl=_fapl())
+    try:
+        yield fid
+    finally:
+        fid.close()
+
+
+def _result_name(key: str) -> bytes | None:
+    """``key`` as the name of a top-level group h5guard may have written, or None."""
+    if not key or "/" in key or "\0" in key or key in (".", ".."):
+        return None
+    if key.startswith(names.RESERVED_PREFIX):  # h5guard's own groups (a summary table)
+        return None
+    try:
+        return key.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
 
 
 def read(path: str | os.PathLike[str], key: str, *, verify: bool = True) -> Result:
@@ -67,20 +95,30 @@ def read(path: str | os.PathLike[str], key: str, *, verify: bool = True) -> Resu
     Raises
     ------
     ResultNotFoundError
-        The file has no such group.
+        The file has no such group (a link, a dataset or a name with the reserved
+        prefix ``h5guard_`` is not a result).
     DigestMismatchError
         The content does not match its digest (or there is none).
     """
     where = os.fspath(path)
-    with _open(where) as f:
-        obj = f.get(key)
-        if not isinstance(obj, h5py.Group):
+    name = _result_name(key) if isinstance(key, str) else None
+    with _open(where) as fid:
+        # The link itself first: an external or soft link is never followed.
+        if name is None or not fid.links.exists(name):
+            raise ResultNotFoundError(where, str(key))
+        if fid.links.get_info(name).type != h5py.h5l.TYPE_HARD:
             raise ResultNotFoundError(where, key)
-        return _result(where, obj, key, verify)
+        gid = h5py.h5o.open(fid, name)
+        if not isinstance(gid, h5py.h5g.GroupID):
+            raise ResultNotFoundError(where, key)
+        return _result(where, gid, key, verify)
 
 
 def iter_results(path: str | os.PathLike[str], *, verify: bool = True) -> Iterator[Result]:
     """Every result of a file, in key order (the file stays open while iterating).
+
+    The results are the top-level groups; links (never followed), datasets and the
+    groups whose names start with the reserved prefix ``h5guard_`` are not results.
 
     Parameters
     ----------
@@ -98,11 +136,18 @@ def iter_results(path: str | os.PathLike[str], *, verify: bool = True) -> Iterat
         A group's content does not match its digest.
     """
     where = os.fspath(path)
-    with _open(where) as f:
-        for key in sorted(f, key=lambda k: k.encode("utf-8")):
-            obj = f.get(key)
-            if isinstance(obj, h5py.Group):
-                yield _result(where, obj, key, verify)
+    reserved = names.RESERVED_PREFIX.encode("utf-8")
+    with _open(where) as fid:
+        for raw, link in hard_links(fid):
+            if link != h5py.h5l.TYPE_HARD or raw.startswith(reserved):
+                continue
+            try:
+                key = raw.decode("utf-8")
+            except UnicodeDecodeError:  # h5guard writes UTF-8 keys only
+                continue
+            gid = h5py.h5o.open(fid, raw)
+            if isinstance(gid, h5py.h5g.GroupID):
+                yield _result(where, gid, key, verify)
 
 
 def _is_scalar(value: Any) -> bool:
