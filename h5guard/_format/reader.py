@@ -175,10 +175,13 @@ def _attr_values(
 ) -> tuple[dict[str, Value], str | None, npt.NDArray[Any] | None]:
     """The user attributes of an object, its own kind, and its raw digest attribute."""
     raw = _attr_arrays(oid)
+    if not raw:  # most datasets: nothing to decode
+        return {}, None, None
     kinds = _kinds(raw.pop(KINDS_ATTR, None), where)
-    unknown = set(kinds) - set(raw) - ({""} if own else set())
-    if unknown:
-        raise ValueError(f"{where}: {KINDS_ATTR} names missing attribute(s) {sorted(unknown)}")
+    if kinds:
+        unknown = set(kinds) - set(raw) - ({""} if own else set())
+        if unknown:
+            raise ValueError(f"{where}: {KINDS_ATTR} names missing attribute(s) {sorted(unknown)}")
     values = {
         name: stored_value(f"{where}@{name}", arr, kinds.get(name))
         for name, arr in raw.items()
