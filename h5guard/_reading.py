@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from h5guard._format import names
-from h5guard._format.reader import hard_links, read_result, v1_strings
+from h5guard._format.reader import link_types, read_result, v1_strings
 from h5guard._format.tree import Dataset, Group, Result, python_tree
 from h5guard.errors import DigestMismatchError, MissingDependencyError, ResultNotFoundError
 
@@ -138,7 +138,7 @@ def iter_results(path: str | os.PathLike[str], *, verify: bool = True) -> Iterat
     where = os.fspath(path)
     reserved = names.RESERVED_PREFIX.encode("utf-8")
     with _open(where) as fid:
-        for raw, link in hard_links(fid):
+        for raw, link in link_types(fid):
             if link != h5py.h5l.TYPE_HARD or raw.startswith(reserved):
                 continue
             try:

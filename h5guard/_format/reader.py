@@ -209,7 +209,7 @@ def _dataset_array(dsid: Any, where: str) -> npt.NDArray[Any]:
 _LINK_CLASSES = {h5py.h5l.TYPE_SOFT: "SoftLink", h5py.h5l.TYPE_EXTERNAL: "ExternalLink"}
 
 
-def hard_links(gid: Any) -> list[tuple[bytes, int]]:
+def link_types(gid: Any) -> list[tuple[bytes, int]]:
     """``(name, link type)`` of every link of a group, in name (byte) order, from one
     iteration of its link messages: nothing is opened or followed."""
     found: list[tuple[bytes, int]] = []
@@ -221,7 +221,7 @@ def hard_links(gid: Any) -> list[tuple[bytes, int]]:
 def _members(gid: Any, where: str) -> list[tuple[bytes, str]]:
     """The members of a result group, by name in byte order; a result holds hard links only."""
     out: list[tuple[bytes, str]] = []
-    for raw, link in hard_links(gid):
+    for raw, link in link_types(gid):
         if link != h5py.h5l.TYPE_HARD:
             shown = raw.decode("utf-8", "replace")
             what = _LINK_CLASSES.get(link, "user-defined link")
