@@ -42,7 +42,6 @@ from h5guard._format.tree import (
     Value,
     check_kind,
     default_kind,
-    is_utf8,
     resolve_kind,
     stored_nbytes,
     utf8_bytes,
@@ -81,7 +80,7 @@ def iter_blocks(dset: h5py.Dataset) -> Iterator[npt.NDArray[Any]]:
         yield block
 
 
-_MTYPES: dict[tuple[np.dtype[Any], bool], h5py.h5t.TypeID] = {}
+_MTYPES: dict[tuple[np.dtype[Any], str | None], h5py.h5t.TypeID] = {}
 
 
 def _mtype(dtype: np.dtype[Any]) -> h5py.h5t.TypeID | None:
@@ -90,16 +89,19 @@ def _mtype(dtype: np.dtype[Any]) -> h5py.h5t.TypeID | None:
     ``read(arr)`` without a type calls ``h5t.py_create(arr.dtype)`` every time (a new
     libhdf5 type per value read). The cached type is that same ``py_create`` result, so
     libhdf5 converts exactly as before. Only plain numbers and fixed-length strings are
-    cached: numpy's dtype equality ignores metadata, and h5py keeps enum and string
-    information there (the string's UTF-8 tag is part of the key); anything else gets
-    h5py's own type (None).
+    cached: numpy's dtype equality ignores metadata, where h5py keeps a string's encoding
+    (part of the key) and enum members (not cached); anything else gets h5py's own type
+    (None).
     """
     if dtype.kind not in "biufcS" or dtype.names is not None or dtype.subdtype is not None:
         return None
-    utf8 = is_utf8(dtype)
-    if dtype.metadata is not None and not utf8:
-        return None
-    key = (dtype, utf8)
+    metadata = dtype.metadata
+    encoding: str | None = None
+    if metadata is not None:
+        if dtype.kind != "S" or set(metadata) != {"h5py_encoding"}:
+            return None
+        encoding = str(metadata["h5py_encoding"])
+    key = (dtype, encoding)
     mtype = _MTYPES.get(key)
     if mtype is None:
         mtype = _MTYPES[key] = h5py.h5t.py_create(dtype)
