@@ -1,9 +1,12 @@
 """Reading results back as they were given to ``ShardWriter.add``.
 
 :func:`read` returns one :class:`Result`, :func:`iter_results` every result of a file,
-:func:`to_dataframe` one row per result. Each group's content digest is verified first
-(v2, or v1 for files written before trees); a group that does not match raises
-:class:`~h5guard.DigestMismatchError` naming the group and both digests.
+:func:`to_dataframe` one row per result. Each group's content digest is verified before
+its result is returned (v2, computed in the walk that reads the group; or v1 for files
+written before trees); a group that does not match raises
+:class:`~h5guard.DigestMismatchError` naming the group and both digests. A result is a
+top-level group reached by a hard link whose name does not start with the reserved
+prefix ``h5guard_``: links are never followed (docs/reading.md).
 
 Values come back as the Python objects that were stored: ``str`` as ``str``, ``bytes``
 as ``bytes``, Python numbers as Python numbers, numpy scalars and arrays with their
