@@ -316,6 +316,8 @@ def verify_tree(group: h5py.Group, key: str, *, finite: bool) -> tuple[str, Grou
 def _digest_group(
     gid: Any, where: str, depth: int, d: digests.TreeDigest, finite: bool
 ) -> GroupInfo:
+    if isinstance(gid, h5py.Group):  # callers that still pass the high-level group
+        gid = gid.id
     if depth > MAX_DEPTH:
         raise ValueError(f"{where}: groups nested deeper than {MAX_DEPTH}")
     attrs = _attr_values(gid, where, own=False)[0]
@@ -343,6 +345,8 @@ def _digest_group(
 
 
 def _digest_dataset(dsid: Any, where: str, d: digests.TreeDigest, finite: bool) -> DatasetInfo:
+    if isinstance(dsid, h5py.Dataset):
+        dsid = dsid.id
     attrs, own, _ = _attr_values(dsid, where, own=True)
     d.field(b"D")
     d.attrs(attrs)
