@@ -6,6 +6,14 @@ streams big datasets block by block, and describes the group for a schema: the c
 (:mod:`h5guard._check.own`) and the merge's verification of copied groups
 (:func:`h5guard._check.own.verify_groups`) both read through it. Salvage reads damaged
 files through :func:`read_tree` too.
+
+Every reader here works on h5py's low-level identifiers: the high-level wrappers cost more
+libhdf5 round trips than the values themselves (a ``Dataset`` reads its creation property
+list and filter pipeline when it is made, ``Group.get(name, getlink=True)`` and
+``group[name]`` look the name up twice). A group's links are listed once, with their types,
+by one iteration; only hard links are opened, so a soft or external link in a result is
+refused before anything follows it. :func:`read_result` reads a result and computes its
+digest in the same walk.
 """
 
 from __future__ import annotations
@@ -19,7 +27,14 @@ import numpy as np
 import numpy.typing as npt
 
 from h5guard._format import digest as digests
-from h5guard._format.names import DIGEST_ATTR, KINDS_ATTR, MAX_DEPTH, READ_BLOCK, RESERVED_PREFIX
+from h5guard._format.names import (
+    DIGEST_ATTR,
+    DIGEST_V2_PREFIX,
+    KINDS_ATTR,
+    MAX_DEPTH,
+    READ_BLOCK,
+    RESERVED_PREFIX,
+)
 from h5guard._format.tree import (
     DatasetNode,
     GroupNode,
@@ -65,6 +80,34 @@ def iter_blocks(dset: h5py.Dataset) -> Iterator[npt.NDArray[Any]]:
         yield block
 
 
+_MTYPES: dict[tuple[np.dtype[Any], str | None], h5py.h5t.TypeID] = {}
+
+
+def _mtype(dtype: np.dtype[Any]) -> h5py.h5t.TypeID | None:
+    """The memory type h5py's ``read`` would make for ``dtype``, made once per dtype.
+
+    ``read(arr)`` without a type calls ``h5t.py_create(arr.dtype)`` every time (a new
+    libhdf5 type per value read). The cached type is that same ``py_create`` result, so
+    libhdf5 converts exactly as before. Only plain numbers and fixed-length strings are
+    cached: numpy's dtype equality ignores metadata, where h5py keeps a string's encoding
+    (part of the key) and enum members (not cached); anything else gets h5py's own type
+    (None).
+    """
+    if dtype.kind not in "biufcS" or dtype.names is not None or dtype.subdtype is not None:
+        return None
+    metadata = dtype.metadata
+    encoding: str | None = None
+    if metadata is not None:
+        if dtype.kind != "S" or set(metadata) != {"h5py_encoding"}:
+            return None
+        encoding = str(metadata["h5py_encoding"])
+    key = (dtype, encoding)
+    mtype = _MTYPES.get(key)
+    if mtype is None:
+        mtype = _MTYPES[key] = h5py.h5t.py_create(dtype)
+    return mtype
+
+
 def read_attr(obj: h5py.Group | h5py.File | h5py.Dataset, name: str) -> npt.NDArray[Any]:
     """Read an attribute as an array of the stored dtype (strings stay bytes)."""
     return read_attr_id(h5py.h5a.open(obj.id, name.encode("utf-8")))
@@ -72,9 +115,13 @@ def read_attr(obj: h5py.Group | h5py.File | h5py.Dataset, name: str) -> npt.NDAr
 
 def read_attrs(obj: h5py.Group | h5py.File | h5py.Dataset) -> dict[str, npt.NDArray[Any]]:
     """Every attribute of ``obj``, opened by index (about twice as fast as by name)."""
+    return _attr_arrays(obj.id)
+
+
+def _attr_arrays(oid: Any) -> dict[str, npt.NDArray[Any]]:
     out: dict[str, npt.NDArray[Any]] = {}
-    for index in range(h5py.h5a.get_num_attrs(obj.id)):
-        aid = h5py.h5a.open(obj.id, index=index)
+    for index in range(h5py.h5a.get_num_attrs(oid)):
+        aid = h5py.h5a.open(oid, index=index)
         out[aid.name.decode("utf-8")] = read_attr_id(aid)
     return out
 
@@ -85,7 +132,7 @@ def read_attr_id(aid: Any) -> npt.NDArray[Any]:
     if shape is None:  # a null dataspace has no value to read
         return np.zeros(0, dtype=dtype)
     out: npt.NDArray[Any] = np.empty(shape, dtype=dtype)
-    aid.read(out)
+    aid.read(out, mtype=_mtype(dtype))
     return out
 
 
@@ -125,54 +172,131 @@ def stored_value(where: str, arr: npt.NDArray[Any], kind: str | None) -> Value:
     return Value(arr, kind)
 
 
-def _read_attr_values(obj: Any, where: str, own: bool) -> tuple[dict[str, Value], str | None]:
-    raw = read_attrs(obj)
+def _attr_values(
+    oid: Any, where: str, own: bool
+) -> tuple[dict[str, Value], str | None, npt.NDArray[Any] | None]:
+    """The user attributes of an object, its own kind, and its raw digest attribute."""
+    raw = _attr_arrays(oid)
+    if not raw:  # most datasets: nothing to decode
+        return {}, None, None
     kinds = _kinds(raw.pop(KINDS_ATTR, None), where)
-    unknown = set(kinds) - set(raw) - ({""} if own else set())
-    if unknown:
-        raise ValueError(f"{where}: {KINDS_ATTR} names missing attribute(s) {sorted(unknown)}")
+    if kinds:
+        unknown = set(kinds) - set(raw) - ({""} if own else set())
+        if unknown:
+            raise ValueError(f"{where}: {KINDS_ATTR} names missing attribute(s) {sorted(unknown)}")
     values = {
         name: stored_value(f"{where}@{name}", arr, kinds.get(name))
         for name, arr in raw.items()
         if not name.startswith(RESERVED_PREFIX)
     }
-    return values, kinds.get("")
+    return values, kinds.get(""), raw.get(DIGEST_ATTR)
 
 
 def read_dataset_array(dset: h5py.Dataset) -> npt.NDArray[Any]:
     """All of a dataset as an array of its stored dtype (trailing NULs of strings kept)."""
-    if dset.shape is None:
-        raise ValueError(f"{dset.name}: dataset with a null dataspace holds no value")
-    out: npt.NDArray[Any] = np.empty(dset.shape, dtype=dset.dtype)
+    return _dataset_array(dset.id, dset.name or "")
+
+
+def _dataset_array(dsid: Any, where: str) -> npt.NDArray[Any]:
+    shape = dsid.shape
+    if shape is None:
+        raise ValueError(f"{where}: dataset with a null dataspace holds no value")
+    dtype = dsid.dtype
+    out: npt.NDArray[Any] = np.empty(shape, dtype=dtype)
     if out.size:
-        dset.id.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
+        dsid.read(h5py.h5s.ALL, h5py.h5s.ALL, out, mtype=_mtype(dtype))
     return out
 
 
-def _hard_member(group: h5py.Group, name: str, where: str) -> Any:
-    """A member of a result group; a result holds hard links only."""
-    link = group.get(name, getlink=True)
-    if not isinstance(link, h5py.HardLink):
-        raise ValueError(f"{where}: {type(link).__name__} in a result (h5guard writes none)")
-    return group[name]
+_LINK_CLASSES = {h5py.h5l.TYPE_SOFT: "SoftLink", h5py.h5l.TYPE_EXTERNAL: "ExternalLink"}
+
+
+def link_types(gid: Any) -> list[tuple[bytes, int]]:
+    """``(name, link type)`` of every link of a group, in name (byte) order, from one
+    iteration of its link messages: nothing is opened or followed."""
+    found: list[tuple[bytes, int]] = []
+    gid.links.iterate(lambda name, info: found.append((name, info.type)), info=True)
+    found.sort()
+    return found
+
+
+def _members(gid: Any, where: str) -> list[tuple[bytes, str]]:
+    """The members of a result group, by name in byte order; a result holds hard links only."""
+    out: list[tuple[bytes, str]] = []
+    for raw, link in link_types(gid):
+        if link != h5py.h5l.TYPE_HARD:
+            shown = raw.decode("utf-8", "replace")
+            what = _LINK_CLASSES.get(link, "user-defined link")
+            raise ValueError(f"{where}/{shown}: {what} in a result (h5guard writes none)")
+        try:
+            out.append((raw, raw.decode("utf-8")))
+        except UnicodeDecodeError:
+            shown = raw.decode("utf-8", "replace")
+            raise ValueError(f"{where}/{shown}: a member name that is not UTF-8") from None
+    return out
+
+
+def _not_a_member(oid: Any) -> str:
+    return "Datatype" if isinstance(oid, h5py.h5t.TypeID) else type(oid).__name__
 
 
 def read_tree(group: h5py.Group, where: str, depth: int = 0) -> GroupNode:
     """The tree stored in ``group`` (nothing verified yet); raises on anything unreadable."""
+    return _tree(group.id, where, depth, None, None)
+
+
+def read_result(gid: Any, where: str, *, verify: bool) -> tuple[GroupNode, str | None, str | None]:
+    """A result group's tree, its stored digest, and (``verify``) the digest it has.
+
+    The v2 digest is computed in the same walk that reads the tree, from the values as
+    they are read (what :func:`h5guard._format.digest.digest` of the finished tree
+    gives, without a second walk); a v1 group is digested once read. ``verify=False``
+    computes nothing (None).
+    """
+    attrs, _, raw_digest = _attr_values(gid, where, own=False)
+    stored = None if raw_digest is None else _digest_text(raw_digest)
+    v2 = stored is None or stored.startswith(DIGEST_V2_PREFIX)
+    d = digests.TreeDigest() if verify and v2 else None
+    node = _tree(gid, where, 0, d, attrs)
+    if d is not None:
+        return node, stored, d.hexdigest()
+    return node, stored, digests.computed_digest(node, stored) if verify else None
+
+
+def _tree(
+    gid: Any,
+    where: str,
+    depth: int,
+    d: digests.TreeDigest | None,
+    attrs: dict[str, Value] | None,
+) -> GroupNode:
     if depth > MAX_DEPTH:
         raise ValueError(f"{where}: groups nested deeper than {MAX_DEPTH}")
-    attrs, _ = _read_attr_values(group, where, own=False)
+    if attrs is None:
+        attrs = _attr_values(gid, where, own=False)[0]
+    links = _members(gid, where)
+    if d is not None:  # the order of docs/format.md, as digest.TreeDigest.node feeds it
+        d.field(b"G")
+        d.attrs(attrs)
+        d.count(len(links))
     members: dict[str, Node] = {}
-    for name in group:
+    for raw, name in links:
         child = f"{where}/{name}"
-        obj = _hard_member(group, name, child)
-        if isinstance(obj, h5py.Group):
-            members[name] = read_tree(obj, child, depth + 1)
-        elif isinstance(obj, h5py.Dataset):
-            dattrs, own = _read_attr_values(obj, child, own=True)
-            members[name] = DatasetNode(stored_value(child, read_dataset_array(obj), own), dattrs)
+        oid = h5py.h5o.open(gid, raw)
+        if d is not None:
+            d.field(raw)
+        if isinstance(oid, h5py.h5g.GroupID):
+            members[name] = _tree(oid, child, depth + 1, d, None)
+        elif isinstance(oid, h5py.h5d.DatasetID):
+            dattrs, own, _ = _attr_values(oid, child, own=True)
+            value = stored_value(child, _dataset_array(oid, child), own)
+            if d is not None:
+                d.field(b"D")
+                d.attrs(dattrs)
+                d.value(value)
+            members[name] = DatasetNode(value, dattrs)
         else:
-            raise ValueError(f"{child}: {type(obj).__name__} in a result")
+            raise ValueError(f"{child}: {_not_a_member(oid)} in a result")
     return GroupNode(attrs, members)
 
 
@@ -185,32 +309,34 @@ def verify_tree(group: h5py.Group, key: str, *, finite: bool) -> tuple[str, Grou
     for NaN/inf (what a schema's ``finite`` rule needs; small data is always scanned).
     """
     digest = digests.TreeDigest()
-    info = _digest_group(group, key, 0, digest, finite)
+    info = _digest_group(group.id, key, 0, digest, finite)
     return digest.hexdigest(), info
 
 
 def _digest_group(
-    group: h5py.Group, where: str, depth: int, d: digests.TreeDigest, finite: bool
+    gid: Any, where: str, depth: int, d: digests.TreeDigest, finite: bool
 ) -> GroupInfo:
+    if isinstance(gid, h5py.Group):  # callers that still pass the high-level group
+        gid = gid.id
     if depth > MAX_DEPTH:
         raise ValueError(f"{where}: groups nested deeper than {MAX_DEPTH}")
-    attrs, _ = _read_attr_values(group, where, own=False)
+    attrs = _attr_values(gid, where, own=False)[0]
     d.field(b"G")
     d.attrs(attrs)
-    names = sorted(group, key=lambda n: n.encode("utf-8"))
-    d.count(len(names))
+    links = _members(gid, where)
+    d.count(len(links))
     datasets: dict[str, DatasetInfo] = {}
     groups: dict[str, GroupInfo] = {}
-    for name in names:
+    for raw, name in links:
         child = f"{where}/{name}"
-        obj = _hard_member(group, name, child)
-        d.field(name.encode("utf-8"))
-        if isinstance(obj, h5py.Group):
-            groups[name] = _digest_group(obj, child, depth + 1, d, finite)
-        elif isinstance(obj, h5py.Dataset):
-            datasets[name] = _digest_dataset(obj, child, d, finite)
+        oid = h5py.h5o.open(gid, raw)
+        d.field(raw)
+        if isinstance(oid, h5py.h5g.GroupID):
+            groups[name] = _digest_group(oid, child, depth + 1, d, finite)
+        elif isinstance(oid, h5py.h5d.DatasetID):
+            datasets[name] = _digest_dataset(oid, child, d, finite)
         else:
-            raise ValueError(f"{child}: {type(obj).__name__} in a result")
+            raise ValueError(f"{child}: {_not_a_member(oid)} in a result")
     return GroupInfo(
         FrozenMap(datasets),
         FrozenMap({n: v.array for n, v in attrs.items()}),
@@ -218,19 +344,20 @@ def _digest_group(
     )
 
 
-def _digest_dataset(
-    dset: h5py.Dataset, where: str, d: digests.TreeDigest, finite: bool
-) -> DatasetInfo:
-    attrs, own = _read_attr_values(dset, where, own=True)
+def _digest_dataset(dsid: Any, where: str, d: digests.TreeDigest, finite: bool) -> DatasetInfo:
+    if isinstance(dsid, h5py.Dataset):
+        dsid = dsid.id
+    attrs, own, _ = _attr_values(dsid, where, own=True)
     d.field(b"D")
     d.attrs(attrs)
     attr_arrays = {n: v.array for n, v in attrs.items()}
-    if dset.shape is None:
+    space = dsid.shape
+    if space is None:
         raise ValueError(f"{where}: dataset with a null dataspace holds no value")
-    dtype, shape = dset.dtype, tuple(int(n) for n in dset.shape)
+    dtype, shape = dsid.dtype, tuple(int(n) for n in space)
     kind = own or default_kind(dtype, shape)
-    if dset.nbytes <= READ_BLOCK or kind == "U":
-        value = stored_value(where, read_dataset_array(dset), own)
+    if stored_nbytes(dtype, shape) <= READ_BLOCK or kind == "U":
+        value = stored_value(where, _dataset_array(dsid, where), own)
         d.value(value)
         return DatasetInfo.of(value.array, attrs=attr_arrays, kind=value.kind)
     # Big: hash it as it streams; the kind is checked against a data-less stand-in.
@@ -241,7 +368,7 @@ def _digest_dataset(
 
     def blocks() -> Iterator[npt.NDArray[Any]]:
         nonlocal all_finite
-        for block in iter_blocks(dset):
+        for block in iter_blocks(h5py.Dataset(dsid)):
             if scan and all_finite and not np.isfinite(block).all():
                 all_finite = False
             yield block
@@ -253,7 +380,11 @@ def _digest_dataset(
 def stored_digest(group: h5py.Group) -> str | None:
     if DIGEST_ATTR not in group.attrs:
         return None
-    return read_attr(group, DIGEST_ATTR).tobytes().rstrip(b"\0").decode("utf-8", "replace")
+    return _digest_text(read_attr(group, DIGEST_ATTR))
+
+
+def _digest_text(raw: npt.NDArray[Any]) -> str:
+    return raw.tobytes().rstrip(b"\0").decode("utf-8", "replace")
 
 
 def v1_strings(node: GroupNode) -> GroupNode:
