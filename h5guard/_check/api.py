@@ -14,6 +14,7 @@ import mmap
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import replace
 from pathlib import Path
 
@@ -148,6 +149,41 @@ def validate_many(
     Report
         Every finding and a :class:`~h5guard.FileSummary` per file.
     """
+    return _validate(
+        paths,
+        regular=frozenset(),
+        schema=schema,
+        deep=deep,
+        timeout=timeout,
+        memory_limit=memory_limit,
+        workers=workers,
+        sandbox=sandbox,
+        progress=progress,
+        trust_seals=trust_seals,
+        strict=strict,
+        allow_external=allow_external,
+        swmr=swmr,
+    )
+
+
+def _validate(
+    paths: Sequence[str],
+    *,
+    regular: AbstractSet[str],
+    schema: Schema | None,
+    deep: bool,
+    timeout: float,
+    memory_limit: int,
+    workers: int | None,
+    sandbox: Sandbox | None,
+    progress: ProgressCallback | None,
+    trust_seals: bool,
+    strict: bool,
+    allow_external: bool,
+    swmr: bool,
+) -> Report:
+    """:func:`validate_many`; ``regular``: the paths known to be regular files (listed
+    from a directory), which the quick layer opens without a ``stat`` first."""
     findings: list[Finding] = []
     summaries: dict[str, FileSummary] = {}
     deep_paths: list[str] = []
@@ -156,7 +192,7 @@ def validate_many(
     schema_json = schema.to_json() if schema is not None else None
     swmr_paths: set[str] = set()
     for path in paths:
-        quick, info = quick_check(path)
+        quick, info = quick_check(path, regular=path in regular)
         if swmr and info is not None and info.swmr_write:
             quick = [_as_swmr(f) for f in quick]
             info = replace(info, refused=False)
@@ -171,9 +207,9 @@ def validate_many(
             refused.add(path)
             fatal = fatal or not deep
         if fatal or not deep:
-            summary = _quick_summary(path)
+            size = info.file_size if info is not None else _quick_summary(path).size
             kind = FileKind.UNREADABLE if fatal else FileKind.UNOPENED
-            summaries[path] = FileSummary(path, kind, summary.size)
+            summaries[path] = FileSummary(path, kind, size)
             done += 1
             if progress:
                 progress(done, len(paths))
@@ -346,29 +382,53 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[str], li
         The files to validate, and the findings about partials, journals and
         directories with nothing to check.
     """
+    files, findings, _ = _expand(paths)
+    return files, findings
+
+
+def _expand(
+    paths: Iterable[str | os.PathLike[str]],
+) -> tuple[list[str], list[Finding], set[str]]:
+    """:func:`expand_paths`, and the files whose directory entry says they are regular.
+
+    One ``os.scandir`` per directory: its entries carry their type, so listing a
+    directory costs no ``stat`` per file.
+    """
     files: list[str] = []
     findings: list[Finding] = []
+    regular: set[str] = set()
     for raw in paths:
         path = os.fspath(raw)
         if not os.path.isdir(path):
             files.append(path)
             continue
-        entries = sorted(Path(path).iterdir())
-        found = [str(p) for p in entries if p.suffix == ".h5" and p.is_file()]
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        # The paths as pathlib joins them ("./d" -> "d/x.h5", "." -> "x.h5").
+        base = str(Path(path))
+        prefix = "" if base == "." else base if base.endswith(os.sep) else base + os.sep
+        found: list[str] = []
+        for entry in entries:
+            name = entry.name
+            # pathlib's suffix: ".h5" alone is a hidden file's name, not a suffix
+            if name.endswith(".h5") and len(name) > 3 and entry.is_file():
+                full = prefix + name
+                found.append(full)
+                if entry.is_file(follow_symlinks=False):
+                    regular.add(full)
         files.extend(found)
-        names = {p.name for p in entries}
-        journals = [p for p in entries if p.name.endswith(_journal.JOURNAL_SUFFIX)]
+        names = {e.name for e in entries}
+        journals = [n for n in names if n.endswith(_journal.JOURNAL_SUFFIX)]
         partials = [
-            p
-            for p in entries
-            if p.name.endswith(_atomic.PARTIAL_SUFFIX)
-            and _journal.journal_beside(p.name) not in names
+            n
+            for n in names
+            if n.endswith(_atomic.PARTIAL_SUFFIX) and _journal.journal_beside(n) not in names
         ]
-        findings.extend(_journal.journal_finding(str(p)) for p in journals)
-        findings.extend(_journal.partial_finding(str(p)) for p in partials)
+        findings.extend(_journal.journal_finding(prefix + n) for n in sorted(journals))
+        findings.extend(_journal.partial_finding(prefix + n) for n in sorted(partials))
         if not found and not partials and not journals:
             findings.append(_nothing_to_check(path))
-    return files, findings
+    return files, findings, regular
 
 
 def _nothing_to_check(directory: str) -> Finding:
@@ -433,9 +493,11 @@ def check(
     >>> report = h5guard.check(["results/"], expect=[f"cfg{i}" for i in range(10)])  # doctest: +SKIP
     >>> print(report.render_text())  # doctest: +SKIP
     """
-    files, extra = expand_paths(paths)
-    report = validate_many(
+    files, extra, regular = _expand(paths)
+    report = _validate(
         files,
+        regular=regular,
+        trust_seals=False,
         schema=schema,
         deep=deep,
         timeout=timeout,
