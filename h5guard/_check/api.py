@@ -191,6 +191,7 @@ def _validate(
     done = 0
     schema_json = schema.to_json() if schema is not None else None
     swmr_paths: set[str] = set()
+    sizes: dict[str, int] = {}
     for path in paths:
         quick, info = quick_check(path, regular=path in regular)
         if swmr and info is not None and info.swmr_write:
@@ -198,6 +199,8 @@ def _validate(
             info = replace(info, refused=False)
             swmr_paths.add(path)
         findings.extend(quick)
+        if info is not None:
+            sizes[path] = info.file_size
         # A flag libhdf5 refuses the file for does not stop the deep layer: it reads the
         # file as if the flags were clear, so that damage behind them is reported too.
         fatal = info is None or any(
@@ -221,49 +224,98 @@ def _validate(
         else:
             deep_paths.append(path)
     if deep_paths:
-        # Seals are hashed here, in a thread, while the children read the files: the
-        # thread runs while this one waits on the children's pipes. Past SEAL_CHECK_LIMIT
-        # the hash would compete with the child's own digesting for little news: the
-        # digests and checksums already vouch for the content.
         seals: dict[str, bool | None] = {}
-        hashing = threading.Thread(
-            target=lambda: seals.update(
-                (p, _seal.check_seal(p)) for p in deep_paths if _size(p) <= SEAL_CHECK_LIMIT
-            ),
-            name="h5guard-seals",
-            daemon=True,
-        )
-        hashing.start()
-        owned = sandbox is None
-        box = sandbox or Sandbox(
-            workers=min(workers or os.cpu_count() or 1, len(deep_paths)),
-            timeout=timeout,
-            memory_limit=memory_limit,
-        )
-        try:
-            calls = [
-                (p, schema_json, p in refused, allow_external, p in swmr_paths) for p in deep_paths
-            ]
-            for index, result in box.map(_DEEP_TARGET, calls):
-                path = deep_paths[index]
-                if result.ok:
-                    file_findings, summary = result.value
-                    findings.extend(file_findings)
-                    summaries[path] = summary
-                else:
-                    findings.extend(_sandbox_findings(path, result))
-                    summaries[path] = _quick_summary(path)
-                done += 1
-                if progress:
-                    progress(done, len(paths))
-        finally:
-            if owned:
-                box.close()
-            hashing.join()
+        # The byte reader first, in this process: a sealed shard that passes it needs
+        # no libhdf5 and no sandbox (h5guard._check.sealed); every other file is read
+        # through libhdf5 in the sandbox, one call per file.
+        eligible = [
+            p
+            for p in deep_paths
+            if p not in refused
+            and p not in swmr_paths
+            and sizes.get(p, SEAL_CHECK_LIMIT + 1) <= SEAL_CHECK_LIMIT
+        ]
+        if eligible:
+            from h5guard._check.sealed import inspect_sealed  # imports h5py: not for --quick
+
+            for path, (seal, answer) in zip(
+                eligible, inspect_sealed(eligible, schema_json), strict=True
+            ):
+                seals[path] = seal
+                if answer is not None:
+                    findings.extend(answer[0])
+                    summaries[path] = answer[1]
+                    done += 1
+                    if progress:
+                        progress(done, len(paths))
+        rest = [p for p in deep_paths if p not in summaries]
+        if rest:
+            _read_in_sandbox(
+                rest,
+                seals,
+                findings,
+                summaries,
+                sandbox=sandbox,
+                workers=workers,
+                timeout=timeout,
+                memory_limit=memory_limit,
+                calls=[
+                    (p, schema_json, p in refused, allow_external, p in swmr_paths) for p in rest
+                ],
+                progress=lambda: progress(len(summaries), len(paths)) if progress else None,
+            )
         findings.extend(_seal_finding(p) for p in deep_paths if seals.get(p) is False)
     kinds = {p: s.kind for p, s in summaries.items()}
     findings = apply_policy(findings, kinds, strict=strict)
     return Report(tuple(sorted(findings)), tuple(summaries[p] for p in paths))
+
+
+def _read_in_sandbox(
+    paths: Sequence[str],
+    seals: dict[str, bool | None],
+    findings: list[Finding],
+    summaries: dict[str, FileSummary],
+    *,
+    sandbox: Sandbox | None,
+    workers: int | None,
+    timeout: float,
+    memory_limit: int,
+    calls: list[tuple[str, str | None, bool, bool, bool]],
+    progress: Callable[[], None],
+) -> None:
+    """Read each of ``paths`` fully through libhdf5 in the sandbox, adding to the results."""
+    # The seals not hashed yet are hashed here, in a thread, while the children read the
+    # files: the thread runs while this one waits on the children's pipes. Past
+    # SEAL_CHECK_LIMIT the hash would compete with the child's own digesting for little
+    # news: the digests and checksums already vouch for the content.
+    unhashed = [p for p in paths if p not in seals and _size(p) <= SEAL_CHECK_LIMIT]
+    hashing = threading.Thread(
+        target=lambda: seals.update((p, _seal.check_seal(p)) for p in unhashed),
+        name="h5guard-seals",
+        daemon=True,
+    )
+    hashing.start()
+    owned = sandbox is None
+    box = sandbox or Sandbox(
+        workers=min(workers or os.cpu_count() or 1, len(paths)),
+        timeout=timeout,
+        memory_limit=memory_limit,
+    )
+    try:
+        for index, result in box.map(_DEEP_TARGET, calls):
+            path = paths[index]
+            if result.ok:
+                file_findings, summary = result.value
+                findings.extend(file_findings)
+                summaries[path] = summary
+            else:
+                findings.extend(_sandbox_findings(path, result))
+                summaries[path] = _quick_summary(path)
+            progress()
+    finally:
+        if owned:
+            box.close()
+        hashing.join()
 
 
 def _as_swmr(finding: Finding) -> Finding:

@@ -67,7 +67,16 @@ from h5guard._format.names import KINDS_ATTR as _KINDS_ATTR_NAME
 from h5guard._format.names import RESERVED_PREFIX as _RESERVED_NAME
 from h5guard.schema import DatasetInfo, FrozenMap, GroupInfo
 
-__all__ = ["Malformed", "Unsupported", "base_address", "group_digest_at", "verify_groups_at"]
+__all__ = [
+    "Malformed",
+    "Unsupported",
+    "base_address",
+    "group_digest_at",
+    "read_group_at",
+    "root_attribute_values",
+    "root_group",
+    "verify_groups_at",
+]
 
 
 class Unsupported(Exception):
@@ -627,12 +636,21 @@ class _Object:
         self.is_group = False
         self.dense_links = False
 
-    def links(self) -> dict[bytes, int]:
-        """The group's hard links, name -> object header address."""
+    def links(self, file: _File | None = None) -> dict[bytes, int]:
+        """The group's hard links, name -> object header address.
+
+        Links in dense storage are read through ``file`` (:meth:`_File.dense_links`);
+        without one they raise :class:`Unsupported`.
+        """
+        bodies = self.link_bodies
         if self.dense_links:
-            raise Unsupported("dense link storage")
+            if file is None:
+                raise Unsupported("dense link storage")
+            if bodies:
+                raise Malformed(f"group at {self.addr}: link messages beside dense storage")
+            bodies = file.dense_links(self.link_info)
         out: dict[bytes, int] = {}
-        for body in self.link_bodies:
+        for body in bodies:
             name, target = _link(body)
             if name in out:
                 raise Malformed(f"two links named {name!r}")
@@ -765,6 +783,95 @@ def _values(obj: _Object) -> _Values:
     }
 
 
+# -- fractal heaps (dense link storage) --------------------------------------------
+
+
+class _Heap:
+    """A fractal heap's managed objects: what a group's dense link storage needs."""
+
+    __slots__ = (
+        "blocks",
+        "file",
+        "id_length",
+        "length_size",
+        "loaded",
+        "offset_size",
+        "start_size",
+    )
+
+    def __init__(self, file: _File, addr: int) -> None:
+        head = file._block(addr, 146, b"FRHP")
+        if head[4] != 0:
+            raise Unsupported(f"fractal heap version {head[4]}")
+        id_length, filter_length = struct.unpack_from("<HH", head, 5)
+        (max_managed,) = _U32.unpack_from(head, 10)
+        if filter_length:
+            raise Unsupported("fractal heap with I/O filters")
+        width, start_size, max_direct, max_heap_bits, _, root, rows = struct.unpack_from(
+            "<HQQHHQH", head, 110
+        )
+        if (
+            not (width and start_size and max_direct >= start_size and 0 < max_heap_bits <= 64)
+            or start_size & (start_size - 1)
+            or max_direct & (max_direct - 1)
+            or width > 1024
+        ):
+            raise Malformed(f"fractal heap at {addr}: doubling table {width} x {start_size}")
+        self.file = file
+        self.id_length = id_length
+        self.start_size = start_size
+        self.offset_size = (max_heap_bits + 7) // 8
+        # libhdf5: min(bytes of a direct block offset, bytes of the largest managed object)
+        self.length_size = min(
+            ((max_direct.bit_length() - 1) + 7) // 8, (max_managed.bit_length() - 1) // 8 + 1
+        )
+        if 1 + self.offset_size + self.length_size > id_length:
+            raise Malformed(f"fractal heap at {addr}: heap IDs of {id_length} bytes")
+        # (heap offset, size, address) of every direct block, in heap order
+        self.blocks: list[tuple[int, int, int]] = []
+        self.loaded: dict[int, bytes] = {}  # direct blocks read so far, by address
+        if root == UNDEFINED:
+            return
+        if rows == 0:
+            self.blocks.append((0, start_size, root))
+            return
+        max_direct_rows = (max_direct.bit_length() - 1) - (start_size.bit_length() - 1) + 2
+        if rows > max_direct_rows:
+            raise Unsupported("fractal heap with indirect blocks below its root")
+        entries = rows * width
+        block = file._block(root, 5 + 8 + self.offset_size + 8 * entries + 4, b"FHIB")
+        if block[4] != 0:
+            raise Unsupported(f"fractal heap indirect block version {block[4]}")
+        p = 5 + 8 + self.offset_size
+        offset = 0
+        for row in range(rows):
+            size = start_size if row < 2 else start_size << (row - 1)
+            for _ in range(width):
+                (child,) = _U64.unpack_from(block, p)
+                p += 8
+                if child != UNDEFINED:
+                    self.blocks.append((offset, size, child))
+                offset += size
+
+    def managed(self, heap_id: bytes) -> bytes:
+        """The bytes of the managed object ``heap_id`` names."""
+        if len(heap_id) > self.id_length or heap_id[0] & 0xF0:
+            kind = heap_id[0] >> 4 & 3 if heap_id else -1
+            raise Unsupported(f"heap ID of type {kind} (not a managed object)")
+        o = 1 + self.offset_size
+        offset = int.from_bytes(heap_id[1:o], "little")
+        length = int.from_bytes(heap_id[o : o + self.length_size], "little")
+        for start, size, addr in self.blocks:
+            if start <= offset < start + size:
+                if offset + length > start + size or length == 0:
+                    raise Malformed(f"heap object at {offset} ({length} bytes) past its block")
+                block = self.loaded.get(addr)
+                if block is None:
+                    block = self.loaded[addr] = self.file._block(addr, size, b"FHDB")
+                return block[offset - start : offset - start + length]
+        raise Malformed(f"heap object at {offset}: no direct block holds it")
+
+
 # -- one file's bytes ------------------------------------------------------------------
 
 
@@ -850,6 +957,79 @@ class _File:
                     raise Malformed(f"continuation chunk at {offset}: checksum mismatch")
                 chunks.append((more, 4, length - 4))
             continuations.clear()
+
+    def dense_links(self, link_info: bytes) -> list[bytes]:
+        """The link messages of a group whose links are in dense storage.
+
+        The names index (a version-2 B-tree of type 5) lists a heap ID per link; each
+        link message is a managed object of the group's fractal heap. The subset: a
+        B-tree of depth 0 or 1, a heap without I/O filters whose root is a direct block
+        or an indirect block of direct blocks (a few thousand links). Anything else
+        raises :class:`Unsupported`.
+        """
+        if len(link_info) < 18:
+            raise Malformed("link info message too short")
+        at = 10 if link_info[1] & 1 else 2
+        heap_addr, index_addr = struct.unpack_from("<QQ", link_info, at)
+        heap = _Heap(self, heap_addr)
+        return [heap.managed(heap_id) for heap_id in self._name_index(index_addr)]
+
+    def _block(self, addr: int, size: int, signature: bytes) -> bytes:
+        start = self.base + addr
+        if not 0 <= addr < UNDEFINED or size < 10 or start + size > self.size:
+            raise Malformed(f"{signature.decode()} block at {addr} outside the file")
+        if self.checksums:  # their checksums sit mid-block: not parsed here
+            raise Unsupported("checksums of dense link storage")
+        block = bytes(self.buf[start : start + size])
+        if block[:4] != signature:
+            raise Malformed(f"no {signature.decode()} signature at address {addr}")
+        return block
+
+    def _name_index(self, addr: int) -> list[bytes]:
+        """The heap IDs a link name index (v2 B-tree, type 5, 7-byte IDs) records."""
+        head = self._block(addr, 38, b"BTHD")
+        version, kind, node_size, record_size, depth = struct.unpack_from("<BBIHH", head, 4)
+        root, root_count, total = struct.unpack_from("<QHQ", head, 16)
+        if version != 0 or kind != 5 or record_size != 11:
+            raise Unsupported(f"v2 B-tree version {version}, type {kind}, records {record_size}")
+        if node_size < 10 + record_size or total > self.size:
+            raise Malformed(f"v2 B-tree at {addr}: node size {node_size}, {total} records")
+        ids = self._btree_node(root, root_count, depth, node_size)
+        if len(ids) != total:
+            raise Malformed(f"v2 B-tree at {addr}: {len(ids)} records, header says {total}")
+        return ids
+
+    def _btree_node(self, addr: int, count: int, depth: int, node_size: int) -> list[bytes]:
+        if depth == 0:
+            node = self._block(addr, node_size, b"BTLF")
+            if node[4] != 0 or node[5] != 5 or 6 + 11 * count + 4 > node_size:
+                raise Malformed(f"v2 B-tree leaf at {addr}: bad version, type or count")
+            return [node[p + 4 : p + 11] for p in range(6, 6 + 11 * count, 11)]
+        if depth != 1:
+            raise Unsupported(f"v2 B-tree of depth {depth}")
+        node = self._block(addr, node_size, b"BTIN")
+        if node[4] != 0 or node[5] != 5:
+            raise Malformed(f"v2 B-tree node at {addr}: bad version or type")
+        # Each child pointer: address, then its record count in as few bytes as the most
+        # records a leaf holds need (libhdf5's H5B2 "max_nrec_size").
+        leaf_max = (node_size - 10) // 11
+        width = (leaf_max.bit_length() + 7) // 8
+        end = 6 + 11 * count + (8 + width) * (count + 1)
+        if end + 4 > node_size:
+            raise Malformed(f"v2 B-tree node at {addr}: {count} records do not fit")
+        ids: list[bytes] = []
+        p = 6 + 11 * count
+        for i in range(count + 1):
+            (child,) = _U64.unpack_from(node, p)
+            child_count = int.from_bytes(node[p + 8 : p + 8 + width], "little")
+            p += 8 + width
+            if child_count > leaf_max:
+                raise Malformed(f"v2 B-tree node at {addr}: child of {child_count} records")
+            ids += self._btree_node(child, child_count, 0, node_size)
+            if i < count:  # the node's own record, between its children
+                r = 6 + 11 * i
+                ids.append(node[r + 4 : r + 11])
+        return ids
 
     def dataset_fields(self, addr: int, name: bytes) -> list[bytes]:
         """The v1 digest fields of the dataset at ``addr``: tag, name, dtype, shape, data."""
@@ -1009,6 +1189,36 @@ def root_attribute_values(buf: Buffer) -> dict[str, bytes]:
         (root,) = _U64.unpack_from(buf, base + 36)  # v2/v3: after base, extension, EOF
         obj = _File(buf, base).object(root)
         return {name.decode("utf-8", "replace"): obj.attr_value(name) for name in obj.attrs}
+    except (IndexError, struct.error, ValueError, OverflowError) as err:
+        raise Malformed(f"{type(err).__name__}: {err}") from err
+
+
+def root_group(buf: Buffer) -> tuple[int, dict[str, bytes], dict[bytes, int]]:
+    """The file's base address, its root group's attributes and its hard links.
+
+    Returns
+    -------
+    tuple
+        ``(base address, attribute name -> stored value bytes as h5py reads them,
+        link name -> object header address)``; links in dense storage included.
+
+    Raises
+    ------
+    Unsupported
+        Attributes or links stored in a way this reader does not parse, or a link that
+        is not a hard link.
+    Malformed
+        The bytes do not parse.
+    """
+    try:
+        base = base_address(buf)
+        (root,) = _U64.unpack_from(buf, base + 36)
+        file = _File(buf, base)
+        obj = file.object(root)
+        if not obj.is_group:
+            raise Malformed("the root object is not a group")
+        attrs = {name.decode("utf-8", "replace"): value for name, value in obj.attrs.items()}
+        return base, attrs, obj.links(file)
     except (IndexError, struct.error, ValueError, OverflowError) as err:
         raise Malformed(f"{type(err).__name__}: {err}") from err
 
