@@ -45,6 +45,7 @@ import mmap
 import os
 import struct
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import numpy as np
@@ -734,7 +735,17 @@ def _kind(hint: str | None, dtype: _Type, space: _Space, data: bytes) -> bytes:
         for i in range(0, len(data), dtype.size):
             width = max(width, len(data[i : i + dtype.size].rstrip(b"\0").decode("utf-8")))
         hint = f"U{width}"
-    return _f(hint.encode())
+    found = _KIND_FIELDS.get(hint)
+    if found is None:
+        found = _f(hint.encode())
+        if len(hint) <= 64:  # a damaged h5guard_kinds entry is not worth keeping
+            if len(_KIND_FIELDS) >= _CACHE_LIMIT:
+                _KIND_FIELDS.clear()
+            _KIND_FIELDS[hint] = found
+    return found
+
+
+_KIND_FIELDS: dict[str, bytes] = {}  # kind -> F(kind)
 
 
 def _attrs_v2(
@@ -894,23 +905,16 @@ class _File:
         when the links are asked for.
         """
         obj = _Object(addr, attributes)
-        self._read_header(obj)
-        if obj.is_group and obj.raw:
-            raise Malformed(f"group at {addr} carries dataset messages")
-        return obj
-
-    def _read_header(self, obj: _Object) -> None:
-        """Sort the messages of ``obj``'s header, continuation chunks included, into it."""
-        buf, base, size, addr = self.buf, self.base, self.size, obj.addr
-        start = base + addr
+        buf, size = self.buf, self.size
+        start = self.base + addr
         if not 0 <= addr < UNDEFINED:
             raise Malformed(f"object header address {addr} outside the file")
         # Signature, version, flags, times, phase change values, chunk size (at most 38
         # bytes), then the messages: one read of a typical header's whole first chunk.
         head = bytes(buf[start : start + _FIRST_READ])
-        if head[:4] != b"OHDR":
-            raise Malformed(f"no object header signature at address {addr}")
-        if head[4] != 2:
+        if head[:5] != b"OHDR\x02":
+            if head[:4] != b"OHDR":
+                raise Malformed(f"no object header signature at address {addr}")
             raise Unsupported(f"object header version {head[4]}")
         flags = head[5]
         if flags & 0xC0:
@@ -928,16 +932,27 @@ class _File:
             raise Malformed(f"object header at {addr}: checksum mismatch")
         header_size = 6 if flags & 0x04 else 4  # with a creation order per message
         continuations: list[tuple[int, int]] = []
-        # (chunk, where its messages start, where they end): the header's own chunk first,
-        # then its continuation chunks, in the order libhdf5 reads them.
-        chunks = [(chunk, data_start, data_end)]
+        _chunk_messages(chunk, data_start, data_end, header_size, obj, continuations)
+        if continuations:
+            self._continuations(obj, header_size, continuations, size - (data_end + 4))
+        if obj.is_group and obj.raw:
+            raise Malformed(f"group at {addr} carries dataset messages")
+        return obj
+
+    def _continuations(
+        self, obj: _Object, header_size: int, continuations: list[tuple[int, int]], budget: int
+    ) -> None:
+        """Sort the messages of ``obj``'s continuation chunks into it, in the order
+        libhdf5 reads them.
+
+        ``budget``: the bytes of the file outside the chunks read so far. The chunks of
+        one header never overlap, so together they fit in the file: a bound on the work
+        damaged continuation messages can cause.
+        """
+        buf, base, size, addr = self.buf, self.base, self.size, obj.addr
         seen = {addr}
-        # The chunks of one header never overlap, so together they fit in the file: a bound
-        # on the work damaged continuation messages can cause.
-        budget = size - (data_end + 4)
-        while chunks:
-            chunk, p, end = chunks.pop()
-            _chunk_messages(chunk, p, end, header_size, obj, continuations)
+        chunks: list[tuple[bytes, int, int]] = []
+        while True:
             for offset, length in continuations:
                 if offset in seen:
                     raise Malformed(f"object header at {addr}: continuation chunks form a cycle")
@@ -957,6 +972,10 @@ class _File:
                     raise Malformed(f"continuation chunk at {offset}: checksum mismatch")
                 chunks.append((more, 4, length - 4))
             continuations.clear()
+            if not chunks:
+                return
+            chunk, p, end = chunks.pop()
+            _chunk_messages(chunk, p, end, header_size, obj, continuations)
 
     def dense_links(self, link_info: bytes) -> list[bytes]:
         """The link messages of a group whose links are in dense storage.
@@ -1144,7 +1163,7 @@ class _File:
         out += (dtype.token, space.token, nbytes.to_bytes(8, "little"), data)
 
 
-_NO_KINDS: Mapping[str, str] = FrozenMap()
+_NO_KINDS: Mapping[str, str] = MappingProxyType({})
 _NO_ATTRS_V2 = (0).to_bytes(8, "little")
 
 
@@ -1231,8 +1250,11 @@ def group_digest_at(
     ``addr`` is the group's object header address relative to ``base`` (see
     :func:`base_address`). Raises :class:`Unsupported` or :class:`Malformed`.
     """
+    return _digest_at(_File(buf, base, checksums=checksums), addr)
+
+
+def _digest_at(file: _File, addr: int) -> tuple[str, str | None]:
     try:
-        file = _File(buf, base, checksums=checksums)
         try:
             # v2 first: every file h5guard writes now carries v2 digests.
             return file.tree_digest(addr, v1_fallback=True)
@@ -1360,9 +1382,10 @@ def verify_groups_at(
                 return problems, list(groups)
             except Malformed as err:
                 return [(key, f"unreadable superblock: {err}") for key in groups], unsupported
+            file = _File(buf, base, checksums=checksums)
             for key, (addr, want) in groups.items():
                 try:
-                    computed, stored = group_digest_at(buf, base, addr, checksums=checksums)
+                    computed, stored = _digest_at(file, addr)
                 except Unsupported:
                     unsupported.append(key)
                     continue
