@@ -39,6 +39,7 @@ than the rest of the parse, and the digest already covers everything the group h
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import mmap
@@ -643,15 +644,14 @@ class _Object:
         Links in dense storage are read through ``file`` (:meth:`_File.dense_links`);
         without one they raise :class:`Unsupported`.
         """
-        bodies = self.link_bodies
         if self.dense_links:
             if file is None:
                 raise Unsupported("dense link storage")
-            if bodies:
+            if self.link_bodies:
                 raise Malformed(f"group at {self.addr}: link messages beside dense storage")
-            bodies = file.dense_links(self.link_info)
+            return file.dense_links(self.link_info)
         out: dict[bytes, int] = {}
-        for body in bodies:
+        for body in self.link_bodies:
             name, target = _link(body)
             if name in out:
                 raise Malformed(f"two links named {name!r}")
@@ -802,16 +802,18 @@ class _Heap:
 
     __slots__ = (
         "blocks",
+        "budget",
         "file",
         "id_length",
         "length_size",
         "loaded",
         "offset_size",
         "start_size",
+        "starts",
     )
 
-    def __init__(self, file: _File, addr: int) -> None:
-        head = file._block(addr, 146, b"FRHP")
+    def __init__(self, file: _File, addr: int, budget: list[int]) -> None:
+        head = file._block(addr, 146, b"FRHP", budget)
         if head[4] != 0:
             raise Unsupported(f"fractal heap version {head[4]}")
         id_length, filter_length = struct.unpack_from("<HH", head, 5)
@@ -829,6 +831,7 @@ class _Heap:
         ):
             raise Malformed(f"fractal heap at {addr}: doubling table {width} x {start_size}")
         self.file = file
+        self.budget = budget
         self.id_length = id_length
         self.start_size = start_size
         self.offset_size = (max_heap_bits + 7) // 8
@@ -841,16 +844,18 @@ class _Heap:
         # (heap offset, size, address) of every direct block, in heap order
         self.blocks: list[tuple[int, int, int]] = []
         self.loaded: dict[int, bytes] = {}  # direct blocks read so far, by address
+        self.starts: list[int] = []  # the blocks' heap offsets, for a binary search
         if root == UNDEFINED:
             return
         if rows == 0:
             self.blocks.append((0, start_size, root))
+            self.starts.append(0)
             return
         max_direct_rows = (max_direct.bit_length() - 1) - (start_size.bit_length() - 1) + 2
         if rows > max_direct_rows:
             raise Unsupported("fractal heap with indirect blocks below its root")
         entries = rows * width
-        block = file._block(root, 5 + 8 + self.offset_size + 8 * entries + 4, b"FHIB")
+        block = file._block(root, 5 + 8 + self.offset_size + 8 * entries + 4, b"FHIB", budget)
         if block[4] != 0:
             raise Unsupported(f"fractal heap indirect block version {block[4]}")
         p = 5 + 8 + self.offset_size
@@ -862,6 +867,7 @@ class _Heap:
                 p += 8
                 if child != UNDEFINED:
                     self.blocks.append((offset, size, child))
+                    self.starts.append(offset)
                 offset += size
 
     def managed(self, heap_id: bytes) -> bytes:
@@ -872,15 +878,16 @@ class _Heap:
         o = 1 + self.offset_size
         offset = int.from_bytes(heap_id[1:o], "little")
         length = int.from_bytes(heap_id[o : o + self.length_size], "little")
-        for start, size, addr in self.blocks:
-            if start <= offset < start + size:
-                if offset + length > start + size or length == 0:
-                    raise Malformed(f"heap object at {offset} ({length} bytes) past its block")
-                block = self.loaded.get(addr)
-                if block is None:
-                    block = self.loaded[addr] = self.file._block(addr, size, b"FHDB")
-                return block[offset - start : offset - start + length]
-        raise Malformed(f"heap object at {offset}: no direct block holds it")
+        i = bisect.bisect_right(self.starts, offset) - 1
+        if i < 0 or offset >= self.blocks[i][0] + self.blocks[i][1]:
+            raise Malformed(f"heap object at {offset}: no direct block holds it")
+        start, size, addr = self.blocks[i]
+        if offset + length > start + size or length == 0:
+            raise Malformed(f"heap object at {offset} ({length} bytes) past its block")
+        block = self.loaded.get(addr)
+        if block is None:
+            block = self.loaded[addr] = self.file._block(addr, size, b"FHDB", self.budget)
+        return block[offset - start : offset - start + length]
 
 
 # -- one file's bytes ------------------------------------------------------------------
@@ -977,26 +984,42 @@ class _File:
             chunk, p, end = chunks.pop()
             _chunk_messages(chunk, p, end, header_size, obj, continuations)
 
-    def dense_links(self, link_info: bytes) -> list[bytes]:
-        """The link messages of a group whose links are in dense storage.
+    def dense_links(self, link_info: bytes) -> dict[bytes, int]:
+        """The hard links (name -> object header address) of a group whose links are in
+        dense storage.
 
         The names index (a version-2 B-tree of type 5) lists a heap ID per link; each
         link message is a managed object of the group's fractal heap. The subset: a
         B-tree of depth 0 or 1, a heap without I/O filters whose root is a direct block
         or an indirect block of direct blocks (a few thousand links). Anything else
-        raises :class:`Unsupported`.
+        raises :class:`Unsupported`. Each link's name must hash (lookup3) to the hash its
+        B-tree record holds, as libhdf5's lookups by name require.
         """
         if len(link_info) < 18:
             raise Malformed("link info message too short")
         at = 10 if link_info[1] & 1 else 2
         heap_addr, index_addr = struct.unpack_from("<QQ", link_info, at)
-        heap = _Heap(self, heap_addr)
-        return [heap.managed(heap_id) for heap_id in self._name_index(index_addr)]
+        # The blocks of one heap and one B-tree never overlap, so together they fit in
+        # the file: a bound on the work damaged addresses and counts can cause.
+        budget = [self.size]
+        heap = _Heap(self, heap_addr, budget)
+        out: dict[bytes, int] = {}
+        for record in self._name_index(index_addr, budget):
+            name, target = _link(heap.managed(record[4:]))
+            if lookup3(name) != int.from_bytes(record[:4], "little"):
+                raise Malformed(f"link {name!r}: its name index record has another hash")
+            if name in out:
+                raise Malformed(f"two links named {name!r}")
+            out[name] = target
+        return out
 
-    def _block(self, addr: int, size: int, signature: bytes) -> bytes:
+    def _block(self, addr: int, size: int, signature: bytes, budget: list[int]) -> bytes:
         start = self.base + addr
         if not 0 <= addr < UNDEFINED or size < 10 or start + size > self.size:
             raise Malformed(f"{signature.decode()} block at {addr} outside the file")
+        budget[0] -= size
+        if budget[0] < 0:
+            raise Malformed("dense link storage larger than the file")
         if self.checksums:  # their checksums sit mid-block: not parsed here
             raise Unsupported("checksums of dense link storage")
         block = bytes(self.buf[start : start + size])
@@ -1004,29 +1027,31 @@ class _File:
             raise Malformed(f"no {signature.decode()} signature at address {addr}")
         return block
 
-    def _name_index(self, addr: int) -> list[bytes]:
-        """The heap IDs a link name index (v2 B-tree, type 5, 7-byte IDs) records."""
-        head = self._block(addr, 38, b"BTHD")
+    def _name_index(self, addr: int, budget: list[int]) -> list[bytes]:
+        """The records of a link name index (v2 B-tree, type 5): name hash, heap ID."""
+        head = self._block(addr, 38, b"BTHD", budget)
         version, kind, node_size, record_size, depth = struct.unpack_from("<BBIHH", head, 4)
         root, root_count, total = struct.unpack_from("<QHQ", head, 16)
         if version != 0 or kind != 5 or record_size != 11:
             raise Unsupported(f"v2 B-tree version {version}, type {kind}, records {record_size}")
         if node_size < 10 + record_size or total > self.size:
             raise Malformed(f"v2 B-tree at {addr}: node size {node_size}, {total} records")
-        ids = self._btree_node(root, root_count, depth, node_size)
+        ids = self._btree_node(root, root_count, depth, node_size, budget)
         if len(ids) != total:
             raise Malformed(f"v2 B-tree at {addr}: {len(ids)} records, header says {total}")
         return ids
 
-    def _btree_node(self, addr: int, count: int, depth: int, node_size: int) -> list[bytes]:
+    def _btree_node(
+        self, addr: int, count: int, depth: int, node_size: int, budget: list[int]
+    ) -> list[bytes]:
         if depth == 0:
-            node = self._block(addr, node_size, b"BTLF")
+            node = self._block(addr, node_size, b"BTLF", budget)
             if node[4] != 0 or node[5] != 5 or 6 + 11 * count + 4 > node_size:
                 raise Malformed(f"v2 B-tree leaf at {addr}: bad version, type or count")
-            return [node[p + 4 : p + 11] for p in range(6, 6 + 11 * count, 11)]
+            return [node[p : p + 11] for p in range(6, 6 + 11 * count, 11)]
         if depth != 1:
             raise Unsupported(f"v2 B-tree of depth {depth}")
-        node = self._block(addr, node_size, b"BTIN")
+        node = self._block(addr, node_size, b"BTIN", budget)
         if node[4] != 0 or node[5] != 5:
             raise Malformed(f"v2 B-tree node at {addr}: bad version or type")
         # Each child pointer: address, then its record count in as few bytes as the most
@@ -1044,10 +1069,10 @@ class _File:
             p += 8 + width
             if child_count > leaf_max:
                 raise Malformed(f"v2 B-tree node at {addr}: child of {child_count} records")
-            ids += self._btree_node(child, child_count, 0, node_size)
+            ids += self._btree_node(child, child_count, 0, node_size, budget)
             if i < count:  # the node's own record, between its children
                 r = 6 + 11 * i
-                ids.append(node[r + 4 : r + 11])
+                ids.append(node[r : r + 11])
         return ids
 
     def dataset_fields(self, addr: int, name: bytes) -> list[bytes]:
