@@ -984,6 +984,40 @@ class _File:
             chunk, p, end = chunks.pop()
             _chunk_messages(chunk, p, end, header_size, obj, continuations)
 
+    def _plain_dataset(self, addr: int) -> dict[int, bytes] | None:
+        """The dataspace, datatype and layout messages of the object at ``addr`` when it
+        is a dataset in the commonest form: one header chunk holding those and ignorable
+        messages only (no attributes, no creation order). None otherwise, the generic
+        parse (:meth:`object`) then decides, with its errors.
+        """
+        start = self.base + addr
+        if not 0 <= addr < UNDEFINED or self.checksums:
+            return None
+        head = bytes(self.buf[start : start + _FIRST_READ])
+        if head[:5] != b"OHDR\x02" or head[5] & 0xC4:
+            return None
+        flags = head[5]
+        p = 6 + (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
+        q = p + (1 << (flags & 3))
+        end = q + int.from_bytes(head[p:q], "little")
+        if end + 4 > len(head) or start + end + 4 > self.size:
+            return None
+        raw: dict[int, bytes] = {}
+        unpack = _MSG.unpack_from
+        while q + 4 <= end:
+            mtype, msize, mflags = unpack(head, q)
+            body = q + 4
+            q = body + msize
+            if q > end or mflags & 0x02:
+                return None
+            if mtype in _DATASET_MESSAGES:
+                if mtype in raw:
+                    return None
+                raw[mtype] = head[body:q]
+            elif mtype not in _IGNORED:
+                return None
+        return raw if len(raw) == 3 else None
+
     def dense_links(self, link_info: bytes) -> dict[bytes, int]:
         """The hard links (name -> object header address) of a group whose links are in
         dense storage.
@@ -1173,7 +1207,18 @@ class _File:
                 raise Unsupported("groups nested too deep")
             for member in sorted(links):
                 out.append(len(member).to_bytes(8, "little") + member)
-                child = self.object(links[member])
+                addr = links[member]
+                raw = self._plain_dataset(addr) if own is None or not own.values else None
+                if raw is not None:
+                    # What the lines below give for a dataset without attributes.
+                    dtype, space, nbytes, data = self.dataset_value(raw, b"")
+                    kind = _kind(None, dtype, space, data)
+                    if own is not None:
+                        own.datasets[member] = (dtype, space, data, kind[8:].decode(), {})
+                    out += (_F_D, _NO_ATTRS_V2, kind, dtype.token)
+                    out += (space.token, nbytes.to_bytes(8, "little"), data)
+                    continue
+                child = self.object(addr)
                 child.pop_digest()
                 self._node_v2(child, depth + 1, out, own, member)
             return
