@@ -1000,8 +1000,12 @@ class _File:
         p = 6 + (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
         q = p + (1 << (flags & 3))
         end = q + int.from_bytes(head[p:q], "little")
-        if end + 4 > len(head) or start + end + 4 > self.size:
+        if start + end + 4 > self.size:
             return None
+        if end + 4 > len(head):
+            head = bytes(self.buf[start : start + end + 4])
+            if end + 4 > len(head) or q > end:
+                return None
         raw: dict[int, bytes] = {}
         unpack = _MSG.unpack_from
         while q + 4 <= end:
