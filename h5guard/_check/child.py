@@ -29,7 +29,7 @@ sys.stdout = sys.stderr
 import h5py  # noqa: E402, F401
 import numpy  # noqa: E402, F401
 
-from h5guard._check import deep, sealed  # noqa: E402, F401
+from h5guard._check import deep  # noqa: E402, F401
 from h5guard._sandbox import (  # noqa: E402
     die_with_parent,
     read_frame,

@@ -19,14 +19,15 @@ It reads only the narrow subset of the format h5guard's own files use:
 * groups whose links and attributes are *compact* (messages in their object header),
   whose members are hard links to datasets or to nested groups (result trees, to
   :data:`~h5guard._format.names.MAX_DEPTH` levels), with attributes on groups and
-  datasets;
+  datasets; the root group's links may also be *dense* (:func:`root_group`: a fractal
+  heap without filters, indexed by a version-2 B-tree of depth 0 or 1);
 * datasets with a scalar or simple dataspace and *compact* layout (or contiguous,
   for the empty and scalar datasets h5py writes that way);
 * the datatypes h5py writes for numpy kinds ``b i u f c S``: integers of 1-8 bytes,
   IEEE half/single/double floats, either byte order; fixed-length strings; h5py's
   boolean enum and complex compound.
 
-Anything else (dense link or attribute storage, chunked data, shared messages, other
+Anything else (other dense link or attribute storage, chunked data, shared messages, other
 datatypes such as structured ones) raises :class:`Unsupported` and the caller verifies
 that group through libhdf5 instead. Bytes that do not parse as the subset claims raise
 :class:`Malformed`. Parsing is bounded by the buffer: damaged bytes give an error,
@@ -35,6 +36,11 @@ never a hang, a crash or a huge allocation.
 Metadata checksums are not verified by default: lookup3 in pure Python costs more
 than the rest of the parse, and the digest already covers everything the group holds.
 ``checksums=True`` verifies them too.
+
+Each header is parsed once, in one pass over its messages; a group's v2 digest is tried
+first (every file written now carries one), and a dataset without attributes in one
+header chunk, a result's commonest member, has a short loop of its own
+(:meth:`_File._plain_dataset`) that leaves anything unusual to the generic parse.
 """
 
 from __future__ import annotations
