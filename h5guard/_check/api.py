@@ -14,6 +14,7 @@ import mmap
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import replace
 from pathlib import Path
 
@@ -148,6 +149,41 @@ def validate_many(
     Report
         Every finding and a :class:`~h5guard.FileSummary` per file.
     """
+    return _validate(
+        paths,
+        regular=frozenset(),
+        schema=schema,
+        deep=deep,
+        timeout=timeout,
+        memory_limit=memory_limit,
+        workers=workers,
+        sandbox=sandbox,
+        progress=progress,
+        trust_seals=trust_seals,
+        strict=strict,
+        allow_external=allow_external,
+        swmr=swmr,
+    )
+
+
+def _validate(
+    paths: Sequence[str],
+    *,
+    regular: AbstractSet[str],
+    schema: Schema | None,
+    deep: bool,
+    timeout: float,
+    memory_limit: int,
+    workers: int | None,
+    sandbox: Sandbox | None,
+    progress: ProgressCallback | None,
+    trust_seals: bool,
+    strict: bool,
+    allow_external: bool,
+    swmr: bool,
+) -> Report:
+    """:func:`validate_many`; ``regular``: the paths known to be regular files (listed
+    from a directory), which the quick layer opens without a ``stat`` first."""
     findings: list[Finding] = []
     summaries: dict[str, FileSummary] = {}
     deep_paths: list[str] = []
@@ -155,13 +191,16 @@ def validate_many(
     done = 0
     schema_json = schema.to_json() if schema is not None else None
     swmr_paths: set[str] = set()
+    sizes: dict[str, int] = {}
     for path in paths:
-        quick, info = quick_check(path)
+        quick, info = quick_check(path, regular=path in regular)
         if swmr and info is not None and info.swmr_write:
             quick = [_as_swmr(f) for f in quick]
             info = replace(info, refused=False)
             swmr_paths.add(path)
         findings.extend(quick)
+        if info is not None:
+            sizes[path] = info.file_size
         # A flag libhdf5 refuses the file for does not stop the deep layer: it reads the
         # file as if the flags were clear, so that damage behind them is reported too.
         fatal = info is None or any(
@@ -171,9 +210,9 @@ def validate_many(
             refused.add(path)
             fatal = fatal or not deep
         if fatal or not deep:
-            summary = _quick_summary(path)
+            size = info.file_size if info is not None else _quick_summary(path).size
             kind = FileKind.UNREADABLE if fatal else FileKind.UNOPENED
-            summaries[path] = FileSummary(path, kind, summary.size)
+            summaries[path] = FileSummary(path, kind, size)
             done += 1
             if progress:
                 progress(done, len(paths))
@@ -185,49 +224,98 @@ def validate_many(
         else:
             deep_paths.append(path)
     if deep_paths:
-        # Seals are hashed here, in a thread, while the children read the files: the
-        # thread runs while this one waits on the children's pipes. Past SEAL_CHECK_LIMIT
-        # the hash would compete with the child's own digesting for little news: the
-        # digests and checksums already vouch for the content.
         seals: dict[str, bool | None] = {}
-        hashing = threading.Thread(
-            target=lambda: seals.update(
-                (p, _seal.check_seal(p)) for p in deep_paths if _size(p) <= SEAL_CHECK_LIMIT
-            ),
-            name="h5guard-seals",
-            daemon=True,
-        )
-        hashing.start()
-        owned = sandbox is None
-        box = sandbox or Sandbox(
-            workers=min(workers or os.cpu_count() or 1, len(deep_paths)),
-            timeout=timeout,
-            memory_limit=memory_limit,
-        )
-        try:
-            calls = [
-                (p, schema_json, p in refused, allow_external, p in swmr_paths) for p in deep_paths
-            ]
-            for index, result in box.map(_DEEP_TARGET, calls):
-                path = deep_paths[index]
-                if result.ok:
-                    file_findings, summary = result.value
-                    findings.extend(file_findings)
-                    summaries[path] = summary
-                else:
-                    findings.extend(_sandbox_findings(path, result))
-                    summaries[path] = _quick_summary(path)
-                done += 1
-                if progress:
-                    progress(done, len(paths))
-        finally:
-            if owned:
-                box.close()
-            hashing.join()
+        # The byte reader first, in this process: a sealed shard that passes it needs
+        # no libhdf5 and no sandbox (h5guard._check.sealed); every other file is read
+        # through libhdf5 in the sandbox, one call per file.
+        eligible = [
+            p
+            for p in deep_paths
+            if p not in refused
+            and p not in swmr_paths
+            and sizes.get(p, SEAL_CHECK_LIMIT + 1) <= SEAL_CHECK_LIMIT
+        ]
+        if eligible:
+            from h5guard._check.sealed import inspect_sealed  # imports h5py: not for --quick
+
+            for path, (seal, answer) in zip(
+                eligible, inspect_sealed(eligible, schema_json), strict=True
+            ):
+                seals[path] = seal
+                if answer is not None:
+                    findings.extend(answer[0])
+                    summaries[path] = answer[1]
+                    done += 1
+                    if progress:
+                        progress(done, len(paths))
+        rest = [p for p in deep_paths if p not in summaries]
+        if rest:
+            _read_in_sandbox(
+                rest,
+                seals,
+                findings,
+                summaries,
+                sandbox=sandbox,
+                workers=workers,
+                timeout=timeout,
+                memory_limit=memory_limit,
+                calls=[
+                    (p, schema_json, p in refused, allow_external, p in swmr_paths) for p in rest
+                ],
+                progress=lambda: progress(len(summaries), len(paths)) if progress else None,
+            )
         findings.extend(_seal_finding(p) for p in deep_paths if seals.get(p) is False)
     kinds = {p: s.kind for p, s in summaries.items()}
     findings = apply_policy(findings, kinds, strict=strict)
     return Report(tuple(sorted(findings)), tuple(summaries[p] for p in paths))
+
+
+def _read_in_sandbox(
+    paths: Sequence[str],
+    seals: dict[str, bool | None],
+    findings: list[Finding],
+    summaries: dict[str, FileSummary],
+    *,
+    sandbox: Sandbox | None,
+    workers: int | None,
+    timeout: float,
+    memory_limit: int,
+    calls: list[tuple[str, str | None, bool, bool, bool]],
+    progress: Callable[[], None],
+) -> None:
+    """Read each of ``paths`` fully through libhdf5 in the sandbox, adding to the results."""
+    # The seals not hashed yet are hashed here, in a thread, while the children read the
+    # files: the thread runs while this one waits on the children's pipes. Past
+    # SEAL_CHECK_LIMIT the hash would compete with the child's own digesting for little
+    # news: the digests and checksums already vouch for the content.
+    unhashed = [p for p in paths if p not in seals and _size(p) <= SEAL_CHECK_LIMIT]
+    hashing = threading.Thread(
+        target=lambda: seals.update((p, _seal.check_seal(p)) for p in unhashed),
+        name="h5guard-seals",
+        daemon=True,
+    )
+    hashing.start()
+    owned = sandbox is None
+    box = sandbox or Sandbox(
+        workers=min(workers or os.cpu_count() or 1, len(paths)),
+        timeout=timeout,
+        memory_limit=memory_limit,
+    )
+    try:
+        for index, result in box.map(_DEEP_TARGET, calls):
+            path = paths[index]
+            if result.ok:
+                file_findings, summary = result.value
+                findings.extend(file_findings)
+                summaries[path] = summary
+            else:
+                findings.extend(_sandbox_findings(path, result))
+                summaries[path] = _quick_summary(path)
+            progress()
+    finally:
+        if owned:
+            box.close()
+        hashing.join()
 
 
 def _as_swmr(finding: Finding) -> Finding:
@@ -346,29 +434,53 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[str], li
         The files to validate, and the findings about partials, journals and
         directories with nothing to check.
     """
+    files, findings, _ = _expand(paths)
+    return files, findings
+
+
+def _expand(
+    paths: Iterable[str | os.PathLike[str]],
+) -> tuple[list[str], list[Finding], set[str]]:
+    """:func:`expand_paths`, and the files whose directory entry says they are regular.
+
+    One ``os.scandir`` per directory: its entries carry their type, so listing a
+    directory costs no ``stat`` per file.
+    """
     files: list[str] = []
     findings: list[Finding] = []
+    regular: set[str] = set()
     for raw in paths:
         path = os.fspath(raw)
         if not os.path.isdir(path):
             files.append(path)
             continue
-        entries = sorted(Path(path).iterdir())
-        found = [str(p) for p in entries if p.suffix == ".h5" and p.is_file()]
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        # The paths as pathlib joins them ("./d" -> "d/x.h5", "." -> "x.h5").
+        base = str(Path(path))
+        prefix = "" if base == "." else base if base.endswith(os.sep) else base + os.sep
+        found: list[str] = []
+        for entry in entries:
+            name = entry.name
+            # pathlib's suffix: ".h5" alone is a hidden file's name, not a suffix
+            if name.endswith(".h5") and len(name) > 3 and entry.is_file():
+                full = prefix + name
+                found.append(full)
+                if entry.is_file(follow_symlinks=False):
+                    regular.add(full)
         files.extend(found)
-        names = {p.name for p in entries}
-        journals = [p for p in entries if p.name.endswith(_journal.JOURNAL_SUFFIX)]
+        names = {e.name for e in entries}
+        journals = [n for n in names if n.endswith(_journal.JOURNAL_SUFFIX)]
         partials = [
-            p
-            for p in entries
-            if p.name.endswith(_atomic.PARTIAL_SUFFIX)
-            and _journal.journal_beside(p.name) not in names
+            n
+            for n in names
+            if n.endswith(_atomic.PARTIAL_SUFFIX) and _journal.journal_beside(n) not in names
         ]
-        findings.extend(_journal.journal_finding(str(p)) for p in journals)
-        findings.extend(_journal.partial_finding(str(p)) for p in partials)
+        findings.extend(_journal.journal_finding(prefix + n) for n in sorted(journals))
+        findings.extend(_journal.partial_finding(prefix + n) for n in sorted(partials))
         if not found and not partials and not journals:
             findings.append(_nothing_to_check(path))
-    return files, findings
+    return files, findings, regular
 
 
 def _nothing_to_check(directory: str) -> Finding:
@@ -433,9 +545,11 @@ def check(
     >>> report = h5guard.check(["results/"], expect=[f"cfg{i}" for i in range(10)])  # doctest: +SKIP
     >>> print(report.render_text())  # doctest: +SKIP
     """
-    files, extra = expand_paths(paths)
-    report = validate_many(
+    files, extra, regular = _expand(paths)
+    report = _validate(
         files,
+        regular=regular,
+        trust_seals=False,
         schema=schema,
         deep=deep,
         timeout=timeout,

@@ -40,6 +40,7 @@ from h5guard._format.names import (
     DIGEST_V2_PREFIX,
     FORMAT_ATTR,
     INDEX_ATTR,
+    RESERVED_PREFIX,
     SCHEMA_ATTR,
     SHARD_FORMAT,
 )
@@ -243,39 +244,66 @@ def _fast_groups(path: str) -> _FastGroups | None:
         return None
 
 
+def is_result_member(name: str) -> bool:
+    """Whether a root member of an h5guard file is a result group.
+
+    The one place that decides it, for both the libhdf5 path (:func:`_inspect_members`)
+    and the byte reader's (:mod:`h5guard._check.sealed`): a member whose name starts
+    with the reserved prefix is one of h5guard's own tables (``h5guard_summary``), not
+    a result. Such members go to :func:`inspect_reserved` on the libhdf5 path and make
+    the byte reader's path leave the file to libhdf5.
+    """
+    return not name.startswith(RESERVED_PREFIX)
+
+
+def inspect_reserved(ins: Inspector, f: h5py.File, name: str, fast: _FastGroups | None) -> None:
+    """A root member with a reserved name (:func:`is_result_member`).
+
+    The hook for h5guard's own tables: their own verification goes here. Until one is
+    written, such a member is checked as a result group is (a digest is required), so
+    nothing it holds goes unread.
+    """
+    _inspect_member(ins, f, name, fast)
+
+
 def _inspect_members(
     ins: Inspector, f: h5py.File, keys: list[str], fast: _FastGroups | None
 ) -> None:
     for name in keys:
+        if is_result_member(name):
+            _inspect_member(ins, f, name, fast)
+        else:
+            inspect_reserved(ins, f, name, fast)
+
+
+def _inspect_member(ins: Inspector, f: h5py.File, name: str, fast: _FastGroups | None) -> None:
+    try:
+        # The fast path first: it needs no h5py objects, which cost more than it does.
+        if fast is not None and fast.accept(ins, f, name):
+            return
+        link = link_kind(f.id, name)
+        if link is not None:
+            ins.add(f"/{name}", Code.UNEXPECTED_OBJECT, f"{link} not followed", Severity.WARNING)
+            return
+        obj = f[name]
+    except Exception as err:
+        ins.add(f"/{name}", Code.OBJECT_UNREADABLE, f"unreadable: {one_line(err)}")
+        return
+    if isinstance(obj, h5py.Group):
+        inspect_group(ins, obj, name)
+    elif isinstance(obj, h5py.Dataset):
         try:
-            # The fast path first: it needs no h5py objects, which cost more than it does.
-            if fast is not None and fast.accept(ins, f, name):
-                continue
-            link = link_kind(f.id, name)
-            if link is not None:
-                ins.add(
-                    f"/{name}", Code.UNEXPECTED_OBJECT, f"{link} not followed", Severity.WARNING
-                )
-                continue
-            obj = f[name]
+            read_dataset(obj, None)
         except Exception as err:
             ins.add(f"/{name}", Code.OBJECT_UNREADABLE, f"unreadable: {one_line(err)}")
-            continue
-        if isinstance(obj, h5py.Group):
-            inspect_group(ins, obj, name)
-        elif isinstance(obj, h5py.Dataset):
-            try:
-                read_dataset(obj, None)
-            except Exception as err:
-                ins.add(f"/{name}", Code.OBJECT_UNREADABLE, f"unreadable: {one_line(err)}")
-                continue
-            if ins.owned:
-                ins.add(
-                    f"/{name}",
-                    Code.UNEXPECTED_OBJECT,
-                    "dataset outside any group",
-                    Severity.WARNING,
-                )
+            return
+        if ins.owned:
+            ins.add(
+                f"/{name}",
+                Code.UNEXPECTED_OBJECT,
+                "dataset outside any group",
+                Severity.WARNING,
+            )
 
 
 def sealed_summary(

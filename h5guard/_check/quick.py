@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 from h5guard._format.checksum import lookup3
 from h5guard._format.names import SIGNATURE, UNDEFINED
@@ -39,49 +39,75 @@ class SuperblockInfo:
     open_for_write: bool  # a write-access flag is set (v2 or v3)
     refused: bool = False  # ... and libhdf5 refuses to open the file for it (v3 only)
     swmr_write: bool = False  # the SWMR-write flag is set (a live SWMR writer, v3)
+    file_size: int = 0  # bytes, as found when the superblock was read
 
 
-def _find_signature(fh: BinaryIO, size: int) -> int | None:
-    offset = 0
+# One read at offset 0 covers the two places h5guard's and most files' signatures are
+# (0, and 512 after a seal or another user block) and the superblock after either.
+_FIRST_READ = 512 + 256
+
+
+def _find_signature(fd: int, size: int, first: bytes) -> int | None:
+    if first[:8] == SIGNATURE:
+        return 0
+    if first[512:520] == SIGNATURE:
+        return 512
+    offset = 1024
     while offset + len(SIGNATURE) <= size:
-        fh.seek(offset)
-        if fh.read(len(SIGNATURE)) == SIGNATURE:
+        if os.pread(fd, len(SIGNATURE), offset) == SIGNATURE:
             return offset
-        offset = 512 if offset == 0 else offset * 2
+        offset *= 2
     return None
 
 
-def quick_check(path: str) -> tuple[list[Finding], SuperblockInfo | None]:
-    """Findings of the quick layer and the parsed superblock (None if unusable)."""
+def quick_check(path: str, *, regular: bool = False) -> tuple[list[Finding], SuperblockInfo | None]:
+    """Findings of the quick layer and the parsed superblock (None if unusable).
+
+    ``regular``: the caller knows ``path`` names a regular file (its directory entry
+    says so), so it is opened without a ``stat`` first; its type is still confirmed on
+    the open file. Otherwise a path that is no regular file (a FIFO, a device) is
+    never opened.
+    """
 
     def finding(code: Code, message: str, severity: Severity = Severity.ERROR) -> Finding:
         return Finding(path, "/", code, severity, message)
 
+    if not regular:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return [finding(Code.NOT_FOUND, "no such file")], None
+        except OSError as err:
+            return [finding(Code.UNREADABLE, f"cannot stat: {err.strerror or err}")], None
+        if not stat.S_ISREG(st.st_mode):
+            return [finding(Code.NOT_A_FILE, "expected a regular file")], None
     try:
-        st = os.stat(path)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return [finding(Code.NOT_FOUND, "no such file")], None
     except OSError as err:
-        return [finding(Code.UNREADABLE, f"cannot stat: {err.strerror or err}")], None
-    if not stat.S_ISREG(st.st_mode):
-        return [finding(Code.NOT_A_FILE, "expected a regular file")], None
-    size = st.st_size
-    if size == 0:
-        return [finding(Code.EMPTY, "file is empty (0 bytes): its writer never wrote it")], None
+        return [finding(Code.UNREADABLE, f"cannot read: {err.strerror or err}")], None
     try:
-        with open(path, "rb") as fh:
-            offset = _find_signature(fh, size)
-            if offset is None:
-                return [
-                    finding(
-                        Code.NOT_HDF5,
-                        f"no HDF5 signature at offset 0, 512, 1024, ... ({size} bytes)",
-                    )
-                ], None
-            fh.seek(offset)
-            head = fh.read(256)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # replaced since it was listed
+            return [finding(Code.NOT_A_FILE, "expected a regular file")], None
+        size = st.st_size
+        if size == 0:
+            return [finding(Code.EMPTY, "file is empty (0 bytes): its writer never wrote it")], None
+        first = os.pread(fd, _FIRST_READ, 0)
+        offset = _find_signature(fd, size, first)
+        if offset is None:
+            return [
+                finding(
+                    Code.NOT_HDF5,
+                    f"no HDF5 signature at offset 0, 512, 1024, ... ({size} bytes)",
+                )
+            ], None
+        head = first[offset : offset + 256] if offset <= 512 else os.pread(fd, 256, offset)
     except OSError as err:
         return [finding(Code.UNREADABLE, f"cannot read: {err.strerror or err}")], None
+    finally:
+        os.close(fd)
     return _parse_superblock(path, head, offset, size)
 
 
@@ -177,7 +203,9 @@ def _parse_superblock(
     absolute_eof = eof
     refused = open_for_write and version >= 3
     swmr_write = version >= 3 and bool(flags & _FLAG_SWMR_WRITE)
-    info = SuperblockInfo(offset, version, base, absolute_eof, open_for_write, refused, swmr_write)
+    info = SuperblockInfo(
+        offset, version, base, absolute_eof, open_for_write, refused, swmr_write, size
+    )
     if refused:
         add(
             Code.OPEN_FOR_WRITE,

@@ -19,14 +19,15 @@ It reads only the narrow subset of the format h5guard's own files use:
 * groups whose links and attributes are *compact* (messages in their object header),
   whose members are hard links to datasets or to nested groups (result trees, to
   :data:`~h5guard._format.names.MAX_DEPTH` levels), with attributes on groups and
-  datasets;
+  datasets; the root group's links may also be *dense* (:func:`root_group`: a fractal
+  heap without filters, indexed by a version-2 B-tree of depth 0 or 1);
 * datasets with a scalar or simple dataspace and *compact* layout (or contiguous,
   for the empty and scalar datasets h5py writes that way);
 * the datatypes h5py writes for numpy kinds ``b i u f c S``: integers of 1-8 bytes,
   IEEE half/single/double floats, either byte order; fixed-length strings; h5py's
   boolean enum and complex compound.
 
-Anything else (dense link or attribute storage, chunked data, shared messages, other
+Anything else (other dense link or attribute storage, chunked data, shared messages, other
 datatypes such as structured ones) raises :class:`Unsupported` and the caller verifies
 that group through libhdf5 instead. Bytes that do not parse as the subset claims raise
 :class:`Malformed`. Parsing is bounded by the buffer: damaged bytes give an error,
@@ -35,16 +36,23 @@ never a hang, a crash or a huge allocation.
 Metadata checksums are not verified by default: lookup3 in pure Python costs more
 than the rest of the parse, and the digest already covers everything the group holds.
 ``checksums=True`` verifies them too.
+
+Each header is parsed once, in one pass over its messages; a group's v2 digest is tried
+first (every file written now carries one), and a dataset without attributes in one
+header chunk, a result's commonest member, has a short loop of its own
+(:meth:`_File._plain_dataset`) that leaves anything unusual to the generic parse.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import mmap
 import os
 import struct
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import numpy as np
@@ -67,15 +75,29 @@ from h5guard._format.names import KINDS_ATTR as _KINDS_ATTR_NAME
 from h5guard._format.names import RESERVED_PREFIX as _RESERVED_NAME
 from h5guard.schema import DatasetInfo, FrozenMap, GroupInfo
 
-__all__ = ["Malformed", "Unsupported", "base_address", "group_digest_at", "verify_groups_at"]
+__all__ = [
+    "Malformed",
+    "Unsupported",
+    "base_address",
+    "group_digest_at",
+    "read_group_at",
+    "root_attribute_values",
+    "root_group",
+    "verify_groups_at",
+]
 
 
 class Unsupported(Exception):
     """The group uses a construct outside the subset; the caller re-checks it with libhdf5."""
 
 
-class _TreeDigest(Unsupported):
-    """The group carries a v2 (tree) digest: :func:`_tree_digest` computes that one."""
+class _V1Digest(Exception):
+    """The group carries no v2 digest: the v1 digest is computed from its parsed header."""
+
+    def __init__(self, obj: _Object, stored: str | None) -> None:
+        super().__init__("content digest v1 (or none)")
+        self.obj = obj
+        self.stored = stored
 
 
 class Malformed(Exception):
@@ -192,7 +214,7 @@ class _Space:
 class _Attr:
     """Everything about an attribute message except its value, cached by its bytes."""
 
-    __slots__ = ("conv", "dtype", "name", "nbytes", "prefix", "scalar", "space")
+    __slots__ = ("conv", "dtype", "name", "nbytes", "prefix", "scalar", "space", "v2_head")
 
     def __init__(self, name: bytes, dtype: _Type, space: _Space) -> None:
         self.name = name
@@ -209,6 +231,15 @@ class _Attr:
         else:
             self.prefix = (
                 _TAG_A + _f(name) + dtype.token + space.token + self.nbytes.to_bytes(8, "little")
+            )
+        # The v2 fields before the value when no h5guard_kinds entry names the kind
+        # (name, kind, dtype, shape, size); None when the kind depends on the value
+        # (UTF-8 text arrays are as wide as their longest element).
+        self.v2_head: bytes | None = None
+        if not (dtype.utf8 and not space.scalar):
+            kind = _kind(None, dtype, space, b"")
+            self.v2_head = (
+                _f(name) + kind + dtype.token + space.token + self.nbytes.to_bytes(8, "little")
             )
 
 
@@ -384,15 +415,20 @@ def _chunk_messages(
     obj: _Object,
     continuations: list[tuple[int, int]],
 ) -> None:
-    """Sort the messages of ``chunk[p:end]`` into ``obj`` and ``continuations``."""
-    wanted, ignored, out = obj.wanted, obj.ignored, obj.messages
+    """Sort the messages of ``chunk[p:end]`` into ``obj`` and ``continuations``.
+
+    One pass: every message is decoded (or skipped) where it is read, so an object's
+    header is parsed once, without an intermediate list of its messages.
+    """
     attrs = obj.attrs if obj.attributes else None
-    attr_objs = obj.attr_objs
+    attr_objs, raw, links = obj.attr_objs, obj.raw, obj.link_bodies
+    ignored = _IGNORED if attrs is not None else _NO_ATTRIBUTES
     cache_get = _ATTRS.get
     unpack_message = _MSG.unpack_from
     unpack_attribute = (_ATTR_MSG_ORDERED if header_size == 6 else _ATTR_MSG).unpack_from
     while p + header_size <= end:
-        if chunk[p] == _ATTRIBUTE and attrs is not None:
+        mtype = chunk[p]
+        if mtype == _ATTRIBUTE and attrs is not None:
             # The hot path: a group holds mostly attributes, and their name, type and
             # space bytes repeat from group to group, so look them up by those bytes.
             _, msize, mflags, version, _, name_size, type_size, space_size = unpack_attribute(
@@ -421,7 +457,7 @@ def _chunk_messages(
             name = attr.name
             if name in attrs:
                 raise Malformed(f"two attributes named {name!r}")
-            attrs[name] = attr.prefix + value
+            attrs[name] = value
             attr_objs[name] = attr
             continue
         mtype, msize, mflags = unpack_message(chunk, p)
@@ -431,14 +467,41 @@ def _chunk_messages(
             raise Malformed(f"message of type {mtype:#x} runs past the end of its chunk")
         if mflags & 0x02 and mtype != _NIL:
             raise Unsupported(f"shared message of type {mtype:#x}")
-        if mtype in wanted:
-            out.append((mtype, chunk[body:p]))
+        if mtype in ignored:
+            continue
+        if mtype == _LINK:
+            links.append(chunk[body:p])
+        elif mtype in _DATASET_MESSAGES:
+            if mtype in raw:
+                raise Malformed(f"object at {obj.addr}: message {mtype:#x} given twice")
+            raw[mtype] = chunk[body:p]
+        elif mtype == _LINK_INFO:
+            obj.is_group = True
+            obj.dense_links = _heap_address(chunk, body, p, 10, "link") != UNDEFINED
+            obj.link_info = chunk[body:p]
+        elif mtype == _ATTR_INFO and attrs is not None:
+            if _heap_address(chunk, body, p, 4, "attribute") != UNDEFINED:
+                raise Unsupported("dense attribute storage")
         elif mtype == _CONTINUATION:
             if msize < 16:
                 raise Malformed("continuation message too short")
             continuations.append(_PAIR64.unpack_from(chunk, body))
-        elif mtype not in ignored:
+        else:
             raise Unsupported(f"object header message of type {mtype:#x}")
+
+
+def _heap_address(chunk: bytes, body: int, end: int, ordered_at: int, what: str) -> int:
+    """The fractal heap address in a link or attribute info message at ``chunk[body:end]``
+    (``ordered_at``: where it is when the message also tracks a creation order)."""
+    if end - body < 2:
+        raise Malformed(f"{what} info message too short")
+    if chunk[body] != 0:
+        raise Unsupported(f"{what} info message version {chunk[body]}")
+    at = body + (ordered_at if chunk[body + 1] & 1 else 2)
+    if at + 8 > end:
+        raise Malformed(f"{what} info message too short")
+    (heap,) = _U64.unpack_from(chunk, at)
+    return int(heap)
 
 
 def _checksum_ok(chunk: bytes) -> bool:
@@ -542,16 +605,18 @@ def _link(body: bytes) -> tuple[bytes, int]:
 
 # -- the one object-header reader ---------------------------------------------------
 
-_OBJECT_WANTED = frozenset({_LINK_INFO, _LINK, _ATTR_INFO, _DATASPACE, _DATATYPE, _LAYOUT})
+_FIRST_READ = 1024  # bytes read at an object header's address, its first chunk most often
+_DATASET_MESSAGES = frozenset({_DATASPACE, _DATATYPE, _LAYOUT})
 _NO_ATTRIBUTES = _IGNORED | {_ATTRIBUTE, _ATTR_INFO}
 
 
 class _Object:
     """The messages of one object header that h5guard's subset uses, sorted by role.
 
-    ``attrs``: attribute name -> its v1 digest fields (``attr_objs[name].prefix`` then
-    the value as h5py reads it); ``raw``: the dataspace, datatype and layout messages of
-    a dataset; ``link_bodies``: a group's link messages, parsed by :meth:`links`.
+    ``attrs``: attribute name -> its value bytes as h5py reads them (``attr_objs``: the
+    parsed rest of each attribute message); ``raw``: the dataspace, datatype and layout
+    messages of a dataset; ``link_bodies``: a group's link messages, parsed by
+    :meth:`links`; ``link_info``: its link info message.
     """
 
     __slots__ = (
@@ -560,33 +625,37 @@ class _Object:
         "attributes",
         "attrs",
         "dense_links",
-        "ignored",
         "is_group",
         "link_bodies",
-        "messages",
+        "link_info",
         "raw",
-        "wanted",
     )
 
-    def __init__(self, addr: int, *, attributes: bool) -> None:
+    def __init__(self, addr: int, attributes: bool) -> None:
         self.addr = addr
         # attributes=False: attribute messages are skipped (a v1 digest does not cover
         # a dataset's attributes), as the header's other ignorable messages are.
         self.attributes = attributes
-        self.wanted = _OBJECT_WANTED if attributes else _OBJECT_WANTED - {_ATTR_INFO}
-        self.ignored = _IGNORED if attributes else _NO_ATTRIBUTES
-        self.messages: list[tuple[int, bytes]] = []  # the wanted ones, in order
         self.attrs: dict[bytes, bytes] = {}
         self.attr_objs: dict[bytes, _Attr] = {}
         self.raw: dict[int, bytes] = {}
         self.link_bodies: list[bytes] = []
+        self.link_info = b""
         self.is_group = False
         self.dense_links = False
 
-    def links(self) -> dict[bytes, int]:
-        """The group's hard links, name -> object header address."""
+    def links(self, file: _File | None = None) -> dict[bytes, int]:
+        """The group's hard links, name -> object header address.
+
+        Links in dense storage are read through ``file`` (:meth:`_File.dense_links`);
+        without one they raise :class:`Unsupported`.
+        """
         if self.dense_links:
-            raise Unsupported("dense link storage")
+            if file is None:
+                raise Unsupported("dense link storage")
+            if self.link_bodies:
+                raise Malformed(f"group at {self.addr}: link messages beside dense storage")
+            return file.dense_links(self.link_info)
         out: dict[bytes, int] = {}
         for body in self.link_bodies:
             name, target = _link(body)
@@ -597,13 +666,20 @@ class _Object:
 
     def attr_value(self, name: bytes) -> bytes:
         """An attribute's value bytes, as h5py reads them."""
-        return self.attrs[name][len(self.attr_objs[name].prefix) :]
+        return self.attrs[name]
+
+    def v1_attrs(self) -> dict[bytes, bytes]:
+        """Attribute name -> its v1 digest fields (the parsed prefix, then the value)."""
+        objs = self.attr_objs
+        return {name: objs[name].prefix + value for name, value in self.attrs.items()}
 
     def pop_digest(self) -> str | None:
         """The stored ``h5guard_digest`` text (removed from ``attrs``), or None."""
         value = self.attrs.pop(_DIGEST_ATTR, None)
-        self.attr_objs.pop(_DIGEST_ATTR, None)
-        return None if value is None else value.rstrip(b"\0").decode("utf-8", errors="replace")
+        if value is None:
+            return None
+        del self.attr_objs[_DIGEST_ATTR]
+        return value.rstrip(b"\0").decode("utf-8", errors="replace")
 
 
 def _digest_of_parts(datasets: dict[bytes, list[bytes]], attrs: dict[bytes, bytes]) -> str:
@@ -639,10 +715,9 @@ _F_D = _f(b"D")
 
 
 def _kinds_entry(attrs: dict[bytes, bytes], objs: dict[bytes, _Attr]) -> dict[str, str]:
-    fields = attrs.pop(_KINDS_ATTR, None)
-    if fields is None:
+    value = attrs.pop(_KINDS_ATTR, None)
+    if value is None:
         return {}
-    value = fields[len(objs[_KINDS_ATTR].prefix) :]
     try:
         kinds = json.loads(value.rstrip(b"\0").decode("utf-8"))
     except ValueError as err:
@@ -666,23 +741,38 @@ def _kind(hint: str | None, dtype: _Type, space: _Space, data: bytes) -> bytes:
         for i in range(0, len(data), dtype.size):
             width = max(width, len(data[i : i + dtype.size].rstrip(b"\0").decode("utf-8")))
         hint = f"U{width}"
-    return _f(hint.encode())
+    found = _KIND_FIELDS.get(hint)
+    if found is None:
+        found = _f(hint.encode())
+        if len(hint) <= 64:  # a damaged h5guard_kinds entry is not worth keeping
+            if len(_KIND_FIELDS) >= _CACHE_LIMIT:
+                _KIND_FIELDS.clear()
+            _KIND_FIELDS[hint] = found
+    return found
+
+
+_KIND_FIELDS: dict[str, bytes] = {}  # kind -> F(kind)
 
 
 def _attrs_v2(
     attrs: dict[bytes, bytes], objs: dict[bytes, _Attr], kinds: Mapping[str, str], own: bool
 ) -> bytes:
     names = sorted(n for n in attrs if not n.startswith(_RESERVED))
-    known = {n.decode("utf-8", "replace") for n in names}
-    if set(kinds) - known - ({""} if own else set()):
-        raise Malformed(f"h5guard_kinds names missing attributes {sorted(set(kinds) - known)}")
+    if kinds:
+        known = {n.decode("utf-8", "replace") for n in names}
+        if set(kinds) - known - ({""} if own else set()):
+            missing = sorted(set(kinds) - known)
+            raise Malformed(f"h5guard_kinds names missing attributes {missing}")
     parts = [len(names).to_bytes(8, "little")]
     for name in names:
         attr = objs[name]
-        value = attrs[name][len(attr.prefix) :]
-        kind = _kind(kinds.get(name.decode("utf-8")), attr.dtype, attr.space, value)
-        parts += [_f(name), kind, attr.dtype.token, attr.space.token]
-        parts += [attr.nbytes.to_bytes(8, "little"), value]
+        value = attrs[name]
+        head = attr.v2_head
+        if head is None or (kinds and name.decode("utf-8") in kinds):
+            kind = _kind(kinds.get(name.decode("utf-8")), attr.dtype, attr.space, value)
+            head = _f(name) + kind + attr.dtype.token + attr.space.token
+            head += attr.nbytes.to_bytes(8, "little")
+        parts += (head, value)
     return b"".join(parts)
 
 
@@ -710,6 +800,102 @@ def _values(obj: _Object) -> _Values:
     }
 
 
+# -- fractal heaps (dense link storage) --------------------------------------------
+
+
+class _Heap:
+    """A fractal heap's managed objects: what a group's dense link storage needs."""
+
+    __slots__ = (
+        "blocks",
+        "budget",
+        "file",
+        "id_length",
+        "length_size",
+        "loaded",
+        "offset_size",
+        "start_size",
+        "starts",
+    )
+
+    def __init__(self, file: _File, addr: int, budget: list[int]) -> None:
+        head = file._block(addr, 146, b"FRHP", budget)
+        if head[4] != 0:
+            raise Unsupported(f"fractal heap version {head[4]}")
+        id_length, filter_length = struct.unpack_from("<HH", head, 5)
+        (max_managed,) = _U32.unpack_from(head, 10)
+        if filter_length:
+            raise Unsupported("fractal heap with I/O filters")
+        width, start_size, max_direct, max_heap_bits, _, root, rows = struct.unpack_from(
+            "<HQQHHQH", head, 110
+        )
+        if (
+            not (width and start_size and max_direct >= start_size and 0 < max_heap_bits <= 64)
+            or start_size & (start_size - 1)
+            or max_direct & (max_direct - 1)
+            or width > 1024
+        ):
+            raise Malformed(f"fractal heap at {addr}: doubling table {width} x {start_size}")
+        self.file = file
+        self.budget = budget
+        self.id_length = id_length
+        self.start_size = start_size
+        self.offset_size = (max_heap_bits + 7) // 8
+        # libhdf5: min(bytes of a direct block offset, bytes of the largest managed object)
+        self.length_size = min(
+            ((max_direct.bit_length() - 1) + 7) // 8, (max_managed.bit_length() - 1) // 8 + 1
+        )
+        if 1 + self.offset_size + self.length_size > id_length:
+            raise Malformed(f"fractal heap at {addr}: heap IDs of {id_length} bytes")
+        # (heap offset, size, address) of every direct block, in heap order
+        self.blocks: list[tuple[int, int, int]] = []
+        self.loaded: dict[int, bytes] = {}  # direct blocks read so far, by address
+        self.starts: list[int] = []  # the blocks' heap offsets, for a binary search
+        if root == UNDEFINED:
+            return
+        if rows == 0:
+            self.blocks.append((0, start_size, root))
+            self.starts.append(0)
+            return
+        max_direct_rows = (max_direct.bit_length() - 1) - (start_size.bit_length() - 1) + 2
+        if rows > max_direct_rows:
+            raise Unsupported("fractal heap with indirect blocks below its root")
+        entries = rows * width
+        block = file._block(root, 5 + 8 + self.offset_size + 8 * entries + 4, b"FHIB", budget)
+        if block[4] != 0:
+            raise Unsupported(f"fractal heap indirect block version {block[4]}")
+        p = 5 + 8 + self.offset_size
+        offset = 0
+        for row in range(rows):
+            size = start_size if row < 2 else start_size << (row - 1)
+            for _ in range(width):
+                (child,) = _U64.unpack_from(block, p)
+                p += 8
+                if child != UNDEFINED:
+                    self.blocks.append((offset, size, child))
+                    self.starts.append(offset)
+                offset += size
+
+    def managed(self, heap_id: bytes) -> bytes:
+        """The bytes of the managed object ``heap_id`` names."""
+        if len(heap_id) > self.id_length or heap_id[0] & 0xF0:
+            kind = heap_id[0] >> 4 & 3 if heap_id else -1
+            raise Unsupported(f"heap ID of type {kind} (not a managed object)")
+        o = 1 + self.offset_size
+        offset = int.from_bytes(heap_id[1:o], "little")
+        length = int.from_bytes(heap_id[o : o + self.length_size], "little")
+        i = bisect.bisect_right(self.starts, offset) - 1
+        if i < 0 or offset >= self.blocks[i][0] + self.blocks[i][1]:
+            raise Malformed(f"heap object at {offset}: no direct block holds it")
+        start, size, addr = self.blocks[i]
+        if offset + length > start + size or length == 0:
+            raise Malformed(f"heap object at {offset} ({length} bytes) past its block")
+        block = self.loaded.get(addr)
+        if block is None:
+            block = self.loaded[addr] = self.file._block(addr, size, b"FHDB", self.budget)
+        return block[offset - start : offset - start + length]
+
+
 # -- one file's bytes ------------------------------------------------------------------
 
 
@@ -731,42 +917,17 @@ class _File:
         Dense attribute storage raises :class:`Unsupported`; dense link storage only
         when the links are asked for.
         """
-        obj = _Object(addr, attributes=attributes)
-        self._read_header(obj)
-        for mtype, body in obj.messages:
-            if mtype == _LINK:
-                obj.link_bodies.append(body)
-            elif mtype == _LINK_INFO:
-                obj.is_group = True
-                if body[0] != 0:
-                    raise Unsupported(f"link info message version {body[0]}")
-                (heap,) = _U64.unpack_from(body, 10 if body[1] & 1 else 2)
-                obj.dense_links = heap != UNDEFINED
-            elif mtype == _ATTR_INFO:
-                if body[0] != 0:
-                    raise Unsupported(f"attribute info message version {body[0]}")
-                (heap,) = _U64.unpack_from(body, 4 if body[1] & 1 else 2)
-                if heap != UNDEFINED:
-                    raise Unsupported("dense attribute storage")
-            else:
-                if mtype in obj.raw:
-                    raise Malformed(f"object at {addr}: message {mtype:#x} given twice")
-                obj.raw[mtype] = body
-        if obj.is_group and obj.raw:
-            raise Malformed(f"group at {addr} carries dataset messages")
-        return obj
-
-    def _read_header(self, obj: _Object) -> None:
-        """Sort the messages of ``obj``'s header, continuation chunks included, into it."""
-        buf, base, size, addr = self.buf, self.base, self.size, obj.addr
-        start = base + addr
+        obj = _Object(addr, attributes)
+        buf, size = self.buf, self.size
+        start = self.base + addr
         if not 0 <= addr < UNDEFINED:
             raise Malformed(f"object header address {addr} outside the file")
-        # signature, version, flags, times, phase change values, chunk size: at most 38 bytes
-        head = bytes(buf[start : start + 38])
-        if head[:4] != b"OHDR":
-            raise Malformed(f"no object header signature at address {addr}")
-        if head[4] != 2:
+        # Signature, version, flags, times, phase change values, chunk size (at most 38
+        # bytes), then the messages: one read of a typical header's whole first chunk.
+        head = bytes(buf[start : start + _FIRST_READ])
+        if head[:5] != b"OHDR\x02":
+            if head[:4] != b"OHDR":
+                raise Malformed(f"no object header signature at address {addr}")
             raise Unsupported(f"object header version {head[4]}")
         flags = head[5]
         if flags & 0xC0:
@@ -778,21 +939,33 @@ class _File:
         data_end = data_start + int.from_bytes(head[p:data_start], "little")
         if start + data_end + 4 > size:
             raise Malformed(f"object header at {addr} runs past the end of the file")
-        chunk = bytes(buf[start : start + data_end + 4])
-        if self.checksums and not _checksum_ok(chunk):
+        # (The messages end at data_end: bytes read past the chunk are never parsed.)
+        chunk = head if data_end + 4 <= len(head) else bytes(buf[start : start + data_end + 4])
+        if self.checksums and not _checksum_ok(chunk[: data_end + 4]):
             raise Malformed(f"object header at {addr}: checksum mismatch")
         header_size = 6 if flags & 0x04 else 4  # with a creation order per message
         continuations: list[tuple[int, int]] = []
-        # (chunk, where its messages start, where they end): the header's own chunk first,
-        # then its continuation chunks, in the order libhdf5 reads them.
-        chunks = [(chunk, data_start, data_end)]
+        _chunk_messages(chunk, data_start, data_end, header_size, obj, continuations)
+        if continuations:
+            self._continuations(obj, header_size, continuations, size - (data_end + 4))
+        if obj.is_group and obj.raw:
+            raise Malformed(f"group at {addr} carries dataset messages")
+        return obj
+
+    def _continuations(
+        self, obj: _Object, header_size: int, continuations: list[tuple[int, int]], budget: int
+    ) -> None:
+        """Sort the messages of ``obj``'s continuation chunks into it, in the order
+        libhdf5 reads them.
+
+        ``budget``: the bytes of the file outside the chunks read so far. The chunks of
+        one header never overlap, so together they fit in the file: a bound on the work
+        damaged continuation messages can cause.
+        """
+        buf, base, size, addr = self.buf, self.base, self.size, obj.addr
         seen = {addr}
-        # The chunks of one header never overlap, so together they fit in the file: a bound
-        # on the work damaged continuation messages can cause.
-        budget = size - len(chunk)
-        while chunks:
-            chunk, p, end = chunks.pop()
-            _chunk_messages(chunk, p, end, header_size, obj, continuations)
+        chunks: list[tuple[bytes, int, int]] = []
+        while True:
             for offset, length in continuations:
                 if offset in seen:
                     raise Malformed(f"object header at {addr}: continuation chunks form a cycle")
@@ -812,6 +985,139 @@ class _File:
                     raise Malformed(f"continuation chunk at {offset}: checksum mismatch")
                 chunks.append((more, 4, length - 4))
             continuations.clear()
+            if not chunks:
+                return
+            chunk, p, end = chunks.pop()
+            _chunk_messages(chunk, p, end, header_size, obj, continuations)
+
+    def _plain_dataset(self, addr: int) -> dict[int, bytes] | None:
+        """The dataspace, datatype and layout messages of the object at ``addr`` when it
+        is a dataset in the commonest form: one header chunk holding those and ignorable
+        messages only (no attributes, no creation order). None otherwise, the generic
+        parse (:meth:`object`) then decides, with its errors.
+        """
+        start = self.base + addr
+        if not 0 <= addr < UNDEFINED or self.checksums:
+            return None
+        head = bytes(self.buf[start : start + _FIRST_READ])
+        if head[:5] != b"OHDR\x02" or head[5] & 0xC4:
+            return None
+        flags = head[5]
+        p = 6 + (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
+        q = p + (1 << (flags & 3))
+        end = q + int.from_bytes(head[p:q], "little")
+        if start + end + 4 > self.size:
+            return None
+        if end + 4 > len(head):
+            head = bytes(self.buf[start : start + end + 4])
+            if end + 4 > len(head) or q > end:
+                return None
+        raw: dict[int, bytes] = {}
+        unpack = _MSG.unpack_from
+        while q + 4 <= end:
+            mtype, msize, mflags = unpack(head, q)
+            body = q + 4
+            q = body + msize
+            if q > end or mflags & 0x02:
+                return None
+            if mtype in _DATASET_MESSAGES:
+                if mtype in raw:
+                    return None
+                raw[mtype] = head[body:q]
+            elif mtype not in _IGNORED:
+                return None
+        return raw if len(raw) == 3 else None
+
+    def dense_links(self, link_info: bytes) -> dict[bytes, int]:
+        """The hard links (name -> object header address) of a group whose links are in
+        dense storage.
+
+        The names index (a version-2 B-tree of type 5) lists a heap ID per link; each
+        link message is a managed object of the group's fractal heap. The subset: a
+        B-tree of depth 0 or 1, a heap without I/O filters whose root is a direct block
+        or an indirect block of direct blocks (a few thousand links). Anything else
+        raises :class:`Unsupported`. Each link's name must hash (lookup3) to the hash its
+        B-tree record holds, as libhdf5's lookups by name require.
+        """
+        if len(link_info) < 18:
+            raise Malformed("link info message too short")
+        at = 10 if link_info[1] & 1 else 2
+        heap_addr, index_addr = struct.unpack_from("<QQ", link_info, at)
+        # The blocks of one heap and one B-tree never overlap, so together they fit in
+        # the file: a bound on the work damaged addresses and counts can cause.
+        budget = [self.size]
+        heap = _Heap(self, heap_addr, budget)
+        out: dict[bytes, int] = {}
+        for record in self._name_index(index_addr, budget):
+            name, target = _link(heap.managed(record[4:]))
+            if lookup3(name) != int.from_bytes(record[:4], "little"):
+                raise Malformed(f"link {name!r}: its name index record has another hash")
+            if name in out:
+                raise Malformed(f"two links named {name!r}")
+            out[name] = target
+        return out
+
+    def _block(self, addr: int, size: int, signature: bytes, budget: list[int]) -> bytes:
+        start = self.base + addr
+        if not 0 <= addr < UNDEFINED or size < 10 or start + size > self.size:
+            raise Malformed(f"{signature.decode()} block at {addr} outside the file")
+        budget[0] -= size
+        if budget[0] < 0:
+            raise Malformed("dense link storage larger than the file")
+        if self.checksums:  # their checksums sit mid-block: not parsed here
+            raise Unsupported("checksums of dense link storage")
+        block = bytes(self.buf[start : start + size])
+        if block[:4] != signature:
+            raise Malformed(f"no {signature.decode()} signature at address {addr}")
+        return block
+
+    def _name_index(self, addr: int, budget: list[int]) -> list[bytes]:
+        """The records of a link name index (v2 B-tree, type 5): name hash, heap ID."""
+        head = self._block(addr, 38, b"BTHD", budget)
+        version, kind, node_size, record_size, depth = struct.unpack_from("<BBIHH", head, 4)
+        root, root_count, total = struct.unpack_from("<QHQ", head, 16)
+        if version != 0 or kind != 5 or record_size != 11:
+            raise Unsupported(f"v2 B-tree version {version}, type {kind}, records {record_size}")
+        if node_size < 10 + record_size or total > self.size:
+            raise Malformed(f"v2 B-tree at {addr}: node size {node_size}, {total} records")
+        ids = self._btree_node(root, root_count, depth, node_size, budget)
+        if len(ids) != total:
+            raise Malformed(f"v2 B-tree at {addr}: {len(ids)} records, header says {total}")
+        return ids
+
+    def _btree_node(
+        self, addr: int, count: int, depth: int, node_size: int, budget: list[int]
+    ) -> list[bytes]:
+        if depth == 0:
+            node = self._block(addr, node_size, b"BTLF", budget)
+            if node[4] != 0 or node[5] != 5 or 6 + 11 * count + 4 > node_size:
+                raise Malformed(f"v2 B-tree leaf at {addr}: bad version, type or count")
+            return [node[p : p + 11] for p in range(6, 6 + 11 * count, 11)]
+        if depth != 1:
+            raise Unsupported(f"v2 B-tree of depth {depth}")
+        node = self._block(addr, node_size, b"BTIN", budget)
+        if node[4] != 0 or node[5] != 5:
+            raise Malformed(f"v2 B-tree node at {addr}: bad version or type")
+        # Each child pointer: address, then its record count in as few bytes as the most
+        # records a leaf holds need (libhdf5's H5B2 "max_nrec_size").
+        leaf_max = (node_size - 10) // 11
+        width = (leaf_max.bit_length() + 7) // 8
+        end = 6 + 11 * count + (8 + width) * (count + 1)
+        if end + 4 > node_size:
+            raise Malformed(f"v2 B-tree node at {addr}: {count} records do not fit")
+        ids: list[bytes] = []
+        p = 6 + 11 * count
+        for i in range(count + 1):
+            (child,) = _U64.unpack_from(node, p)
+            child_count = int.from_bytes(node[p + 8 : p + 8 + width], "little")
+            p += 8 + width
+            if child_count > leaf_max:
+                raise Malformed(f"v2 B-tree node at {addr}: child of {child_count} records")
+            ids += self._btree_node(child, child_count, 0, node_size, budget)
+            if i < count:  # the node's own record, between its children
+                r = 6 + 11 * i
+                ids.append(node[r : r + 11])
+        return ids
 
     def dataset_fields(self, addr: int, name: bytes) -> list[bytes]:
         """The v1 digest fields of the dataset at ``addr``: tag, name, dtype, shape, data."""
@@ -857,67 +1163,88 @@ class _File:
         return dtype, space, nbytes, data
 
     def group_parts(
-        self, addr: int
+        self, obj: _Object, stored: str | None
     ) -> tuple[dict[bytes, list[bytes]], dict[bytes, bytes], str | None]:
-        """``(dataset digest fields by name, attribute digest fields by name, stored digest)``
-        of a v1 group; :class:`_TreeDigest` if it carries a v2 digest."""
-        obj = self.object(addr)
-        if not obj.is_group:
-            raise Unsupported(f"object at {addr} is not a group with a link info message")
-        stored = obj.pop_digest()
-        if stored is not None and stored.startswith(DIGEST_V2_PREFIX):
-            raise _TreeDigest("content digest v2 (result trees)")
+        """``(dataset digest fields by name, attribute digest fields by name, stored)`` of
+        the v1 group whose header ``obj`` is."""
         links = obj.links()
         datasets = {name: self.dataset_fields(links[name], name) for name in links}
-        return datasets, obj.attrs, stored
+        return datasets, obj.v1_attrs(), stored
 
-    def group_digest(self, addr: int) -> tuple[str, str | None]:
-        """(computed v1 digest, stored digest) of the group at ``addr``."""
-        datasets, attrs, stored = self.group_parts(addr)
-        return _digest_of_parts(datasets, attrs), stored
+    def tree_digest(
+        self, addr: int, desc: _Desc | None = None, *, v1_fallback: bool = False
+    ) -> tuple[str, str | None]:
+        """(computed v2 digest, stored digest) of the result tree at ``addr``.
 
-    def tree_digest(self, addr: int, desc: _Desc | None = None) -> tuple[str, str | None]:
-        """(computed v2 digest, stored digest) of the result tree at ``addr``."""
+        ``v1_fallback``: a group whose stored digest is not a v2 one raises
+        :class:`_V1Digest` (with the parsed header) right after its header is read, so
+        that the caller computes the v1 digest without parsing the header again.
+        """
+        obj = self.object(addr)
+        stored = obj.pop_digest()
+        if v1_fallback and (stored is None or not stored.startswith(DIGEST_V2_PREFIX)):
+            raise _V1Digest(obj, stored)
         out = [DIGEST_V2_MAGIC]
-        stored = self._node_v2(addr, 0, out, desc, b"")
+        self._node_v2(obj, 0, out, desc, b"")
         return DIGEST_V2_PREFIX + hashlib.sha256(b"".join(out)).hexdigest(), stored
 
+    def v1_digest(self, obj: _Object, stored: str | None) -> str:
+        """The v1 digest of the group whose header ``obj`` is (its digest popped)."""
+        if not obj.is_group:
+            raise Unsupported(f"object at {obj.addr} is not a group with a link info message")
+        datasets, attrs, _ = self.group_parts(obj, stored)
+        return _digest_of_parts(datasets, attrs)
+
     def _node_v2(
-        self, addr: int, depth: int, out: list[bytes], desc: _Desc | None, name: bytes
-    ) -> str | None:
-        """Append the v2 digest fields of the object at ``addr``; the stored digest, if any.
+        self, obj: _Object, depth: int, out: list[bytes], desc: _Desc | None, name: bytes
+    ) -> None:
+        """Append the v2 digest fields of ``obj`` (its stored digest already popped).
 
         ``desc``: the description of the group that holds the object (of the object itself
         at depth 0), filled in for a schema check; None when no schema asks.
         """
-        if depth > _MAX_DEPTH:
-            raise Unsupported("groups nested too deep")
-        obj = self.object(addr)
-        stored = obj.pop_digest()
         attrs, objs = obj.attrs, obj.attr_objs
-        kinds = _kinds_entry(attrs, objs)
+        kinds = _kinds_entry(attrs, objs) if _KINDS_ATTR in attrs else _NO_KINDS
         if obj.is_group:
             links = obj.links()
-            out += [_F_G, _attrs_v2(attrs, objs, kinds, False), len(links).to_bytes(8, "little")]
+            out += (_F_G, _attrs_v2(attrs, objs, kinds, False), len(links).to_bytes(8, "little"))
             own = desc
             if desc is not None and depth > 0:
                 own = desc.groups[name] = _Desc(values=desc.values)
             if own is not None and own.values:
                 own.attrs = _values(obj)
+            if links and depth + 1 > _MAX_DEPTH:
+                raise Unsupported("groups nested too deep")
             for member in sorted(links):
-                out.append(_f(member))
-                self._node_v2(links[member], depth + 1, out, own, member)
-            return stored
+                out.append(len(member).to_bytes(8, "little") + member)
+                addr = links[member]
+                raw = self._plain_dataset(addr) if own is None or not own.values else None
+                if raw is not None:
+                    # What the lines below give for a dataset without attributes.
+                    dtype, space, nbytes, data = self.dataset_value(raw, b"")
+                    kind = _kind(None, dtype, space, data)
+                    if own is not None:
+                        own.datasets[member] = (dtype, space, data, kind[8:].decode(), {})
+                    out += (_F_D, _NO_ATTRS_V2, kind, dtype.token)
+                    out += (space.token, nbytes.to_bytes(8, "little"), data)
+                    continue
+                child = self.object(addr)
+                child.pop_digest()
+                self._node_v2(child, depth + 1, out, own, member)
+            return
         if len(obj.raw) != 3 or depth == 0:
-            raise Unsupported(f"object at {addr} is not a group or a dataset of the subset")
+            raise Unsupported(f"object at {obj.addr} is not a group or a dataset of the subset")
         dtype, space, nbytes, data = self.dataset_value(obj.raw, b"")
         kind = _kind(kinds.get(""), dtype, space, data)
         if desc is not None:
             values = _values(obj) if desc.values else {}
             desc.datasets[name] = (dtype, space, data, kind[8:].decode(), values)
-        out += [_F_D, _attrs_v2(attrs, objs, kinds, True), kind]
-        out += [dtype.token, space.token, nbytes.to_bytes(8, "little"), data]
-        return stored
+        out += (_F_D, _attrs_v2(attrs, objs, kinds, True) if attrs or kinds else _NO_ATTRS_V2, kind)
+        out += (dtype.token, space.token, nbytes.to_bytes(8, "little"), data)
+
+
+_NO_KINDS: Mapping[str, str] = MappingProxyType({})
+_NO_ATTRS_V2 = (0).to_bytes(8, "little")
 
 
 # -- public API -----------------------------------------------------------------------
@@ -965,6 +1292,36 @@ def root_attribute_values(buf: Buffer) -> dict[str, bytes]:
         raise Malformed(f"{type(err).__name__}: {err}") from err
 
 
+def root_group(buf: Buffer) -> tuple[int, dict[str, bytes], dict[bytes, int]]:
+    """The file's base address, its root group's attributes and its hard links.
+
+    Returns
+    -------
+    tuple
+        ``(base address, attribute name -> stored value bytes as h5py reads them,
+        link name -> object header address)``; links in dense storage included.
+
+    Raises
+    ------
+    Unsupported
+        Attributes or links stored in a way this reader does not parse, or a link that
+        is not a hard link.
+    Malformed
+        The bytes do not parse.
+    """
+    try:
+        base = base_address(buf)
+        (root,) = _U64.unpack_from(buf, base + 36)
+        file = _File(buf, base)
+        obj = file.object(root)
+        if not obj.is_group:
+            raise Malformed("the root object is not a group")
+        attrs = {name.decode("utf-8", "replace"): value for name, value in obj.attrs.items()}
+        return base, attrs, obj.links(file)
+    except (IndexError, struct.error, ValueError, OverflowError) as err:
+        raise Malformed(f"{type(err).__name__}: {err}") from err
+
+
 def group_digest_at(
     buf: Buffer, base: int, addr: int, *, checksums: bool = False
 ) -> tuple[str, str | None]:
@@ -973,12 +1330,16 @@ def group_digest_at(
     ``addr`` is the group's object header address relative to ``base`` (see
     :func:`base_address`). Raises :class:`Unsupported` or :class:`Malformed`.
     """
+    return _digest_at(_File(buf, base, checksums=checksums), addr)
+
+
+def _digest_at(file: _File, addr: int) -> tuple[str, str | None]:
     try:
-        file = _File(buf, base, checksums=checksums)
         try:
-            return file.group_digest(addr)
-        except _TreeDigest:
-            return file.tree_digest(addr)
+            # v2 first: every file h5guard writes now carries v2 digests.
+            return file.tree_digest(addr, v1_fallback=True)
+        except _V1Digest as v1:
+            return file.v1_digest(v1.obj, v1.stored), v1.stored
     except (IndexError, struct.error, ValueError, OverflowError) as err:
         raise Malformed(f"{type(err).__name__}: {err}") from err
 
@@ -1014,12 +1375,16 @@ def read_group_at(
     """
     try:
         file = _File(buf, base)
+        desc = _Desc(values=describe)
         try:
-            parts, attrs, stored = file.group_parts(addr)
-        except _TreeDigest:
-            desc = _Desc(values=describe)
-            computed, stored = file.tree_digest(addr, desc)
+            computed, stored = file.tree_digest(addr, desc, v1_fallback=True)
             return computed, stored, _info(desc) if describe else None, _paths(desc, b"")
+        except _V1Digest as v1:
+            if not v1.obj.is_group:
+                raise Unsupported(
+                    f"object at {addr} is not a group with a link info message"
+                ) from None
+            parts, attrs, stored = file.group_parts(v1.obj, v1.stored)
         info = None
         if describe:
             datasets = {}
@@ -1097,9 +1462,10 @@ def verify_groups_at(
                 return problems, list(groups)
             except Malformed as err:
                 return [(key, f"unreadable superblock: {err}") for key in groups], unsupported
+            file = _File(buf, base, checksums=checksums)
             for key, (addr, want) in groups.items():
                 try:
-                    computed, stored = group_digest_at(buf, base, addr, checksums=checksums)
+                    computed, stored = _digest_at(file, addr)
                 except Unsupported:
                     unsupported.append(key)
                     continue

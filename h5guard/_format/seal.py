@@ -92,6 +92,17 @@ def parse_seal(head: bytes) -> Seal | None:
     return Seal(digest, int(size))
 
 
+def check_seal_fd(fd: int) -> bool | None:
+    """:func:`check_seal` of an open file: whoever hashed it then reads the same file."""
+    seal = parse_seal(os.pread(fd, SEAL_SIZE, 0))
+    if seal is None:
+        return None
+    size = os.fstat(fd).st_size
+    if size != seal.size:
+        return False
+    return _sha256_of_file(fd, size) == seal.sha256
+
+
 def check_seal(path: str | os.PathLike[str]) -> bool | None:
     """True if the file carries a seal matching its bytes, False if the seal does not
     match, None if it has no seal (or cannot be read: the other layers will say why)."""
@@ -100,13 +111,7 @@ def check_seal(path: str | os.PathLike[str]) -> bool | None:
     except OSError:
         return None
     try:
-        seal = parse_seal(os.pread(fd, SEAL_SIZE, 0))
-        if seal is None:
-            return None
-        size = os.fstat(fd).st_size
-        if size != seal.size:
-            return False
-        return _sha256_of_file(fd, size) == seal.sha256
+        return check_seal_fd(fd)
     except OSError:
         return None
     finally:
