@@ -204,6 +204,8 @@ def child_iter_plain(p: Params) -> int:
     n = 0
     with h5py.File(p["output"], "r") as f:
         for key in f:
+            if key.startswith("h5guard_"):  # the summary: h5guard's own, no result
+                continue
             _plain_group(f[key])
             n += 1
     return n
@@ -226,6 +228,8 @@ def child_df_plain(p: Params) -> int:
     keys: list[str] = []
     with h5py.File(p["output"], "r") as f:
         for key in f:
+            if key.startswith("h5guard_"):  # the summary: h5guard's own, no result
+                continue
             g = f[key]
             row = {
                 name: v
