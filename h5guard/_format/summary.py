@@ -10,15 +10,14 @@ digest of its own, which :func:`h5guard.check` and ``to_dataframe(verify=True)``
 
 Layout (docs/format.md, "The summary", gives it with an example)::
 
-    /h5guard_summary              attrs h5guard_format, rows, h5guard_digest
-        key/offsets, key/bytes    the keys, in key order (UTF-8, offsets into bytes)
-        digest/offsets, ...bytes  each result's h5guard_digest
-        columns/<i>/              attrs name, kind, dtype: one part of a column
-            slot                  int32 per row: -1 missing, else the value's position
-                                  in its result's row (fixes the column order)
-            values                one value per row (kinds int, float, bool, complex,
-                                  numpy)                      or
-            offsets, bytes        variable-length values (kinds str, bytes, numpy |S)
+    /h5guard_summary          attrs h5guard_format, rows (N), h5guard_digest, and
+                              columns: JSON [[name, kind, dtype], ...], one per part
+        key_offsets, key_bytes        the keys in key order (UTF-8 at offsets)
+        digest_offsets, digest_bytes  each result's h5guard_digest
+        slots                 int32 (parts, N): -1 where a row has no value, else the
+                              value's position in its result's row (the column order)
+        <i>_values            part i's values (kinds int, float, bool, complex, numpy)
+        <i>_offsets, <i>_bytes        or variable-length ones (str, bytes, numpy |S)
 
 A column whose values have more than one type (``int`` in one result, ``str`` in
 another) has one part per type, their present rows disjoint.
@@ -58,6 +57,7 @@ FORMAT = "h5guard-summary/1"
 MAGIC = b"h5guard-summary-v1\0"
 DIGEST_PREFIX = "sha256:"
 ROWS_ATTR = "rows"
+COLUMNS_ATTR = "columns"  # JSON [[name, kind, dtype], ...]: the column parts, in order
 
 # Part kinds whose values are fixed-size, and the dtype each is stored as.
 _FIXED = {"int": "<i8", "float": "<f8", "bool": "|b1", "complex": "<c16"}
@@ -143,6 +143,30 @@ def _type_of(value: Any) -> tuple[str, str]:
     if isinstance(value, str):
         return "str", _HEAP["str"]
     return "bytes", _HEAP["bytes"]
+
+
+def _utf8(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+_CELL_PARTS = {k: (k, d) for k, d in _FIXED.items()}
+
+
+def _cell(value: Value) -> tuple[tuple[str, str], Any] | None:
+    """(part, value) of a stored value that is a column, else None: ``python_value``
+    and ``is_scalar`` and ``_type_of`` in one step."""
+    kind = value.kind
+    part = _CELL_PARTS.get(kind)
+    if part is not None:
+        return part, value.array[()]  # int64, float64, bool_ or complex128 into its part
+    if kind == "str" or kind == "bytes":
+        py = python_value(value)
+        return _type_of(py), py
+    if kind == "numpy" and value.array.ndim == 0:
+        py = python_value(value)
+        if is_scalar(py):
+            return _type_of(py), py
+    return None
 
 
 def _fill(kind: str, dtype: str, n: int) -> Array:
@@ -253,8 +277,48 @@ class Builder:
     def track(self, results: Iterable[PreparedResult]) -> Iterator[PreparedResult]:
         """Pass ``results`` through, adding the row of each (for a shard being written)."""
         for result in results:
-            self.add(result.key, result.digest, row_of(result.root))
+            self.add_tree(result.key, result.digest, result.root)
             yield result
+
+    def add_tree(self, key: str, digest: str, root: GroupNode) -> None:
+        """:meth:`add` of ``row_of(root)``, without building the row (the writer's path:
+        once per result at commit, so its cost counts against tiny results)."""
+        i = len(self._keys)
+        self._keys.append(key)
+        self._digests.append(digest)
+        cells = self._cells
+        slot = 0
+        seen: set[str] = set()
+        attrs = root.attrs
+        for name in sorted(attrs, key=_utf8) if len(attrs) > 1 else attrs:
+            cell = _cell(attrs[name])
+            if cell is not None:
+                seen.add(name)
+                part, value = cell
+                found = cells.get((name, *part))
+                if found is None:
+                    found = cells[(name, *part)] = ([], [], [])
+                found[0].append(i)
+                found[1].append(slot)
+                found[2].append(value)
+                slot += 1
+        members = root.members
+        for name in sorted(members, key=_utf8) if len(members) > 1 else members:
+            member = members[name]
+            if not isinstance(member, DatasetNode) or member.attrs:
+                continue
+            cell = _cell(member.value)
+            if cell is not None:
+                column = f"datasets/{name}" if name in seen else name
+                seen.add(column)
+                part, value = cell
+                found = cells.get((column, *part))
+                if found is None:
+                    found = cells[(column, *part)] = ([], [], [])
+                found[0].append(i)
+                found[1].append(slot)
+                found[2].append(value)
+                slot += 1
 
     def table(self) -> Table:
         n = len(self._keys)
@@ -317,41 +381,43 @@ def _text_attr(obj: Any, name: str, text: str) -> None:
     write.create_attr(obj, name, np.array(data, dtype=utf8_dtype(max(1, len(data)))))
 
 
-def _write_heap(group: h5py.Group, items: Sequence[bytes]) -> None:
+def _write_heap(group: h5py.Group, label: str, items: Sequence[bytes]) -> None:
     offsets, heap = _heap(items)
-    write.write_dataset(group, "offsets", offsets)
-    write.write_dataset(group, "bytes", np.frombuffer(heap, dtype=np.uint8))
+    write.write_dataset(group, f"{label}offsets", offsets)
+    write.write_dataset(group, f"{label}bytes", np.frombuffer(heap, dtype=np.uint8))
 
 
 def write_table(f: h5py.File, table: Table) -> None:
-    """Store ``table`` as ``f``'s summary, replacing an earlier one."""
-    if NAME in f:
+    """Store ``table`` as ``f``'s summary, replacing an earlier one.
+
+    Few objects (one group, a handful of datasets, four attributes): a shard of 100
+    tiny results pays for it once per commit.
+    """
+    if f.id.links.exists(NAME.encode()):
         del f[NAME]
     top = write.create_subgroup(f, NAME)
     _text_attr(top, names.FORMAT_ATTR, FORMAT)
     write.create_attr(top, ROWS_ATTR, np.array(table.rows, dtype="<i8"))
-    for label, texts in (("key", table.keys), ("digest", table.digests)):
-        _write_heap(write.create_subgroup(top, label), [t.encode("utf-8") for t in texts])
-    columns = write.create_subgroup(top, "columns")
+    meta = [[p.name, p.kind, p.dtype] for p in table.parts]
+    _text_attr(top, COLUMNS_ATTR, json.dumps(meta, ensure_ascii=False))
+    _write_heap(top, "key_", [t.encode("utf-8") for t in table.keys])
+    _write_heap(top, "digest_", [t.encode("utf-8") for t in table.digests])
+    slots = np.zeros((len(table.parts), table.rows), dtype="<i4")
     for i, part in enumerate(table.parts):
-        g = write.create_subgroup(columns, str(i))
-        _text_attr(g, "name", part.name)
-        _text_attr(g, "kind", part.kind)
-        _text_attr(g, "dtype", part.dtype)
-        write.write_dataset(g, "slot", np.ascontiguousarray(part.slot, dtype="<i4"))
+        slots[i] = part.slot
         if part.variable:
-            _write_heap(g, _encoded(part))
+            _write_heap(top, f"{i}_", _encoded(part))
         else:
-            write.write_dataset(
-                g, "values", np.ascontiguousarray(part.values, np.dtype(part.dtype))
-            )
+            values = np.ascontiguousarray(part.values, np.dtype(part.dtype))
+            write.write_dataset(top, f"{i}_values", values)
+    write.write_dataset(top, "slots", slots)
     write.create_attr(top, names.DIGEST_ATTR, np.array(table.digest().encode(), dtype=np.bytes_))
 
 
-def _read(group: h5py.Group, name: str, where: str) -> Array:
+def _read(group: h5py.Group, name: str, where: str, ndim: int = 1) -> Array:
     obj = group.get(name)
-    if not isinstance(obj, h5py.Dataset) or obj.ndim != 1:
-        raise SummaryError(f"{where}/{name}: expected a one-dimensional dataset")
+    if not isinstance(obj, h5py.Dataset) or obj.ndim != ndim:
+        raise SummaryError(f"{where}/{name}: expected a {ndim}-dimensional dataset")
     return reader.read_dataset_array(obj)
 
 
@@ -362,20 +428,18 @@ def _attr_text(obj: Any, name: str, where: str) -> str:
     return raw.tobytes().rstrip(b"\0").decode("utf-8", "surrogateescape")
 
 
-def _read_heap(group: Any, where: str, n: int) -> list[bytes]:
-    if not isinstance(group, h5py.Group):
-        raise SummaryError(f"{where}: expected a group")
-    offsets = _read(group, "offsets", where).astype(np.int64, copy=False)
-    heap = _read(group, "bytes", where)
+def _read_heap(group: h5py.Group, label: str, where: str, n: int) -> list[bytes]:
+    offsets = _read(group, f"{label}offsets", where).astype(np.int64, copy=False)
+    heap = _read(group, f"{label}bytes", where)
     if heap.dtype != np.uint8:
-        raise SummaryError(f"{where}/bytes: expected uint8, found {heap.dtype}")
+        raise SummaryError(f"{where}/{label}bytes: expected uint8, found {heap.dtype}")
     if (
         len(offsets) != n + 1
         or offsets[0] != 0
         or offsets[-1] != len(heap)
         or (np.diff(offsets) < 0).any()
     ):
-        raise SummaryError(f"{where}/offsets: not {n + 1} increasing offsets into bytes")
+        raise SummaryError(f"{where}/{label}offsets: not {n + 1} increasing offsets into bytes")
     data = heap.tobytes()
     bounds = offsets.tolist()
     return [data[a:b] for a, b in itertools.pairwise(bounds)]
@@ -408,37 +472,38 @@ def _load(top: Any, where: str) -> Table:
     n = int(np.asarray(reader.read_attr(top, ROWS_ATTR)).reshape(()))
     if n < 0:
         raise SummaryError(f"{where}: {n} rows")
-    keys = [b.decode("utf-8") for b in _read_heap(top.get("key"), f"{where}/key", n)]
-    digests = [b.decode("utf-8") for b in _read_heap(top.get("digest"), f"{where}/digest", n)]
-    columns = top.get("columns")
-    if not isinstance(columns, h5py.Group):
-        raise SummaryError(f"{where}/columns: expected a group")
+    meta = json.loads(_attr_text(top, COLUMNS_ATTR, where))
+    if not isinstance(meta, list) or not all(
+        isinstance(m, list) and len(m) == 3 and all(isinstance(x, str) for x in m) for m in meta
+    ):
+        raise SummaryError(f"{where}@{COLUMNS_ATTR}: expected a list of [name, kind, dtype]")
+    keys = [b.decode("utf-8") for b in _read_heap(top, "key_", where, n)]
+    digests = [b.decode("utf-8") for b in _read_heap(top, "digest_", where, n)]
+    slots = _read(top, "slots", where, ndim=2)
+    if slots.dtype != np.dtype("<i4") or slots.shape != (len(meta), n):
+        raise SummaryError(
+            f"{where}/slots: expected {len(meta)} x {n} int32, found {slots.shape} {slots.dtype}"
+        )
     parts = []
-    for label in sorted(columns, key=lambda s: int(s) if s.isdigit() else -1):
-        at = f"{where}/columns/{label}"
-        g = columns[label]
-        if not label.isdigit() or not isinstance(g, h5py.Group):
-            raise SummaryError(f"{at}: expected a numbered group")
-        name, kind, dtype = (_attr_text(g, a, at) for a in ("name", "kind", "dtype"))
-        slot = _read(g, "slot", at)
-        if slot.dtype != np.dtype("<i4") or len(slot) != n:
-            raise SummaryError(f"{at}/slot: expected {n} int32, found {len(slot)} {slot.dtype}")
-        part = Part(name, kind, dtype, slot, np.empty(0))
+    for i, (name, kind, dtype) in enumerate(meta):
+        part = Part(name, kind, dtype, slots[i], np.empty(0))
         if part.variable:
-            items = _read_heap(g, at, n)
+            items = _read_heap(top, f"{i}_", where, n)
             values = np.empty(n, dtype=object)
             if kind == "str":
                 values[:] = [b.decode("utf-8", "surrogateescape") for b in items]
             else:
                 values[:] = items
         elif _FIXED.get(kind) == dtype or (kind == "numpy" and _numpy_dtype(dtype)):
-            values = _read(g, "values", at)
+            values = _read(top, f"{i}_values", where)
             if values.dtype != np.dtype(dtype) or len(values) != n:
                 raise SummaryError(
-                    f"{at}/values: expected {n} {dtype}, found {len(values)} {values.dtype}"
+                    f"{where}/{i}_values: expected {n} {dtype}, found {len(values)} {values.dtype}"
                 )
         else:
-            raise SummaryError(f"{at}: unknown kind {kind!r} of dtype {dtype!r}")
+            raise SummaryError(
+                f"{where}: column part {i}: unknown kind {kind!r} of dtype {dtype!r}"
+            )
         part.values = values
         parts.append(part)
     return Table(keys, digests, parts)

@@ -4,6 +4,7 @@ and nothing treats it as a result."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -242,10 +243,9 @@ def _summary_findings(path: Path) -> list[h5guard.Finding]:
 def test_a_changed_summary_value_is_an_error_of_its_own(tmp_path: Path) -> None:
     out = _merged(tmp_path)
     with h5py.File(out, "r+") as f:
-        for label in f[summary.NAME]["columns"]:
-            g = f[summary.NAME]["columns"][label]
-            if g.attrs["name"] == b"aep" or g.attrs["name"] == "aep":
-                g["values"][1] = 99.0
+        top = f[summary.NAME]
+        parts = json.loads(top.attrs["columns"])
+        top[f"{parts.index(['aep', 'float', '<f8'])}_values"][1] = 99.0
     findings = _summary_findings(out)
     assert len(findings) == 1 and findings[0].severity is Severity.ERROR
     assert findings[0].obj == "/h5guard_summary"
@@ -282,7 +282,7 @@ def test_a_row_digest_that_disagrees_with_its_group_is_found(tmp_path: Path) -> 
 def test_a_malformed_summary_is_reported_not_raised(tmp_path: Path) -> None:
     out = _merged(tmp_path)
     with h5py.File(out, "r+") as f:
-        del f[summary.NAME]["key"]["offsets"]
+        del f[summary.NAME]["key_offsets"]
     findings = _summary_findings(out)
     assert len(findings) == 1 and "unreadable" in findings[0].message
     with pytest.raises(h5guard.DigestMismatchError):
