@@ -125,7 +125,8 @@ def child_merge_naive(p: Params) -> int:
                 continue
             with h5py.File(worker_file, "r") as h5_in:
                 for key in h5_in:
-                    if key != "init" and key not in h5_out:
+                    # h5guard_summary: the shards' own table, no result to merge.
+                    if key != "init" and not key.startswith(RESERVED) and key not in h5_out:
                         h5_out.copy(h5_in[key], key)
                         n += 1
             os.remove(worker_file)
