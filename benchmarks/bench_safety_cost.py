@@ -664,7 +664,7 @@ class Bench:
     def read(self) -> None:
         out = self.results_file()
         with h5py.File(out, "r") as f:
-            keys = sorted(f)
+            keys = sorted(k for k in f if not k.startswith(RESERVED))  # not the summary
         k = self.size("read_keys")
         chosen = keys[:: max(1, len(keys) // k)][:k]
         print(f"\nread: read() of {len(chosen)} keys, one call (one open) each")
