@@ -415,10 +415,19 @@ def write_table(f: h5py.File, table: Table) -> None:
 
 
 def _read(group: h5py.Group, name: str, where: str, ndim: int = 1) -> Array:
-    obj = group.get(name)
-    if not isinstance(obj, h5py.Dataset) or obj.ndim != ndim:
+    # The low-level calls: a merge reads every new shard's summary, and h5py's objects
+    # cost more than the reads of these small datasets.
+    try:
+        dsid = h5py.h5d.open(group.id, name.encode())
+    except KeyError as err:
+        raise SummaryError(f"{where}/{name}: missing") from err
+    shape = dsid.shape
+    if shape is None or len(shape) != ndim:
         raise SummaryError(f"{where}/{name}: expected a {ndim}-dimensional dataset")
-    return reader.read_dataset_array(obj)
+    out: Array = np.empty(shape, dtype=dsid.dtype)
+    if out.size:
+        dsid.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
+    return out
 
 
 def _attr_text(obj: Any, name: str, where: str) -> str:
@@ -447,12 +456,11 @@ def _read_heap(group: h5py.Group, label: str, where: str, n: int) -> list[bytes]
 
 def load(f: h5py.File) -> Table | None:
     """The summary stored in ``f`` (None if it has none); raises SummaryError if malformed."""
-    top = f.get(NAME)
-    if top is None:
+    if not f.id.links.exists(NAME.encode()):
         return None
     where = f"/{NAME}"
     try:
-        return _load(top, where)
+        return _load(f[NAME], where)
     except SummaryError:
         raise
     except Exception as err:  # libhdf5 errors, bad values: the summary is damaged
@@ -466,13 +474,22 @@ def stored_digest(f: h5py.File) -> str:
 def _load(top: Any, where: str) -> Table:
     if not isinstance(top, h5py.Group):
         raise SummaryError(f"{where}: expected a group")
-    fmt = _attr_text(top, names.FORMAT_ATTR, where)
+    attrs = reader.read_attrs(top)  # all four at once, by index
+
+    def text(name: str) -> str:
+        if name not in attrs:
+            raise SummaryError(f"{where}: attribute {name!r} missing")
+        return attrs[name].tobytes().rstrip(b"\0").decode("utf-8", "surrogateescape")
+
+    fmt = text(names.FORMAT_ATTR)
     if fmt != FORMAT:
         raise SummaryError(f"{where}: format {fmt!r}, expected {FORMAT!r}")
-    n = int(np.asarray(reader.read_attr(top, ROWS_ATTR)).reshape(()))
+    if ROWS_ATTR not in attrs:
+        raise SummaryError(f"{where}: attribute {ROWS_ATTR!r} missing")
+    n = int(np.asarray(attrs[ROWS_ATTR]).reshape(()))
     if n < 0:
         raise SummaryError(f"{where}: {n} rows")
-    meta = json.loads(_attr_text(top, COLUMNS_ATTR, where))
+    meta = json.loads(text(COLUMNS_ATTR))
     if not isinstance(meta, list) or not all(
         isinstance(m, list) and len(m) == 3 and all(isinstance(x, str) for x in m) for m in meta
     ):
@@ -665,13 +682,13 @@ def table_from_groups(f: h5py.File, keys: Iterable[str] | None = None) -> Table:
 # -- the merge -----------------------------------------------------------------------------
 
 
-def _trusted(f: h5py.File, where: str) -> Table | None:
-    """``f``'s summary if it reads and its digest matches, else None (logged)."""
+def _trusted(f: h5py.File, where: str, *, verify: bool) -> Table | None:
+    """``f``'s summary if it reads (and, ``verify``, its digest matches), else None."""
     try:
         table = load(f)
         if table is None:
             return None
-        found = problems(table, stored_digest(f), None)
+        found = problems(table, stored_digest(f), None) if verify else []
     except SummaryError as err:
         found = [str(err)]
         table = None
@@ -692,14 +709,19 @@ class Merging:
     """
 
     def __init__(self, f: h5py.File, where: str = "output") -> None:
-        base = _trusted(f, where)
+        base = _trusted(f, where, verify=True)
         self._tables = [base if base is not None else table_from_groups(f)]
 
     def take(self, src: h5py.File, keys: Sequence[str], where: str = "shard") -> None:
         if not keys:
             return
-        table = _trusted(src, where)
-        if table is not None and set(keys) <= set(table.keys):
+        # Not re-verified here: the merge copies only from shards it validated, whose
+        # seal matched (the bytes the writer summarised) or whose deep check verified
+        # the summary with the groups (SUMMARY_MISMATCH is an error: quarantined).
+        table = _trusted(src, where, verify=False)
+        if table is not None and table.keys == list(keys):
+            self._tables.append(table)
+        elif table is not None and set(keys) <= set(table.keys):
             self._tables.append(table.select(keys))
         else:
             self._tables.append(table_from_groups(src, keys))

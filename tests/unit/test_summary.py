@@ -298,3 +298,16 @@ def test_an_empty_file_and_results_without_scalars(tmp_path: Path) -> None:
     (shard,) = (tmp_path / "s").glob("*.h5")
     assert_tables(shard, reference(shard))
     assert h5guard.to_dataframe(shard).shape == (2, 0)
+
+
+def test_a_shard_whose_summary_is_damaged_is_quarantined_not_merged(tmp_path: Path) -> None:
+    # The merge reads a new shard's rows from its summary without re-hashing it, because
+    # only validated shards are merged: one whose summary disagrees is an error there.
+    _study(tmp_path / "a", 0, 3)
+    (shard,) = (tmp_path / "a").glob("*.h5")
+    with h5py.File(shard, "r+") as f:
+        f[summary.NAME]["0_values"][0] = 99
+    out = tmp_path / "out.h5"
+    report = h5guard.merge(tmp_path / "a", out)
+    assert len(report.quarantined) == 1 and report.groups_added == 0, report
+    assert "SUMMARY_MISMATCH" in " ".join(report.quarantined[0].reasons)
