@@ -125,7 +125,8 @@ def child_merge_naive(p: Params) -> int:
                 continue
             with h5py.File(worker_file, "r") as h5_in:
                 for key in h5_in:
-                    if key != "init" and key not in h5_out:
+                    # h5guard_summary: the shards' own table, no result to merge.
+                    if key != "init" and not key.startswith(RESERVED) and key not in h5_out:
                         h5_out.copy(h5_in[key], key)
                         n += 1
             os.remove(worker_file)
@@ -204,6 +205,8 @@ def child_iter_plain(p: Params) -> int:
     n = 0
     with h5py.File(p["output"], "r") as f:
         for key in f:
+            if key.startswith("h5guard_"):  # the summary: h5guard's own, no result
+                continue
             _plain_group(f[key])
             n += 1
     return n
@@ -226,6 +229,8 @@ def child_df_plain(p: Params) -> int:
     keys: list[str] = []
     with h5py.File(p["output"], "r") as f:
         for key in f:
+            if key.startswith("h5guard_"):  # the summary: h5guard's own, no result
+                continue
             g = f[key]
             row = {
                 name: v
@@ -659,7 +664,7 @@ class Bench:
     def read(self) -> None:
         out = self.results_file()
         with h5py.File(out, "r") as f:
-            keys = sorted(f)
+            keys = sorted(k for k in f if not k.startswith(RESERVED))  # not the summary
         k = self.size("read_keys")
         chosen = keys[:: max(1, len(keys) // k)][:k]
         print(f"\nread: read() of {len(chosen)} keys, one call (one open) each")

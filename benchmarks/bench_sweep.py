@@ -108,6 +108,8 @@ def records(path: Path) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     out = []
     with h5py.File(path, "r") as f:
         for key in f:
+            if key.startswith("h5guard_"):  # the summary: h5guard's own, no result
+                continue
             g = f[key]
             datasets = {k: g[k][()] for k in g}
             attrs = {
@@ -152,6 +154,8 @@ def naive_storage(
         for path in files:
             with h5py.File(path, "r") as f:
                 for key in f:
+                    if key.startswith("h5guard_"):  # the summary: h5guard's own, no result
+                        continue
                     out.copy(f[key], key)
     return time.perf_counter() - t0
 

@@ -21,9 +21,10 @@ if TYPE_CHECKING:
     from h5guard._merge.output import Quarantined, record_output
     from h5guard._merge.plan import MergePlan, plan_merge
     from h5guard._merge.run import MergeReport, merge
-    from h5guard._reading import Dataset, Group, Result, iter_results, read, to_dataframe
+    from h5guard._reading import Dataset, Group, Result, iter_results, read
     from h5guard._salvage.api import FileSalvage, SalvageReport, salvage
     from h5guard._sandbox import Sandbox, SandboxResult
+    from h5guard._table import to_dataframe
     from h5guard._writer import ShardWriter
     from h5guard.errors import (
         DigestMismatchError,
@@ -54,9 +55,8 @@ if TYPE_CHECKING:
 _HOMES = {
     "exclusive": "_lock",
     **dict.fromkeys(("WriterIdentity", "writer_identity"), "_liveness"),
-    **dict.fromkeys(
-        ("Dataset", "Group", "Result", "iter_results", "read", "to_dataframe"), "_reading"
-    ),
+    **dict.fromkeys(("Dataset", "Group", "Result", "iter_results", "read"), "_reading"),
+    "to_dataframe": "_table",
     **dict.fromkeys(
         (
             "DigestMismatchError",

@@ -1,7 +1,7 @@
 """Reading results back as they were given to ``ShardWriter.add``.
 
-:func:`read` returns one :class:`Result`, :func:`iter_results` every result of a file,
-:func:`to_dataframe` one row per result. Each group's content digest is verified before
+:func:`read` returns one :class:`Result`, :func:`iter_results` every result of a file
+(:func:`h5guard.to_dataframe`, one row per result, lives in :mod:`h5guard._table`). Each group's content digest is verified before
 its result is returned (v2, computed in the walk that reads the group; or v1 for files
 written before trees); a group that does not match raises
 :class:`~h5guard.DigestMismatchError` naming the group and both digests. A result is a
@@ -22,14 +22,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import h5py
-import numpy as np
 
 from h5guard._format import names
 from h5guard._format.reader import link_types, read_result, v1_strings
 from h5guard._format.tree import Dataset, Group, Result, python_tree
-from h5guard.errors import DigestMismatchError, MissingDependencyError, ResultNotFoundError
+from h5guard.errors import DigestMismatchError, ResultNotFoundError
 
-__all__ = ["Dataset", "Group", "Result", "iter_results", "read", "to_dataframe"]
+__all__ = ["Dataset", "Group", "Result", "iter_results", "read"]
 
 
 def _result(path: str, gid: Any, key: str, verify: bool) -> Result:
@@ -152,48 +151,3 @@ def iter_results(path: str | os.PathLike[str], *, verify: bool = True) -> Iterat
             if isinstance(gid, h5py.h5g.GroupID):
                 yield _result(where, gid, key, verify)
 
-
-def _is_scalar(value: Any) -> bool:
-    return isinstance(value, str | bytes | int | float | complex | np.generic) and not isinstance(
-        value, np.void
-    )
-
-
-def to_dataframe(path: str | os.PathLike[str], *, verify: bool = True) -> Any:
-    """One row per result (index ``key``); scalar attributes and scalar datasets as columns.
-
-    A dataset that has the name of an attribute of the same group becomes the column
-    ``datasets/<name>``.
-
-    Parameters
-    ----------
-    path, verify
-        As for :func:`read`.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per result.
-
-    Raises
-    ------
-    MissingDependencyError
-        pandas is not installed (``pip install 'h5guard[dataframe]'``).
-    """
-    try:
-        import pandas as pd
-    except ImportError as err:
-        raise MissingDependencyError(
-            "h5guard.to_dataframe needs pandas, which is not installed; "
-            "install it with: pip install 'h5guard[dataframe]' (or pip install pandas)"
-        ) from err
-    rows: list[dict[str, Any]] = []
-    keys: list[str] = []
-    for result in iter_results(path, verify=verify):
-        row = {n: v for n, v in result.attrs.items() if _is_scalar(v)}
-        for name, value in result.datasets.items():
-            if _is_scalar(value):
-                row[f"datasets/{name}" if name in row else name] = value
-        rows.append(row)
-        keys.append(result.key)
-    return pd.DataFrame(rows, index=pd.Index(keys, name="key"))

@@ -26,6 +26,7 @@ from h5guard import _atomic
 from h5guard._format import names, write
 from h5guard._format import result as _result
 from h5guard._format import seal as _seal
+from h5guard._format import summary as _summary
 from h5guard._version import __version__
 from h5guard.errors import InsufficientSpaceError
 
@@ -94,12 +95,14 @@ def _start(
 
 def _finish(f: h5py.File, results: Iterable[_result.PreparedResult]) -> dict[str, str]:
     index: dict[str, str] = {}
-    for result in results:
+    table = _summary.Builder()  # the scalars of every result, for to_dataframe
+    for result in table.track(results):
         _result.write(f, result)
         index[result.key] = result.digest
     # The index lets a merge plan from one attribute instead of one per group.
     text = json.dumps(index, sort_keys=True, ensure_ascii=False)
     write.write_attr(f, names.INDEX_ATTR, np.array(text.encode(), dtype=np.bytes_))
+    _summary.write_table(f, table.table())
     return index
 
 

@@ -66,6 +66,7 @@ class Code(enum.StrEnum):
     NOTHING_TO_CHECK = "NOTHING_TO_CHECK"
     FAMILY_MEMBER = "FAMILY_MEMBER"
     UNSUPPORTED_TYPE = "UNSUPPORTED_TYPE"
+    SUMMARY_MISMATCH = "SUMMARY_MISMATCH"  # the summary is damaged or disagrees with the groups
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -35,6 +35,7 @@ from h5guard._check.inspector import (
 from h5guard._format import bytes as bytes_reader
 from h5guard._format import digest as digests
 from h5guard._format import reader
+from h5guard._format import summary as _summary
 from h5guard._format.names import (
     DIGEST_ATTR,
     DIGEST_V2_PREFIX,
@@ -223,7 +224,7 @@ def inspect_owned(ins: Inspector, f: h5py.File, schema_json: str | None) -> tupl
     embedded = attr_text(root_attrs, SCHEMA_ATTR)
     ins.schema = pick_schema(ins, schema_json, embedded)
     try:
-        keys = list(f)
+        keys = _summary.result_names(f)  # h5guard_* members are h5guard's own, not results
     except Exception as err:
         ins.add("/", Code.UNREADABLE, f"root group unreadable: {one_line(err)}")
         return False, embedded
@@ -233,6 +234,8 @@ def inspect_owned(ins: Inspector, f: h5py.File, schema_json: str | None) -> tupl
     finally:
         if fast is not None:
             fast.close()
+    for problem in _summary.file_problems(f, ins.groups, ins.invalid):
+        ins.add(f"/{_summary.NAME}", Code.SUMMARY_MISMATCH, problem)
     return root_attrs is not None, embedded
 
 

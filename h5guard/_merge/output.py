@@ -20,6 +20,7 @@ import numpy as np
 from h5guard import _atomic
 from h5guard._check.api import QUARANTINE_DIR, validate_many
 from h5guard._format import names, reader, write
+from h5guard._format import summary as _summary
 from h5guard._version import __version__
 from h5guard.errors import UnreadableOutputError, WriteError
 from h5guard.report import FileSummary, Severity
@@ -133,7 +134,7 @@ class Output:
             self.file = h5py.File(path, "r", locking=False)
             fmt = reader.text_attr(self.file, names.FORMAT_ATTR)
             self.schema_json = reader.text_attr(self.file, names.SCHEMA_ATTR)
-            self.count = self.file.id.get_num_objs()
+            self.count = _summary.result_count(self.file)
         except Exception as err:
             self.close()
             raise UnreadableOutputError(
@@ -170,7 +171,7 @@ class Output:
     def keys(self) -> frozenset[str]:
         if self.file is None:
             return frozenset()
-        return frozenset(self.file.keys())
+        return frozenset(_summary.result_names(self.file))
 
     def close(self) -> None:
         if self.file is not None:
@@ -296,6 +297,7 @@ def write_partial(
     todo = set(new)
     sources: dict[str, dict[str, Any]] = {}
     try:
+        table = _summary.Merging(f, partial)  # the existing output's rows
         if SOURCES_ATTR in f.attrs:
             sources = json.loads(reader.text_attr(f, SOURCES_ATTR) or "{}")
         for shard in shards:
@@ -313,6 +315,7 @@ def write_partial(
                     h5py.h5o.copy(src.id, link, f.id, link, lcpl=write.LINK_CREATE_UTF8)
                     added[key] = (h5py.h5o.get_info(f.id, link).addr, str(new[key]))
                     todo.discard(key)
+                table.take(src, keys, shard)
         f.attrs[names.FORMAT_ATTR] = np.bytes_(names.OUTPUT_FORMAT.encode())
         f.attrs[names.VERSION_ATTR] = np.bytes_(__version__.encode())
         if schema is not None:
@@ -326,6 +329,7 @@ def write_partial(
         if sources:
             text = json.dumps(sources, sort_keys=True, ensure_ascii=False)
             write.write_attr(f, SOURCES_ATTR, np.array(text.encode(), dtype=np.bytes_))
+        table.write(f)
     finally:
         f.close()
     return added

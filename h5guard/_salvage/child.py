@@ -51,7 +51,7 @@ from h5guard._format import digest as digests
 from h5guard._format import names, reader, tree
 from h5guard._format import write as layout
 from h5guard._format.checksum import lookup3
-from h5guard._format.names import UNDEFINED
+from h5guard._format.names import RESERVED_PREFIX, UNDEFINED
 from h5guard._format.tree import Dataset, Group
 from h5guard._shard import SHARD_SUFFIX
 from h5guard._writer import ShardWriter
@@ -687,7 +687,8 @@ def _walk(
     """Read and write each group of ``names`` not yet handled; returns how many were kept."""
     kept = 0
     for key in names:
-        if key in handled:
+        # h5guard_* root members are h5guard's own (an output's summary), never results.
+        if key in handled or key.startswith(RESERVED_PREFIX):
             continue
         handled.add(key)
         progress.at("group", key)

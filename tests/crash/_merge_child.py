@@ -100,7 +100,10 @@ def write_shards(
 def output_index(path: Path) -> dict[str, str]:
     """``{key: stored digest}`` of every top-level group of an HDF5 file."""
     with h5py.File(path, "r", locking=False) as f:
-        return {k: bytes(f[k].attrs[DIGEST_ATTR]).decode() for k in f}
+        # h5guard_* members (the summary) are h5guard's own, not results.
+        return {
+            k: bytes(f[k].attrs[DIGEST_ATTR]).decode() for k in f if not k.startswith("h5guard_")
+        }
 
 
 def sha256_file(path: Path) -> str:

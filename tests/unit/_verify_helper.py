@@ -27,6 +27,7 @@ def copied(tmp: Path, n: int) -> tuple[str, dict[str, tuple[int, str]]]:
         added = {
             k: (h5py.h5o.get_info(f.id, k.encode()).addr, f[k].attrs["h5guard_digest"].decode())
             for k in f
+            if not k.startswith("h5guard_")  # the summary is no result
         }
     return str(out), added
 
