@@ -13,6 +13,7 @@ a dataset with attributes as a :class:`Dataset`. docs/reading.md lists every kin
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from h5guard._format import names
+from h5guard._format import names, segments
 from h5guard._format.digest import computed_digest
 from h5guard._format.reader import read_tree, stored_digest, v1_strings
 from h5guard._format.tree import Dataset, Group, Result, python_tree
@@ -73,10 +74,12 @@ def read(path: str | os.PathLike[str], key: str, *, verify: bool = True) -> Resu
     """
     where = os.fspath(path)
     with _open(where) as f:
-        obj = f.get(key)
-        if not isinstance(obj, h5py.Group):
-            raise ResultNotFoundError(where, key)
-        return _result(where, obj, key, verify)
+        seg = segments.locate(f, where, key)  # an index: the segment, never the link
+        with segments.open_segment(seg) if seg else contextlib.nullcontext(f) as g:
+            obj = g.get(key)
+            if not isinstance(obj, h5py.Group):
+                raise ResultNotFoundError(where, key)
+            return _result(seg or where, obj, key, verify)
 
 
 def iter_results(path: str | os.PathLike[str], *, verify: bool = True) -> Iterator[Result]:
@@ -98,6 +101,11 @@ def iter_results(path: str | os.PathLike[str], *, verify: bool = True) -> Iterat
         A group's content does not match its digest.
     """
     where = os.fspath(path)
+    if segments.is_index_path(where):  # each segment resolved by h5guard, never a link
+        with segments.iter_groups(where) as groups:
+            for seg, group, key in groups:
+                yield _result(seg, group, key, verify)
+        return
     with _open(where) as f:
         for key in sorted(f, key=lambda k: k.encode("utf-8")):
             obj = f.get(key)

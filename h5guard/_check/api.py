@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from h5guard import _atomic, _journal
 from h5guard._check.quick import quick_check
@@ -434,6 +435,12 @@ def check(
     >>> print(report.render_text())  # doctest: +SKIP
     """
     files, extra = expand_paths(paths)
+    indexes: list[Any] = []
+    if any(os.path.isdir(f + ".segments") for f in files):  # a segmented output's index
+        from h5guard._format import segments  # imports h5py: only for an index
+
+        files, found, indexes = segments.expand_indexes(files)
+        extra += found
     report = validate_many(
         files,
         schema=schema,
@@ -448,6 +455,10 @@ def check(
         swmr=swmr,
     )
     findings = list(report.findings) + extra
+    if indexes:
+        found, summaries = segments.findings_after(indexes, report)
+        findings += found
+        report = Report(report.findings, tuple(summaries))
     if expect is not None:
         present: set[str] = set()
         for summary in report.files:

@@ -29,14 +29,15 @@ import re
 import stat
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import h5py
 import numpy as np
 
 from h5guard._format import names, reader, write
-from h5guard.errors import UnreadableOutputError
+from h5guard.errors import ResultNotFoundError, UnreadableOutputError
+from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
 
 INDEX_FORMAT = "h5guard-index/1"
 SEGMENTS_ATTR = "h5guard_segments"  # JSON [{"name", "size", "groups", "digest"}, ...]
@@ -495,3 +496,112 @@ def compare(
                 )
             )
     return problems
+
+
+def locate(f: h5py.File, path: str, key: str) -> str | None:
+    """For :func:`h5guard.read`: the segment holding ``key`` when ``f`` is an index,
+    resolved here (never through libhdf5's external-link search); None when ``f`` is
+    no index.
+
+    Raises
+    ------
+    ResultNotFoundError
+        ``f`` is an index without ``key``.
+    UnreadableOutputError
+        The index or its link is malformed.
+    """
+    if not is_index(f):
+        return None
+    seg = target(f, open_index(f, path), key)
+    if seg is None:
+        raise ResultNotFoundError(path, key)
+    return seg
+
+
+def expand_indexes(
+    files: Sequence[str],
+) -> tuple[list[str], list[Finding], list[Verdict]]:
+    """For :func:`h5guard.check`: each index among ``files`` stands for its segments.
+
+    Returns
+    -------
+    tuple
+        The files to validate (each index replaced by its listed, present segments), the
+        findings about the indexes themselves, and their verdicts for :func:`findings_after`.
+    """
+    out: list[str] = []
+    findings: list[Finding] = []
+    verdicts: list[Verdict] = []
+    for path in files:
+        if not is_index_path(path):
+            out.append(path)
+            continue
+        verdict = inspect(path)
+        verdicts.append(verdict)
+        findings.extend(_finding(p) for p in verdict.problems)
+        out.extend(p for p in verdict.segment_paths if os.path.isfile(p) and not os.path.islink(p))
+    return out, findings, verdicts
+
+
+def findings_after(
+    verdicts: Sequence[Verdict], report: Report
+) -> tuple[list[Finding], list[FileSummary]]:
+    """For :func:`h5guard.check`: match each index against its checked segments.
+
+    Returns
+    -------
+    tuple
+        Findings (a segment that is no h5guard output, links and listings that do not
+        match the segments' groups) and every summary: each index's with its
+        segments' groups, each segment's with none (so no group counts twice).
+    """
+    findings: list[Finding] = []
+    summaries: list[FileSummary] = []
+    moved: set[str] = set()
+    for verdict in verdicts:
+        found: dict[str, Mapping[str, str | None] | None] = {}
+        groups: dict[str, str | None] = {}
+        invalid: list[str] = []
+        schema: str | None = None
+        for seg_path in verdict.segment_paths:
+            summary = report.summary(seg_path)
+            if summary is None:
+                continue
+            if summary.kind is not FileKind.OUTPUT:
+                findings.append(
+                    Finding(
+                        seg_path,
+                        "/",
+                        Code.UNEXPECTED_OBJECT,
+                        Severity.ERROR,
+                        f"segment of {verdict.index.path if verdict.index else ''} is not an "
+                        f"h5guard output ({summary.kind})",
+                    )
+                )
+                found[seg_path] = None
+                continue
+            found[seg_path] = {**summary.groups, **dict.fromkeys(summary.invalid_groups)}
+            groups.update(summary.groups)
+            invalid.extend(summary.invalid_groups)
+            moved.add(seg_path)
+            schema = schema or summary.schema_json
+        findings.extend(_finding(p) for p in compare(verdict, found))
+        if verdict.index is not None:
+            size = os.path.getsize(verdict.index.path)
+            summaries.append(
+                FileSummary(
+                    verdict.index.path, FileKind.OUTPUT, size, groups, schema, tuple(invalid)
+                )
+            )
+    summaries += [
+        replace(s, groups={}, invalid_groups=()) if s.path in moved else s for s in report.files
+    ]
+    return findings, summaries
+
+
+def _finding(problem: tuple[str, str, str]) -> Finding:
+    path, obj, message = problem
+    code = Code.NOT_FOUND if "missing" in message else Code.UNEXPECTED_OBJECT
+    if "digests do not match" in message:
+        code = Code.DIGEST_MISMATCH
+    return Finding(path, obj, code, Severity.ERROR, message)

@@ -292,8 +292,13 @@ def write_partial(
     schema: Schema | None,
     root_attrs: Mapping[str, Any],
     reserve: int = 0,
+    inherit_sources: bool = False,
 ) -> dict[str, tuple[int, str]]:
     """Build the new output in ``partial``: a byte copy of ``output`` plus the new groups.
+
+    The one function that fills a new output file, a new segment of a segmented output
+    (``output`` is then ""), or a compacted output (the "shards" are the segments) with
+    groups.
 
     ``partial`` is created exclusively (whatever was under its name, a crashed merge's
     leftover or a planted link, is removed first, never followed) and ``reserve`` bytes
@@ -318,6 +323,9 @@ def write_partial(
         The caller's root attributes.
     reserve : int
         Bytes the new output may take (0: no reservation).
+    inherit_sources : bool
+        The sources are outputs (a compaction): keep the shards each one records
+        instead of recording the sources themselves.
 
     Returns
     -------
@@ -342,8 +350,9 @@ def write_partial(
             if not keys:
                 continue
             with h5py.File(shard, "r", locking=False) as src:
-                attrs = _file_attrs(src)
-                if attrs:
+                if inherit_sources:
+                    sources.update(json.loads(reader.text_attr(src, SOURCES_ATTR) or "{}"))
+                elif attrs := _file_attrs(src):
                     sources[os.path.basename(shard)] = attrs
                 for key in keys:
                     link = key.encode("utf-8")

@@ -608,9 +608,54 @@ def _segmented(layout: str, is_index: bool, size: int, out: str) -> bool:
                 f"layout='single' would rewrite it whole: run h5guard compact {out} first"
             )
         return True
-    if layout == "auto":
-        return size > 0 and size >= segment_threshold()
-    return layout == "segmented"
+    wanted = layout == "segmented" or (
+        layout == "auto" and size > 0 and size >= segment_threshold()
+    )
+    if not wanted:
+        return False
+    occupied = _occupied(out)
+    if occupied is None:
+        return True
+    if layout == "segmented":
+        raise MergeSourceError(occupied)
+    log.warning("%s; merging into one file instead", occupied)
+    return False
+
+
+def _occupied(out: str) -> str | None:
+    """Why the segment directory of a new index at ``out`` cannot be used, or None.
+
+    A first segmented merge adopts ``OUTPUT.segments`` only when it is absent or holds
+    nothing but what an interrupted first segmented merge of this very output left
+    (partials, and second names of the output itself, which are removed): any other
+    segment there may be another output's (one renamed away without its directory),
+    and a merge removes the segments its index does not list.
+    """
+    segdir = os.path.join(os.path.dirname(out), _segments.dir_name_for(out))
+    try:
+        entries = os.listdir(segdir)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return f"{segdir}: expected the segment directory, found a file"
+    mine = os.stat(out).st_ino if os.path.exists(out) else None
+    foreign = []
+    for name in entries:
+        path = os.path.join(segdir, name)
+        if name.endswith(_atomic.PARTIAL_SUFFIX) and _segments.is_segment_name(
+            name.removesuffix(_atomic.PARTIAL_SUFFIX)
+        ):
+            continue
+        if _segments.is_segment_name(name) and mine is not None and os.lstat(path).st_ino == mine:
+            continue
+        foreign.append(name)
+    if not foreign:
+        return None
+    return (
+        f"{segdir}: holds {len(foreign)} file(s) that no index of {out} lists (e.g. "
+        f"{foreign[0]}): another output's segments, or an interrupted merge's; "
+        "move the directory away (with its index) or remove it"
+    )
 
 
 def _index_size(out: str, index: _segments.Index | None) -> int:
@@ -635,6 +680,8 @@ def _merge_segmented(
     segdir = os.path.join(os.path.dirname(out), dir_name)
     _require_own_dir(segdir)
     current = list(index.segments) if index is not None else []
+    # What no index lists is an interrupted merge's (a new index checked it in
+    # _occupied): the segment directory belongs to this output alone.
     clean_segment_dir(segdir, keep={s.name for s in current})
     links: dict[str, list[str]] = {}
     carried: dict[str, Any] = {}
