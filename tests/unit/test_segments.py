@@ -175,7 +175,7 @@ def test_a_segment_directory_that_is_a_link_is_refused(tmp_path: Path) -> None:
 def test_h5guard_readers_never_follow_links_elsewhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shards, out = segmented(tmp_path, range(0, 2), range(2, 4))
+    _, out = segmented(tmp_path, range(0, 2), range(2, 4))
     index = tmp_path / "out.h5"
     # A file planted where libhdf5's search for a relative target looks first.
     planted = tmp_path / "planted"
