@@ -9,6 +9,7 @@ import errno
 import functools
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,9 @@ LAYOUTS = ("auto", "single", "segmented")
 # output costs a few seconds (one link per key).
 SEGMENT_THRESHOLD = 64 * 1024 * 1024
 THRESHOLD_ENV = "H5GUARD_SEGMENT_THRESHOLD"
+# A first segmented merge's new segment records which file the output was (device and
+# inode): a merge after a crash recognizes it as its own leftover.
+BASE_ATTR = "h5guard_segment_base"
 # The shard directory's own lock (``.h5guard-merge.lock``, with ``.lock.info`` beside it).
 DIR_LOCK = ".h5guard-merge"
 
@@ -622,12 +626,35 @@ def _segmented(layout: str, is_index: bool, size: int, out: str) -> bool:
     return False
 
 
+def _identity(path: str) -> str:
+    """Which file ``path`` is (device and inode): what a first segmented merge's new
+    segment records of the output it was made for (:data:`BASE_ATTR`)."""
+    st = os.stat(path)
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def _ours(path: str, identity: str) -> bool:
+    """A file a first segmented merge of the output ``identity`` left: the output by a
+    second name, or a new segment made for it."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    if f"{st.st_dev}:{st.st_ino}" == identity:
+        return True
+    try:
+        with _segments.open_segment(path) as f:
+            return _reader.text_attr(f, BASE_ATTR) == identity
+    except Exception:
+        return False
+
+
 def _occupied(out: str) -> str | None:
     """Why the segment directory of a new index at ``out`` cannot be used, or None.
 
     A first segmented merge adopts ``OUTPUT.segments`` only when it is absent or holds
     nothing but what an interrupted first segmented merge of this very output left
-    (partials, and second names of the output itself, which are removed): any other
+    (partials, second names of the output itself, and segments that record it as their
+    base, all removed then): any other
     segment there may be another output's (one renamed away without its directory),
     and a merge removes the segments its index does not list.
     """
@@ -638,7 +665,7 @@ def _occupied(out: str) -> str | None:
         return None
     except NotADirectoryError:
         return f"{segdir}: expected the segment directory, found a file"
-    mine = os.stat(out).st_ino if os.path.exists(out) else None
+    mine = _identity(out) if os.path.exists(out) else None
     foreign = []
     for name in entries:
         path = os.path.join(segdir, name)
@@ -646,7 +673,7 @@ def _occupied(out: str) -> str | None:
             name.removesuffix(_atomic.PARTIAL_SUFFIX)
         ):
             continue
-        if _segments.is_segment_name(name) and mine is not None and os.lstat(path).st_ino == mine:
+        if _segments.is_segment_name(name) and mine is not None and _ours(path, mine):
             continue
         foreign.append(name)
     if not foreign:
@@ -710,7 +737,10 @@ def _merge_segmented(
         final = os.path.join(segdir, name)
         partial = final + _atomic.PARTIAL_SUFFIX
         reserve = int(sum(planned.summaries[s].size for s in plan.shards) * 1.25) + 1024 * 1024
-        added = build("", partial, existing_groups=0, reserve=reserve)
+        base = {BASE_ATTR: _identity(out)} if index is None and os.path.exists(out) else {}
+        added = build(
+            "", partial, existing_groups=0, reserve=reserve, extra_attrs={**extra_attrs, **base}
+        )
         _atomic.commit_file(partial, final)
         listing = {k: d for k, (_, d) in added.items()}
         current.append(
