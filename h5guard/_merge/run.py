@@ -774,8 +774,10 @@ def _merge_segmented(
             groups=total,
             root_attrs=attrs,
         )
-        expected = {k: seg for seg, keys in links.items() for k in keys}
-        problems = _segments.check_links(partial, expected)
+        # The new groups' links are read back one by one; the links of a file turned
+        # into segment 0 (all its keys) are counted: they were written by the same loop.
+        expected = {k: current[-1].name for k in added}
+        problems = _segments.check_links(partial, expected, total=total)
         if problems:
             raise UnreadableOutputError(
                 f"{partial}: the new index did not read back, old output kept: {problems[0]}"
