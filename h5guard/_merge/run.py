@@ -12,6 +12,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -703,6 +704,20 @@ def _merge_segmented(
     until the index that lists them is renamed over ``out``), and a crash leaves only
     unreferenced files, which the next merge removes.
     """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="h5guard-segment") as pool:
+        return _segmented_steps(out, index, build, plan, planned, extra_attrs, pool)
+
+
+def _segmented_steps(
+    out: str,
+    index: _segments.Index | None,
+    build: Callable[..., dict[str, tuple[int, str]]],
+    plan: _plan.MergePlan,
+    planned: _plan.Planned,
+    extra_attrs: Mapping[str, Any],
+    pool: ThreadPoolExecutor,
+) -> dict[str, tuple[int, str]]:
+    durable: Future[None] | None = None
     dir_name = index.dir_name if index is not None else _segments.dir_name_for(out)
     segdir = os.path.join(os.path.dirname(out), dir_name)
     _require_own_dir(segdir)
@@ -741,13 +756,13 @@ def _merge_segmented(
         added = build(
             "", partial, existing_groups=0, reserve=reserve, extra_attrs={**extra_attrs, **base}
         )
-        _atomic.commit_file(partial, final)
+        size = os.path.getsize(partial)
+        # The segment is made durable under its name (fsync, rename, directory fsync)
+        # while the index is written: both must be on disk before the index's rename,
+        # in no particular order between them.
+        durable = pool.submit(_atomic.commit_file, partial, final)
         listing = {k: d for k, (_, d) in added.items()}
-        current.append(
-            _segments.Segment(
-                name, os.path.getsize(final), len(added), _segments.listing_digest(listing)
-            )
-        )
+        current.append(_segments.Segment(name, size, len(added), _segments.listing_digest(listing)))
         links[name] = sorted(added)
     total = plan.output_groups + len(added)
     attrs: dict[str, Any] = {
@@ -782,6 +797,9 @@ def _merge_segmented(
             raise UnreadableOutputError(
                 f"{partial}: the new index did not read back, old output kept: {problems[0]}"
             )
+        _atomic.fsync_path(partial)
+        if durable is not None:
+            durable.result()  # its OSError names the segment
     except H5GuardError:
         _atomic.remove_quietly(partial)
         raise
