@@ -235,11 +235,15 @@ def open_segment(path: str) -> h5py.File:
 def segment_keys(f: h5py.File) -> list[str]:
     """The result keys of a segment (or of a self-contained output): its top-level
     groups, never following a link."""
-    out = []
-    for key in f:
-        info = f.id.links.get_info(key.encode("utf-8"))
-        if info.type == h5py.h5l.TYPE_HARD and not key.startswith(names.RESERVED_PREFIX):
-            out.append(key)
+    out: list[str] = []
+
+    def visit(name: bytes, info: Any) -> None:  # one pass over the links, no lookups
+        if info.type == h5py.h5l.TYPE_HARD:
+            key = name.decode("utf-8")
+            if not key.startswith(names.RESERVED_PREFIX):
+                out.append(key)
+
+    f.id.links.iterate(visit, info=True)
     return out
 
 
@@ -249,6 +253,7 @@ def group_digests(f: h5py.File, keys: Iterable[str]) -> dict[str, str | None]:
     # One buffer wider than any digest: libhdf5 pads a shorter fixed-length string into
     # it, and one read per group is all (a turned-output of 100,000 groups reads them all).
     buf = np.empty((), dtype="S128")
+    mtype = h5py.h5t.py_create(buf.dtype)  # derived once, not at every read
     for key in keys:
         name = key.encode("utf-8")
         try:
@@ -257,7 +262,7 @@ def group_digests(f: h5py.File, keys: Iterable[str]) -> dict[str, str | None]:
             out[key] = None
             continue
         try:
-            aid.read(buf)
+            aid.read(buf, mtype=mtype)
             raw = buf.tobytes()
         except Exception:  # not a fixed-length string: read it as it is
             raw = bytes(np.asarray(reader.read_attr_id(aid))[()])
