@@ -704,8 +704,13 @@ def _merge_segmented(
     until the index that lists them is renamed over ``out``), and a crash leaves only
     unreferenced files, which the next merge removes.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="h5guard-segment") as pool:
-        return _segmented_steps(out, index, build, plan, planned, extra_attrs, pool)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="h5guard-segment") as pool:
+        try:
+            return _segmented_steps(out, index, build, plan, planned, extra_attrs, pool)
+        except BaseException:
+            pool.shutdown(wait=True)  # the index copy may still be under way
+            _atomic.remove_quietly(out + _atomic.PARTIAL_SUFFIX)
+            raise
 
 
 def _segmented_steps(
@@ -747,20 +752,32 @@ def _segmented_steps(
         )
         links[name] = keys
     added: dict[str, tuple[int, str]] = {}
+    partial = out + _atomic.PARTIAL_SUFFIX
+    reserve = _index_size(out, index) + 256 * (plan.new_groups + 1) + 1024 * 1024
+    copied: Future[None] | None = None
+    if index is not None:
+        # The copy of the old index (a few MB for 100,000 keys) is made and flushed to
+        # disk while the new segment is built: the index's own fsync then writes only
+        # the pages the new links change.
+        copied = pool.submit(_copy_index, out, partial, reserve)
     if plan.new_groups:
         name = _segments.new_segment_name(len(current))
         final = os.path.join(segdir, name)
-        partial = final + _atomic.PARTIAL_SUFFIX
-        reserve = int(sum(planned.summaries[s].size for s in plan.shards) * 1.25) + 1024 * 1024
+        seg_partial = final + _atomic.PARTIAL_SUFFIX
+        seg_reserve = int(sum(planned.summaries[s].size for s in plan.shards) * 1.25) + 1024 * 1024
         base = {BASE_ATTR: _identity(out)} if index is None and os.path.exists(out) else {}
         added = build(
-            "", partial, existing_groups=0, reserve=reserve, extra_attrs={**extra_attrs, **base}
+            "",
+            seg_partial,
+            existing_groups=0,
+            reserve=seg_reserve,
+            extra_attrs={**extra_attrs, **base},
         )
-        size = os.path.getsize(partial)
+        size = os.path.getsize(seg_partial)
         # The segment is made durable under its name (fsync, rename, directory fsync)
         # while the index is written: both must be on disk before the index's rename,
         # in no particular order between them.
-        durable = pool.submit(_atomic.commit_file, partial, final)
+        durable = pool.submit(_atomic.commit_file, seg_partial, final)
         listing = {k: d for k, (_, d) in added.items()}
         current.append(_segments.Segment(name, size, len(added), _segments.listing_digest(listing)))
         links[name] = sorted(added)
@@ -775,12 +792,13 @@ def _segmented_steps(
     }
     if planned.schema is not None:
         attrs[names.SCHEMA_ATTR] = np.bytes_(planned.schema.to_json().encode())
-    partial = out + _atomic.PARTIAL_SUFFIX
-    size = _index_size(out, index)
-    reserve = size + 256 * sum(len(k) for k in links.values()) + 1024 * 1024
     try:
         # A copy of the old index (its links kept) or a new, empty one; reserved.
-        _output.start_partial(out if index is not None else "", partial, reserve)
+        if copied is not None:
+            copied.result()
+        else:
+            reserve += 256 * sum(len(k) for k in links.values())
+            _output.start_partial("", partial, reserve)
         _segments.write_index(
             partial,
             dir_name=dir_name,
@@ -812,6 +830,12 @@ def _segmented_steps(
         raise
     _atomic.commit_file(partial, out)
     return added
+
+
+def _copy_index(out: str, partial: str, reserve: int) -> None:
+    """``partial`` as a reserved copy of the index ``out``, already on disk."""
+    _output.start_partial(out, partial, reserve)
+    _atomic.fsync_path(partial)
 
 
 def _require_own_dir(path: str) -> None:
