@@ -221,9 +221,12 @@ def open_segment(path: str) -> h5py.File:
         It is missing, a link or no regular file, or libhdf5 cannot open it.
     """
     try:
+        parent = os.lstat(os.path.dirname(path))
         st = os.lstat(path)
     except OSError as err:
         raise BadIndexError(f"{path}: segment missing ({err.strerror})") from err
+    if not stat.S_ISDIR(parent.st_mode):
+        raise BadIndexError(f"{path}: the segment directory is a link or no directory")
     if not stat.S_ISREG(st.st_mode):
         raise BadIndexError(f"{path}: expected a segment file, found a link or no regular file")
     try:

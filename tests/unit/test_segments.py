@@ -280,3 +280,14 @@ def test_the_compact_command(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_readers_refuse_a_segment_directory_swapped_for_a_link(tmp_path: Path) -> None:
+    _, out = segmented(tmp_path, range(0, 2), range(2, 4))
+    segdir = Path(str(out) + segments.DIR_SUFFIX)
+    moved = tmp_path / "moved"
+    os.rename(segdir, moved)
+    os.symlink(moved, segdir)
+    with pytest.raises(UnreadableOutputError, match="link"):
+        read(out, "g0")
+    assert not check([out]).ok
