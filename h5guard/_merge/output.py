@@ -246,9 +246,13 @@ def quarantine(path: str, reasons: Sequence[str], directory: str) -> Quarantined
     """
     qdir = Path(directory) / QUARANTINE_DIR
     _atomic.require_real_dir(qdir, create=True)
-    # Never replace an earlier quarantined file (or a link) of the same name.
+    # Never replace an earlier quarantined file (or a link) of the same name. A note
+    # alone is what a merge killed between the note and the move left: its file is the
+    # one being quarantined now, under the same name, and the note is replaced.
     name, n = Path(path).name, 0
-    while os.path.lexists(qdir / name) or os.path.lexists(qdir / (name + ".json")):
+    while os.path.lexists(qdir / name) or (
+        os.path.islink(qdir / (name + ".json")) or os.path.isdir(qdir / (name + ".json"))
+    ):
         n += 1
         name = f"{Path(path).stem}.{n}{Path(path).suffix}"
     target = qdir / name
