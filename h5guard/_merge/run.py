@@ -47,10 +47,13 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 LAYOUTS = ("auto", "single", "segmented")
 # From this size of a self-contained output on, an "auto" merge turns it into segments:
 # a merge then costs what it adds instead of a copy of the whole output. Below it the
-# copy is cheap and one file is simpler to hand around. Measured on this machine (ext4,
-# benchmarks/bench_incremental.py): copying 64 MiB costs about 0.1 s, as much as
-# merging a few hundred small results, while the one-time conversion of a 100,000-group
-# output costs a few seconds (one link per key).
+# copy is cheap and one file is simpler to hand around. Measured on the shared 2-core
+# machine (ext4, benchmarks/bench_incremental.py, load 2.6): 10 new results into a
+# 64 MiB single file 0.10 s against 0.02 s into an empty output, and about 1.5 ms more
+# per MiB above (1 GiB: 1.5 s idle, 9 to 14 s under load); into a segmented 1 GiB output
+# 1.6x the empty merge. A lower threshold would segment studies whose merge costs a
+# tenth of a second, and their first segmented merge (one link per key: 5 s for 100,000
+# keys) is dearer than many copies of a small file.
 SEGMENT_THRESHOLD = 64 * 1024 * 1024
 THRESHOLD_ENV = "H5GUARD_SEGMENT_THRESHOLD"
 # A first segmented merge's new segment records which file the output was (device and
