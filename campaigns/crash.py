@@ -11,6 +11,12 @@
     SIGKILLed after a random delay. The output must be the old one byte for byte or the
     complete new one; a re-run must give every group exactly once with the right digest,
     no shard left, no partial left, the bad file quarantined once.
+(b2) ``segmented``: the same as (b) into a segmented output (an index of segments,
+    docs/merge.md), alternately one that is already an index and a self-contained one
+    that this merge turns into one (``H5GUARD_SEGMENT_THRESHOLD=1``). The output must be
+    the old one (the index or file byte for byte, every segment it lists unchanged) or
+    the complete new one (``check`` of the index and its segments clean, every key);
+    after the re-run, no partial and no segment the index does not list is left.
 (c) ``sweep``: ``layout-sweep run`` (tiny spec: iea37, 16 turbines, 4 configs, maxiter
     15, 2 workers) is SIGKILLed at a random moment, either the main process or one of its
     children (a worker or a checker). The output (if any) must validate clean; the
@@ -353,6 +359,175 @@ def _calibrate_merge(work: Path, template: tuple[Path, str, set[str]]) -> float:
     return time.monotonic() - started
 
 
+# -- (b2) the merge into a segmented output ------------------------------------------------
+MIDDLE = range(12, 18)
+LATE = range(18, 30)
+
+
+def _segmented_template(root: Path, *, index: bool) -> tuple[Path, dict[str, str], set[str]]:
+    """An output of OLD (and MIDDLE: an index of two segments when ``index``), new shards
+    of the rest, a non-HDF5 file and a stale partial; the old state's digests."""
+    tmp = root / "tmp"
+    _samples.write_shards(tmp, OLD, per_shard=4, wake_every=BIG_EVERY, wake=BIG)
+    merge(tmp, root / "out.h5", workers=1)
+    later = list(LATE) if index else [*MIDDLE, *LATE]
+    if index:
+        _samples.write_shards(tmp, MIDDLE, per_shard=3, wake_every=BIG_EVERY, wake=BIG)
+        merge(tmp, root / "out.h5", workers=1, layout="segmented")
+    _samples.write_shards(tmp, later, per_shard=3, wake_every=BIG_EVERY, wake=BIG)
+    (tmp / "bad.h5").write_bytes(b"not an HDF5 file: a worker's log\n" * 200)
+    host = _atomic_host()
+    (tmp / f"shard-20200101T000000-{host}-{_dead_pid()}-deadbeef.h5.partial").write_bytes(
+        b"\x89HDF\r\n\x1a\n" + b"\0" * 4000
+    )
+    return root, _state(root / "out.h5"), {p.name for p in tmp.glob("*.h5")}
+
+
+def _state(out: Path) -> dict[str, str]:
+    """sha256 of the output and of each file in its segment directory."""
+    state = {"out.h5": sha256_file(out)}
+    segdir = Path(str(out) + ".segments")
+    if segdir.is_dir():
+        state.update({f"seg/{p.name}": sha256_file(p) for p in sorted(segdir.iterdir())})
+    return state
+
+
+def _checked_keys(out: Path, box: Sandbox) -> tuple[bool, dict[str, str], str]:
+    from h5guard import check
+
+    report = check([str(out)], sandbox=box)
+    problems = [f for f in report.findings if f.severity >= Severity.WARNING]
+    groups = {k: v or "" for s in report.files for k, v in s.groups.items()}
+    return not problems, groups, str(problems[0]) if problems else ""
+
+
+def _listed_only(out: Path) -> list[str]:
+    """Files of the segment directory that the index does not list (leftovers)."""
+    from h5guard._format import segments
+
+    segdir = Path(str(out) + ".segments")
+    if not segdir.is_dir():
+        return []
+    parts = segments.resolve(out) or []
+    listed = {os.path.basename(p) for p, _ in parts}
+    return sorted(p.name for p in segdir.iterdir() if p.name not in listed)
+
+
+def segmented_trial(
+    result: CampaignResult,
+    row: Row,
+    work: Path,
+    template: tuple[Path, dict[str, str], set[str]],
+    box: Sandbox,
+    rng: random.Random,
+    span: list[float],
+    *,
+    index: bool,
+) -> None:
+    """``span[0]``: longest kill delay, shrunk when a merge ends before its kill."""
+    root, old_state, shard_names = template
+    shutil.copytree(root, work)
+    env = dict(os.environ, H5GUARD_SEGMENT_THRESHOLD="1")
+    proc = subprocess.Popen(
+        _merge_cmd(work),
+        cwd=_samples.REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    s = span[0]
+    delay = rng.uniform(0.0, s) if rng.random() < 0.6 else rng.uniform(0.6 * s, 1.05 * s)
+    time.sleep(delay)
+    counted = proc.poll() is None
+    if not counted:
+        result.tally("segmented merge trials not counted: the merge finished before the kill")
+        span[0] = max(0.1, min(span[0], 0.98 * delay))
+    else:
+        row.runs += 1
+    stop(proc)
+    ok = True
+    what = "an index" if index else "a file turned into an index"
+    all_keys = {f"g{i}" for i in range(30)}
+    out = work / "out.h5"
+    if proc.returncode not in (0, 1, -signal.SIGKILL):
+        row.crashes += 1
+        assert proc.stderr is not None
+        result.violate(row, f"merge exited {proc.returncode}: {proc.stderr.read()[-300:]!r}")
+    if proc.stderr is not None:
+        proc.stderr.close()
+    now = _state(out)
+    if now["out.h5"] == old_state["out.h5"]:
+        changed = [k for k, v in old_state.items() if now.get(k) != v]
+        if changed:
+            ok = False
+            row.flagged = (row.flagged or 0) + 1
+            result.violate(row, f"the old output ({what}) kept its name but {changed[:3]} changed")
+        elif counted:
+            result.tally(f"segmented merge kills that left the old output ({what})")
+    else:
+        if counted:
+            result.tally(f"segmented merge kills that left the complete new output ({what})")
+        valid, groups, problem = _checked_keys(out, box)
+        if not valid or set(groups) != all_keys:
+            ok = False
+            row.flagged = (row.flagged or 0) + 1
+            result.violate(
+                row,
+                f"after a kill at {delay:.3f} s the output ({what}) is neither old nor complete: "
+                f"{problem} keys {len(groups)}",
+            )
+    for p in (work / "tmp").glob("*.h5"):
+        if p.name not in shard_names or sha256_file(p) != sha256_file(root / "tmp" / p.name):
+            ok = False
+            result.violate(row, f"shard {p.name} changed or appeared after the kill")
+    try:
+        rerun = merge(work / "tmp", out, workers=1, lock_timeout=30, layout="segmented")
+        code = rerun.exit_code
+    except Exception as err:
+        row.crashes += 1
+        result.violate(row, f"re-run merge ({what}) raised {type(err).__name__}: {err}")
+        return
+    valid, groups, problem = _checked_keys(out, box)
+    missing = all_keys - set(groups)
+    wrong = [k for k in groups if k in all_keys and groups[k] != _expected_merge(int(k[1:]))]
+    leftovers = [p.name for p in (work / "tmp").glob("*.h5")]
+    quarantined = sorted(p.name for p in (work / "tmp" / "quarantine").glob("*.h5"))
+    stray = _listed_only(out)
+    if not valid or missing or wrong or set(groups) - all_keys:
+        ok = False
+        row.lost = (row.lost or 0) + len(missing)
+        row.silent = (row.silent or 0) + len(wrong)
+        result.violate(
+            row,
+            f"after the re-run ({what}, exit {code}): {problem} missing {sorted(missing)[:5]} "
+            f"wrong {wrong[:3]}",
+        )
+    if leftovers or (work / "out.h5.partial").exists() or quarantined != ["bad.h5"] or stray:
+        ok = False
+        result.violate(
+            row,
+            f"after the re-run ({what}): shards left {leftovers[:3]}, partial "
+            f"{(work / 'out.h5.partial').exists()}, quarantine {quarantined}, "
+            f"unlisted in the segment directory {stray[:3]}",
+        )
+    if ok and counted:
+        row.passed = (row.passed or 0) + 1
+
+
+def _calibrate_segmented(work: Path, template: tuple[Path, dict[str, str], set[str]]) -> float:
+    shutil.copytree(template[0], work)
+    started = time.monotonic()
+    subprocess.run(
+        _merge_cmd(work),
+        cwd=_samples.REPO,
+        env=dict(os.environ, H5GUARD_SEGMENT_THRESHOLD="1"),
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    return time.monotonic() - started
+
+
 # -- (c) the sweep ------------------------------------------------------------------------
 def _sweep_cmd() -> list[str]:
     return [
@@ -506,12 +681,15 @@ def _calibrate_sweep(work: Path) -> float:
 
 # -- the campaign ------------------------------------------------------------------------
 def run(
-    budget: float, seed: int = 0, *, parts: tuple[str, ...] = ("writer", "merge", "sweep")
+    budget: float,
+    seed: int = 0,
+    *,
+    parts: tuple[str, ...] = ("writer", "merge", "segmented", "sweep"),
 ) -> CampaignResult:
     deadline = Deadline(budget)
     result = CampaignResult(NAME, legend=LEGEND)
     rng = random.Random(seed)
-    shares = {"writer": 0.15, "merge": 0.45, "sweep": 0.4}
+    shares = {"writer": 0.15, "merge": 0.25, "segmented": 0.25, "sweep": 0.35}
     with (
         tempfile.TemporaryDirectory(prefix="campaign-crash-") as tmp,
         Sandbox(workers=2, timeout=60) as box,
@@ -537,6 +715,34 @@ def run(
                 while not sub.expired() or row.runs < 2:
                     merge_trial(result, row, work / f"b{t}", template, box, rng, span)
                     shutil.rmtree(work / f"b{t}", ignore_errors=True)
+                    t += 1
+            elif part == "segmented":
+                row = result.row(
+                    "(b2) SIGKILL h5guard merge into a segmented output (or one it segments)",
+                    lost=0,
+                )
+                templates = {
+                    flag: _segmented_template(work / f"b2-template-{flag}", index=flag)
+                    for flag in (True, False)
+                }
+                spans = {
+                    flag: [_calibrate_segmented(work / f"b2-cal-{flag}", templates[flag])]
+                    for flag in (True, False)
+                }
+                t = 0
+                while not sub.expired() or row.runs < 2:
+                    flag = t % 2 == 0
+                    segmented_trial(
+                        result,
+                        row,
+                        work / f"b2-{t}",
+                        templates[flag],
+                        box,
+                        rng,
+                        spans[flag],
+                        index=flag,
+                    )
+                    shutil.rmtree(work / f"b2-{t}", ignore_errors=True)
                     t += 1
             else:
                 row = result.row(

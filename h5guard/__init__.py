@@ -2,7 +2,8 @@
 
 * :class:`ShardWriter` writes results as committed, immutable, digest-carrying shards.
 * :func:`validate` / :func:`check` tell exactly what is wrong with a file.
-* :func:`merge` merges shards into one output under a lock, crash-safely.
+* :func:`merge` merges shards into one output under a lock, crash-safely;
+  :func:`compact` makes a segmented output one self-contained file again.
 * :func:`salvage` recovers what a crashed run that wrote without h5guard left behind.
 * :func:`read` / :func:`iter_results` / :func:`to_dataframe` give results back as they
   were added (:class:`Dataset` and :class:`Group` carry attributes inside a result).
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from h5guard._check.api import check, validate, validate_many
     from h5guard._liveness import WriterIdentity, writer_identity
     from h5guard._lock import exclusive
+    from h5guard._merge.compact import compact
     from h5guard._merge.output import Quarantined, record_output
     from h5guard._merge.plan import MergePlan, plan_merge
     from h5guard._merge.run import MergeReport, merge
@@ -82,6 +84,7 @@ _HOMES = {
     **dict.fromkeys(("Quarantined", "record_output"), "_merge.output"),
     **dict.fromkeys(("MergePlan", "plan_merge"), "_merge.plan"),
     **dict.fromkeys(("MergeReport", "merge"), "_merge.run"),
+    "compact": "_merge.compact",
     **dict.fromkeys(("Code", "FileKind", "FileSummary", "Finding", "Report", "Severity"), "report"),
     **dict.fromkeys(("FileSalvage", "SalvageReport", "salvage"), "_salvage.api"),
     **dict.fromkeys(("Sandbox", "SandboxResult"), "_sandbox"),
@@ -148,6 +151,7 @@ __all__ = [
     "WriterTransferError",
     "__version__",
     "check",
+    "compact",
     "exclusive",
     "iter_results",
     "merge",

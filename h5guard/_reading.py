@@ -23,7 +23,7 @@ from typing import Any
 
 import h5py
 
-from h5guard._format import names
+from h5guard._format import names, segments
 from h5guard._format.reader import link_types, read_result, v1_strings
 from h5guard._format.tree import Dataset, Group, Result, python_tree
 from h5guard.errors import DigestMismatchError, ResultNotFoundError
@@ -103,17 +103,27 @@ def read(path: str | os.PathLike[str], key: str, *, verify: bool = True) -> Resu
         The content does not match its digest (or there is none).
     """
     where = os.fspath(path)
-    name = _result_name(key) if isinstance(key, str) else None
     with _open(where) as fid:
-        # The link itself first: an external or soft link is never followed.
-        if name is None or not fid.links.exists(name):
-            raise ResultNotFoundError(where, str(key))
-        if fid.links.get_info(name).type != h5py.h5l.TYPE_HARD:
-            raise ResultNotFoundError(where, key)
-        gid = h5py.h5o.open(fid, name)
-        if not isinstance(gid, h5py.h5g.GroupID):
-            raise ResultNotFoundError(where, key)
-        return _result(where, gid, key, verify)
+        # An index: the segment holding the key, resolved here, never through the link.
+        seg = segments.locate(h5py.File(fid), where, key) if isinstance(key, str) else None
+        if seg is None:
+            return _result(where, _group_in(fid, where, key), key, verify)
+    with segments.open_segment(seg) as g:
+        return _result(seg, _group_in(g.id, seg, key), key, verify)
+
+
+def _group_in(fid: Any, where: str, key: str) -> Any:
+    """The top-level group ``key`` of the open file ``fid``, reached by a hard link only."""
+    name = _result_name(key) if isinstance(key, str) else None
+    # The link itself first: an external or soft link is never followed.
+    if name is None or not fid.links.exists(name):
+        raise ResultNotFoundError(where, str(key))
+    if fid.links.get_info(name).type != h5py.h5l.TYPE_HARD:
+        raise ResultNotFoundError(where, key)
+    gid = h5py.h5o.open(fid, name)
+    if not isinstance(gid, h5py.h5g.GroupID):
+        raise ResultNotFoundError(where, key)
+    return gid
 
 
 def iter_results(path: str | os.PathLike[str], *, verify: bool = True) -> Iterator[Result]:
@@ -138,6 +148,11 @@ def iter_results(path: str | os.PathLike[str], *, verify: bool = True) -> Iterat
         A group's content does not match its digest.
     """
     where = os.fspath(path)
+    if segments.is_index_path(where):  # each segment resolved by h5guard, never a link
+        with segments.iter_groups(where) as groups:
+            for seg, group, key in groups:
+                yield _result(seg, _group_in(group.file.id, seg, key), key, verify)
+        return
     reserved = names.RESERVED_PREFIX.encode("utf-8")
     with _open(where) as fid:
         for raw, link in link_types(fid):

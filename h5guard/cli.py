@@ -234,6 +234,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_merge)
 
     p = sub.add_parser(
+        "compact",
+        help="rewrite a segmented OUTPUT as one self-contained file",
+        description=(
+            "Copy every group of a segmented output's segments into one new file, verify "
+            "every copied group's digest from its bytes, rename it over OUTPUT (the old "
+            "index or the new file at every instant), then remove the segments. A "
+            "self-contained OUTPUT is left as it is."
+        ),
+        epilog="Exit codes: 0 compacted (or already one file), 2 could not run.",
+    )
+    p.add_argument("output", metavar="OUTPUT", help="the merged output")
+    p.add_argument(
+        "--lock-timeout",
+        type=_non_negative,
+        default=_LockTimeoutDefault(),
+        metavar="S",
+        help="seconds to wait for a merge into OUTPUT (default: %(default)s)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what is being done on stderr")
+    p.set_defaults(run=_cmd_compact)
+
+    p = sub.add_parser(
         "status",
         help="show what a merge of TEMP_DIR would do, changing nothing",
         description=(
@@ -397,6 +421,19 @@ def _cmd_merge(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(result.render_text(), file=sys.stderr)
     return result.exit_code
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from h5guard._merge.compact import compact
+
+    if isinstance(args.lock_timeout, _LockTimeoutDefault):
+        args.lock_timeout = args.lock_timeout.value()
+    groups = compact(args.output, lock_timeout=args.lock_timeout)
+    if args.json:
+        print(json.dumps({"output": os.path.abspath(args.output), "groups": groups}))
+    elif not args.quiet:
+        print(f"{args.output}: one self-contained file, {groups} group(s)", file=sys.stderr)
+    return 0
 
 
 def _gone(args: argparse.Namespace) -> Any:

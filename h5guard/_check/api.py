@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from h5guard import _atomic, _journal
 from h5guard._check.quick import quick_check
@@ -546,6 +547,12 @@ def check(
     >>> print(report.render_text())  # doctest: +SKIP
     """
     files, extra, regular = _expand(paths)
+    indexes: list[Any] = []
+    if any(os.path.isdir(f + ".segments") for f in files):  # a segmented output's index
+        from h5guard._format import segments  # imports h5py: only for an index
+
+        files, found, indexes = segments.expand_indexes(files)
+        extra += found
     report = _validate(
         files,
         regular=regular,
@@ -562,6 +569,10 @@ def check(
         swmr=swmr,
     )
     findings = list(report.findings) + extra
+    if indexes:
+        found, summaries = segments.findings_after(indexes, report)
+        findings += found
+        report = Report(report.findings, tuple(summaries))
     if expect is not None:
         present: set[str] = set()
         for summary in report.files:

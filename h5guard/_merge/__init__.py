@@ -2,7 +2,8 @@
 
 In the order of its steps: :mod:`.plan` (what to merge: a :class:`~.plan.MergePlan`),
 :mod:`.output` (the output file, its record, the partial, quarantine), :mod:`.verify`
-(the new output's digests, before the rename) and :mod:`.run` (:func:`~.run.merge`).
+(the new output's digests, before the rename), :mod:`.run` (:func:`~.run.merge`) and
+:mod:`.compact` (:func:`~.compact.compact`, a segmented output made one file again).
 
 Protocol (each step leaves something valid on disk if the process dies there):
 
@@ -14,7 +15,10 @@ Protocol (each step leaves something valid on disk if the process dies there):
 3. check the free space for the new output before writing anything;
 4. build ``OUTPUT.partial``: a byte copy of the old output plus the new groups;
    a key already present with the same digest is a duplicate, with another digest
-   a conflict (the output keeps its version);
+   a conflict (the output keeps its version). A segmented output (from 64 MiB on, or
+   ``layout="segmented"``; :mod:`h5guard._format.segments`) gets a new segment file
+   in ``OUTPUT.segments/`` instead, and ``OUTPUT.partial`` is the new index: a copy of
+   the old one plus a link per new key;
 5. recompute the digest of every added group from the bytes of the partial file
    (h5guard's own reader, libhdf5 for what it does not know) and match it;
 6. fsync it, ``os.replace`` it over the output, fsync the directory;

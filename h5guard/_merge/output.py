@@ -19,7 +19,7 @@ import numpy as np
 
 from h5guard import _atomic
 from h5guard._check.api import QUARANTINE_DIR, validate_many
-from h5guard._format import names, reader, write
+from h5guard._format import names, reader, segments, write
 from h5guard._format import summary as _summary
 from h5guard._version import __version__
 from h5guard.errors import UnreadableOutputError, WriteError
@@ -122,6 +122,8 @@ class Output:
         self.file: h5py.File | None = None
         self.schema_json: str | None = None
         self.count = 0
+        self.index: segments.Index | None = None  # set when the output is an index
+        self._segments: dict[str, h5py.File] = {}
         if not path or not os.path.exists(path):
             return
         quick = validate_many([path], deep=False)
@@ -134,13 +136,19 @@ class Output:
             self.file = h5py.File(path, "r", locking=False)
             fmt = reader.text_attr(self.file, names.FORMAT_ATTR)
             self.schema_json = reader.text_attr(self.file, names.SCHEMA_ATTR)
-            self.count = _summary.result_count(self.file)
+            if fmt == segments.INDEX_FORMAT:
+                self.index = segments.open_index(self.file, path)
+                self.count = self.index.groups
+            else:
+                self.count = _summary.result_count(self.file)
         except Exception as err:
             self.close()
+            if isinstance(err, UnreadableOutputError):
+                raise UnreadableOutputError(f"{err}; left untouched") from err
             raise UnreadableOutputError(
                 f"{path}: existing output could not be opened ({_one_line(err)}); left untouched"
             ) from err
-        if fmt != names.OUTPUT_FORMAT and fmt != names.SHARD_FORMAT:
+        if fmt not in (names.OUTPUT_FORMAT, names.SHARD_FORMAT, segments.INDEX_FORMAT):
             self.close()
             found = f"format {fmt!r}" if fmt else "an HDF5 file h5guard did not write"
             raise UnreadableOutputError(
@@ -148,32 +156,63 @@ class Output:
                 "merge into a new output, or salvage it first"
             )
 
-    def digest(self, key: str) -> str | None:
-        """The digest of ``key`` in the output, or None if the output has no such group."""
+    def _holder(self, key: str) -> tuple[h5py.File, str] | None:
+        """The file that holds ``key`` (the output, or its segment) and its name there."""
         if self.file is None:
             return None
+        if self.index is None:
+            return self.file, self.path
+        seg = segments.target(self.file, self.index, key)
+        if seg is None:
+            return None
+        if seg not in self._segments:
+            quick = validate_many([seg], deep=False)
+            errors = [f for f in quick.findings if f.severity is Severity.ERROR]
+            if errors:
+                raise UnreadableOutputError(
+                    f"{seg}: segment of {self.path} is damaged, left untouched: "
+                    f"{errors[0].code} {errors[0].message}"
+                )
+            self._segments[seg] = segments.open_segment(seg)
+        return self._segments[seg], seg
+
+    def digest(self, key: str) -> str | None:
+        """The digest of ``key`` in the output, or None if the output has no such group."""
+        try:
+            holder = self._holder(key)
+        except UnreadableOutputError as err:
+            raise UnreadableOutputError(f"{err}; left untouched") from err
+        if holder is None:
+            return None
+        f, where = holder
         name = key.encode("utf-8")
         try:
-            if not self.file.id.links.exists(name):
+            if not f.id.links.exists(name):
                 return None
-            aid = h5py.h5a.open(self.file.id, names.DIGEST_ATTR.encode(), obj_name=name)
+            aid = h5py.h5a.open(f.id, names.DIGEST_ATTR.encode(), obj_name=name)
             value = reader.read_attr_id(aid)
         except KeyError:
             value = None
         except Exception as err:
             raise UnreadableOutputError(
-                f"{self.path}:/{key}: existing output group unreadable ({_one_line(err)}); left untouched"
+                f"{where}:/{key}: existing output group unreadable ({_one_line(err)}); left untouched"
             ) from err
         if value is None:
-            raise UnreadableOutputError(f"{self.path}: group {key!r} has no digest; left untouched")
+            raise UnreadableOutputError(f"{where}: group {key!r} has no digest; left untouched")
         return bytes(np.asarray(value)[()]).decode("utf-8", "replace")
 
     def keys(self) -> frozenset[str]:
+        """Every key of the output (an index lists them in its links, never followed)."""
         if self.file is None:
             return frozenset()
+        if self.index is not None:
+            return frozenset(self.file)
         return frozenset(_summary.result_names(self.file))
 
     def close(self) -> None:
+        for f in self._segments.values():
+            f.close()
+        self._segments.clear()
         if self.file is not None:
             self.file.close()
             self.file = None
@@ -208,9 +247,13 @@ def quarantine(path: str, reasons: Sequence[str], directory: str) -> Quarantined
     """
     qdir = Path(directory) / QUARANTINE_DIR
     _atomic.require_real_dir(qdir, create=True)
-    # Never replace an earlier quarantined file (or a link) of the same name.
+    # Never replace an earlier quarantined file (or a link) of the same name. A note
+    # alone is what a merge killed between the note and the move left: its file is the
+    # one being quarantined now, under the same name, and the note is replaced.
     name, n = Path(path).name, 0
-    while os.path.lexists(qdir / name) or os.path.lexists(qdir / (name + ".json")):
+    while os.path.lexists(qdir / name) or (
+        os.path.islink(qdir / (name + ".json")) or os.path.isdir(qdir / (name + ".json"))
+    ):
         n += 1
         name = f"{Path(path).stem}.{n}{Path(path).suffix}"
     target = qdir / name
@@ -254,8 +297,13 @@ def write_partial(
     schema: Schema | None,
     root_attrs: Mapping[str, Any],
     reserve: int = 0,
+    inherit_sources: bool = False,
 ) -> dict[str, tuple[int, str]]:
     """Build the new output in ``partial``: a byte copy of ``output`` plus the new groups.
+
+    The one function that fills a new output file, a new segment of a segmented output
+    (``output`` is then ""), or a compacted output (the "shards" are the segments) with
+    groups.
 
     ``partial`` is created exclusively (whatever was under its name, a crashed merge's
     leftover or a planted link, is removed first, never followed) and ``reserve`` bytes
@@ -280,6 +328,9 @@ def write_partial(
         The caller's root attributes.
     reserve : int
         Bytes the new output may take (0: no reservation).
+    inherit_sources : bool
+        The sources are outputs (a compaction): keep the shards each one records
+        instead of recording the sources themselves.
 
     Returns
     -------
@@ -291,7 +342,7 @@ def write_partial(
     InsufficientSpaceError
         ``reserve`` bytes cannot be allocated; ``partial`` is removed.
     """
-    _start_partial(output, partial, reserve)
+    start_partial(output, partial, reserve)
     f = h5py.File(partial, "r+", libver=names.LIBVER, locking=False)
     added: dict[str, tuple[int, str]] = {}
     todo = set(new)
@@ -305,8 +356,9 @@ def write_partial(
             if not keys:
                 continue
             with h5py.File(shard, "r", locking=False) as src:
-                attrs = _file_attrs(src)
-                if attrs:
+                if inherit_sources:
+                    sources.update(json.loads(reader.text_attr(src, SOURCES_ATTR) or "{}"))
+                elif attrs := _file_attrs(src):
                     sources[os.path.basename(shard)] = attrs
                 for key in keys:
                     link = key.encode("utf-8")
@@ -335,7 +387,7 @@ def write_partial(
     return added
 
 
-def _start_partial(output: str, partial: str, reserve: int) -> None:
+def start_partial(output: str, partial: str, reserve: int) -> None:
     """``partial`` as a new file: the bytes of ``output`` (or an empty HDF5 file), reserved."""
     _atomic.clear_own_name(partial)
     if os.path.exists(output):

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,25 @@ from h5guard.schema import Schema
 log = logging.getLogger(__name__)
 
 ON_CONFLICT = ("quarantine", "keep-existing")
+
+
+class OutputListing:
+    """The keys of an output, listed the first time they are asked for.
+
+    ``h5guard status`` and the sweep's status ask; a plan printed as JSON does not, and
+    then costs what the merge brings (the keys of a million-result output take seconds
+    to list).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._keys: frozenset[str] | None = None
+
+    def keys(self) -> frozenset[str]:
+        if self._keys is None:
+            with contextlib.closing(Output(self.path)) as out:
+                self._keys = out.keys()
+        return self._keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +76,12 @@ class MergePlan:
         Results known to be lost, each with where and why.
     on_conflict : str
         The conflict policy planned with.
-    output_keys, shard_keys : frozenset of str
-        Every key of the output (listed by ``plan_merge`` only) and of the valid shards.
+    output_keys : frozenset of str
+        Every key of the output (``plan_merge`` only; listed on first use, so a plan
+        that is not asked for them costs what the merge brings, not what the output
+        holds; empty in a merge's own plan).
+    shard_keys : frozenset of str
+        Every key of the valid shards.
     pending : tuple of PendingJournal
         Journals whose writer cannot be shown gone (it runs, or runs elsewhere and may):
         where, who, why, and the keys of the results they hold. While any holds a
@@ -80,11 +103,16 @@ class MergePlan:
     interrupted: tuple[tuple[str, str], ...] = ()  # (journal, key) of add() calls cut short
     lost: tuple[str, ...] = ()  # results known to be lost, each with where and why
     on_conflict: str = "quarantine"
-    # Every key of the existing output: listed by plan_merge; merge() only looks up the
-    # keys it brings and leaves this empty.
-    output_keys: frozenset[str] = frozenset()
     shard_keys: frozenset[str] = frozenset()  # keys of the valid shards
     pending: tuple[_journal.PendingJournal, ...] = ()
+    # Lists the existing output's keys on first use (plan_merge); merge() only looks up
+    # the keys it brings and has none.
+    listing: OutputListing | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def output_keys(self) -> frozenset[str]:
+        """Every key of the existing output (listed on first use; see the class)."""
+        return self.listing.keys() if self.listing is not None else frozenset()
 
     @property
     def pending_keys(self) -> frozenset[str]:
@@ -430,7 +458,7 @@ def build(
         interrupted=tuple(interrupted),
         lost=tuple(lost),
         on_conflict=on_conflict,
-        output_keys=output.keys() if list_output_keys else frozenset(),
+        listing=OutputListing(output.path) if list_output_keys and output.path else None,
         shard_keys=frozenset(k for p in good for k in summaries[p].groups),
         pending=tuple(journals.pending),
     )

@@ -1,0 +1,200 @@
+"""Merges that cost what is new (issue #26, part 2): 10 new results into a 1 GiB output.
+
+    python benchmarks/bench_incremental.py [--size-mib 1024] [--tiny 100000]
+        [--plan 10000,100000] [--skip-tiny] [--json]
+
+Two existing outputs of about ``--size-mib`` MiB each are built first (not timed): one of
+10 results of about 100 MiB, one of ``--tiny`` small results. For each, in this process:
+
+* ``empty``: 10 new small results merged into an empty output (the baseline), median of 3;
+* ``single``: the same 10 merged into a copy of the output kept as one file
+  (``layout="single"``: what every merge did before segments; the copy is made before
+  the clock starts), median of 3;
+* ``convert``: the first merge above the threshold, which turns the file into an index
+  (one external link per key) and its first two segments, once;
+* ``segmented``: 10 new results merged into the segmented output, three merges in a
+  row, median of 3: the steady state of an incremental merge.
+
+The ratio of each row to ``empty`` is printed, with PASS/MISS against #26's "at most 2x"
+for ``segmented``. Then ``plan_merge`` (what ``h5guard status`` runs) of 10 new results
+against outputs of ``--plan`` results (segmented), with the one-time listing of the
+output's keys (``plan.output_keys``) timed apart. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+import numpy as np  # noqa: E402
+
+import h5guard  # noqa: E402
+
+TARGET = 2.0
+_counter = [0]
+
+
+def load() -> str:
+    a, b, c = os.getloadavg()
+    return f"load average {a:.2f} {b:.2f} {c:.2f}"
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def write(directory: Path, n: int, floats: int, *, start: int, commit_every: int = 1000) -> None:
+    rng = np.random.default_rng(start)
+    with h5guard.ShardWriter(directory, commit_every=commit_every, prefix=f"b{start}") as w:
+        for i in range(start, start + n):
+            w.add(f"cfg-{i:09d}", {"x": rng.random(floats)}, {"status": "ok", "seed": i})
+
+
+def merged(shards: Path, out: Path, **kwargs: Any) -> h5guard.MergeReport:
+    report = h5guard.merge(shards, out, **kwargs)
+    if report.exit_code != 0:
+        raise SystemExit(report.render_text())
+    return report
+
+
+def ten_new(d: Path) -> Path:
+    """A fresh shard directory of 10 new small results (built before any clock)."""
+    _counter[0] += 1
+    shards = d / f"new{_counter[0]}"
+    write(shards, 10, 64, start=10**8 + 10 * _counter[0])
+    os.sync()
+    return shards
+
+
+def median3(fn: Callable[[], float]) -> float:
+    return float(statistics.median(fn() for _ in range(3)))
+
+
+def build(d: Path, n: int, floats: int) -> Path:
+    out = d / "out.h5"
+    shards = d / "build"
+    write(shards, n, floats, start=0, commit_every=max(1, min(1000, n)))
+    # One file, whatever its size: the output as every merge made it before segments.
+    merged(shards, out, layout="single")
+    os.sync()
+    return out
+
+
+def rows_for(d: Path, out: Path, label: str) -> dict[str, float]:
+    t: dict[str, float] = {}
+    size = out.stat().st_size / 2**20
+
+    def empty_once() -> float:
+        shards, target = ten_new(d), d / f"empty{_counter[0]}.h5"
+        return timed(lambda: merged(shards, target))
+
+    def single_once() -> float:
+        copy = d / "copy.h5"
+        copy.unlink(missing_ok=True)
+        shutil.copyfile(out, copy)
+        shards = ten_new(d)
+        return timed(lambda: merged(shards, copy, layout="single"))
+
+    print(f"\n{label}: {size:,.0f} MiB ({load()})", flush=True)
+    t["empty"] = median3(empty_once)
+    print(f"  10 new into an empty output      {t['empty']:8.3f} s", flush=True)
+    t["single"] = median3(single_once)
+    (d / "copy.h5").unlink(missing_ok=True)
+    print(f"  10 new into it as one file       {t['single']:8.3f} s", flush=True)
+    shards = ten_new(d)
+    t["convert"] = timed(lambda: merged(shards, out))  # auto: above the threshold
+    assert h5guard.check([out], deep=False).ok
+    print(f"  first merge: file -> index       {t['convert']:8.3f} s (once)", flush=True)
+
+    def segmented_once() -> float:
+        shards = ten_new(d)
+        return timed(lambda: merged(shards, out))
+
+    t["segmented"] = median3(segmented_once)
+    print(f"  10 new into the segmented output {t['segmented']:8.3f} s", flush=True)
+    return t
+
+
+def plan_rows(root: Path, sizes: list[int]) -> dict[int, dict[str, float]]:
+    out: dict[int, dict[str, float]] = {}
+    for n in sizes:
+        d = root / f"plan{n}"
+        d.mkdir()
+        target = d / "out.h5"
+        write(d / "build", n, 4, start=0)
+        merged(d / "build", target, layout="segmented")
+        shards = ten_new(d)
+        t0 = time.perf_counter()
+        plan = h5guard.plan_merge(shards, target)
+        t_plan = time.perf_counter() - t0
+        t_keys = timed(lambda: plan.output_keys)  # noqa: B023 - called at once
+        assert plan.new_groups == 10 and len(plan.output_keys) == n
+        out[n] = {"plan_merge": t_plan, "output_keys": t_keys}
+        print(
+            f"  plan_merge, {n:>9,} results: {t_plan:7.3f} s; listing its keys "
+            f"(first use of output_keys) {t_keys:7.3f} s ({load()})",
+            flush=True,
+        )
+        shutil.rmtree(d)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--size-mib", type=int, default=1024, help="size of each output (1024)")
+    p.add_argument("--tiny", type=int, default=100_000, help="results of the tiny output")
+    p.add_argument("--plan", default="10000,100000", help="plan_merge sizes")
+    p.add_argument("--skip-tiny", action="store_true", help="only the 10 big results")
+    p.add_argument("--json", action="store_true", help="also print one JSON document")
+    args = p.parse_args(argv)
+    print(f"bench_incremental: {os.cpu_count()} CPU(s); {load()}", flush=True)
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-incremental-") as tmp:
+        root = Path(tmp)
+        cases = [("10 results of ~100 MiB", 10, args.size_mib * 2**20 // 80)]
+        if not args.skip_tiny:
+            cases.append(
+                (f"{args.tiny:,} small results", args.tiny, args.size_mib * 2**20 // 8 // args.tiny)
+            )
+        for n, (label, count, floats) in enumerate(cases):
+            d = root / f"case{n}"
+            d.mkdir()
+            out = build(d, count, floats)
+            results[label] = rows_for(d, out, label)
+            shutil.rmtree(d)
+        print(f"\nplan_merge ({load()})", flush=True)
+        plans = plan_rows(root, [int(s) for s in args.plan.split(",") if s])
+    print("\nratio to 10 new results into an empty output (target: segmented <= 2x)")
+    for label, t in results.items():
+        for row in ("single", "convert", "segmented"):
+            ratio = t[row] / t["empty"]
+            verdict = ("PASS" if ratio <= TARGET else "MISS") if row == "segmented" else "    "
+            print(f"  {label:<26} {row:<10} {ratio:8.1f}x  {verdict}")
+    sizes = sorted(plans)
+    if len(sizes) >= 2:
+        lo, hi = sizes[0], sizes[-1]
+        per10 = (plans[hi]["plan_merge"] / plans[lo]["plan_merge"]) ** (1 / np.log10(hi / lo))
+        print(f"  plan_merge growth per 10x of the output: {per10:.2f} (1 = costs what is new)")
+    print(f"end: {load()}")
+    if args.json:
+        print(json.dumps({"merge": results, "plan_merge": plans}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,625 @@
+"""A segmented output: immutable segment files plus a small index replaced atomically.
+
+A big output is not rewritten by each incremental merge. Its groups live in
+*segments*, ordinary h5guard output files in a directory beside the output
+(``OUTPUT.segments/``), each written once by one merge and never changed; the output
+path itself holds an *index*: an HDF5 file whose root has one external link per key,
+``key -> <segment dir>/<segment>:/key`` (a relative name), and root attributes that say
+it is an h5guard index and list its segments (name, size, groups, listing digest).
+A merge adds a segment and replaces the index (a copy plus the new links, renamed over
+the old one): the output is the old one or the new one at every instant.
+
+Plain h5py sees every key through the links. h5guard's own readers never let libhdf5
+resolve them (libhdf5 looks for a relative target under ``HDF5_EXT_PREFIX``, the link
+access prefix, the linking file's directory, then the current directory, so a file
+planted in one of those could be read): they resolve each segment themselves, relative
+to the index file's directory, and accept only the index's own segments.
+
+Keys are never replaced in an output, so segments never supersede each other: a key
+is in exactly one segment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import stat
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import h5py
+import numpy as np
+
+from h5guard._format import names, reader, write
+from h5guard.errors import ResultNotFoundError, UnreadableOutputError
+from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
+
+INDEX_FORMAT = "h5guard-index/1"
+SEGMENTS_ATTR = "h5guard_segments"  # JSON [{"name", "size", "groups", "digest"}, ...]
+SEGMENT_DIR_ATTR = "h5guard_segment_dir"  # the segment directory's name, beside the index
+GROUPS_ATTR = "h5guard_groups"
+DIR_SUFFIX = ".segments"
+_SEGMENT_NAME = re.compile(r"^seg-[0-9]{6}-[0-9a-f]{12}\.h5$")
+_DIGEST_ATTR_B = names.DIGEST_ATTR.encode()
+
+
+class BadIndexError(UnreadableOutputError):
+    """An index that is not well-formed (named by file and, where known, by key)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One segment as the index lists it.
+
+    Attributes
+    ----------
+    name : str
+        Its file name inside the segment directory.
+    size : int
+        Its size in bytes when it was written (segments never change).
+    groups : int
+        How many result groups it holds.
+    digest : str
+        :func:`listing_digest` of its ``{key: group digest}``.
+    """
+
+    name: str
+    size: int
+    groups: int
+    digest: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "groups": self.groups, "digest": self.digest}
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    """An opened index: where it is, its segment directory, its segments."""
+
+    path: str
+    dir_name: str
+    segments: tuple[Segment, ...]
+    groups: int
+
+    @property
+    def directory(self) -> str:
+        """The segment directory, resolved relative to the index file's directory."""
+        return os.path.join(os.path.dirname(os.path.abspath(self.path)), self.dir_name)
+
+    def segment_path(self, name: str) -> str:
+        return self.directory + os.sep + name
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(s.name for s in self.segments)
+
+
+def listing_digest(groups: Mapping[str, str | None]) -> str:
+    """The digest of a segment's ``{key: group digest}``, in key (UTF-8) order.
+
+    It binds the index to its segments' contents: a segment swapped for another valid
+    output (other keys, or other values under the same keys) no longer matches.
+    """
+    h = hashlib.sha256(b"h5guard-segment-listing-v1\0")
+    for key in sorted(groups, key=lambda k: k.encode("utf-8")):
+        h.update(key.encode("utf-8") + b"\0" + (groups[key] or "").encode("utf-8") + b"\n")
+    return "sha256:" + h.hexdigest()
+
+
+def dir_name_for(output: str) -> str:
+    """The segment directory name of a new index at ``output``: ``NAME.segments``."""
+    return os.path.basename(output) + DIR_SUFFIX
+
+
+def new_segment_name(number: int) -> str:
+    """A fresh segment file name: numbered in merge order, with a random part so that a
+    crashed merge's leftover never has the name of the next segment."""
+    return f"seg-{number:06d}-{uuid.uuid4().hex[:12]}.h5"
+
+
+def is_segment_name(name: str) -> bool:
+    return bool(_SEGMENT_NAME.match(name))
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
+
+
+def is_index(f: h5py.File) -> bool:
+    """Whether an open file is an h5guard index (its root says so)."""
+    return reader.text_attr(f, names.FORMAT_ATTR) == INDEX_FORMAT
+
+
+def is_index_path(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an h5guard index (False for anything unreadable)."""
+    try:
+        with h5py.File(os.fspath(path), "r", locking=False) as f:
+            return is_index(f)
+    except Exception:
+        return False
+
+
+def open_index(f: h5py.File, path: str) -> Index:
+    """The index of the open file ``f`` at ``path``, its root attributes validated.
+
+    Raises
+    ------
+    UnreadableOutputError
+        The root attributes are missing or malformed, the segment directory is not a
+        plain name, or a segment name is not one h5guard gives.
+    """
+    if not is_index(f):
+        raise BadIndexError(f"{path}: expected an h5guard index, found another file")
+    dir_name = reader.text_attr(f, SEGMENT_DIR_ATTR) or ""
+    if not _plain_name(dir_name):
+        raise BadIndexError(
+            f"{path}:/: the segment directory {dir_name!r} is not a plain name beside the index"
+        )
+    try:
+        listed = json.loads(reader.text_attr(f, SEGMENTS_ATTR) or "")
+        segments = tuple(
+            Segment(str(s["name"]), int(s["size"]), int(s["groups"]), str(s["digest"]))
+            for s in listed
+        )
+        groups = int(np.asarray(f.attrs[GROUPS_ATTR]))
+    except (ValueError, TypeError, KeyError) as err:
+        raise BadIndexError(f"{path}:/: malformed segment list ({err})") from err
+    for s in segments:
+        if not is_segment_name(s.name):
+            raise BadIndexError(f"{path}:/: {s.name!r} is not an h5guard segment name")
+    if len({s.name for s in segments}) != len(segments):
+        raise BadIndexError(f"{path}:/: a segment is listed twice")
+    return Index(path, dir_name, segments, groups)
+
+
+def link_target(index: Index, key: str, value: tuple[bytes, bytes]) -> str:
+    """The segment name a link value ``(file, object)`` of ``key`` points into.
+
+    Raises
+    ------
+    UnreadableOutputError
+        The link points anywhere else than ``/key`` of one of the index's own segments
+        through ``<segment dir>/<segment>``.
+    """
+    file_name, obj = (v.decode("utf-8", "replace") for v in value)
+    head, _, seg = file_name.partition("/")
+    if head != index.dir_name or seg not in index.names or obj != "/" + key:
+        raise BadIndexError(
+            f"{index.path}:/{key}: external link to {file_name!r}:{obj!r} points outside the "
+            f"index's own segments ({index.dir_name}/seg-*.h5:/{key}); not followed"
+        )
+    return seg
+
+
+def target(f: h5py.File, index: Index, key: str) -> str | None:
+    """The path of the segment holding ``key``, or None if the index has no such key.
+
+    Raises
+    ------
+    UnreadableOutputError
+        The name is there but is no well-formed link into the index's segments.
+    """
+    name = key.encode("utf-8")
+    if not f.id.links.exists(name):
+        return None
+    if f.id.links.get_info(name).type != h5py.h5l.TYPE_EXTERNAL:
+        raise BadIndexError(f"{index.path}:/{key}: expected an external link into a segment")
+    return index.segment_path(link_target(index, key, f.id.links.get_val(name)))
+
+
+def open_segment(path: str) -> h5py.File:
+    """A segment, opened read-only; never through a symbolic link.
+
+    Raises
+    ------
+    UnreadableOutputError
+        It is missing, a link or no regular file, or libhdf5 cannot open it.
+    """
+    try:
+        parent = os.lstat(os.path.dirname(path))
+        st = os.lstat(path)
+    except OSError as err:
+        raise BadIndexError(f"{path}: segment missing ({err.strerror})") from err
+    if not stat.S_ISDIR(parent.st_mode):
+        raise BadIndexError(f"{path}: the segment directory is a link or no directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise BadIndexError(f"{path}: expected a segment file, found a link or no regular file")
+    try:
+        return h5py.File(path, "r", locking=False)
+    except Exception as err:
+        raise BadIndexError(f"{path}: segment could not be opened ({err})") from err
+
+
+def segment_keys(f: h5py.File) -> list[str]:
+    """The result keys of a segment (or of a self-contained output): its top-level
+    groups, never following a link."""
+    out: list[str] = []
+
+    def visit(name: bytes, info: Any) -> None:  # one pass over the links, no lookups
+        if info.type == h5py.h5l.TYPE_HARD:
+            key = name.decode("utf-8")
+            if not key.startswith(names.RESERVED_PREFIX):
+                out.append(key)
+
+    f.id.links.iterate(visit, info=True)
+    return out
+
+
+def group_digests(f: h5py.File, keys: Iterable[str]) -> dict[str, str | None]:
+    """The stored digest of each group ``keys`` of ``f`` (None where it has none)."""
+    out: dict[str, str | None] = {}
+    # One buffer wider than any digest: libhdf5 pads a shorter fixed-length string into
+    # it, and one read per group is all (a turned-output of 100,000 groups reads them all).
+    buf = np.empty((), dtype="S128")
+    mtype = h5py.h5t.py_create(buf.dtype)  # derived once, not at every read
+    for key in keys:
+        name = key.encode("utf-8")
+        try:
+            aid = h5py.h5a.open(f.id, _DIGEST_ATTR_B, obj_name=name)
+        except KeyError:
+            out[key] = None
+            continue
+        try:
+            aid.read(buf, mtype=mtype)
+            raw = buf.tobytes()
+        except Exception:  # not a fixed-length string: read it as it is
+            raw = bytes(np.asarray(reader.read_attr_id(aid))[()])
+        out[key] = raw.rstrip(b"\0").decode("utf-8", "replace")
+    return out
+
+
+def resolve(path: str | os.PathLike[str]) -> list[tuple[str, tuple[str, ...]]] | None:
+    """The segments of an index and the keys each holds, or None for any other file.
+
+    Parameters
+    ----------
+    path
+        An output: an index or a self-contained file.
+
+    Returns
+    -------
+    list of (str, tuple of str) or None
+        ``(segment path, its keys in UTF-8 order)`` for each segment in merge order;
+        None when ``path`` is no index.
+
+    Raises
+    ------
+    UnreadableOutputError
+        The index is malformed, a segment is missing or not a segment, or a key is in
+        two segments.
+    """
+    where = os.fspath(path)
+    with h5py.File(where, "r", locking=False) as f:
+        if not is_index(f):
+            return None
+        index = open_index(f, where)
+    out: list[tuple[str, tuple[str, ...]]] = []
+    seen: set[str] = set()
+    for seg in index.segments:
+        seg_path = index.segment_path(seg.name)
+        with open_segment(seg_path) as s:
+            keys = sorted(segment_keys(s), key=lambda k: k.encode("utf-8"))
+        twice = seen.intersection(keys)
+        if twice:
+            raise BadIndexError(f"{seg_path}:/{min(twice)}: key also in an earlier segment")
+        seen.update(keys)
+        out.append((seg_path, tuple(keys)))
+    return out
+
+
+@contextlib.contextmanager
+def iter_groups(path: str | os.PathLike[str]) -> Iterator[Iterator[tuple[str, h5py.Group, str]]]:
+    """Every group of an index in key (UTF-8) order, as ``(segment path, group, key)``;
+    the segments stay open while the context lasts."""
+    parts = resolve(path)
+    if parts is None:
+        raise BadIndexError(f"{os.fspath(path)}: expected an h5guard index")
+    with contextlib.ExitStack() as stack:
+        files = [(p, stack.enter_context(open_segment(p))) for p, _ in parts]
+        order = sorted(
+            ((k, n) for n, (_, keys) in enumerate(parts) for k in keys),
+            key=lambda kn: kn[0].encode("utf-8"),
+        )
+
+        def groups() -> Iterator[tuple[str, h5py.Group, str]]:
+            for key, n in order:
+                seg_path, f = files[n]
+                obj = f.get(key)
+                if isinstance(obj, h5py.Group):
+                    yield seg_path, obj, key
+
+        yield groups()
+
+
+def write_index(
+    path: str,
+    *,
+    dir_name: str,
+    segments: Sequence[Segment],
+    links: Mapping[str, Iterable[str]],
+    groups: int,
+    root_attrs: Mapping[str, Any],
+) -> None:
+    """Write the index into ``path``: a new file (``create``) or a copy of the old index.
+
+    Parameters
+    ----------
+    path
+        The index partial: an empty HDF5 file h5guard created, or a byte copy of the
+        old index (its links are kept).
+    dir_name
+        The segment directory's name.
+    segments
+        Every segment of the new index, in merge order.
+    links
+        The links to add: ``{segment name: its keys}``.
+    groups
+        Groups in the new index.
+    root_attrs
+        Further root attributes (format, version, schema, the caller's), as arrays.
+    """
+    with h5py.File(path, "r+", libver=names.LIBVER, locking=False) as f:
+        for seg, keys in links.items():
+            file_name = f"{dir_name}/{seg}".encode()
+            for key in keys:
+                name = key.encode("utf-8")
+                f.id.links.create_external(
+                    name, file_name, b"/" + name, lcpl=write.LINK_CREATE_UTF8
+                )
+        for attr, value in root_attrs.items():
+            write.write_attr(f, attr, np.asarray(value))
+        f.attrs[names.FORMAT_ATTR] = np.bytes_(INDEX_FORMAT.encode())
+        write.write_attr(f, SEGMENT_DIR_ATTR, np.array(dir_name.encode("utf-8"), dtype=np.bytes_))
+        text = json.dumps([s.to_dict() for s in segments])
+        write.write_attr(f, SEGMENTS_ATTR, np.array(text.encode(), dtype=np.bytes_))
+        f.attrs[GROUPS_ATTR] = np.int64(groups)
+
+
+def check_links(path: str, expected: Mapping[str, str], *, total: int) -> list[str]:
+    """Read ``expected`` ``{key: segment name}`` links back from the index at ``path``,
+    and count its links (``total``).
+
+    Returns
+    -------
+    list of str
+        A problem for each key whose link is missing or points elsewhere, one if the
+        root attributes do not parse, one if the index does not hold ``total`` links.
+    """
+    problems: list[str] = []
+    with h5py.File(path, "r", locking=False) as f:
+        try:
+            index = open_index(f, path)
+        except UnreadableOutputError as err:
+            return [str(err)]
+        if f.id.get_num_objs() != total or index.groups != total:
+            problems.append(f"{path}: expected {total} links, found {f.id.get_num_objs()}")
+        for key, seg in expected.items():
+            try:
+                found = target(f, index, key)
+            except UnreadableOutputError as err:
+                problems.append(str(err))
+                continue
+            if found != index.segment_path(seg):
+                problems.append(f"{path}:/{key}: link points to {found}, expected {seg}")
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What :func:`inspect` found: problems with the index, and each segment's keys."""
+
+    index: Index | None
+    problems: tuple[tuple[str, str, str], ...]  # (file, object, message)
+    keys: Mapping[str, tuple[str, ...]]  # segment path -> keys linked into it
+
+    @property
+    def segment_paths(self) -> list[str]:
+        if self.index is None:
+            return []
+        return [self.index.segment_path(s.name) for s in self.index.segments]
+
+
+def inspect(path: str) -> Verdict:
+    """Check an index itself: root attributes, every link, every segment's presence.
+
+    Every link must be an external link to ``/key`` of one of the index's listed
+    segments through the segment directory; each listed segment must be a regular file
+    (not a link) of the recorded size; no other object may be at the root. The
+    segments' own contents are checked as outputs by the caller, who then compares
+    them with :attr:`Verdict.keys` (:func:`compare`).
+    """
+    problems: list[tuple[str, str, str]] = []
+    keys: dict[str, list[str]] = {}
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except Exception as err:
+        return Verdict(None, ((path, "/", f"index could not be opened ({err})"),), {})
+    with f:
+        try:
+            index = open_index(f, path)
+        except UnreadableOutputError as err:
+            return Verdict(None, ((path, "/", str(err).split(": ", 1)[-1]),), {})
+        try:
+            st = os.lstat(index.directory)
+            if not stat.S_ISDIR(st.st_mode):
+                problems.append((path, "/", f"{index.directory} is a link or no directory"))
+                return Verdict(index, tuple(problems), {})
+        except OSError as err:
+            problems.append((path, "/", f"segment directory {index.directory} missing ({err})"))
+            return Verdict(index, tuple(problems), {})
+        for seg in index.segments:
+            seg_path = index.segment_path(seg.name)
+            keys[seg_path] = []
+            try:
+                st = os.lstat(seg_path)
+            except OSError:
+                problems.append((seg_path, "/", "segment listed by the index is missing"))
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                problems.append((seg_path, "/", "segment is a link or no regular file"))
+            elif st.st_size != seg.size:
+                problems.append(
+                    (seg_path, "/", f"segment is {st.st_size} bytes, the index says {seg.size}")
+                )
+        count = 0
+        for key in f:
+            name = key.encode("utf-8")
+            info = f.id.links.get_info(name)
+            if info.type != h5py.h5l.TYPE_EXTERNAL:
+                problems.append((path, f"/{key}", "expected an external link into a segment"))
+                continue
+            try:
+                seg_name = link_target(index, key, f.id.links.get_val(name))
+            except UnreadableOutputError as err:
+                problems.append((path, f"/{key}", str(err).split(": ", 2)[-1]))
+                continue
+            keys[index.segment_path(seg_name)].append(key)
+            count += 1
+        if count != index.groups:
+            problems.append((path, "/", f"index has {count} links, its root says {index.groups}"))
+    return Verdict(index, tuple(problems), {p: tuple(k) for p, k in keys.items()})
+
+
+def compare(
+    verdict: Verdict, found: Mapping[str, Mapping[str, str | None] | None]
+) -> list[tuple[str, str, str]]:
+    """Match each segment's valid groups (``found``: segment path -> its groups, None
+    when it is not an h5guard output) against the index's links and listing digests."""
+    problems: list[tuple[str, str, str]] = []
+    if verdict.index is None:
+        return problems
+    for seg in verdict.index.segments:
+        seg_path = verdict.index.segment_path(seg.name)
+        groups = found.get(seg_path)
+        if groups is None:
+            continue  # missing or not an output: already reported
+        linked = set(verdict.keys.get(seg_path, ()))
+        for key in sorted(linked - set(groups)):
+            problems.append((verdict.index.path, f"/{key}", f"links to {seg_path}, which lacks it"))
+        for key in sorted(set(groups) - linked):
+            problems.append(
+                (seg_path, f"/{key}", f"group not linked from the index {verdict.index.path}")
+            )
+        if listing_digest(groups) != seg.digest and linked == set(groups):
+            problems.append(
+                (
+                    seg_path,
+                    "/",
+                    f"its groups' digests do not match the index's listing {seg.digest}",
+                )
+            )
+    return problems
+
+
+def locate(f: h5py.File, path: str, key: str) -> str | None:
+    """For :func:`h5guard.read`: the segment holding ``key`` when ``f`` is an index,
+    resolved here (never through libhdf5's external-link search); None when ``f`` is
+    no index.
+
+    Raises
+    ------
+    ResultNotFoundError
+        ``f`` is an index without ``key``.
+    UnreadableOutputError
+        The index or its link is malformed.
+    """
+    if not is_index(f):
+        return None
+    seg = target(f, open_index(f, path), key)
+    if seg is None:
+        raise ResultNotFoundError(path, key)
+    return seg
+
+
+def expand_indexes(
+    files: Sequence[str],
+) -> tuple[list[str], list[Finding], list[Verdict]]:
+    """For :func:`h5guard.check`: each index among ``files`` stands for its segments.
+
+    Returns
+    -------
+    tuple
+        The files to validate (each index replaced by its listed, present segments), the
+        findings about the indexes themselves, and their verdicts for :func:`findings_after`.
+    """
+    out: list[str] = []
+    findings: list[Finding] = []
+    verdicts: list[Verdict] = []
+    for path in files:
+        if not is_index_path(path):
+            out.append(path)
+            continue
+        verdict = inspect(path)
+        verdicts.append(verdict)
+        findings.extend(_finding(p) for p in verdict.problems)
+        out.extend(p for p in verdict.segment_paths if os.path.isfile(p) and not os.path.islink(p))
+    return out, findings, verdicts
+
+
+def findings_after(
+    verdicts: Sequence[Verdict], report: Report
+) -> tuple[list[Finding], list[FileSummary]]:
+    """For :func:`h5guard.check`: match each index against its checked segments.
+
+    Returns
+    -------
+    tuple
+        Findings (a segment that is no h5guard output, links and listings that do not
+        match the segments' groups) and every summary: each index's with its
+        segments' groups, each segment's with none (so no group counts twice).
+    """
+    findings: list[Finding] = []
+    summaries: list[FileSummary] = []
+    moved: set[str] = set()
+    for verdict in verdicts:
+        found: dict[str, Mapping[str, str | None] | None] = {}
+        groups: dict[str, str | None] = {}
+        invalid: list[str] = []
+        schema: str | None = None
+        for seg_path in verdict.segment_paths:
+            summary = report.summary(seg_path)
+            if summary is None or summary.kind is FileKind.UNOPENED:
+                continue  # check --quick: the quick layer found nothing, groups unknown
+            if summary.kind is not FileKind.OUTPUT:
+                findings.append(
+                    Finding(
+                        seg_path,
+                        "/",
+                        Code.UNEXPECTED_OBJECT,
+                        Severity.ERROR,
+                        f"segment of {verdict.index.path if verdict.index else ''} is not an "
+                        f"h5guard output ({summary.kind})",
+                    )
+                )
+                found[seg_path] = None
+                continue
+            found[seg_path] = {**summary.groups, **dict.fromkeys(summary.invalid_groups)}
+            groups.update(summary.groups)
+            invalid.extend(summary.invalid_groups)
+            moved.add(seg_path)
+            schema = schema or summary.schema_json
+        findings.extend(_finding(p) for p in compare(verdict, found))
+        if verdict.index is not None:
+            size = os.path.getsize(verdict.index.path)
+            summaries.append(
+                FileSummary(
+                    verdict.index.path, FileKind.OUTPUT, size, groups, schema, tuple(invalid)
+                )
+            )
+    summaries += [
+        replace(s, groups={}, invalid_groups=()) if s.path in moved else s for s in report.files
+    ]
+    return findings, summaries
+
+
+def _finding(problem: tuple[str, str, str]) -> Finding:
+    path, obj, message = problem
+    code = Code.NOT_FOUND if "missing" in message else Code.UNEXPECTED_OBJECT
+    if "digests do not match" in message:
+        code = Code.DIGEST_MISMATCH
+    return Finding(path, obj, code, Severity.ERROR, message)
