@@ -209,21 +209,52 @@ def _read_owner(
 
 
 def _create_owner(owner_path: str, *, flocked: bool | None, lease: float, command: str) -> int:
-    """Create the owner file exclusively (FileExistsError if there is one)."""
-    fd = os.open(
-        owner_path,
-        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0),
-        0o644,
-    )
+    """Create the owner file exclusively (FileExistsError if there is one).
+
+    The file is written under a private name first and then hard-linked to its own
+    (``link`` never replaces a name): a process killed half-way leaves no owner file
+    without a holder, which a waiter could only judge by its lease. Where the file
+    system has no hard links, it is created under its own name directly.
+    """
+    info = {
+        **_liveness.current().to_json(),
+        "lease": lease,
+        "flock": bool(flocked),
+        "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "command": command,
+    }
+    data = json.dumps(info, sort_keys=True).encode("utf-8")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    private = f"{owner_path}.new-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    fd = os.open(private, flags, 0o644)
     try:
-        info = {
-            **_liveness.current().to_json(),
-            "lease": lease,
-            "flock": bool(flocked),
-            "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "command": command,
-        }
-        os.write(fd, json.dumps(info, sort_keys=True).encode("utf-8"))
+        os.write(fd, data)
+        try:
+            os.link(private, owner_path)
+        except FileExistsError:
+            raise
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            os.close(fd)
+            fd = -1
+            return _create_owner_directly(owner_path, flags, data, lease)
+        _liveness.beat(fd, lease)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(private)
+        raise
+    with contextlib.suppress(OSError):
+        os.unlink(private)
+    return fd
+
+
+def _create_owner_directly(owner_path: str, flags: int, data: bytes, lease: float) -> int:
+    fd = os.open(owner_path, flags, 0o644)
+    try:
+        os.write(fd, data)
         _liveness.beat(fd, lease)
     except BaseException:
         os.close(fd)

@@ -165,4 +165,3 @@ def iter_results(path: str | os.PathLike[str], *, verify: bool = True) -> Iterat
             gid = h5py.h5o.open(fid, raw)
             if isinstance(gid, h5py.h5g.GroupID):
                 yield _result(where, gid, key, verify)
-

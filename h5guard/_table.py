@@ -15,7 +15,7 @@ from typing import Any
 
 import h5py
 
-from h5guard._format import summary
+from h5guard._format import segments, summary
 from h5guard._reading import iter_results
 from h5guard.errors import DigestMismatchError, MissingDependencyError
 
@@ -86,7 +86,31 @@ def to_dataframe(path: str | os.PathLike[str], *, verify: bool = True) -> Any:
     """
     pd = _pandas()
     where = os.fspath(path)
-    with h5py.File(where, "r", locking=False) as f:
+    parts = segments.resolve(where)  # a segmented output: its segments' summaries
+    table: summary.Table | None = None
+    if parts is None:
+        table = _file_table(where, verify=verify)
+    else:
+        tables = [_file_table(seg, verify=verify, keys=keys) for seg, keys in parts]
+        if all(t is not None for t in tables):
+            table = summary.concat([t for t in tables if t is not None])
+    if table is not None:
+        return summary.frame(table, pd)
+    rows: list[dict[str, Any]] = []
+    keys: list[str] = []
+    for result in iter_results(where, verify=True):
+        rows.append(summary.row_from(result.attrs, result.datasets))
+        keys.append(result.key)
+    return pd.DataFrame(rows, index=pd.Index(keys, name="key"))
+
+
+def _file_table(
+    where: str, *, verify: bool, keys: tuple[str, ...] | None = None
+) -> summary.Table | None:
+    """The summary of one file (or of the ``keys`` of one segment), checked with ``verify``;
+    None when only reading its groups with their digests verified can give the table."""
+    opened = segments.open_segment(where) if keys is not None else None
+    with opened or h5py.File(where, "r", locking=False) as f:
         if summary.NAME in f:
             try:
                 table = summary.load(f)
@@ -106,12 +130,7 @@ def to_dataframe(path: str | os.PathLike[str], *, verify: bool = True) -> Any:
             if found:
                 raise SummaryMismatchError(where, "; ".join(found))
             if table is not None:
-                return summary.frame(table, pd)
+                return table if keys is None else table.select(keys)
         if not verify:
-            return summary.frame(summary.table_from_groups(f), pd)
-    rows: list[dict[str, Any]] = []
-    keys: list[str] = []
-    for result in iter_results(where, verify=True):
-        rows.append(summary.row_from(result.attrs, result.datasets))
-        keys.append(result.key)
-    return pd.DataFrame(rows, index=pd.Index(keys, name="key"))
+            return summary.table_from_groups(f, keys)
+    return None

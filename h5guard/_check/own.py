@@ -224,7 +224,7 @@ def inspect_owned(ins: Inspector, f: h5py.File, schema_json: str | None) -> tupl
     embedded = attr_text(root_attrs, SCHEMA_ATTR)
     ins.schema = pick_schema(ins, schema_json, embedded)
     try:
-        keys = _summary.result_names(f)  # h5guard_* members are h5guard's own, not results
+        keys = list(f)  # h5guard_* members are h5guard's own: inspect_reserved
     except Exception as err:
         ins.add("/", Code.UNREADABLE, f"root group unreadable: {one_line(err)}")
         return False, embedded
@@ -262,11 +262,12 @@ def is_result_member(name: str) -> bool:
 def inspect_reserved(ins: Inspector, f: h5py.File, name: str, fast: _FastGroups | None) -> None:
     """A root member with a reserved name (:func:`is_result_member`).
 
-    The hook for h5guard's own tables: their own verification goes here. Until one is
-    written, such a member is checked as a result group is (a digest is required), so
-    nothing it holds goes unread.
+    The summary table is verified after the groups (:func:`inspect_owned`); any other
+    reserved name is checked as a result group is (a digest is required), so nothing
+    it holds goes unread.
     """
-    _inspect_member(ins, f, name, fast)
+    if name != _summary.NAME:
+        _inspect_member(ins, f, name, fast)
 
 
 def _inspect_members(

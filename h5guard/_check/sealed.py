@@ -30,6 +30,7 @@ from h5guard._check.inspector import Inspector, pick_schema
 from h5guard._check.own import is_result_member
 from h5guard._format import bytes as bytes_reader
 from h5guard._format import seal as _seal
+from h5guard._format import summary as _summary
 from h5guard._format.names import FORMAT_ATTR, SCHEMA_ATTR, SHARD_FORMAT
 from h5guard.report import FileKind, FileSummary, Finding, Severity
 
@@ -87,13 +88,27 @@ def _inspect(path: str, schema_json: str | None) -> tuple[bool | None, Answer | 
 
 def reserved_member_ok(buf: mmap.mmap, base: int, name: str, addr: int) -> bool:
     """Whether a root member with a reserved name (one of h5guard's own tables, see
-    :func:`h5guard._check.own.is_result_member`) verifies from the bytes alone.
+    :func:`h5guard._check.own.is_result_member`) is one the byte reader verifies:
+    the summary table, checked by :func:`summary_problems` once the groups are read.
 
     The byte reader's hook for those tables, beside the libhdf5 path's
-    (:func:`h5guard._check.own.inspect_reserved`). None is verified here yet: False
-    leaves the file to the libhdf5 path.
+    (:func:`h5guard._check.own.inspect_reserved`). False leaves the file to the libhdf5
+    path.
     """
-    return False
+    return name == _summary.NAME
+
+
+def summary_problems(
+    buf: mmap.mmap, base: int, addr: int, groups: dict[str, str | None]
+) -> list[str] | None:
+    """What is wrong with the summary at ``addr`` given the verified ``groups`` (its
+    digest, its key set, each row's digest), or None if the byte reader cannot read it."""
+    try:
+        datasets, attrs = bytes_reader.flat_group_arrays(buf, base, addr)
+        table, stored = _summary.load_arrays(datasets, attrs, f"/{_summary.NAME}")
+    except (bytes_reader.Unsupported, bytes_reader.Malformed, _summary.SummaryError):
+        return None
+    return _summary.problems(table, stored, groups)
 
 
 def _text(attrs: dict[str, bytes], name: str) -> str | None:
@@ -112,6 +127,7 @@ def _read(path: str, buf: mmap.mmap, size: int, schema_json: str | None) -> Answ
     if any(f.severity >= Severity.WARNING for f in ins.findings):
         return None  # an embedded schema that does not parse: the libhdf5 path reports it
     describe = ins.schema is not None
+    tables: list[int] = []
     for name in sorted(links):
         try:
             key = name.decode("utf-8")
@@ -120,6 +136,7 @@ def _read(path: str, buf: mmap.mmap, size: int, schema_json: str | None) -> Answ
         if not is_result_member(key):
             if not reserved_member_ok(buf, base, key, links[name]):
                 return None
+            tables.append(links[name])
             continue
         computed, stored, description, _ = bytes_reader.read_group_at(
             buf, base, links[name], describe=describe
@@ -133,6 +150,10 @@ def _read(path: str, buf: mmap.mmap, size: int, schema_json: str | None) -> Answ
         ):
             return None
         ins.groups[key] = stored
+    for addr in tables:
+        # Any disagreement is left to the libhdf5 path, which reports SUMMARY_MISMATCH.
+        if summary_problems(buf, base, addr, dict(ins.groups)) != []:
+            return None
     summary = FileSummary(
         path,
         FileKind.SHARD,

@@ -1479,3 +1479,40 @@ def verify_groups_at(
                 elif stored != want:
                     problems.append((key, f"copied group stores digest {stored}, expected {want}"))
     return problems, unsupported
+
+
+def flat_group_arrays(
+    buf: Buffer, base: int, addr: int
+) -> tuple[dict[str, npt.NDArray[Any]], dict[str, npt.NDArray[Any]]]:
+    """The datasets and the attributes of the group at ``addr``, whose members are all
+    datasets, as arrays over the parsed bytes.
+
+    How a sealed shard's summary table (:mod:`h5guard._format.summary`) is read without
+    libhdf5.
+
+    Raises
+    ------
+    Unsupported
+        A member is no dataset, or a construct outside the subset.
+    Malformed
+        The bytes do not parse.
+    """
+    try:
+        file = _File(buf, base)
+        obj = file.object(addr)
+        if not obj.is_group:
+            raise Unsupported(f"object at {addr} is not a group with a link info message")
+        datasets: dict[str, npt.NDArray[Any]] = {}
+        for name, target in obj.links(file).items():
+            member = file.object(target, attributes=False)
+            if member.is_group or len(member.raw) != 3:
+                raise Unsupported(f"member {name!r} is not a dataset")
+            dtype, space, _, data = file.dataset_value(member.raw, name)
+            datasets[name.decode("utf-8")] = _value_array(dtype, space, data)
+        attrs = {
+            name.decode("utf-8"): _value_array(a.dtype, a.space, obj.attrs[name])
+            for name, a in obj.attr_objs.items()
+        }
+        return datasets, attrs
+    except (IndexError, struct.error, ValueError, OverflowError, TypeError) as err:
+        raise Malformed(f"{type(err).__name__}: {err}") from err

@@ -381,10 +381,19 @@ def _text_attr(obj: Any, name: str, text: str) -> None:
     write.create_attr(obj, name, np.array(data, dtype=utf8_dtype(max(1, len(data)))))
 
 
+def _write_column(group: h5py.Group, name: str, arr: Array) -> None:
+    """Compact when small, else contiguous without filters: the table's own digest covers
+    its bytes, and h5guard's byte reader (a sealed shard's check) reads both layouts."""
+    if arr.nbytes <= names.COMPACT_LIMIT and arr.size > 0:
+        write.write_dataset(group, name, arr)
+    else:
+        group.create_dataset(name, data=arr)
+
+
 def _write_heap(group: h5py.Group, label: str, items: Sequence[bytes]) -> None:
     offsets, heap = _heap(items)
-    write.write_dataset(group, f"{label}offsets", offsets)
-    write.write_dataset(group, f"{label}bytes", np.frombuffer(heap, dtype=np.uint8))
+    _write_column(group, f"{label}offsets", offsets)
+    _write_column(group, f"{label}bytes", np.frombuffer(heap, dtype=np.uint8))
 
 
 def write_table(f: h5py.File, table: Table) -> None:
@@ -409,8 +418,8 @@ def write_table(f: h5py.File, table: Table) -> None:
             _write_heap(top, f"{i}_", _encoded(part))
         else:
             values = np.ascontiguousarray(part.values, np.dtype(part.dtype))
-            write.write_dataset(top, f"{i}_values", values)
-    write.write_dataset(top, "slots", slots)
+            _write_column(top, f"{i}_values", values)
+    _write_column(top, "slots", slots)
     write.create_attr(top, names.DIGEST_ATTR, np.array(table.digest().encode(), dtype=np.bytes_))
 
 
@@ -438,8 +447,12 @@ def _attr_text(obj: Any, name: str, where: str) -> str:
 
 
 def _read_heap(group: h5py.Group, label: str, where: str, n: int) -> list[bytes]:
-    offsets = _read(group, f"{label}offsets", where).astype(np.int64, copy=False)
-    heap = _read(group, f"{label}bytes", where)
+    return _heap_of(lambda name, ndim: _read(group, name, where, ndim), label, where, n)
+
+
+def _heap_of(read: Callable[[str, int], Array], label: str, where: str, n: int) -> list[bytes]:
+    offsets = read(f"{label}offsets", 1).astype(np.int64, copy=False)
+    heap = read(f"{label}bytes", 1)
     if heap.dtype != np.uint8:
         raise SummaryError(f"{where}/{label}bytes: expected uint8, found {heap.dtype}")
     if (
@@ -475,6 +488,36 @@ def _load(top: Any, where: str) -> Table:
     if not isinstance(top, h5py.Group):
         raise SummaryError(f"{where}: expected a group")
     attrs = reader.read_attrs(top)  # all four at once, by index
+    return _table_of(attrs, lambda name, ndim: _read(top, name, where, ndim), where)
+
+
+def load_arrays(
+    datasets: Mapping[str, Array], attrs: Mapping[str, Array], where: str
+) -> tuple[Table, str]:
+    """The table and its stored digest from the summary group's datasets and attributes
+    already read as arrays (a sealed shard's, read by h5guard's byte reader)."""
+
+    def read(name: str, ndim: int) -> Array:
+        if name not in datasets:
+            raise SummaryError(f"{where}/{name}: missing")
+        arr = np.asarray(datasets[name])
+        if arr.ndim != ndim:
+            raise SummaryError(f"{where}/{name}: expected a {ndim}-dimensional dataset")
+        return arr
+
+    try:
+        table = _table_of(attrs, read, where)
+        if names.DIGEST_ATTR not in attrs:
+            raise SummaryError(f"{where}: attribute {names.DIGEST_ATTR!r} missing")
+        raw = np.asarray(attrs[names.DIGEST_ATTR]).tobytes()
+        return table, raw.rstrip(b"\0").decode("utf-8", "surrogateescape")
+    except SummaryError:
+        raise
+    except Exception as err:  # bad values: the summary is damaged
+        raise SummaryError(f"{where}: unreadable: {' '.join(str(err).split())}") from err
+
+
+def _table_of(attrs: Mapping[str, Array], read: Callable[[str, int], Array], where: str) -> Table:
 
     def text(name: str) -> str:
         if name not in attrs:
@@ -494,9 +537,9 @@ def _load(top: Any, where: str) -> Table:
         isinstance(m, list) and len(m) == 3 and all(isinstance(x, str) for x in m) for m in meta
     ):
         raise SummaryError(f"{where}@{COLUMNS_ATTR}: expected a list of [name, kind, dtype]")
-    keys = [b.decode("utf-8") for b in _read_heap(top, "key_", where, n)]
-    digests = [b.decode("utf-8") for b in _read_heap(top, "digest_", where, n)]
-    slots = _read(top, "slots", where, ndim=2)
+    keys = [b.decode("utf-8") for b in _heap_of(read, "key_", where, n)]
+    digests = [b.decode("utf-8") for b in _heap_of(read, "digest_", where, n)]
+    slots = read("slots", 2)
     if slots.dtype != np.dtype("<i4") or slots.shape != (len(meta), n):
         raise SummaryError(
             f"{where}/slots: expected {len(meta)} x {n} int32, found {slots.shape} {slots.dtype}"
@@ -505,14 +548,14 @@ def _load(top: Any, where: str) -> Table:
     for i, (name, kind, dtype) in enumerate(meta):
         part = Part(name, kind, dtype, slots[i], np.empty(0))
         if part.variable:
-            items = _read_heap(top, f"{i}_", where, n)
+            items = _heap_of(read, f"{i}_", where, n)
             values = np.empty(n, dtype=object)
             if kind == "str":
                 values[:] = [b.decode("utf-8", "surrogateescape") for b in items]
             else:
                 values[:] = items
         elif _FIXED.get(kind) == dtype or (kind == "numpy" and _numpy_dtype(dtype)):
-            values = _read(top, f"{i}_values", where)
+            values = read(f"{i}_values", 1)
             if values.dtype != np.dtype(dtype) or len(values) != n:
                 raise SummaryError(
                     f"{where}/{i}_values: expected {n} {dtype}, found {len(values)} {values.dtype}"
