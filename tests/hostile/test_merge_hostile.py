@@ -59,7 +59,7 @@ def test_an_altered_and_resealed_shard_is_quarantined_by_name(tmp_path: Path) ->
     shards(tmp, 6)
     altered = sorted(tmp.glob("*.h5"))[0]
     with h5py.File(altered, "r+") as f:
-        key = sorted(f.keys())[0]
+        key = sorted(k for k in f if not k.startswith("h5guard_"))[0]
         f[f"{key}/x"][0] = 1e9
     _seal.write_seal(altered)  # the seal matches the altered bytes
     report = merge(tmp, out, workers=1)
@@ -69,7 +69,7 @@ def test_an_altered_and_resealed_shard_is_quarantined_by_name(tmp_path: Path) ->
     assert altered.name in q.reasons[0] and f"/{key}:" in q.reasons[0]
     assert "resealed" in q.reasons[0]
     with h5py.File(out, "r") as f:
-        assert len(f.keys()) == 3 and key not in f
+        assert len({k for k in f if not k.startswith("h5guard_")}) == 3 and key not in f
     proc = run_cli("check", out)
     assert proc.returncode == 0, proc.stdout
 
