@@ -45,13 +45,15 @@ def _tree_result() -> tuple[dict[str, object], dict[str, object]]:
 
 def test_names_with_the_reserved_prefix_are_not_results(tmp_path: Path) -> None:
     path = _shard(tmp_path / "run", {"a": ({"x": np.arange(3.0)}, {"seed": 1})})
-    with h5py.File(path, "r+") as f:  # what a summary table written by h5guard looks like
-        f.create_group("h5guard_summary")["seed"] = np.array([1])
+    with h5py.File(path, "r+") as f:
+        assert "h5guard_summary" in f  # the summary table every shard carries
+        f.create_group("h5guard_table")["seed"] = np.array([1])  # and any other reserved name
     assert [r.key for r in h5guard.iter_results(path)] == ["a"]
     assert [r.key for r in h5guard.iter_results(path, verify=False)] == ["a"]
     for verify in (True, False):
-        with pytest.raises(h5guard.ResultNotFoundError, match="h5guard_summary"):
-            h5guard.read(path, "h5guard_summary", verify=verify)
+        for name in ("h5guard_summary", "h5guard_table"):
+            with pytest.raises(h5guard.ResultNotFoundError, match=name):
+                h5guard.read(path, name, verify=verify)
     assert list(h5guard.to_dataframe(path).index) == ["a"]
 
 
