@@ -148,20 +148,25 @@ def iter_results(path: str | os.PathLike[str], *, verify: bool = True) -> Iterat
         A group's content does not match its digest.
     """
     where = os.fspath(path)
-    if segments.is_index_path(where):  # each segment resolved by h5guard, never a link
-        with segments.iter_groups(where) as groups:
-            for seg, group, key in groups:
-                yield _result(seg, _group_in(group.file.id, seg, key), key, verify)
-        return
     reserved = names.RESERVED_PREFIX.encode("utf-8")
     with _open(where) as fid:
-        for raw, link in link_types(fid):
-            if link != h5py.h5l.TYPE_HARD or raw.startswith(reserved):
-                continue
-            try:
-                key = raw.decode("utf-8")
-            except UnicodeDecodeError:  # h5guard writes UTF-8 keys only
-                continue
-            gid = h5py.h5o.open(fid, raw)
-            if isinstance(gid, h5py.h5g.GroupID):
-                yield _result(where, gid, key, verify)
+        if segments.is_index(h5py.File(fid)):
+            indexed = True
+        else:
+            indexed = False
+            for raw, link in link_types(fid):
+                if link != h5py.h5l.TYPE_HARD or raw.startswith(reserved):
+                    continue
+                try:
+                    key = raw.decode("utf-8")
+                except UnicodeDecodeError:  # h5guard writes UTF-8 keys only
+                    continue
+                gid = h5py.h5o.open(fid, raw)
+                if isinstance(gid, h5py.h5g.GroupID):
+                    yield _result(where, gid, key, verify)
+    if indexed:  # each segment resolved by h5guard, never through a link
+        with segments.iter_groups(where) as groups:
+            for seg, sid, key in groups:  # keys the segment holds by hard links
+                gid = h5py.h5o.open(sid, key.encode("utf-8"))
+                if isinstance(gid, h5py.h5g.GroupID):
+                    yield _result(seg, gid, key, verify)

@@ -313,9 +313,10 @@ def resolve(path: str | os.PathLike[str]) -> list[tuple[str, tuple[str, ...]]] |
 
 
 @contextlib.contextmanager
-def iter_groups(path: str | os.PathLike[str]) -> Iterator[Iterator[tuple[str, h5py.Group, str]]]:
-    """Every group of an index in key (UTF-8) order, as ``(segment path, group, key)``;
-    the segments stay open while the context lasts."""
+def iter_groups(path: str | os.PathLike[str]) -> Iterator[Iterator[tuple[str, Any, str]]]:
+    """Every key of an index in key (UTF-8) order, as ``(segment path, the segment's
+    low-level file id, key)``: each key is a hard link in that segment
+    (:func:`segment_keys`); the segments stay open while the context lasts."""
     parts = resolve(path)
     if parts is None:
         raise BadIndexError(f"{os.fspath(path)}: expected an h5guard index")
@@ -326,12 +327,10 @@ def iter_groups(path: str | os.PathLike[str]) -> Iterator[Iterator[tuple[str, h5
             key=lambda kn: kn[0].encode("utf-8"),
         )
 
-        def groups() -> Iterator[tuple[str, h5py.Group, str]]:
+        def groups() -> Iterator[tuple[str, Any, str]]:
             for key, n in order:
                 seg_path, f = files[n]
-                obj = f.get(key)
-                if isinstance(obj, h5py.Group):
-                    yield seg_path, obj, key
+                yield seg_path, f.id, key
 
         yield groups()
 
