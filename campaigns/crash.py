@@ -258,6 +258,29 @@ def _output_keys(path: Path, box: Sandbox) -> tuple[bool, dict[str, str], str]:
     return not problems, groups, str(problems[0]) if problems else ""
 
 
+def _judge_exit(proc: subprocess.Popen[bytes], row: Row, result: CampaignResult) -> None:
+    """A killed merge may exit 0, 1 or by the SIGKILL; anything else is a crash."""
+    if proc.returncode not in (0, 1, -signal.SIGKILL):
+        row.crashes += 1
+        assert proc.stderr is not None
+        result.violate(row, f"merge exited {proc.returncode}: {proc.stderr.read()[-300:]!r}")
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+def _shards_unchanged(
+    work: Path, root: Path, shard_names: set[str], row: Row, result: CampaignResult
+) -> bool:
+    """Whether every shard of the trial is the template's, byte for byte (a merge never
+    changes or adds one); each one that is not is a violation."""
+    ok = True
+    for p in (work / "tmp").glob("*.h5"):
+        if p.name not in shard_names or sha256_file(p) != sha256_file(root / "tmp" / p.name):
+            ok = False
+            result.violate(row, f"shard {p.name} changed or appeared after the kill")
+    return ok
+
+
 def merge_trial(
     result: CampaignResult,
     row: Row,
@@ -288,12 +311,7 @@ def merge_trial(
     old_keys = {f"g{i}" for i in OLD}
     all_keys = {f"g{i}" for i in (*OLD, *NEW)}
     out = work / "out.h5"
-    if proc.returncode not in (0, 1, -signal.SIGKILL):
-        row.crashes += 1
-        assert proc.stderr is not None
-        result.violate(row, f"merge exited {proc.returncode}: {proc.stderr.read()[-300:]!r}")
-    if proc.stderr is not None:
-        proc.stderr.close()
+    _judge_exit(proc, row, result)
     if sha256_file(out) == old_sha:
         if counted:
             result.tally("merge kills that left the old output (byte-identical)")
@@ -309,10 +327,7 @@ def merge_trial(
                 f"after a kill at {delay:.3f} s the output is neither old nor complete: {problem} "
                 f"keys {len(groups)}",
             )
-    for p in (work / "tmp").glob("*.h5"):
-        if p.name not in shard_names or sha256_file(p) != sha256_file(root / "tmp" / p.name):
-            ok = False
-            result.violate(row, f"shard {p.name} changed or appeared after the kill")
+    ok = _shards_unchanged(work, root, shard_names, row, result) and ok
     if counted and (work / "out.h5.partial").exists():
         result.tally("merge trials leaving out.h5.partial after the kill (the re-run removes it)")
     # Re-run to completion, in-process.
@@ -449,12 +464,7 @@ def segmented_trial(
     what = "an index" if index else "a file turned into an index"
     all_keys = {f"g{i}" for i in range(30)}
     out = work / "out.h5"
-    if proc.returncode not in (0, 1, -signal.SIGKILL):
-        row.crashes += 1
-        assert proc.stderr is not None
-        result.violate(row, f"merge exited {proc.returncode}: {proc.stderr.read()[-300:]!r}")
-    if proc.stderr is not None:
-        proc.stderr.close()
+    _judge_exit(proc, row, result)
     now = _state(out)
     if now["out.h5"] == old_state["out.h5"]:
         changed = [k for k, v in old_state.items() if now.get(k) != v]
@@ -476,10 +486,7 @@ def segmented_trial(
                 f"after a kill at {delay:.3f} s the output ({what}) is neither old nor complete: "
                 f"{problem} keys {len(groups)}",
             )
-    for p in (work / "tmp").glob("*.h5"):
-        if p.name not in shard_names or sha256_file(p) != sha256_file(root / "tmp" / p.name):
-            ok = False
-            result.violate(row, f"shard {p.name} changed or appeared after the kill")
+    ok = _shards_unchanged(work, root, shard_names, row, result) and ok
     try:
         rerun = merge(work / "tmp", out, workers=1, lock_timeout=30, layout="segmented")
         code = rerun.exit_code
