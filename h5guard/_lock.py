@@ -230,14 +230,13 @@ def _create_owner(owner_path: str, *, flocked: bool | None, lease: float, comman
     try:
         os.write(fd, data)
         try:
-            os.link(private, owner_path)
-        except FileExistsError:
-            raise
+            os.link(private, owner_path)  # FileExistsError: the lock has an owner
         except OSError as err:
             if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
                 raise
             os.close(fd)
             fd = -1
+            os.unlink(private)
             return _create_owner_directly(owner_path, flags, data, lease)
         _liveness.beat(fd, lease)
     except BaseException:

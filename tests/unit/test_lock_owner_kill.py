@@ -7,12 +7,15 @@ lease (300 s by default): the next merge takes the lock at once.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from h5guard import _lock
 
@@ -52,3 +55,18 @@ def test_a_holder_killed_before_its_owner_file_is_linked_blocks_no_one(tmp_path:
     with _lock.exclusive(target, timeout=5, lease=300):
         assert owner.exists() and owner.stat().st_size > 0
     assert not owner.exists()
+
+
+def test_a_file_system_without_hard_links_gets_the_owner_file_directly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(src: str, dst: str, *args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted", dst)
+
+    monkeypatch.setattr(_lock.os, "link", refused)  # as on a file system without them
+    target = tmp_path / "out.h5"
+    owner = Path(str(target) + ".lock" + _lock.OWNER_SUFFIX)
+    with _lock.exclusive(target, timeout=5):
+        assert owner.stat().st_size > 0
+    assert not owner.exists()
+    assert not [p for p in os.listdir(tmp_path) if ".new-" in p]  # no private file left
