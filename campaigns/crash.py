@@ -12,7 +12,8 @@
     complete new one; a re-run must give every group exactly once with the right digest,
     no shard left, no partial left, the bad file quarantined once.
 (b2) ``segmented``: the same as (b) into a segmented output (an index of segments,
-    docs/merge.md), alternately one that is already an index and a self-contained one
+    docs/merge.md), in turn one that is already an index (without a spare: the merge
+    copies it; with one: the merge changes the spare in place) and a self-contained one
     that this merge turns into one (``H5GUARD_SEGMENT_THRESHOLD=1``). The output must be
     the old one (the index or file byte for byte, every segment it lists unchanged) or
     the complete new one (``check`` of the index and its segments clean, every key);
@@ -379,16 +380,29 @@ MIDDLE = range(12, 18)
 LATE = range(18, 30)
 
 
-def _segmented_template(root: Path, *, index: bool) -> tuple[Path, dict[str, str], set[str]]:
-    """An output of OLD (and MIDDLE: an index of two segments when ``index``), new shards
-    of the rest, a non-HDF5 file and a stale partial; the old state's digests."""
+# What the killed merge starts from: a self-contained file it turns into an index, an
+# index without a spare (the merge copies it), an index with its spare (changed in place).
+SEGMENTED_KINDS = ("file", "index", "spare")
+
+
+def _segmented_template(root: Path, kind: str) -> tuple[Path, dict[str, str], set[str]]:
+    """An output of OLD (and MIDDLE: an index of segments unless ``kind`` is "file"), new
+    shards of the rest, a non-HDF5 file and a stale partial; the old state's digests."""
+    from h5guard._merge import spare
+
     tmp = root / "tmp"
     _samples.write_shards(tmp, OLD, per_shard=4, wake_every=BIG_EVERY, wake=BIG)
     merge(tmp, root / "out.h5", workers=1)
-    later = list(LATE) if index else [*MIDDLE, *LATE]
-    if index:
-        _samples.write_shards(tmp, MIDDLE, per_shard=3, wake_every=BIG_EVERY, wake=BIG)
+    later = list(LATE) if kind != "file" else [*MIDDLE, *LATE]
+    batches = {"file": [], "index": [MIDDLE], "spare": [MIDDLE[:3], MIDDLE[3:]]}[kind]
+    for batch in batches:
+        _samples.write_shards(tmp, batch, per_shard=3, wake_every=BIG_EVERY, wake=BIG)
         merge(tmp, root / "out.h5", workers=1, layout="segmented")
+    spare_file = Path(spare.spare_path(str(root / "out.h5.segments")))
+    if kind == "index":
+        spare_file.unlink(missing_ok=True)
+    elif kind == "spare" and not spare_file.is_file():
+        raise RuntimeError(f"{spare_file}: expected the spare index two merges leave")
     _samples.write_shards(tmp, later, per_shard=3, wake_every=BIG_EVERY, wake=BIG)
     (tmp / "bad.h5").write_bytes(b"not an HDF5 file: a worker's log\n" * 200)
     host = _atomic_host()
@@ -398,12 +412,26 @@ def _segmented_template(root: Path, *, index: bool) -> tuple[Path, dict[str, str
     return root, _state(root / "out.h5"), {p.name for p in tmp.glob("*.h5")}
 
 
+def _spare_names() -> set[str]:
+    from h5guard._atomic import PARTIAL_SUFFIX
+    from h5guard._merge.spare import SPARE_NAME
+
+    return {SPARE_NAME, SPARE_NAME + PARTIAL_SUFFIX}
+
+
 def _state(out: Path) -> dict[str, str]:
-    """sha256 of the output and of each file in its segment directory."""
+    """sha256 of the output and of each file in its segment directory (the spare index,
+    no part of the output, apart)."""
     state = {"out.h5": sha256_file(out)}
     segdir = Path(str(out) + ".segments")
     if segdir.is_dir():
-        state.update({f"seg/{p.name}": sha256_file(p) for p in sorted(segdir.iterdir())})
+        state.update(
+            {
+                f"seg/{p.name}": sha256_file(p)
+                for p in sorted(segdir.iterdir())
+                if p.name not in _spare_names()
+            }
+        )
     return state
 
 
@@ -417,14 +445,16 @@ def _checked_keys(out: Path, box: Sandbox) -> tuple[bool, dict[str, str], str]:
 
 
 def _listed_only(out: Path) -> list[str]:
-    """Files of the segment directory that the index does not list (leftovers)."""
+    """Files of the segment directory that the index does not list (leftovers), the
+    spare index apart (its partial is a leftover)."""
     from h5guard._format import segments
+    from h5guard._merge.spare import SPARE_NAME
 
     segdir = Path(str(out) + ".segments")
     if not segdir.is_dir():
         return []
     parts = segments.resolve(out) or []
-    listed = {os.path.basename(p) for p, _ in parts}
+    listed = {os.path.basename(p) for p, _ in parts} | {SPARE_NAME}
     return sorted(p.name for p in segdir.iterdir() if p.name not in listed)
 
 
@@ -437,7 +467,7 @@ def segmented_trial(
     rng: random.Random,
     span: list[float],
     *,
-    index: bool,
+    kind: str,
 ) -> None:
     """``span[0]``: longest kill delay, shrunk when a merge ends before its kill."""
     root, old_state, shard_names = template
@@ -461,7 +491,11 @@ def segmented_trial(
         row.runs += 1
     stop(proc)
     ok = True
-    what = "an index" if index else "a file turned into an index"
+    what = {
+        "file": "a file turned into an index",
+        "index": "an index, copied",
+        "spare": "an index, its spare changed in place",
+    }[kind]
     all_keys = {f"g{i}" for i in range(30)}
     out = work / "out.h5"
     _judge_exit(proc, row, result)
@@ -729,25 +763,25 @@ def run(
                     lost=0,
                 )
                 templates = {
-                    flag: _segmented_template(work / f"b2-template-{flag}", index=flag)
-                    for flag in (True, False)
+                    kind: _segmented_template(work / f"b2-template-{kind}", kind)
+                    for kind in SEGMENTED_KINDS
                 }
                 spans = {
-                    flag: [_calibrate_segmented(work / f"b2-cal-{flag}", templates[flag])]
-                    for flag in (True, False)
+                    kind: [_calibrate_segmented(work / f"b2-cal-{kind}", templates[kind])]
+                    for kind in SEGMENTED_KINDS
                 }
                 t = 0
-                while not sub.expired() or row.runs < 2:
-                    flag = t % 2 == 0
+                while not sub.expired() or row.runs < len(SEGMENTED_KINDS):
+                    kind = SEGMENTED_KINDS[t % len(SEGMENTED_KINDS)]
                     segmented_trial(
                         result,
                         row,
                         work / f"b2-{t}",
-                        templates[flag],
+                        templates[kind],
                         box,
                         rng,
-                        spans[flag],
-                        index=flag,
+                        spans[kind],
+                        kind=kind,
                     )
                     shutil.rmtree(work / f"b2-{t}", ignore_errors=True)
                     t += 1

@@ -6,8 +6,9 @@ A big output is not rewritten by each incremental merge. Its groups live in
 path itself holds an *index*: an HDF5 file whose root has one external link per key,
 ``key -> <segment dir>/<segment>:/key`` (a relative name), and root attributes that say
 it is an h5guard index and list its segments (name, size, groups, listing digest).
-A merge adds a segment and replaces the index (a copy plus the new links, renamed over
-the old one): the output is the old one or the new one at every instant.
+A merge adds a segment and replaces the index (the index before the current one
+brought up to date, or a copy of the current one, plus the new links, renamed over it:
+:mod:`h5guard._merge.spare`): the output is the old one or the new one at every instant.
 
 Plain h5py sees every key through the links. h5guard's own readers never let libhdf5
 resolve them (libhdf5 looks for a relative target under ``HDF5_EXT_PREFIX``, the link

@@ -27,6 +27,7 @@ from h5guard._format import segments as _segments
 from h5guard._liveness import GoneWriters, WriterIdentity, check_lease
 from h5guard._merge import output as _output
 from h5guard._merge import plan as _plan
+from h5guard._merge import spare as _spare
 from h5guard._merge import verify as _verify
 from h5guard._merge.output import Quarantined
 from h5guard._sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox
@@ -732,7 +733,7 @@ def _segmented_steps(
     current = list(index.segments) if index is not None else []
     # What no index lists is an interrupted merge's (a new index checked it in
     # _occupied): the segment directory belongs to this output alone.
-    clean_segment_dir(segdir, keep={s.name for s in current})
+    clean_segment_dir(segdir, keep={s.name for s in current} | {_spare.SPARE_NAME})
     links: dict[str, list[str]] = {}
     carried: dict[str, Any] = {}
     if index is None and os.path.exists(out):
@@ -758,7 +759,14 @@ def _segmented_steps(
     partial = out + _atomic.PARTIAL_SUFFIX
     reserve = _index_size(out, index) + 256 * (plan.new_groups + 1) + 1024 * 1024
     copied: Future[None] | None = None
-    if index is not None:
+    spare = _spare.take(out, segdir, index) if index is not None else None
+    if spare is not None:
+        # The index before this one gets the links it lacks, in place (_merge/spare.py).
+        partial = spare.path
+        for seg in spare.missing:
+            with _segments.open_segment(os.path.join(segdir, seg.name)) as f:
+                links[seg.name] = _segments.segment_keys(f)
+    elif index is not None:
         # The copy of the old index (a few MB for 100,000 keys) is made and flushed to
         # disk while the new segment is built: the index's own fsync then writes only
         # the pages the new links change.
@@ -799,6 +807,8 @@ def _segmented_steps(
         # A copy of the old index (its links kept) or a new, empty one; reserved.
         if copied is not None:
             copied.result()
+        elif spare is not None:
+            _reserve_more(spare.fd, partial, 256 * (sum(len(k) for k in links.values()) + 1))
         else:
             reserve += 256 * sum(len(k) for k in links.values())
             _output.start_partial("", partial, reserve)
@@ -810,17 +820,22 @@ def _segmented_steps(
             groups=total,
             root_attrs=attrs,
         )
-        # The new groups' links are read back one by one; the links of a file turned
-        # into segment 0 (all its keys) are counted: they were written by the same loop.
+        # The new groups' links are read back one by one (and those a spare index was
+        # given); the links of a file turned into segment 0 (all its keys) are counted:
+        # they were written by the same loop.
         expected = {k: current[-1].name for k in added}
+        if spare is not None:
+            expected.update({k: seg.name for seg in spare.missing for k in links[seg.name]})
         problems = _segments.check_links(partial, expected, total=total)
         if problems:
             raise UnreadableOutputError(
                 f"{partial}: the new index did not read back, old output kept: {problems[0]}"
             )
-        _atomic.fsync_path(partial)
         if durable is not None:
             durable.result()  # its OSError names the segment
+        if index is not None:
+            _spare.keep_old(out, segdir)
+        _atomic.commit_file(partial, out)  # fsync, rename, directory fsync
     except H5GuardError:
         _atomic.remove_quietly(partial)
         raise
@@ -831,8 +846,16 @@ def _segmented_steps(
                 partial, f"writing the new index failed, {out} is unchanged", err
             ) from err
         raise
-    _atomic.commit_file(partial, out)
+    finally:
+        if spare is not None:
+            spare.release()
     return added
+
+
+def _reserve_more(fd: int, path: str, extra: int) -> None:
+    """Room for ``extra`` more bytes at the end of the spare index, before libhdf5 writes."""
+    size = os.fstat(fd).st_size
+    _atomic.reserve(fd, size + extra + 1024 * 1024, path=path, waiting="the output is unchanged")
 
 
 def _copy_index(out: str, partial: str, reserve: int) -> None:
@@ -859,7 +882,8 @@ def _require_own_dir(path: str) -> None:
 
 def clean_segment_dir(segdir: str, *, keep: Iterable[str]) -> list[str]:
     """Remove what a crashed merge or compaction left in ``segdir``: segments that no
-    index lists, and partials. Only names h5guard gives are touched.
+    index lists, and partials; the spare index too unless ``keep`` names it. Only names
+    h5guard gives are touched.
 
     Returns
     -------
@@ -874,7 +898,8 @@ def clean_segment_dir(segdir: str, *, keep: Iterable[str]) -> list[str]:
         return removed
     for name in entries:
         base = name.removesuffix(_atomic.PARTIAL_SUFFIX)
-        if _segments.is_segment_name(base) and name not in keep:
+        ours = _segments.is_segment_name(base) or base == _spare.SPARE_NAME
+        if ours and name not in keep:
             _atomic.remove_quietly(os.path.join(segdir, name))
             removed.append(name)
     if removed:
