@@ -32,6 +32,8 @@ EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
 # h5guard._merge.plan.ON_CONFLICT, spelled here so that building the parser imports no h5py
 # (tests/cli/test_merge_cli.py checks that the two agree).
 ON_CONFLICT = ("quarantine", "keep-existing")
+# h5guard._merge.run.LAYOUTS, spelled here for the same reason (same test).
+LAYOUTS = ("auto", "single", "segmented")
 
 
 class UsageError(Exception):
@@ -228,6 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds to wait for another merge on the same output (default %(default)s)",
     )
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help=(
+            "auto: one file below 64 MiB ($H5GUARD_SEGMENT_THRESHOLD), segments and an index "
+            "above; single: one file whatever its size; segmented: segments even when small "
+            "(default %(default)s; docs/merge.md)"
+        ),
+    )
     _add_on_conflict(p)
     _add_liveness(p)
     _add_sandbox_options(p)
@@ -411,6 +423,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
             on_conflict=args.on_conflict,
             gone_writers=_gone(args),
             lease=args.lease,
+            layout=args.layout,
         )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, sort_keys=True))

@@ -272,3 +272,28 @@ def test_cli_on_conflict_choices_are_the_merges() -> None:
     from h5guard._merge.plan import ON_CONFLICT
 
     assert cli.ON_CONFLICT == ON_CONFLICT
+
+
+def test_cli_layout_choices_are_the_merges() -> None:
+    from h5guard import cli
+    from h5guard._merge.run import LAYOUTS
+
+    assert cli.LAYOUTS == LAYOUTS
+
+
+def test_merge_layout_option_segments_and_refuses_single_on_an_index(tmp_path: Path) -> None:
+    tmp, out = tmp_path / "tmp", tmp_path / "out.h5"
+    write_shards(tmp, range(0, 3), per_shard=3)
+    assert run("merge", tmp, "-o", out, "-q").returncode == 0
+    assert not Path(str(out) + ".segments").exists()  # small: one file by default
+    write_shards(tmp, range(3, 6), per_shard=3)
+    assert run("merge", tmp, "-o", out, "-q", "--layout", "segmented").returncode == 0
+    assert Path(str(out) + ".segments").is_dir()
+    assert output_index(out) == {f"g{i}": expected_digest(i) for i in range(6)}
+    write_shards(tmp, range(6, 8), per_shard=3)
+    before = (out.read_bytes(), tree_hash(tmp))
+    line = one_line_error(run("merge", tmp, "-o", out, "--layout", "single"))
+    assert "h5guard compact" in line and str(out) in line
+    assert (out.read_bytes(), tree_hash(tmp)) == before  # refused before anything changed
+    line = one_line_error(run("merge", tmp, "-o", out, "--layout", "one-file"))
+    assert "--layout" in line and "segmented" in line
