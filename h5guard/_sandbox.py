@@ -196,6 +196,54 @@ def retire_after_call() -> None:
     _retire_requested = True
 
 
+@contextlib.contextmanager
+def more_memory(extra: int) -> Iterator[None]:
+    """Inside a sandbox child: ``extra`` more bytes of address space while the block runs.
+
+    The child's limit is set once, at its start (:func:`h5guard._check.child.main`); it
+    guards against damaged sizes that make libhdf5 allocate without bound, not against
+    a file's real size. A call on a big file needs room in proportion to it (the
+    independent reader maps the file whole; a million groups' digests are some hundred
+    MB of Python objects), so it asks for it here. A child whose address space is still
+    above its own limit afterwards is retired (its next file would meet a limit it
+    already exceeds). Where there is no limit (outside a child) nothing changes.
+    """
+    try:
+        import resource
+    except ImportError:  # no rlimits on this platform: nothing was limited
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY or extra <= 0:
+        yield
+        return
+    raised = soft + extra if hard == resource.RLIM_INFINITY else min(soft + extra, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (raised, hard))
+    except (ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        if address_space() > soft:
+            retire_after_call()
+
+
+def address_space() -> int:
+    """This process's address space in bytes (Linux ``VmSize``; 0 where unknown)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def take_retirement() -> bool:
     """For the child's main loop: was retirement requested during the last call?"""
     global _retire_requested

@@ -31,6 +31,7 @@ import numpy  # noqa: E402, F401
 
 from h5guard._check import deep  # noqa: E402, F401
 from h5guard._sandbox import (  # noqa: E402
+    address_space,
     die_with_parent,
     read_frame,
     take_retirement,
@@ -38,21 +39,19 @@ from h5guard._sandbox import (  # noqa: E402
 )
 
 
-def _address_space() -> int:
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def _limit_memory(extra: int) -> None:
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    current = _address_space()
+    current = address_space()
     if current:
+        # The hard limit stays: a call on a big file raises the soft one for its time
+        # (h5guard._sandbox.more_memory).
         with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_AS, (current + extra, current + extra))
+            hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+            soft = current + extra
+            if hard != resource.RLIM_INFINITY:
+                soft = min(soft, hard)
+            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def main(argv: Sequence[str]) -> None:
