@@ -990,16 +990,59 @@ class _File:
             chunk, p, end = chunks.pop()
             _chunk_messages(chunk, p, end, header_size, obj, continuations)
 
-    def _plain_dataset(self, addr: int) -> dict[int, bytes] | None:
+    def _plain(self, addr: int) -> tuple[_Plain, bytes] | None:
+        """The v2 digest fields (but the data) and the data of the dataset at ``addr``
+        when it is in the commonest form (:meth:`_plain_dataset`); None otherwise.
+
+        A header whose bytes before its data are those of a header parsed before is
+        not parsed again (:class:`_Plain`).
+        """
+        if not 0 <= addr < UNDEFINED or self.checksums:
+            return None
+        start = self.base + addr
+        head = bytes(self.buf[start : start + _FIRST_READ])
+        for n in _PLAIN_LENGTHS:
+            plain = _PLAIN.get(head[:n])
+            if plain is not None:
+                end = n + plain.nbytes
+                if end + 4 > len(head):
+                    head = bytes(self.buf[start : start + end + 4])
+                    if end + 4 > len(head):
+                        return None  # the generic parse names the truncation
+                data = head[n:end]
+                return plain, (_convert(plain.dtype, data) if plain.dtype.conv else data)
+        found = self._plain_dataset(addr, head)
+        if found is None:
+            return None
+        raw, data_at, head = found
+        dtype, space, nbytes, data = self.dataset_value(raw, b"")
+        plain = _Plain(dtype, space, nbytes, _kind(None, dtype, space, data))
+        # Only when nothing but the data follows the key: a compact layout whose data
+        # ends the header chunk (data_at is 0 otherwise), and a kind the data does not
+        # decide (UTF-8 text arrays are as wide as their longest element).
+        if data_at and not (dtype.utf8 and not space.scalar):
+            if len(_PLAIN_LENGTHS) < _PLAIN_LENGTH_LIMIT and data_at not in _PLAIN_LENGTHS:
+                _PLAIN_LENGTHS.append(data_at)
+            if data_at in _PLAIN_LENGTHS:
+                _remember(_PLAIN, head[:data_at], plain)
+        return plain, data
+
+    def _plain_dataset(
+        self, addr: int, head: bytes | None = None
+    ) -> tuple[dict[int, bytes], int, bytes] | None:
         """The dataspace, datatype and layout messages of the object at ``addr`` when it
         is a dataset in the commonest form: one header chunk holding those and ignorable
         messages only (no attributes, no creation order). None otherwise, the generic
         parse (:meth:`object`) then decides, with its errors.
+
+        Also where compact data starts in the header when the layout message, compact,
+        ends the chunk (else 0), and the header's bytes (``head``: its first read).
         """
         start = self.base + addr
         if not 0 <= addr < UNDEFINED or self.checksums:
             return None
-        head = bytes(self.buf[start : start + _FIRST_READ])
+        if head is None:
+            head = bytes(self.buf[start : start + _FIRST_READ])
         if head[:5] != b"OHDR\x02" or head[5] & 0xC4:
             return None
         flags = head[5]
@@ -1014,6 +1057,7 @@ class _File:
                 return None
         raw: dict[int, bytes] = {}
         unpack = _MSG.unpack_from
+        mtype = _NIL
         while q + 4 <= end:
             mtype, msize, mflags = unpack(head, q)
             body = q + 4
@@ -1026,7 +1070,20 @@ class _File:
                 raw[mtype] = head[body:q]
             elif mtype not in _IGNORED:
                 return None
-        return raw if len(raw) == 3 else None
+        if len(raw) != 3:
+            return None
+        layout = raw[_LAYOUT]
+        data_at = 0
+        # The last message is the layout, compact, its data filling it up to the chunk's end.
+        compact = len(layout) >= 4 and layout[1] == 0
+        if (
+            mtype == _LAYOUT
+            and q == end
+            and compact
+            and _U16.unpack_from(layout, 2)[0] == len(layout) - 4
+        ):
+            data_at = end - len(layout) + 4
+        return raw, data_at, head
 
     def dense_links(self, link_info: bytes) -> dict[bytes, int]:
         """The hard links (name -> object header address) of a group whose links are in
@@ -1218,15 +1275,13 @@ class _File:
             for member in sorted(links):
                 out.append(len(member).to_bytes(8, "little") + member)
                 addr = links[member]
-                raw = self._plain_dataset(addr) if own is None or not own.values else None
-                if raw is not None:
+                plain = self._plain(addr) if own is None or not own.values else None
+                if plain is not None:
                     # What the lines below give for a dataset without attributes.
-                    dtype, space, nbytes, data = self.dataset_value(raw, b"")
-                    kind = _kind(None, dtype, space, data)
+                    entry, data = plain
                     if own is not None:
-                        own.datasets[member] = (dtype, space, data, kind[8:].decode(), {})
-                    out += (_F_D, _NO_ATTRS_V2, kind, dtype.token)
-                    out += (space.token, nbytes.to_bytes(8, "little"), data)
+                        own.datasets[member] = (entry.dtype, entry.space, data, entry.kind, {})
+                    out += (entry.fields, data)
                     continue
                 child = self.object(addr)
                 child.pop_digest()
@@ -1245,6 +1300,34 @@ class _File:
 
 _NO_KINDS: Mapping[str, str] = MappingProxyType({})
 _NO_ATTRS_V2 = (0).to_bytes(8, "little")
+
+
+class _Plain:
+    """What a dataset without attributes gives the v2 digest but its data (:meth:`_File._plain`).
+
+    Cached by the header's bytes before its compact data, when the data ends the header
+    chunk: those bytes hold everything the parse reads but the data (signature, flags,
+    chunk size, every message's type, size and flags, the dataspace, datatype and layout
+    messages up to the data), so a header that begins with them parses to the same
+    result, its data apart. The results of one sweep repeat a few shapes and types.
+    """
+
+    __slots__ = ("dtype", "fields", "kind", "nbytes", "space")
+
+    def __init__(self, dtype: _Type, space: _Space, nbytes: int, kind: bytes) -> None:
+        self.dtype = dtype
+        self.space = space
+        self.nbytes = nbytes
+        self.kind = kind[8:].decode()
+        self.fields = b"".join(
+            (_F_D, _NO_ATTRS_V2, kind, dtype.token, space.token, nbytes.to_bytes(8, "little"))
+        )
+
+
+_PLAIN: dict[bytes, _Plain] = {}
+# The lengths of the keys of _PLAIN, tried in turn (a sweep's datasets have one or two).
+_PLAIN_LENGTHS: list[int] = []
+_PLAIN_LENGTH_LIMIT = 8
 
 
 # -- public API -----------------------------------------------------------------------

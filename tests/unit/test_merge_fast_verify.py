@@ -1,0 +1,135 @@
+"""The byte reader's cached dataset headers (``bytes._Plain``) give what parsing each
+header gives, intact or damaged, and a damaged copy is still refused by the merge's
+verification."""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from h5guard import ShardWriter, merge
+from h5guard._check.own import verify_copied
+from h5guard._format import bytes as bytes_reader
+from h5guard.report import Code
+
+Added = dict[str, tuple[int, str]]
+
+
+def _merged(tmp_path: Path, n: int = 8) -> tuple[Path, Added]:
+    shards = tmp_path / "shards"
+    with ShardWriter(shards, commit_every=n) as w:
+        for i in range(n):
+            w.add(
+                f"k{i}",
+                {
+                    "xy": np.full((5, 2), float(i)),
+                    "ids": np.arange(4, dtype=">i4") + i,  # big-endian: converted
+                    "name": np.array([b"ab", b"c"]),
+                    "tree": {"inner": np.arange(3) + i},
+                },
+                {"status": "ok", "seed": i},
+            )
+    out = tmp_path / "out.h5"
+    report = merge(shards, out, workers=1)
+    assert report.exit_code == 0, report.render_text()
+    added: Added = {}
+    with h5py.File(out, "r") as f:
+        for key in f:
+            if not key.startswith("h5guard"):
+                stored = f[key].attrs["h5guard_digest"]
+                added[key] = (h5py.h5o.get_info(f.id, key.encode()).addr, stored.decode())
+    return out, added
+
+
+@pytest.fixture
+def no_templates(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(bytes_reader, "_PLAIN", {})
+    monkeypatch.setattr(bytes_reader, "_PLAIN_LENGTHS", [])
+    monkeypatch.setattr(bytes_reader, "_PLAIN_LENGTH_LIMIT", 0)
+    yield
+
+
+def _outcome(buf: bytes, base: int, addr: int) -> tuple[str, str | None] | str:
+    try:
+        return bytes_reader.group_digest_at(buf, base, addr)
+    except (bytes_reader.Unsupported, bytes_reader.Malformed) as err:
+        return type(err).__name__
+
+
+def test_cached_headers_are_used_and_agree(tmp_path: Path) -> None:
+    out, added = _merged(tmp_path)
+    bytes_reader._PLAIN.clear()
+    assert verify_copied(str(out), added) == []
+    assert bytes_reader._PLAIN  # the datasets of one shape share a cached header
+    assert verify_copied(str(out), added) == []  # now from the cache
+    with open(out, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        base = bytes_reader.base_address(buf)
+        for addr, want in added.values():
+            assert bytes_reader.group_digest_at(buf, base, addr) == (want, want)
+            # the description path parses every header (no cache): the same digest
+            assert bytes_reader.read_group_at(buf, base, addr)[:2] == (want, want)
+
+
+def _dataset_header(buf: bytes, base: int, group: int, name: bytes) -> tuple[int, int]:
+    file = bytes_reader._File(buf, base)
+    addr = file.object(group).links()[name]
+    start = base + addr
+    flags = buf[start + 5]
+    at = start + 6 + (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
+    width = 1 << (flags & 3)
+    size = int.from_bytes(buf[at : at + width], "little")
+    return start, at + width - start + size + 4  # the whole chunk, its checksum included
+
+
+@pytest.mark.parametrize("member", [b"xy", b"ids"])
+def test_every_damaged_byte_of_a_header_reads_as_without_the_cache(
+    tmp_path: Path, member: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, added = _merged(tmp_path, 4)
+    intact = out.read_bytes()
+    base = bytes_reader.base_address(intact)
+    group = added["k2"][0]
+    start, length = _dataset_header(intact, base, group, member)
+    outcomes: set[object] = set()
+    for at in range(start, start + length):
+        damaged = bytearray(intact)
+        damaged[at] ^= 0x01
+        data = bytes(damaged)
+        # Warm: every header cached from the intact file first.
+        for addr, _ in added.values():
+            bytes_reader.group_digest_at(intact, base, addr)
+        warm = _outcome(data, base, group)
+        with monkeypatch.context() as m:
+            m.setattr(bytes_reader, "_PLAIN", {})
+            m.setattr(bytes_reader, "_PLAIN_LENGTHS", [])
+            m.setattr(bytes_reader, "_PLAIN_LENGTH_LIMIT", 0)
+            cold = _outcome(data, base, group)
+        assert warm == cold, f"byte {at - start} of the header of {member!r}"
+        outcomes.add(warm if isinstance(warm, str) else warm[0] == added["k2"][1])
+    # The damage was seen (an error, or a digest that differs) and some bytes are
+    # outside what the digest covers (the fill value message).
+    assert {True, False} <= outcomes
+
+
+def test_a_damaged_copy_is_refused_with_the_cache_warm(tmp_path: Path) -> None:
+    out, added = _merged(tmp_path)
+    assert verify_copied(str(out), added) == []  # caches warm
+    data = bytearray(out.read_bytes())
+    base = bytes_reader.base_address(bytes(data))
+    start, length = _dataset_header(bytes(data), base, added["k5"][0], b"xy")
+    data[start + length - 4 - 8] ^= 0x40  # the last element of k5's "xy"
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(bytes(data))
+    problems = verify_copied(str(damaged), added)
+    assert [(p.obj, p.code) for p in problems] == [("/k5", Code.DIGEST_MISMATCH)]
+
+
+def test_without_the_cache_the_same_verdicts(tmp_path: Path, no_templates: None) -> None:
+    out, added = _merged(tmp_path)
+    assert verify_copied(str(out), added) == []
+    assert not bytes_reader._PLAIN
