@@ -41,11 +41,19 @@ Each header is parsed once, in one pass over its messages; a group's v2 digest i
 first (every file written now carries one), and a dataset without attributes in one
 header chunk, a result's commonest member, has a short loop of its own
 (:meth:`_File._plain_dataset`) that leaves anything unusual to the generic parse.
+
+The results of one sweep repeat a few header layouts, so a header the generic parse
+accepted is remembered by its bytes but its values (:class:`_Plain` for such datasets,
+:class:`_Header` for groups whose header is one chunk): a header equal to it in every
+other byte parses to the same objects with its own values, and is built from them.
+Every value is still read from the file, and any other byte that differs means the
+generic parse, with its errors.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
 import mmap
@@ -577,6 +585,13 @@ def _convert(dtype: _Type, data: bytes) -> bytes:
 
 def _link(body: bytes) -> tuple[bytes, int]:
     """``(name, object header address)`` of a hard link message."""
+    name, at = _link_at(body)
+    (target,) = _U64.unpack_from(body, at)
+    return name, target
+
+
+def _link_at(body: bytes) -> tuple[bytes, int]:
+    """``(name, where the object header address is in body)`` of a hard link message."""
     version, flags = body[0], body[1]
     if version != 1:
         raise Unsupported(f"link message version {version}")
@@ -599,8 +614,9 @@ def _link(body: bytes) -> tuple[bytes, int]:
         raise Malformed("link name empty or truncated")
     if link_type != 0:
         raise Unsupported(f"link of type {link_type} (not a hard link)")
-    (target,) = _U64.unpack_from(body, p + name_size)
-    return name, target
+    if p + name_size + 8 > len(body):
+        raise Malformed("link message truncated")
+    return name, p + name_size
 
 
 # -- the one object-header reader ---------------------------------------------------
@@ -625,6 +641,7 @@ class _Object:
         "attributes",
         "attrs",
         "dense_links",
+        "found_links",
         "is_group",
         "link_bodies",
         "link_info",
@@ -643,6 +660,7 @@ class _Object:
         self.link_info = b""
         self.is_group = False
         self.dense_links = False
+        self.found_links: dict[bytes, int] | None = None  # parsed already (_Header)
 
     def links(self, file: _File | None = None) -> dict[bytes, int]:
         """The group's hard links, name -> object header address.
@@ -650,6 +668,8 @@ class _Object:
         Links in dense storage are read through ``file`` (:meth:`_File.dense_links`);
         without one they raise :class:`Unsupported`.
         """
+        if self.found_links is not None:
+            return self.found_links
         if self.dense_links:
             if file is None:
                 raise Unsupported("dense link storage")
@@ -680,6 +700,136 @@ class _Object:
             return None
         del self.attr_objs[_DIGEST_ATTR]
         return value.rstrip(b"\0").decode("utf-8", errors="replace")
+
+
+class _Header:
+    """A group's object header parsed but for its values: attribute values and link
+    addresses (:meth:`_File.object`).
+
+    Learnt from a header the generic parse accepted (one chunk, compact links). Another
+    header whose every byte but those values is the same (``matches``: signature,
+    flags, chunk size, every message's type, size and flags, every attribute's name,
+    type and space, every link's flags and name, the link and attribute info messages,
+    the bytes between) parses to the same object with its own values, so it is built
+    from them without the parse. The groups of one sweep repeat one or a few headers.
+    """
+
+    __slots__ = (
+        "attr_names",
+        "attr_objs",
+        "convert",
+        "end",
+        "fixed",
+        "info",
+        "links",
+        "ranges",
+        "values",
+    )
+
+    def __init__(self) -> None:
+        self.end = 0
+        self.ranges: list[tuple[int, int]] = []  # the bytes past the key but the values
+        self.fixed = b""  # what they hold
+        self.values: list[tuple[int, int]] = []  # each attribute value, in message order
+        self.attr_names: list[bytes] = []
+        self.attr_objs: dict[bytes, _Attr] = {}
+        self.convert: list[int] = []  # values stored in another byte order or padding
+        self.links: list[tuple[bytes, int]] = []  # (name, where its address is)
+        self.info = b""
+
+    def matches(self, chunk: bytes, end: int) -> bool:
+        if end != self.end:
+            return False
+        return b"".join([chunk[a:b] for a, b in self.ranges]) == self.fixed
+
+    def object(self, addr: int, chunk: bytes) -> _Object:
+        obj = _Object(addr, True)
+        values = [chunk[a:b] for a, b in self.values]
+        for i in self.convert:
+            values[i] = _convert(self.attr_objs[self.attr_names[i]].dtype, values[i])
+        obj.attrs = dict(zip(self.attr_names, values, strict=True))
+        obj.attr_objs = dict(self.attr_objs)  # a copy: the digest's entry is popped
+        obj.found_links = {
+            name: int.from_bytes(chunk[at : at + 8], "little") for name, at in self.links
+        }
+        obj.is_group = True
+        obj.link_info = self.info
+        return obj
+
+    @staticmethod
+    def learn(chunk: bytes, p: int, end: int, header_size: int, obj: _Object) -> None:
+        """Remember the header of ``obj`` (parsed from ``chunk[p:end]``), if it is one."""
+        header = _Header()
+        header.end = end
+        regions: list[tuple[int, int]] = []
+        while p + header_size <= end:
+            mtype = chunk[p]
+            (msize,) = _U16.unpack_from(chunk, p + 1)
+            body = p + header_size
+            p = body + msize
+            if mtype == _ATTRIBUTE:
+                version, _, name_size, type_size, space_size = _ATTR.unpack_from(chunk, body)
+                if version == 3:
+                    data_at = body + 9 + name_size + type_size + space_size
+                else:
+                    data_at = body + _old_attribute_header_size(
+                        version, name_size, type_size, space_size
+                    )
+                attr = _ATTRS.get(chunk[body:data_at])
+                if attr is None:
+                    return  # not cached (too long a name): nothing to learn
+                if attr.conv:
+                    header.convert.append(len(header.values))
+                header.values.append((data_at, data_at + attr.nbytes))
+                header.attr_names.append(attr.name)
+                header.attr_objs[attr.name] = attr
+                regions.append(header.values[-1])
+            elif mtype == _LINK:
+                name, at = _link_at(chunk[body:p])
+                header.links.append((name, body + at))
+                regions.append((body + at, body + at + 8))
+            elif mtype == _LINK_INFO:
+                header.info = chunk[body:p]
+            elif mtype not in _IGNORED and mtype != _ATTR_INFO:
+                return
+        links = obj.links()
+        if header.attr_names != list(obj.attrs) or [n for n, _ in header.links] != list(links):
+            return  # not what the parse found: nothing to learn
+        key_end = regions[0][0] if regions else end
+        at = key_end
+        for a, b in [*regions, (end, end)]:
+            if a > at:
+                header.ranges.append((at, a))
+            at = b
+        header.fixed = b"".join([chunk[a:b] for a, b in header.ranges])
+        if len(_HEADER_LENGTHS) < _HEADER_LENGTH_LIMIT and key_end not in _HEADER_LENGTHS:
+            _HEADER_LENGTHS.append(key_end)
+        if key_end in _HEADER_LENGTHS:
+            _HEADER_USE[1] += 1
+            key = chunk[:key_end]
+            same_start = _HEADERS.get(key)
+            if same_start is None:
+                _remember(_HEADERS, key, [header])
+            elif len(same_start) < _HEADER_VARIANTS:
+                same_start.append(header)
+            else:
+                same_start[len(same_start) - 1] = header
+
+
+_HEADERS: dict[bytes, list[_Header]] = {}
+# Headers that begin alike (libhdf5 orders a copy's messages as it finds room) and differ
+# later, each tried in turn.
+_HEADER_VARIANTS = 8
+_HEADER_LENGTHS: list[int] = []  # the lengths of the keys of _HEADERS, tried in turn
+_HEADER_LENGTH_LIMIT = 8
+_HEADER_USE = [0, 0]  # headers built from _HEADERS, headers learnt
+
+
+def _learning() -> bool:
+    """Whether to learn more headers: not when they are rarely met again (every group
+    of the files read has a header of its own)."""
+    hits, learnt = _HEADER_USE
+    return learnt < 256 or hits >= learnt
 
 
 def _digest_of_parts(datasets: dict[bytes, list[bytes]], attrs: dict[bytes, bytes]) -> str:
@@ -943,13 +1093,25 @@ class _File:
         chunk = head if data_end + 4 <= len(head) else bytes(buf[start : start + data_end + 4])
         if self.checksums and not _checksum_ok(chunk[: data_end + 4]):
             raise Malformed(f"object header at {addr}: checksum mismatch")
+        learn = attributes and not self.checksums
+        if learn:
+            for n in _HEADER_LENGTHS:
+                for known in _HEADERS.get(chunk[:n], ()):
+                    if known.matches(chunk, data_end):
+                        _HEADER_USE[0] += 1
+                        return known.object(addr, chunk)
         header_size = 6 if flags & 0x04 else 4  # with a creation order per message
         continuations: list[tuple[int, int]] = []
         _chunk_messages(chunk, data_start, data_end, header_size, obj, continuations)
         if continuations:
+            learn = False
             self._continuations(obj, header_size, continuations, size - (data_end + 4))
         if obj.is_group and obj.raw:
             raise Malformed(f"group at {addr} carries dataset messages")
+        if learn and obj.is_group and not obj.dense_links and _learning():
+            with contextlib.suppress(Unsupported, Malformed, IndexError, struct.error):
+                # A link the parse of the links refuses: the caller learns it from that.
+                _Header.learn(chunk, data_start, data_end, header_size, obj)
         return obj
 
     def _continuations(

@@ -1,6 +1,6 @@
-"""The byte reader's cached dataset headers (``bytes._Plain``) give what parsing each
-header gives, intact or damaged, and a damaged copy is still refused by the merge's
-verification."""
+"""The byte reader's cached headers (datasets: ``bytes._Plain``, groups:
+``bytes._Header``) give what parsing each header gives, intact or damaged, and a damaged
+copy is still refused by the merge's verification."""
 
 from __future__ import annotations
 
@@ -46,11 +46,18 @@ def _merged(tmp_path: Path, n: int = 8) -> tuple[Path, Added]:
     return out, added
 
 
+def _without_caches(m: pytest.MonkeyPatch) -> None:
+    m.setattr(bytes_reader, "_PLAIN", {})
+    m.setattr(bytes_reader, "_PLAIN_LENGTHS", [])
+    m.setattr(bytes_reader, "_PLAIN_LENGTH_LIMIT", 0)
+    m.setattr(bytes_reader, "_HEADERS", {})
+    m.setattr(bytes_reader, "_HEADER_LENGTHS", [])
+    m.setattr(bytes_reader, "_HEADER_LENGTH_LIMIT", 0)
+
+
 @pytest.fixture
 def no_templates(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(bytes_reader, "_PLAIN", {})
-    monkeypatch.setattr(bytes_reader, "_PLAIN_LENGTHS", [])
-    monkeypatch.setattr(bytes_reader, "_PLAIN_LENGTH_LIMIT", 0)
+    _without_caches(monkeypatch)
     yield
 
 
@@ -75,9 +82,10 @@ def test_cached_headers_are_used_and_agree(tmp_path: Path) -> None:
             assert bytes_reader.read_group_at(buf, base, addr)[:2] == (want, want)
 
 
-def _dataset_header(buf: bytes, base: int, group: int, name: bytes) -> tuple[int, int]:
+def _dataset_header(buf: bytes, base: int, group: int, name: bytes | None) -> tuple[int, int]:
+    """Where the header of the group's member ``name`` (None: of the group) is, and its size."""
     file = bytes_reader._File(buf, base)
-    addr = file.object(group).links()[name]
+    addr = group if name is None else file.object(group).links()[name]
     start = base + addr
     flags = buf[start + 5]
     at = start + 6 + (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
@@ -105,15 +113,67 @@ def test_every_damaged_byte_of_a_header_reads_as_without_the_cache(
             bytes_reader.group_digest_at(intact, base, addr)
         warm = _outcome(data, base, group)
         with monkeypatch.context() as m:
-            m.setattr(bytes_reader, "_PLAIN", {})
-            m.setattr(bytes_reader, "_PLAIN_LENGTHS", [])
-            m.setattr(bytes_reader, "_PLAIN_LENGTH_LIMIT", 0)
+            _without_caches(m)
             cold = _outcome(data, base, group)
         assert warm == cold, f"byte {at - start} of the header of {member!r}"
         outcomes.add(warm if isinstance(warm, str) else warm[0] == added["k2"][1])
     # The damage was seen (an error, or a digest that differs) and some bytes are
     # outside what the digest covers (the fill value message).
     assert {True, False} <= outcomes
+
+
+def test_every_damaged_byte_of_a_group_header_reads_as_without_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, added = _merged(tmp_path, 6)
+    intact = out.read_bytes()
+    base = bytes_reader.base_address(intact)
+    for addr, _ in added.values():
+        bytes_reader.group_digest_at(intact, base, addr)
+    assert bytes_reader._HEADERS  # the groups' headers were learnt
+    group = added["k3"][0]
+    start, length = _dataset_header(intact, base, group, None)
+    outcomes: set[object] = set()
+    for at in range(start, start + length):
+        damaged = bytearray(intact)
+        damaged[at] ^= 0x04
+        data = bytes(damaged)
+        for addr, _ in added.values():  # the intact headers learnt again, if forgotten
+            bytes_reader.group_digest_at(intact, base, addr)
+        warm = _outcome(data, base, group)
+        with monkeypatch.context() as m:
+            _without_caches(m)
+            cold = _outcome(data, base, group)
+        assert warm == cold, f"byte {at - start} of the group header"
+        outcomes.add(warm if isinstance(warm, str) else warm[0] == added["k3"][1])
+    assert {True, False} <= outcomes
+
+
+def test_groups_of_several_layouts_are_all_verified(tmp_path: Path) -> None:
+    """Headers that begin alike and differ later (other attributes, other members)."""
+    shards = tmp_path / "shards"
+    with ShardWriter(shards, commit_every=5) as w:
+        for i in range(30):
+            attrs: dict[str, object] = {"aep": i / 7, "seed": i}
+            if i % 3 == 0:
+                attrs["status"] = "ok" if i % 2 else "failed"
+            members: dict[str, object] = {"xy": np.full((i % 4 + 1, 2), float(i))}
+            if i % 5 == 0:
+                members["extra"] = np.arange(3.0)
+            w.add(f"g{i:02d}", members, attrs)
+    out = tmp_path / "out.h5"
+    assert merge(shards, out, workers=1).exit_code == 0
+    with h5py.File(out, "r") as f:
+        added = {
+            k: (h5py.h5o.get_info(f.id, k.encode()).addr, f[k].attrs["h5guard_digest"].decode())
+            for k in f
+            if not k.startswith("h5guard")
+        }
+    for _ in range(2):  # learning, then from what was learnt
+        assert verify_copied(str(out), added) == []
+    wrong = {k: (a, added["g00"][1]) for k, (a, _) in added.items() if k != "g00"}
+    problems = verify_copied(str(out), wrong)
+    assert sorted(p.obj for p in problems) == sorted(f"/{k}" for k in wrong)
 
 
 def test_a_damaged_copy_is_refused_with_the_cache_warm(tmp_path: Path) -> None:
