@@ -646,6 +646,7 @@ class _Object:
         "link_bodies",
         "link_info",
         "raw",
+        "v2_plan",
     )
 
     def __init__(self, addr: int, attributes: bool) -> None:
@@ -661,6 +662,7 @@ class _Object:
         self.is_group = False
         self.dense_links = False
         self.found_links: dict[bytes, int] | None = None  # parsed already (_Header)
+        self.v2_plan: _V2Plan | None = None  # its attributes' v2 heads (_Header)
 
     def links(self, file: _File | None = None) -> dict[bytes, int]:
         """The group's hard links, name -> object header address.
@@ -722,6 +724,7 @@ class _Header:
         "fixed",
         "info",
         "links",
+        "plan",
         "ranges",
         "values",
     )
@@ -736,6 +739,7 @@ class _Header:
         self.convert: list[int] = []  # values stored in another byte order or padding
         self.links: list[tuple[bytes, int]] = []  # (name, where its address is)
         self.info = b""
+        self.plan: _V2Plan | None = None
 
     def matches(self, chunk: bytes, end: int) -> bool:
         if end != self.end:
@@ -754,6 +758,7 @@ class _Header:
         }
         obj.is_group = True
         obj.link_info = self.info
+        obj.v2_plan = self.plan
         return obj
 
     @staticmethod
@@ -802,6 +807,10 @@ class _Header:
                 header.ranges.append((at, a))
             at = b
         header.fixed = b"".join([chunk[a:b] for a, b in header.ranges])
+        names = sorted(n for n in header.attr_names if not n.startswith(_RESERVED))
+        heads = [(n, header.attr_objs[n].v2_head) for n in names]
+        if all(head is not None for _, head in heads):
+            header.plan = (len(names).to_bytes(8, "little"), [(n, h or b"") for n, h in heads])
         if len(_HEADER_LENGTHS) < _HEADER_LENGTH_LIMIT and key_end not in _HEADER_LENGTHS:
             _HEADER_LENGTHS.append(key_end)
         if key_end in _HEADER_LENGTHS:
@@ -817,6 +826,7 @@ class _Header:
 
 
 _HEADERS: dict[bytes, list[_Header]] = {}
+_NO_HEADERS: list[_Header] = []  # (never added to)
 # Headers that begin alike (libhdf5 orders a copy's messages as it finds room) and differ
 # later, each tried in turn.
 _HEADER_VARIANTS = 8
@@ -905,8 +915,20 @@ _KIND_FIELDS: dict[str, bytes] = {}  # kind -> F(kind)
 
 
 def _attrs_v2(
-    attrs: dict[bytes, bytes], objs: dict[bytes, _Attr], kinds: Mapping[str, str], own: bool
+    attrs: dict[bytes, bytes],
+    objs: dict[bytes, _Attr],
+    kinds: Mapping[str, str],
+    own: bool,
+    plan: _V2Plan | None = None,
 ) -> bytes:
+    if plan is not None and not kinds:
+        # What the lines below give, the names sorted and their heads found once per
+        # header layout (_Header): the same attributes, no kind named by h5guard_kinds.
+        count, heads = plan
+        parts = [count]
+        for name, plan_head in heads:
+            parts += (plan_head, attrs[name])
+        return b"".join(parts)
     names = sorted(n for n in attrs if not n.startswith(_RESERVED))
     if kinds:
         known = {n.decode("utf-8", "replace") for n in names}
@@ -927,6 +949,8 @@ def _attrs_v2(
 
 
 _Values = dict[bytes, tuple[_Type, _Space, bytes]]
+# The v2 count field and (name, head) of each attribute but the reserved ones, by name.
+_V2Plan = tuple[bytes, list[tuple[bytes, bytes]]]
 
 
 class _Desc:
@@ -1096,9 +1120,12 @@ class _File:
         learn = attributes and not self.checksums
         if learn:
             for n in _HEADER_LENGTHS:
-                for known in _HEADERS.get(chunk[:n], ()):
+                variants = _HEADERS.get(chunk[:n], _NO_HEADERS)
+                for i, known in enumerate(variants):
                     if known.matches(chunk, data_end):
                         _HEADER_USE[0] += 1
+                        if i:  # the layout met last, tried first next time
+                            variants.insert(0, variants.pop(i))
                         return known.object(addr, chunk)
         header_size = 6 if flags & 0x04 else 4  # with a creation order per message
         continuations: list[tuple[int, int]] = []
@@ -1426,7 +1453,8 @@ class _File:
         kinds = _kinds_entry(attrs, objs) if _KINDS_ATTR in attrs else _NO_KINDS
         if obj.is_group:
             links = obj.links()
-            out += (_F_G, _attrs_v2(attrs, objs, kinds, False), len(links).to_bytes(8, "little"))
+            fields = _attrs_v2(attrs, objs, kinds, False, obj.v2_plan)
+            out += (_F_G, fields, len(links).to_bytes(8, "little"))
             own = desc
             if desc is not None and depth > 0:
                 own = desc.groups[name] = _Desc(values=desc.values)

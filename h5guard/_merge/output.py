@@ -366,7 +366,8 @@ def write_partial(
                     # The low-level call: h5py's Group.copy spends as long resolving its
                     # arguments as libhdf5 spends copying a small group.
                     h5py.h5o.copy(src.id, link, f.id, link, lcpl=write.LINK_CREATE_UTF8)
-                    added[key] = (h5py.h5o.get_info(f.id, link).addr, str(new[key]))
+                    # The link's target (a hard link's address): no header loaded for it.
+                    added[key] = (f.id.links.get_info(link).u, str(new[key]))
                     todo.discard(key)
                 table.take(src, keys, shard)
             finally:
