@@ -832,14 +832,16 @@ _NO_HEADERS: list[_Header] = []  # (never added to)
 _HEADER_VARIANTS = 8
 _HEADER_LENGTHS: list[int] = []  # the lengths of the keys of _HEADERS, tried in turn
 _HEADER_LENGTH_LIMIT = 8
-_HEADER_USE = [0, 0]  # headers built from _HEADERS, headers learnt
+_HEADER_USE = [0, 0, 0]  # headers built from _HEADERS, headers learnt, chances to learn
 
 
 def _learning() -> bool:
-    """Whether to learn more headers: not when they are rarely met again (every group
-    of the files read has a header of its own)."""
-    hits, learnt = _HEADER_USE
-    return learnt < 256 or hits >= learnt
+    """Whether to learn the header just parsed: not when headers are rarely met again
+    (every group of the files read has a header of its own), but then still one in 64,
+    so that files whose groups repeat their headers are soon read from them again."""
+    hits, learnt, chances = _HEADER_USE
+    _HEADER_USE[2] = chances + 1
+    return learnt < 256 or hits >= learnt or chances % 64 == 0
 
 
 def _digest_of_parts(datasets: dict[bytes, list[bytes]], attrs: dict[bytes, bytes]) -> str:

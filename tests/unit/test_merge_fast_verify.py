@@ -193,3 +193,12 @@ def test_without_the_cache_the_same_verdicts(tmp_path: Path, no_templates: None)
     out, added = _merged(tmp_path)
     assert verify_copied(str(out), added) == []
     assert not bytes_reader._PLAIN
+
+
+def test_learning_pauses_when_headers_do_not_repeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bytes_reader, "_HEADER_USE", [10, 300, 1])
+    assert not bytes_reader._learning()  # rarely met again: not learnt
+    monkeypatch.setattr(bytes_reader, "_HEADER_USE", [10, 300, 64])
+    assert bytes_reader._learning()  # one chance in 64 all the same
+    monkeypatch.setattr(bytes_reader, "_HEADER_USE", [400, 300, 1])
+    assert bytes_reader._learning()
