@@ -764,6 +764,8 @@ class _Header:
     @staticmethod
     def learn(chunk: bytes, p: int, end: int, header_size: int, obj: _Object) -> None:
         """Remember the header of ``obj`` (parsed from ``chunk[p:end]``), if it is one."""
+        if end > _HEADER_BYTES_LIMIT:
+            return
         header = _Header()
         header.end = end
         regions: list[tuple[int, int]] = []
@@ -818,7 +820,9 @@ class _Header:
             key = chunk[:key_end]
             same_start = _HEADERS.get(key)
             if same_start is None:
-                _remember(_HEADERS, key, [header])
+                if len(_HEADERS) >= _HEADER_LIMIT:
+                    _HEADERS.clear()
+                _HEADERS[key] = [header]
             elif len(same_start) < _HEADER_VARIANTS:
                 same_start.append(header)
             else:
@@ -830,6 +834,8 @@ _NO_HEADERS: list[_Header] = []  # (never added to)
 # Headers that begin alike (libhdf5 orders a copy's messages as it finds room) and differ
 # later, each tried in turn.
 _HEADER_VARIANTS = 8
+_HEADER_LIMIT = 1024  # starts kept
+_HEADER_BYTES_LIMIT = 4096  # larger headers are not learnt (a result's group: a few hundred)
 _HEADER_LENGTHS: list[int] = []  # the lengths of the keys of _HEADERS, tried in turn
 _HEADER_LENGTH_LIMIT = 8
 _HEADER_USE = [0, 0, 0]  # headers built from _HEADERS, headers learnt, chances to learn

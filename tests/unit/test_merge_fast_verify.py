@@ -12,12 +12,14 @@ import h5py
 import numpy as np
 import pytest
 
+import h5guard
 from h5guard import ShardWriter, merge
 from h5guard._check.own import verify_copied
 from h5guard._format import bytes as bytes_reader
 from h5guard.report import Code
 
 Added = dict[str, tuple[int, str]]
+MARK = 9876.54321  # bytes easy to find in the output
 
 
 def _merged(tmp_path: Path, n: int = 8) -> tuple[Path, Added]:
@@ -202,3 +204,35 @@ def test_learning_pauses_when_headers_do_not_repeat(monkeypatch: pytest.MonkeyPa
     assert bytes_reader._learning()  # one chance in 64 all the same
     monkeypatch.setattr(bytes_reader, "_HEADER_USE", [400, 300, 1])
     assert bytes_reader._learning()
+
+
+def test_the_merge_refuses_a_copy_damaged_after_it_was_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A byte of a copied value changed between the copy and the verification (the caches
+    warm from an earlier merge of the same layouts): no output, the shards kept."""
+    _merged(tmp_path / "warm", 8)  # learns the headers of these groups
+    shards = tmp_path / "shards"
+    with ShardWriter(shards, commit_every=8) as w:
+        for i in range(8):
+            w.add(f"k{i}", {"xy": np.full((5, 2), MARK if i == 3 else float(i))}, {"seed": i})
+    from h5guard._merge import output as output_mod
+
+    real = output_mod.write_partial
+
+    def damaging(*args: object, **kwargs: object) -> dict[str, tuple[int, str]]:
+        added = real(*args, **kwargs)  # type: ignore[arg-type]
+        partial = Path(str(args[1]))
+        data = bytearray(partial.read_bytes())
+        at = data.find(np.float64(MARK).tobytes())
+        assert at > 0
+        data[at] ^= 0x01
+        partial.write_bytes(bytes(data))
+        return added
+
+    monkeypatch.setattr(output_mod, "write_partial", damaging)
+    out = tmp_path / "out.h5"
+    before = sorted(p.name for p in shards.glob("*.h5"))
+    with pytest.raises(h5guard.UnreadableOutputError, match="verification"):
+        merge(shards, out, workers=1)
+    assert not out.exists() and sorted(p.name for p in shards.glob("*.h5")) == before
