@@ -550,15 +550,17 @@ def mapped(f: h5py.File, where: str) -> Table | None:
     """
     link = NAME.encode()
     try:
-        if f.driver != "sec2" or not f.id.links.exists(link):
+        if f.id.get_access_plist().get_driver() != h5py.h5fd.SEC2:
+            return None  # no file descriptor to map
+        if not f.id.links.exists(link):
             return None
-        info = h5py.h5o.get_info(f.id, link)
-        if info.type != h5py.h5o.TYPE_GROUP:
+        info = f.id.links.get_info(link)
+        if info.type != h5py.h5l.TYPE_HARD:
             return None
         # The descriptor libhdf5 reads: the very file the groups are copied from. Every
         # value is copied out of the map (bytes objects) before it is closed.
         with mmap.mmap(f.id.get_vfd_handle(), 0, access=mmap.ACCESS_READ) as buf:
-            table, stored = load_bytes(buf, bytes_reader.base_address(buf), info.addr, where)
+            table, stored = load_bytes(buf, bytes_reader.base_address(buf), info.u, where)
     except (bytes_reader.Unsupported, bytes_reader.Malformed, SummaryError) as err:
         log.debug("%s: summary left to libhdf5 (%s)", where, err)
         return None

@@ -74,6 +74,12 @@ def test_no_summary_or_another_driver_is_left_to_libhdf5(tmp_path: Path) -> None
     [other] = _mixed(tmp_path / "b", 3)
     with h5py.File(other, "r", driver="core", backing_store=False) as f:
         assert summary.mapped(f, "x") is None
+    with h5py.File(other, "r+") as f:  # a soft link is never followed by the byte reader
+        f.move(summary.NAME, "h5guard_elsewhere")
+        f[summary.NAME] = h5py.SoftLink("/h5guard_elsewhere")
+    with h5py.File(other, "r") as f:
+        assert summary.mapped(f, "x") is None
+        assert summary.load(f) is not None
 
 
 def _chunked_summary(shard: Path) -> None:
