@@ -104,8 +104,7 @@ def summary_problems(
     """What is wrong with the summary at ``addr`` given the verified ``groups`` (its
     digest, its key set, each row's digest), or None if the byte reader cannot read it."""
     try:
-        datasets, attrs = bytes_reader.flat_group_arrays(buf, base, addr)
-        table, stored = _summary.load_arrays(datasets, attrs, f"/{_summary.NAME}")
+        table, stored = _summary.load_bytes(buf, base, addr, f"/{_summary.NAME}")
     except (bytes_reader.Unsupported, bytes_reader.Malformed, _summary.SummaryError):
         return None
     return _summary.problems(table, stored, groups)

@@ -41,11 +41,19 @@ Each header is parsed once, in one pass over its messages; a group's v2 digest i
 first (every file written now carries one), and a dataset without attributes in one
 header chunk, a result's commonest member, has a short loop of its own
 (:meth:`_File._plain_dataset`) that leaves anything unusual to the generic parse.
+
+The results of one sweep repeat a few header layouts, so a header the generic parse
+accepted is remembered by its bytes but its values (:class:`_Plain` for such datasets,
+:class:`_Header` for groups whose header is one chunk): a header equal to it in every
+other byte parses to the same objects with its own values, and is built from them.
+Every value is still read from the file, and any other byte that differs means the
+generic parse, with its errors.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
 import mmap
@@ -577,6 +585,13 @@ def _convert(dtype: _Type, data: bytes) -> bytes:
 
 def _link(body: bytes) -> tuple[bytes, int]:
     """``(name, object header address)`` of a hard link message."""
+    name, at = _link_at(body)
+    (target,) = _U64.unpack_from(body, at)
+    return name, target
+
+
+def _link_at(body: bytes) -> tuple[bytes, int]:
+    """``(name, where the object header address is in body)`` of a hard link message."""
     version, flags = body[0], body[1]
     if version != 1:
         raise Unsupported(f"link message version {version}")
@@ -599,8 +614,9 @@ def _link(body: bytes) -> tuple[bytes, int]:
         raise Malformed("link name empty or truncated")
     if link_type != 0:
         raise Unsupported(f"link of type {link_type} (not a hard link)")
-    (target,) = _U64.unpack_from(body, p + name_size)
-    return name, target
+    if p + name_size + 8 > len(body):
+        raise Malformed("link message truncated")
+    return name, p + name_size
 
 
 # -- the one object-header reader ---------------------------------------------------
@@ -625,10 +641,12 @@ class _Object:
         "attributes",
         "attrs",
         "dense_links",
+        "found_links",
         "is_group",
         "link_bodies",
         "link_info",
         "raw",
+        "v2_plan",
     )
 
     def __init__(self, addr: int, attributes: bool) -> None:
@@ -643,6 +661,8 @@ class _Object:
         self.link_info = b""
         self.is_group = False
         self.dense_links = False
+        self.found_links: dict[bytes, int] | None = None  # parsed already (_Header)
+        self.v2_plan: _V2Plan | None = None  # its attributes' v2 heads (_Header)
 
     def links(self, file: _File | None = None) -> dict[bytes, int]:
         """The group's hard links, name -> object header address.
@@ -650,6 +670,8 @@ class _Object:
         Links in dense storage are read through ``file`` (:meth:`_File.dense_links`);
         without one they raise :class:`Unsupported`.
         """
+        if self.found_links is not None:
+            return self.found_links
         if self.dense_links:
             if file is None:
                 raise Unsupported("dense link storage")
@@ -680,6 +702,152 @@ class _Object:
             return None
         del self.attr_objs[_DIGEST_ATTR]
         return value.rstrip(b"\0").decode("utf-8", errors="replace")
+
+
+class _Header:
+    """A group's object header parsed but for its values: attribute values and link
+    addresses (:meth:`_File.object`).
+
+    Learnt from a header the generic parse accepted (one chunk, compact links). Another
+    header whose every byte but those values is the same (``matches``: signature,
+    flags, chunk size, every message's type, size and flags, every attribute's name,
+    type and space, every link's flags and name, the link and attribute info messages,
+    the bytes between) parses to the same object with its own values, so it is built
+    from them without the parse. The groups of one sweep repeat one or a few headers.
+    """
+
+    __slots__ = (
+        "attr_names",
+        "attr_objs",
+        "convert",
+        "end",
+        "fixed",
+        "info",
+        "links",
+        "plan",
+        "ranges",
+        "values",
+    )
+
+    def __init__(self) -> None:
+        self.end = 0
+        self.ranges: list[tuple[int, int]] = []  # the bytes past the key but the values
+        self.fixed = b""  # what they hold
+        self.values: list[tuple[int, int]] = []  # each attribute value, in message order
+        self.attr_names: list[bytes] = []
+        self.attr_objs: dict[bytes, _Attr] = {}
+        self.convert: list[int] = []  # values stored in another byte order or padding
+        self.links: list[tuple[bytes, int]] = []  # (name, where its address is)
+        self.info = b""
+        self.plan: _V2Plan | None = None
+
+    def matches(self, chunk: bytes, end: int) -> bool:
+        if end != self.end:
+            return False
+        return b"".join([chunk[a:b] for a, b in self.ranges]) == self.fixed
+
+    def object(self, addr: int, chunk: bytes) -> _Object:
+        obj = _Object(addr, True)
+        values = [chunk[a:b] for a, b in self.values]
+        for i in self.convert:
+            values[i] = _convert(self.attr_objs[self.attr_names[i]].dtype, values[i])
+        obj.attrs = dict(zip(self.attr_names, values, strict=True))
+        obj.attr_objs = dict(self.attr_objs)  # a copy: the digest's entry is popped
+        obj.found_links = {
+            name: int.from_bytes(chunk[at : at + 8], "little") for name, at in self.links
+        }
+        obj.is_group = True
+        obj.link_info = self.info
+        obj.v2_plan = self.plan
+        return obj
+
+    @staticmethod
+    def learn(chunk: bytes, p: int, end: int, header_size: int, obj: _Object) -> None:
+        """Remember the header of ``obj`` (parsed from ``chunk[p:end]``), if it is one."""
+        if end > _HEADER_BYTES_LIMIT:
+            return
+        header = _Header()
+        header.end = end
+        regions: list[tuple[int, int]] = []
+        while p + header_size <= end:
+            mtype = chunk[p]
+            (msize,) = _U16.unpack_from(chunk, p + 1)
+            body = p + header_size
+            p = body + msize
+            if mtype == _ATTRIBUTE:
+                version, _, name_size, type_size, space_size = _ATTR.unpack_from(chunk, body)
+                if version == 3:
+                    data_at = body + 9 + name_size + type_size + space_size
+                else:
+                    data_at = body + _old_attribute_header_size(
+                        version, name_size, type_size, space_size
+                    )
+                attr = _ATTRS.get(chunk[body:data_at])
+                if attr is None:
+                    return  # not cached (too long a name): nothing to learn
+                if attr.conv:
+                    header.convert.append(len(header.values))
+                header.values.append((data_at, data_at + attr.nbytes))
+                header.attr_names.append(attr.name)
+                header.attr_objs[attr.name] = attr
+                regions.append(header.values[-1])
+            elif mtype == _LINK:
+                name, at = _link_at(chunk[body:p])
+                header.links.append((name, body + at))
+                regions.append((body + at, body + at + 8))
+            elif mtype == _LINK_INFO:
+                header.info = chunk[body:p]
+            elif mtype not in _IGNORED and mtype != _ATTR_INFO:
+                return
+        links = obj.links()
+        if header.attr_names != list(obj.attrs) or [n for n, _ in header.links] != list(links):
+            return  # not what the parse found: nothing to learn
+        key_end = regions[0][0] if regions else end
+        at = key_end
+        for a, b in [*regions, (end, end)]:
+            if a > at:
+                header.ranges.append((at, a))
+            at = b
+        header.fixed = b"".join([chunk[a:b] for a, b in header.ranges])
+        names = sorted(n for n in header.attr_names if not n.startswith(_RESERVED))
+        heads = [(n, header.attr_objs[n].v2_head) for n in names]
+        if all(head is not None for _, head in heads):
+            header.plan = (len(names).to_bytes(8, "little"), [(n, h or b"") for n, h in heads])
+        if len(_HEADER_LENGTHS) < _HEADER_LENGTH_LIMIT and key_end not in _HEADER_LENGTHS:
+            _HEADER_LENGTHS.append(key_end)
+        if key_end in _HEADER_LENGTHS:
+            _HEADER_USE[1] += 1
+            key = chunk[:key_end]
+            same_start = _HEADERS.get(key)
+            if same_start is None:
+                if len(_HEADERS) >= _HEADER_LIMIT:
+                    _HEADERS.clear()
+                _HEADERS[key] = [header]
+            elif len(same_start) < _HEADER_VARIANTS:
+                same_start.append(header)
+            else:
+                same_start[len(same_start) - 1] = header
+
+
+_HEADERS: dict[bytes, list[_Header]] = {}
+_NO_HEADERS: list[_Header] = []  # (never added to)
+# Headers that begin alike (libhdf5 orders a copy's messages as it finds room) and differ
+# later, each tried in turn.
+_HEADER_VARIANTS = 8
+_HEADER_LIMIT = 1024  # starts kept
+_HEADER_BYTES_LIMIT = 4096  # larger headers are not learnt (a result's group: a few hundred)
+_HEADER_LENGTHS: list[int] = []  # the lengths of the keys of _HEADERS, tried in turn
+_HEADER_LENGTH_LIMIT = 8
+_HEADER_USE = [0, 0, 0]  # headers built from _HEADERS, headers learnt, chances to learn
+
+
+def _learning() -> bool:
+    """Whether to learn the header just parsed: not when headers are rarely met again
+    (every group of the files read has a header of its own), but then still one in 64,
+    so that files whose groups repeat their headers are soon read from them again."""
+    hits, learnt, chances = _HEADER_USE
+    _HEADER_USE[2] = chances + 1
+    return learnt < 256 or hits >= learnt or chances % 64 == 0
 
 
 def _digest_of_parts(datasets: dict[bytes, list[bytes]], attrs: dict[bytes, bytes]) -> str:
@@ -755,8 +923,20 @@ _KIND_FIELDS: dict[str, bytes] = {}  # kind -> F(kind)
 
 
 def _attrs_v2(
-    attrs: dict[bytes, bytes], objs: dict[bytes, _Attr], kinds: Mapping[str, str], own: bool
+    attrs: dict[bytes, bytes],
+    objs: dict[bytes, _Attr],
+    kinds: Mapping[str, str],
+    own: bool,
+    plan: _V2Plan | None = None,
 ) -> bytes:
+    if plan is not None and not kinds:
+        # What the lines below give, the names sorted and their heads found once per
+        # header layout (_Header): the same attributes, no kind named by h5guard_kinds.
+        count, heads = plan
+        parts = [count]
+        for name, plan_head in heads:
+            parts += (plan_head, attrs[name])
+        return b"".join(parts)
     names = sorted(n for n in attrs if not n.startswith(_RESERVED))
     if kinds:
         known = {n.decode("utf-8", "replace") for n in names}
@@ -777,6 +957,8 @@ def _attrs_v2(
 
 
 _Values = dict[bytes, tuple[_Type, _Space, bytes]]
+# The v2 count field and (name, head) of each attribute but the reserved ones, by name.
+_V2Plan = tuple[bytes, list[tuple[bytes, bytes]]]
 
 
 class _Desc:
@@ -943,13 +1125,28 @@ class _File:
         chunk = head if data_end + 4 <= len(head) else bytes(buf[start : start + data_end + 4])
         if self.checksums and not _checksum_ok(chunk[: data_end + 4]):
             raise Malformed(f"object header at {addr}: checksum mismatch")
+        learn = attributes and not self.checksums
+        if learn:
+            for n in _HEADER_LENGTHS:
+                variants = _HEADERS.get(chunk[:n], _NO_HEADERS)
+                for i, known in enumerate(variants):
+                    if known.matches(chunk, data_end):
+                        _HEADER_USE[0] += 1
+                        if i:  # the layout met last, tried first next time
+                            variants.insert(0, variants.pop(i))
+                        return known.object(addr, chunk)
         header_size = 6 if flags & 0x04 else 4  # with a creation order per message
         continuations: list[tuple[int, int]] = []
         _chunk_messages(chunk, data_start, data_end, header_size, obj, continuations)
         if continuations:
+            learn = False
             self._continuations(obj, header_size, continuations, size - (data_end + 4))
         if obj.is_group and obj.raw:
             raise Malformed(f"group at {addr} carries dataset messages")
+        if learn and obj.is_group and not obj.dense_links and _learning():
+            with contextlib.suppress(Unsupported, Malformed, IndexError, struct.error):
+                # A link the parse of the links refuses: the caller learns it from that.
+                _Header.learn(chunk, data_start, data_end, header_size, obj)
         return obj
 
     def _continuations(
@@ -990,16 +1187,59 @@ class _File:
             chunk, p, end = chunks.pop()
             _chunk_messages(chunk, p, end, header_size, obj, continuations)
 
-    def _plain_dataset(self, addr: int) -> dict[int, bytes] | None:
+    def _plain(self, addr: int) -> tuple[_Plain, bytes] | None:
+        """The v2 digest fields (but the data) and the data of the dataset at ``addr``
+        when it is in the commonest form (:meth:`_plain_dataset`); None otherwise.
+
+        A header whose bytes before its data are those of a header parsed before is
+        not parsed again (:class:`_Plain`).
+        """
+        if not 0 <= addr < UNDEFINED or self.checksums:
+            return None
+        start = self.base + addr
+        head = bytes(self.buf[start : start + _FIRST_READ])
+        for n in _PLAIN_LENGTHS:
+            plain = _PLAIN.get(head[:n])
+            if plain is not None:
+                end = n + plain.nbytes
+                if end + 4 > len(head):
+                    head = bytes(self.buf[start : start + end + 4])
+                    if end + 4 > len(head):
+                        return None  # the generic parse names the truncation
+                data = head[n:end]
+                return plain, (_convert(plain.dtype, data) if plain.dtype.conv else data)
+        found = self._plain_dataset(addr, head)
+        if found is None:
+            return None
+        raw, data_at, head = found
+        dtype, space, nbytes, data = self.dataset_value(raw, b"")
+        plain = _Plain(dtype, space, nbytes, _kind(None, dtype, space, data))
+        # Only when nothing but the data follows the key: a compact layout whose data
+        # ends the header chunk (data_at is 0 otherwise), and a kind the data does not
+        # decide (UTF-8 text arrays are as wide as their longest element).
+        if data_at and not (dtype.utf8 and not space.scalar):
+            if len(_PLAIN_LENGTHS) < _PLAIN_LENGTH_LIMIT and data_at not in _PLAIN_LENGTHS:
+                _PLAIN_LENGTHS.append(data_at)
+            if data_at in _PLAIN_LENGTHS:
+                _remember(_PLAIN, head[:data_at], plain)
+        return plain, data
+
+    def _plain_dataset(
+        self, addr: int, head: bytes | None = None
+    ) -> tuple[dict[int, bytes], int, bytes] | None:
         """The dataspace, datatype and layout messages of the object at ``addr`` when it
         is a dataset in the commonest form: one header chunk holding those and ignorable
         messages only (no attributes, no creation order). None otherwise, the generic
         parse (:meth:`object`) then decides, with its errors.
+
+        Also where compact data starts in the header when the layout message, compact,
+        ends the chunk (else 0), and the header's bytes (``head``: its first read).
         """
         start = self.base + addr
         if not 0 <= addr < UNDEFINED or self.checksums:
             return None
-        head = bytes(self.buf[start : start + _FIRST_READ])
+        if head is None:
+            head = bytes(self.buf[start : start + _FIRST_READ])
         if head[:5] != b"OHDR\x02" or head[5] & 0xC4:
             return None
         flags = head[5]
@@ -1014,6 +1254,7 @@ class _File:
                 return None
         raw: dict[int, bytes] = {}
         unpack = _MSG.unpack_from
+        mtype = _NIL
         while q + 4 <= end:
             mtype, msize, mflags = unpack(head, q)
             body = q + 4
@@ -1026,7 +1267,20 @@ class _File:
                 raw[mtype] = head[body:q]
             elif mtype not in _IGNORED:
                 return None
-        return raw if len(raw) == 3 else None
+        if len(raw) != 3:
+            return None
+        layout = raw[_LAYOUT]
+        data_at = 0
+        # The last message is the layout, compact, its data filling it up to the chunk's end.
+        compact = len(layout) >= 4 and layout[1] == 0
+        if (
+            mtype == _LAYOUT
+            and q == end
+            and compact
+            and _U16.unpack_from(layout, 2)[0] == len(layout) - 4
+        ):
+            data_at = end - len(layout) + 4
+        return raw, data_at, head
 
     def dense_links(self, link_info: bytes) -> dict[bytes, int]:
         """The hard links (name -> object header address) of a group whose links are in
@@ -1207,7 +1461,8 @@ class _File:
         kinds = _kinds_entry(attrs, objs) if _KINDS_ATTR in attrs else _NO_KINDS
         if obj.is_group:
             links = obj.links()
-            out += (_F_G, _attrs_v2(attrs, objs, kinds, False), len(links).to_bytes(8, "little"))
+            fields = _attrs_v2(attrs, objs, kinds, False, obj.v2_plan)
+            out += (_F_G, fields, len(links).to_bytes(8, "little"))
             own = desc
             if desc is not None and depth > 0:
                 own = desc.groups[name] = _Desc(values=desc.values)
@@ -1218,15 +1473,13 @@ class _File:
             for member in sorted(links):
                 out.append(len(member).to_bytes(8, "little") + member)
                 addr = links[member]
-                raw = self._plain_dataset(addr) if own is None or not own.values else None
-                if raw is not None:
+                plain = self._plain(addr) if own is None or not own.values else None
+                if plain is not None:
                     # What the lines below give for a dataset without attributes.
-                    dtype, space, nbytes, data = self.dataset_value(raw, b"")
-                    kind = _kind(None, dtype, space, data)
+                    entry, data = plain
                     if own is not None:
-                        own.datasets[member] = (dtype, space, data, kind[8:].decode(), {})
-                    out += (_F_D, _NO_ATTRS_V2, kind, dtype.token)
-                    out += (space.token, nbytes.to_bytes(8, "little"), data)
+                        own.datasets[member] = (entry.dtype, entry.space, data, entry.kind, {})
+                    out += (entry.fields, data)
                     continue
                 child = self.object(addr)
                 child.pop_digest()
@@ -1245,6 +1498,34 @@ class _File:
 
 _NO_KINDS: Mapping[str, str] = MappingProxyType({})
 _NO_ATTRS_V2 = (0).to_bytes(8, "little")
+
+
+class _Plain:
+    """What a dataset without attributes gives the v2 digest but its data (:meth:`_File._plain`).
+
+    Cached by the header's bytes before its compact data, when the data ends the header
+    chunk: those bytes hold everything the parse reads but the data (signature, flags,
+    chunk size, every message's type, size and flags, the dataspace, datatype and layout
+    messages up to the data), so a header that begins with them parses to the same
+    result, its data apart. The results of one sweep repeat a few shapes and types.
+    """
+
+    __slots__ = ("dtype", "fields", "kind", "nbytes", "space")
+
+    def __init__(self, dtype: _Type, space: _Space, nbytes: int, kind: bytes) -> None:
+        self.dtype = dtype
+        self.space = space
+        self.nbytes = nbytes
+        self.kind = kind[8:].decode()
+        self.fields = b"".join(
+            (_F_D, _NO_ATTRS_V2, kind, dtype.token, space.token, nbytes.to_bytes(8, "little"))
+        )
+
+
+_PLAIN: dict[bytes, _Plain] = {}
+# The lengths of the keys of _PLAIN, tried in turn (a sweep's datasets have one or two).
+_PLAIN_LENGTHS: list[int] = []
+_PLAIN_LENGTH_LIMIT = 8
 
 
 # -- public API -----------------------------------------------------------------------

@@ -29,6 +29,7 @@ import hashlib
 import itertools
 import json
 import logging
+import mmap
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
+from h5guard._format import bytes as bytes_reader
 from h5guard._format import names, reader, write
 from h5guard._format.result import PreparedResult
 from h5guard._format.tree import (
@@ -517,6 +519,59 @@ def load_arrays(
         raise SummaryError(f"{where}: unreadable: {' '.join(str(err).split())}") from err
 
 
+def load_bytes(buf: bytes_reader.Buffer, base: int, addr: int, where: str) -> tuple[Table, str]:
+    """The table and its stored digest of the summary group at ``addr``, read by h5guard's
+    byte reader (no libhdf5).
+
+    Raises
+    ------
+    SummaryError
+        The summary is malformed.
+    bytes_reader.Unsupported, bytes_reader.Malformed
+        The byte reader cannot read the group.
+    """
+    datasets, attrs = bytes_reader.flat_group_arrays(buf, base, addr)
+    return load_arrays(datasets, attrs, where)
+
+
+def mapped(f: h5py.File, where: str) -> Table | None:
+    """``f``'s summary read by the byte reader from the file libhdf5 has open, when its
+    digest verifies; None when it cannot say (no summary, a layout the byte reader
+    does not parse, no map of the file): read it through libhdf5 then.
+
+    A merge reads every new shard's summary: h5py's reads of its dozen small datasets
+    cost several times the parse. The digest is checked here (the libhdf5 read in a
+    merge is not), so a table this returns is the one its writer digested.
+
+    Raises
+    ------
+    SummaryError
+        The table read does not give its stored digest.
+    """
+    link = NAME.encode()
+    try:
+        if f.id.get_access_plist().get_driver() != h5py.h5fd.SEC2:
+            return None  # no file descriptor to map
+        if not f.id.links.exists(link):
+            return None
+        info = f.id.links.get_info(link)
+        if info.type != h5py.h5l.TYPE_HARD:
+            return None
+        # The descriptor libhdf5 reads: the very file the groups are copied from. Every
+        # value is copied out of the map (bytes objects) before it is closed.
+        with mmap.mmap(f.id.get_vfd_handle(), 0, access=mmap.ACCESS_READ) as buf:
+            table, stored = load_bytes(buf, bytes_reader.base_address(buf), info.u, where)
+    except (bytes_reader.Unsupported, bytes_reader.Malformed, SummaryError) as err:
+        log.debug("%s: summary left to libhdf5 (%s)", where, err)
+        return None
+    except (OSError, ValueError, RuntimeError) as err:  # no map of this file
+        log.debug("%s: summary not mapped (%s)", where, err)
+        return None
+    if table.digest() != stored:
+        raise SummaryError(f"{where}: summary digest differs")
+    return table
+
+
 def _table_of(attrs: Mapping[str, Array], read: Callable[[str, int], Array], where: str) -> Table:
 
     def text(name: str) -> str:
@@ -746,9 +801,10 @@ class Merging:
 
     Created on the new output (a copy of the existing one, or empty) before groups are
     copied; :meth:`take` is called with each shard and the keys copied from it,
-    :meth:`write` before the file closes. A shard's summary gives its rows in a few
-    dataset reads; a shard without one (older, or not written by ShardWriter) is read
-    group by group.
+    :meth:`write` before the file closes. A shard's summary gives its rows in one
+    parse by the byte reader (:func:`mapped`), or else in a few dataset reads; a shard
+    without one (older, or not written by ShardWriter) or whose summary does not verify
+    is read group by group.
     """
 
     def __init__(self, f: h5py.File, where: str = "output") -> None:
@@ -758,10 +814,17 @@ class Merging:
     def take(self, src: h5py.File, keys: Sequence[str], where: str = "shard") -> None:
         if not keys:
             return
-        # Not re-verified here: the merge copies only from shards it validated, whose
-        # seal matched (the bytes the writer summarised) or whose deep check verified
-        # the summary with the groups (SUMMARY_MISMATCH is an error: quarantined).
-        table = _trusted(src, where, verify=False)
+        # The libhdf5 read is not re-verified: the merge copies only from shards it
+        # validated, whose seal matched (the bytes the writer summarised) or whose deep
+        # check verified the summary with the groups (SUMMARY_MISMATCH is an error:
+        # quarantined). The byte reader's read checks the digest all the same.
+        try:
+            table = mapped(src, where)
+            if table is None:
+                table = _trusted(src, where, verify=False)
+        except SummaryError as err:
+            log.warning("%s: summary not used (%s); its groups are read instead", where, err)
+            table = None
         if table is not None and table.keys == list(keys):
             self._tables.append(table)
         elif table is not None and set(keys) <= set(table.keys):

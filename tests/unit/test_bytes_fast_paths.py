@@ -59,9 +59,9 @@ def test_fast_and_generic_parses_agree(tmp_path: Path) -> None:
         for addr, want in added.values():
             links = file.object(addr).links()
             # the fast path is taken for the plain datasets, big ones included
-            assert file._plain_dataset(links[b"plain"]) is not None
-            assert file._plain_dataset(links[b"big"]) is not None
-            assert file._plain_dataset(links[b"tree"]) is None  # a group
+            assert file._plain(links[b"plain"]) is not None
+            assert file._plain(links[b"big"]) is not None
+            assert file._plain(links[b"tree"]) is None  # a group
             plain += 2
             assert bytes_reader.group_digest_at(buf, base, addr) == (want, want)
             # the description path (a check's) gives the same digest
