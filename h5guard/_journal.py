@@ -21,7 +21,10 @@ File layout::
 The header and payload of a result are :func:`h5guard._format.result.encode`'s; decoding
 recomputes the result's digest, so a record is either exactly what was added or
 rejected. A record cut short (the writer died inside ``add()``, whose call then never
-returned) ends the journal.
+returned) ends the journal. A big result that its own ``add()`` commits is journaled as
+such a record on purpose (:meth:`JournalWriter.intend`: its frame and a header naming
+the key, no payload): the shard, not the journal, makes it safe before ``add()``
+returns, and a writer that dies before that leaves it *interrupted*.
 
 Liveness (:mod:`h5guard._liveness`): the meta record names the writer (host, boot id,
 PID namespace, pid, start time), its lease and whether it holds a ``flock`` on the

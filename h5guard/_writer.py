@@ -2,7 +2,9 @@
 
 ``add()`` appends the result to the batch's journal (``<stem>.h5.journal``, see
 :mod:`h5guard._journal`) and returns only when the kernel holds all of it: from then on
-the result survives whatever happens to the process. A commit writes the batch as an
+the result survives whatever happens to the process. (A big result whose ``add()``
+commits the batch is journaled as an intent only and returns once its shard is
+committed: :meth:`ShardWriter._add_committing`.) A commit writes the batch as an
 HDF5 shard (``.partial``, closed, sealed, fsynced, renamed to ``<stem>.h5``, directory
 fsynced) and only then deletes the journal. A writer that never commits (a pool that
 never calls ``close()``, SIGTERM, SIGKILL, an exception) leaves a journal that
