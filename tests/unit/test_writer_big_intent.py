@@ -264,3 +264,50 @@ def test_a_journal_claimed_during_the_commit_gets_the_result_again(tmp_path: Pat
     report = h5guard.merge(tmp_path, out, workers=1)
     assert report.exit_code == 0, report.render_text()
     np.testing.assert_array_equal(h5guard.read(out, "big").datasets["x"], big_value())
+
+
+# A worker whose every add() commits its own big result; it prints each key whose add()
+# returned, and adds until it is killed.
+WORKER = """
+import sys, numpy as np
+from h5guard import ShardWriter
+w = ShardWriter(sys.argv[1], commit_bytes=1024 * 1024)
+for i in range(10_000):
+    w.add(f"k{i:04d}", {"x": np.random.default_rng(i).random(256 * 1024)}, {"i": i})
+    print(f"k{i:04d}", flush=True)
+"""
+
+
+def test_an_external_sigkill_at_any_moment_loses_no_returned_result(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(tmp_path / "tmp")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    returned = [proc.stdout.readline().strip() for _ in range(4)]
+    proc.send_signal(signal.SIGKILL)
+    rest, _ = proc.communicate(timeout=60)
+    returned += rest.split()  # printed before the kill landed
+    assert proc.returncode == -signal.SIGKILL
+    out = tmp_path / "out.h5"
+    report = h5guard.merge(tmp_path / "tmp", out, workers=1)
+    assert report.exit_code == 0, report.render_text()
+    assert not report.lost and not report.pending
+    with h5py.File(out, "r") as f:
+        present = {k for k in f if not k.startswith("h5guard_")}
+    assert set(returned) <= present
+    # Only the add() the kill landed in may be named interrupted, or be present unreturned.
+    following = f"k{len(returned):04d}"
+    assert [key for _, key in report.interrupted] in ([], [following])
+    assert present - set(returned) <= {following}
+    for key in present:
+        i = int(key[1:])
+        np.testing.assert_array_equal(
+            h5guard.read(out, key).datasets["x"], np.random.default_rng(i).random(256 * 1024)
+        )
