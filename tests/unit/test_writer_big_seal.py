@@ -105,3 +105,59 @@ def test_small_shards_keep_version_1_and_version_1_seals_still_check(tmp_path: P
     [ondisk] = w.committed
     assert ondisk.read_bytes().startswith(b"h5guard-seal/1\n")
     assert _seal.check_seal(ondisk) is True
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("h5guard._format.write._BIG_DATASET", 64 * 1024)
+    monkeypatch.setattr("h5guard._format.write._CHUNK_TARGET", 16 * 1024)
+
+
+def test_pieces_hashed_while_the_shard_is_written_give_the_same_seal(
+    tmp_path: Path, small_pieces: None, small_chunks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Raw chunks are reported once written, their pieces hashed beside the writing: the
+    seal equals one computed from the closed file alone (many shapes, several results
+    and datasets per shard, chunks cut along one axis or more)."""
+    early: list[int] = []
+    real = _seal.EarlyPieces.close
+
+    def counting(self: _seal.EarlyPieces) -> dict[int, bytes]:
+        found = real(self)
+        early.append(len(found))
+        return found
+
+    monkeypatch.setattr(_seal.EarlyPieces, "close", counting)
+    rng = np.random.default_rng(7)
+    text = np.array([b"x" * 40] * 3000)
+    words = np.array(["h\u00e9llo" * 8] * 3000)
+    with ShardWriter(tmp_path / "tmp", commit_every=10) as w:
+        w.add("a", {"x": rng.random(40_000), "y": rng.integers(0, 9, (300, 70))})
+        w.add("b", {"g": {"z": rng.random((5, 3, 3000))}, "s": text, "u": words}, {"status": "ok"})
+        w.add("c", {"x": rng.random((2, 20_000)).astype(np.float32), "b": rng.random(9000) > 0.5})
+    [path] = w.committed
+    assert max(early) > 10  # pieces were hashed before the file was closed
+    data = path.read_bytes()
+    seal = _seal.parse_seal(data[: _seal.SEAL_SIZE])
+    assert seal is not None and seal.sha256 == expected_digest(data, PIECE)
+    assert _seal.check_seal(path) is True
+    out = tmp_path / "out.h5"
+    report = h5guard.merge(tmp_path / "tmp", out, workers=1)
+    assert report.exit_code == 0, report.render_text()
+    got = h5guard.read(out, "b").datasets
+    np.testing.assert_array_equal(got["s"], text)
+    np.testing.assert_array_equal(got["u"], words)
+
+
+def test_early_pieces_hash_only_what_lies_wholly_in_final_ranges(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    block = _seal._SEAL2_BLOCK
+    path.write_bytes(bytes(range(256)) * (block * 4 // 256))
+    with open(path, "rb") as fh:
+        early = _seal.EarlyPieces(fh.fileno())
+        early.final(_seal.SEAL_SIZE + 10, _seal.SEAL_SIZE + block + 5)  # no whole piece
+        early.final(_seal.SEAL_SIZE + block + 5, _seal.SEAL_SIZE + 3 * block)  # joins it
+        found = early.close()
+    assert sorted(found) == [1, 2]
+    body = path.read_bytes()[_seal.SEAL_SIZE :]
+    assert found[1] == hashlib.sha256(body[block : 2 * block]).digest()
