@@ -213,23 +213,17 @@ def write_shard(
             f = h5py.File(name, "r+", libver=names.LIBVER, locking=False)
             if not os.path.samestat(os.fstat(f.id.get_vfd_handle()), os.fstat(fd)):
                 raise OSError(errno.EEXIST, "replaced while it was being written", name)
-            # The seal's pieces that raw chunks fill are hashed while the rest is written.
-            early = _seal.EarlyPieces(fd)
+            index = _finish(f, results)
+            f.close()  # truncates the file to what HDF5 used of the reservation
+            f = None
+            # Writeback of the data starts now, while the seal hashes the file (both
+            # wait outside the GIL); the commit's fsync then has only the seal to flush.
+            syncing = threading.Thread(target=_early_fsync, args=(fd,), daemon=True)
+            syncing.start()
             try:
-                with write.reporting_raw(early.final):
-                    index = _finish(f, results)
-                f.close()  # truncates the file to what HDF5 used of the reservation
-                f = None
-                # Writeback of the data starts now, while the seal hashes the rest (both
-                # wait outside the GIL); the commit's fsync then has only the seal to flush.
-                syncing = threading.Thread(target=_early_fsync, args=(fd,), daemon=True)
-                syncing.start()
-                try:
-                    _seal.write_seal(name, early)
-                finally:
-                    syncing.join()
+                _seal.write_seal(name)
             finally:
-                early.close()
+                syncing.join()
     except BaseException as err:
         if f is not None:
             with contextlib.suppress(Exception):

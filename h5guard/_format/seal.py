@@ -23,9 +23,8 @@ versions (both are written and both are checked)::
 
 Version 2 is written for shards of more than two blocks (:data:`_SEAL2_BLOCK`): its
 pieces are hashed by several threads at once (hashlib drops the GIL), so sealing and
-checking a big shard take a fraction of a single SHA-256 stream's time, and the writer
-hashes the pieces that raw chunks fill while libhdf5 still writes the rest
-(:class:`EarlyPieces`). Smaller shards keep version 1.
+checking a big shard take a fraction of a single SHA-256 stream's time. Smaller shards
+keep version 1.
 
 The seal detects accidental change (a torn copy, a bit flip, a later append), not a
 deliberate forgery: whoever rewrites the file can rewrite the seal.
@@ -33,12 +32,9 @@ deliberate forgery: whoever rewrites the file can rewrite the seal.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import os
-import queue
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 SEAL_SIZE = 512
@@ -79,47 +75,34 @@ def _threads() -> int:
     return max(1, min(_MAX_THREADS, cores))
 
 
-def _read_piece(fd: int, view: memoryview, start: int, want: int) -> int:
-    """Read up to ``want`` bytes at ``start`` into ``view``; fewer only at the file's end."""
-    got = 0
-    while got < want:
-        n = os.preadv(fd, [view[got:want]], start + got)
-        if n == 0:
-            break
-        got += n
-    return got
-
-
-def _pieces_digest(fd: int, size: int, block: int, known: Mapping[int, bytes] | None = None) -> str:
+def _pieces_digest(fd: int, size: int, block: int) -> str:
     """Version 2's hash of bytes [SEAL_SIZE, size) of ``fd`` in pieces of ``block`` bytes.
 
-    Threads take the pieces not in ``known`` (digests of whole pieces hashed earlier,
-    :class:`EarlyPieces`) in turn, each through one buffer of ``block`` bytes: memory is
-    ``n * block``, never the file's size.
+    Threads take pieces in turn (piece i by thread i mod n), each through one buffer of
+    ``block`` bytes: memory is ``n * block``, never the file's size.
     """
     count = max(0, -(-(size - SEAL_SIZE) // block))
     digests: list[bytes] = [b""] * count
-    todo: list[int] = []
-    for i in range(count):
-        early = known.get(i) if known and SEAL_SIZE + (i + 1) * block <= size else None
-        if early is None:
-            todo.append(i)
-        else:
-            digests[i] = early
     failures: list[BaseException] = []
 
     def work(first: int, step: int) -> None:
         try:
             buf = bytearray(block)
             view = memoryview(buf)
-            for i in todo[first::step]:
+            for i in range(first, count, step):
                 start = SEAL_SIZE + i * block
-                got = _read_piece(fd, view, start, min(block, size - start))
+                want = min(block, size - start)
+                got = 0
+                while got < want:  # a short read only at the end of a shrinking file
+                    n = os.preadv(fd, [view[got:want]], start + got)
+                    if n == 0:
+                        break
+                    got += n
                 digests[i] = hashlib.sha256(view[:got]).digest()
         except BaseException as err:
             failures.append(err)
 
-    n = min(_threads(), len(todo)) or 1
+    n = min(_threads(), count) or 1
     helpers = [threading.Thread(target=work, args=(k, n), daemon=True) for k in range(1, n)]
     for t in helpers:
         t.start()
@@ -129,75 +112,6 @@ def _pieces_digest(fd: int, size: int, block: int, known: Mapping[int, bytes] | 
     if failures:
         raise failures[0]
     return hashlib.sha256(b"".join(digests)).hexdigest()
-
-
-class EarlyPieces:
-    """Version 2 pieces of a shard hashed while it is still being written.
-
-    The writer calls :meth:`final` with byte ranges it knows are written and never
-    written again (raw chunks: libhdf5 writes a chunk once, where it allocated it, and
-    only metadata is written after), and a thread hashes every piece that lies wholly
-    inside such a range, beside the writing. :func:`write_seal` then hashes only the
-    other pieces. The seal is the same as if every piece were hashed at the end.
-
-    Parameters
-    ----------
-    fd : int
-        A readable descriptor of the file being written.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.block = _SEAL2_BLOCK
-        self._digests: dict[int, bytes] = {}
-        self._spans: list[tuple[int, int]] = []  # sorted, disjoint, merged [start, end)
-        self._offered: set[int] = set()
-        self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="h5guard-seal", daemon=True)
-        self._thread.start()
-        self._closed = False
-
-    def final(self, start: int, end: int) -> None:
-        """Bytes [start, end) of the file are written and will not change again."""
-        if self._closed or end <= start:
-            return
-        spans = self._spans
-        at = bisect.bisect_left(spans, (start, end))
-        # Merge with the neighbours it touches or overlaps.
-        lo, hi = start, end
-        first = at
-        while first > 0 and spans[first - 1][1] >= lo:
-            first -= 1
-            lo = min(lo, spans[first][0])
-        last = at
-        while last < len(spans) and spans[last][0] <= hi:
-            hi = max(hi, spans[last][1])
-            last += 1
-        spans[first:last] = [(lo, hi)]
-        block = self.block
-        for i in range(max(0, -(-(lo - SEAL_SIZE) // block)), (hi - SEAL_SIZE) // block):
-            if i not in self._offered:
-                self._offered.add(i)
-                self._queue.put(i)
-
-    def _run(self) -> None:
-        buf = bytearray(self.block)
-        view = memoryview(buf)
-        while (i := self._queue.get()) is not None:
-            try:
-                got = _read_piece(self.fd, view, SEAL_SIZE + i * self.block, self.block)
-            except OSError:
-                continue  # hashed again at the end, where an error is reported
-            if got == self.block:
-                self._digests[i] = hashlib.sha256(view).digest()
-
-    def close(self) -> dict[int, bytes]:
-        """Stop the thread; the digests of the whole pieces it hashed, by index."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put(None)
-            self._thread.join()
-        return self._digests
 
 
 def _digest_of(fd: int, size: int, block: int) -> str:
@@ -219,21 +133,16 @@ def _sha256_of_file(fd: int, size: int) -> str:
     return digest.hexdigest()
 
 
-def write_seal(path: str | os.PathLike[str], early: EarlyPieces | None = None) -> Seal:
+def write_seal(path: str | os.PathLike[str]) -> Seal:
     """Hash a closed file created with a :data:`SEAL_SIZE` user block and seal it.
 
-    ``early``: pieces hashed while the file was written (their thread is stopped here).
     The caller fsyncs the file afterwards (the commit does).
     """
-    known = early.close() if early is not None and early.block == _SEAL2_BLOCK else None
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
         block = _SEAL2_BLOCK if size - SEAL_SIZE > 2 * _SEAL2_BLOCK else 0
-        if block:
-            seal = Seal(_pieces_digest(fd, size, block, known), size, block)
-        else:
-            seal = Seal(_sha256_of_file(fd, size), size)
+        seal = Seal(_digest_of(fd, size, block), size, block)
         os.pwrite(fd, seal.text(), 0)
     finally:
         os.close(fd)

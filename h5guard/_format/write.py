@@ -19,12 +19,10 @@ The names and digests are defined in :mod:`h5guard._format.names` and
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
-import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import h5py
@@ -168,72 +166,7 @@ def write_dataset(group: h5py.Group, name: str, arr: npt.NDArray[Any]) -> None:
         group.create_dataset(name, data=arr)
     else:
         chunks = big_chunks(arr.shape, arr.dtype.itemsize)
-        final = getattr(_RAW, "final", None)
-        if chunks is None or final is None:
-            group.create_dataset(name, data=arr, chunks=chunks or True, fletcher32=True)
-        else:
-            _write_in_slabs(group, name, arr, chunks, final)
-
-
-# Where the shard being written on disk in this thread reports the byte ranges of raw
-# chunks once they are written (h5guard._format.seal.EarlyPieces.final), if anywhere.
-_RAW = threading.local()
-# Chunks per slab: a big dataset is written a slab at a time, so that the seal's thread
-# hashes the slabs already written while libhdf5 writes the next.
-_SLAB_CHUNKS = 8
-
-
-@contextlib.contextmanager
-def reporting_raw(final: Callable[[int, int], None]) -> Iterator[None]:
-    """Within the block, big datasets written by this thread report their raw chunks'
-    byte ranges to ``final`` as soon as they are in the file."""
-    _RAW.final = final
-    try:
-        yield
-    finally:
-        _RAW.final = None
-
-
-def _write_in_slabs(
-    group: h5py.Group,
-    name: str,
-    arr: npt.NDArray[Any],
-    chunks: tuple[int, ...],
-    final: Callable[[int, int], None],
-) -> None:
-    ds = group.create_dataset(
-        name, shape=arr.shape, dtype=arr.dtype, chunks=chunks, fletcher32=True
-    )
-    # Slabs along the first axis only when a chunk spans the other axes whole; else one
-    # write, reported after it.
-    rows = chunks[0] * _SLAB_CHUNKS if chunks[1:] == arr.shape[1:] else arr.shape[0]
-    for first in range(0, arr.shape[0], rows):
-        end = min(first + rows, arr.shape[0])
-        ds[first:end] = arr[first:end]
-        ds.flush()  # cached chunks go to the file: what is reported is written
-        _report_chunks(ds, first, end, chunks, final)
-
-
-def _report_chunks(
-    ds: h5py.Dataset,
-    first: int,
-    end: int,
-    chunks: tuple[int, ...],
-    final: Callable[[int, int], None],
-) -> None:
-    """Report the byte ranges of the chunks that start in rows [first, end)."""
-    dsid = ds.id
-    if end - first == ds.shape[0] and chunks[1:] != ds.shape[1:]:
-        for i in range(dsid.get_num_chunks()):
-            info = dsid.get_chunk_info(i)
-            if info.byte_offset is not None:
-                final(info.byte_offset, info.byte_offset + info.size)
-        return
-    zeros = (0,) * (len(chunks) - 1)
-    for row in range(first, end, chunks[0]):
-        info = dsid.get_chunk_info_by_coord((row, *zeros))
-        if info.byte_offset is not None:
-            final(info.byte_offset, info.byte_offset + info.size)
+        group.create_dataset(name, data=arr, chunks=chunks or True, fletcher32=True)
 
 
 # A dataset of at least _BIG_DATASET bytes is cut into chunks of about _CHUNK_TARGET bytes
