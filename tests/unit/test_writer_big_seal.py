@@ -105,3 +105,29 @@ def test_small_shards_keep_version_1_and_version_1_seals_still_check(tmp_path: P
     [ondisk] = w.committed
     assert ondisk.read_bytes().startswith(b"h5guard-seal/1\n")
     assert _seal.check_seal(ondisk) is True
+
+
+def test_a_version_2_seal_over_many_shapes_and_dtypes_matches_its_bytes(
+    tmp_path: Path, small_pieces: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several results and datasets per shard, chunks cut along one axis or more."""
+    monkeypatch.setattr("h5guard._format.write._BIG_DATASET", 64 * 1024)
+    monkeypatch.setattr("h5guard._format.write._CHUNK_TARGET", 16 * 1024)
+    rng = np.random.default_rng(7)
+    text = np.array([b"x" * 40] * 3000)
+    words = np.array(["h\u00e9llo" * 8] * 3000)
+    with ShardWriter(tmp_path / "tmp", commit_every=10) as w:
+        w.add("a", {"x": rng.random(40_000), "y": rng.integers(0, 9, (300, 70))})
+        w.add("b", {"g": {"z": rng.random((5, 3, 3000))}, "s": text, "u": words}, {"s": "ok"})
+        w.add("c", {"x": rng.random((2, 20_000)).astype(np.float32), "b": rng.random(9000) > 0.5})
+    [path] = w.committed
+    data = path.read_bytes()
+    seal = _seal.parse_seal(data[: _seal.SEAL_SIZE])
+    assert seal is not None and seal.block == PIECE
+    assert seal.sha256 == expected_digest(data, PIECE)
+    out = tmp_path / "out.h5"
+    report = h5guard.merge(tmp_path / "tmp", out, workers=1)
+    assert report.exit_code == 0, report.render_text()
+    got = h5guard.read(out, "b").datasets
+    np.testing.assert_array_equal(got["s"], text)
+    np.testing.assert_array_equal(got["u"], words)
