@@ -21,7 +21,10 @@ File layout::
 The header and payload of a result are :func:`h5guard._format.result.encode`'s; decoding
 recomputes the result's digest, so a record is either exactly what was added or
 rejected. A record cut short (the writer died inside ``add()``, whose call then never
-returned) ends the journal.
+returned) ends the journal. A big result that its own ``add()`` commits is journaled as
+such a record on purpose (:meth:`JournalWriter.intend`: its frame and a header naming
+the key, no payload): the shard, not the journal, makes it safe before ``add()``
+returns, and a writer that dies before that leaves it *interrupted*.
 
 Liveness (:mod:`h5guard._liveness`): the meta record names the writer (host, boot id,
 PID namespace, pid, start time), its lease and whether it holds a ``flock`` on the
@@ -185,6 +188,8 @@ class JournalWriter:
         self.end = os.lseek(fd, 0, os.SEEK_CUR)
         # (offset of the header, header length, payload length) of each whole record
         self.records: list[tuple[int, int, int]] = []
+        # Where the open intent (see intend) starts, while there is one.
+        self._intent: int | None = None
 
     def append(self, header: bytes, buffers: Sequence[memoryview]) -> None:
         """Write one record; returns only when the kernel holds all of it.
@@ -208,16 +213,76 @@ class JournalWriter:
             journal is closed; the caller writes the record again into a new batch.
         """
         fd = self._fd()
+        if self._intent is not None:
+            raise AssertionError(f"{self.path}: a record is appended after an open intent")
         start = self.end
         payload_len = sum(b.nbytes for b in buffers)
+        if payload_len <= _JOIN_LIMIT:
+            # A small record in one write(2): copying it costs less than the calls.
+            self._write_at(fd, start, [b"".join([_frame(header, payload_len), *buffers])])
+        else:
+            self._write_at(fd, start, [_frame(header, payload_len), *buffers])
+        offset = start + _FRAME.size + _CRC.size
+        self.records.append((offset, len(header), payload_len))
+        self.end = offset + len(header) + payload_len
+        self._check_claim(fd)
+
+    def intend(self, header: bytes, payload_len: int) -> None:
+        """Write a record's frame and header only: an add() that commits its own result.
+
+        The journal then ends in a record cut short, which is what recovery reads as an
+        ``add()`` that never returned (*interrupted*, named by the header's key). The
+        caller either commits the result to a shard and removes the journal, or ends the
+        intent with :meth:`cut_back` (and may then :meth:`append` the whole record).
+
+        Parameters
+        ----------
+        header : bytes
+            A header naming the result's key (never decoded as a result).
+        payload_len : int
+            The payload length the frame claims (> 0: the record must stay cut short).
+
+        Raises
+        ------
+        OSError, Claimed
+            As :meth:`append` (after Claimed, the intent is in the claimed journal).
+        """
+        fd = self._fd()
+        if payload_len <= 0 or self._intent is not None:
+            raise AssertionError(f"{self.path}: an intent of {payload_len} payload bytes")
+        start = self.end
+        self._write_at(fd, start, [_frame(header, payload_len)])
+        self._intent = start
+        self._check_claim(fd)
+
+    def cut_back(self) -> None:
+        """End an open intent: the journal ends at its last whole record again.
+
+        Raises
+        ------
+        OSError
+            The journal could not be truncated; it is closed (recovery names the
+            intent's result interrupted, and no record may follow it).
+        """
+        start, self._intent = self._intent, None
+        if start is None or self.fd is None:
+            return
         try:
-            if payload_len <= _JOIN_LIMIT:
-                # A small record in one write(2): copying it costs less than the calls.
-                _write_all(fd, b"".join([_frame(header, payload_len), *buffers]))
-            else:
-                _write_all(fd, _frame(header, payload_len))
-                for buf in buffers:
-                    _write_all(fd, buf)
+            os.ftruncate(self.fd, start)
+            os.lseek(self.fd, start, os.SEEK_SET)
+            if self.fsync_each:
+                os.fsync(self.fd)
+        except OSError as err:
+            self.close()
+            raise OSError(
+                err.errno, f"{self.path}: journal could not be cut back after a failed add"
+            ) from err
+
+    def _write_at(self, fd: int, start: int, parts: Sequence[bytes | memoryview]) -> None:
+        """Write ``parts`` at the journal's end ``start``; on any failure cut back to it."""
+        try:
+            for part in parts:
+                _write_all(fd, part)
             if self.fsync_each:
                 os.fsync(fd)
         except BaseException:
@@ -233,9 +298,8 @@ class JournalWriter:
                     err.errno, f"{self.path}: journal could not be cut back after a failed write"
                 ) from err
             raise
-        offset = start + _FRAME.size + _CRC.size
-        self.records.append((offset, len(header), payload_len))
-        self.end = offset + len(header) + payload_len
+
+    def _check_claim(self, fd: int) -> None:
         now = time.monotonic()
         if now >= self._next_check and self._claimed(fd, now):
             # If that merge dies before it is done, the next one takes the journal

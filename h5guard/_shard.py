@@ -96,8 +96,11 @@ def _start(
 def _finish(f: h5py.File, results: Iterable[_result.PreparedResult]) -> dict[str, str]:
     index: dict[str, str] = {}
     table = _summary.Builder()  # the scalars of every result, for to_dataframe
-    for result in table.track(results):
+    for result in results:
+        # The row is added once the group is written: a digest still being computed
+        # (_result.digesting) is awaited only after the data, by the digest attribute.
         _result.write(f, result)
+        table.add_tree(result.key, result.digest, result.root)
         index[result.key] = result.digest
     # The index lets a merge plan from one attribute instead of one per group.
     text = json.dumps(index, sort_keys=True, ensure_ascii=False)

@@ -2,7 +2,9 @@
 
 ``add()`` appends the result to the batch's journal (``<stem>.h5.journal``, see
 :mod:`h5guard._journal`) and returns only when the kernel holds all of it: from then on
-the result survives whatever happens to the process. A commit writes the batch as an
+the result survives whatever happens to the process. (A big result whose ``add()``
+commits the batch is journaled as an intent only and returns once its shard is
+committed: :meth:`ShardWriter._add_committing`.) A commit writes the batch as an
 HDF5 shard (``.partial``, closed, sealed, fsynced, renamed to ``<stem>.h5``, directory
 fsynced) and only then deletes the journal. A writer that never commits (a pool that
 never calls ``close()``, SIGTERM, SIGKILL, an exception) leaves a journal that
@@ -13,12 +15,13 @@ from __future__ import annotations
 
 import errno
 import itertools
+import json
 import logging
 import os
 import socket
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
@@ -49,6 +52,10 @@ _IN_MEMORY_BATCH = 64 * 1024 * 1024
 # The default ``commit_bytes``: a batch is committed once its values reach this size,
 # so a big result never waits in memory or in the journal for others.
 DEFAULT_COMMIT_BYTES = 64 * 1024 * 1024
+# A result of at least this many bytes whose add() commits it is journaled as an intent
+# only (its frame and header, see ShardWriter._add_committing): its payload is written
+# once, into the shard. Below it the whole record is journaled as for any result.
+_INTENT_MIN = 1024 * 1024
 # File attributes travel in the journal's meta record under this pseudo-key.
 _FILE_KEY = "/"
 
@@ -324,18 +331,120 @@ class ShardWriter:
         hold = (
             not fills and self._held is not None and self._batch_bytes + nbytes <= _IN_MEMORY_BATCH
         )
+        if fills and nbytes >= _INTENT_MIN:
+            self._add_committing(key, root, nbytes)
+            return
         result = _result.digested(key, root, private=hold)
-        journal = self._open_batch()
         header, buffers = _result.encode(result)
         if sum(b.nbytes for b in buffers) > _journal.MAX_PAYLOAD:
             raise ResultLimitError(
                 f"group key {key!r}: {nbytes} bytes of values, above the "
                 f"{_journal.MAX_PAYLOAD} bytes a result may hold; split it into several results"
             )
-        data = buffers
+        self._journaled(key, lambda journal: journal.append(header, buffers))
+        self._batch[key] = result.digest
+        self._keys.add(key)
+        self._batch_bytes += nbytes
+        if not fills:
+            if hold and self._held is not None:
+                self._held.append(result)
+            else:
+                self._held = None
+            return
+        try:
+            self._commit(last=result)
+        except BaseException as err:
+            # The result is safe in the journal, but not held (its arrays are the
+            # caller's): the next commit reads the batch back from the journal.
+            self._held = None
+            if not isinstance(err, WriteError | InsufficientSpaceError):
+                raise
+            log.warning("%s; %d result(s) stay in the journal", err, len(self._batch))
+
+    def _add_committing(self, key: str, root: tree.GroupNode, nbytes: int) -> None:
+        """:meth:`add` of a big result that fills the batch: committed by this call.
+
+        Its payload is not journaled (it would be written twice): the journal gets the
+        record's frame and header only (an *intent*), which recovery reads as an add()
+        that never returned, and the commit makes the result safe in its shard before
+        add() returns. If the commit fails as a commit may (a full disk, an I/O error),
+        the whole record is journaled instead, so the result is safe there; any other
+        failure cuts the intent back and the add() raises, the result not added.
+        """
+        if nbytes > _journal.MAX_PAYLOAD:
+            raise ResultLimitError(
+                f"group key {key!r}: {nbytes} bytes of values, above the "
+                f"{_journal.MAX_PAYLOAD} bytes a result may hold; split it into several results"
+            )
+        # Digested beside the shard's write (hashlib drops the GIL on big buffers); the
+        # digest is awaited where the shard first needs it.
+        result = _result.digesting(key, root)
+        intent = json.dumps({"key": key, "intent": "commit"}, ensure_ascii=False).encode()
+        journal = self._journaled(key, lambda j: j.intend(intent, nbytes))
+        self._batch[key] = ""
+        self._keys.add(key)
+        self._batch_bytes += nbytes
+        try:
+            self._commit(last=result, intent=True)
+        except BaseException as err:
+            # The caller's arrays are not held: a later commit reads the batch back.
+            self._held = None
+            if isinstance(err, WriteError | InsufficientSpaceError):
+                self._journal_instead(result, journal)
+                log.warning("%s; %d result(s) stay in the journal", err, len(self._batch))
+                return
+            self._drop(key, nbytes, journal)
+            raise
+
+    def _journal_instead(
+        self, result: _result.PreparedResult, journal: _journal.JournalWriter
+    ) -> None:
+        """The commit of a result journaled as an intent failed: journal it whole."""
+        nbytes = result.nbytes
+        try:
+            header, buffers = _result.encode(result)
+            journal.cut_back()
+        except BaseException as err:
+            self._drop(result.key, nbytes, journal)
+            if isinstance(err, OSError):
+                raise self._write_error(
+                    f"journaling group {result.key!r} failed", err, journal.path
+                ) from err
+            raise
+        if self._batch.pop(result.key, None) is not None:
+            self._batch_bytes -= nbytes
+        try:
+            self._journaled(result.key, lambda j: j.append(header, buffers))
+        except BaseException:
+            self._keys.discard(result.key)
+            raise
+        self._batch[result.key] = result.digest
+        self._batch_bytes += nbytes
+
+    def _drop(self, key: str, nbytes: int, journal: _journal.JournalWriter) -> None:
+        """Undo an add() whose intent is open: the journal ends at its last whole record."""
+        if self._batch.pop(key, None) is not None:
+            self._batch_bytes -= nbytes
+        self._keys.discard(key)
+        try:
+            journal.cut_back()
+        except OSError as err:
+            # The journal is closed, ending in the intent (recovery: interrupted).
+            log.error("%s; the %d result(s) before it stay in it", err, len(self._batch))
+
+    def _journaled(
+        self, key: str, write: Callable[[_journal.JournalWriter], None]
+    ) -> _journal.JournalWriter:
+        """Run ``write`` (one record, or an intent, of ``key``) on the batch's journal.
+
+        A journal claimed by a merge meanwhile (this writer was taken for gone) is the
+        merge's: the record goes into a new batch. One that lost its name (its directory
+        was deleted) raises WriteError: nothing of the batch can reach a merge.
+        """
+        journal = self._open_batch()
         try:
             try:
-                journal.append(header, data)
+                write(journal)
             except _journal.Claimed as claimed:
                 # A merge took this batch for a dead writer's (this process was stopped
                 # for longer than the lease): what it read is its to recover; this
@@ -343,10 +452,8 @@ class ShardWriter:
                 log.warning("%s; this writer starts a new batch", claimed)
                 self._start_over()
                 journal = self._open_batch()
-                journal.append(header, data)
-        except _journal.Claimed as err:
-            raise self._write_error(f"journaling group {key!r} failed", err, journal.path) from err
-        except OSError as err:
+                write(journal)
+        except (OSError, _journal.Claimed) as err:
             raise self._write_error(f"journaling group {key!r} failed", err, journal.path) from err
         linked = journal.linked()  # one fstat per add(): a deleted journal is noticed here
         if not linked and journal.claim_marked():
@@ -358,7 +465,7 @@ class ShardWriter:
             self._start_over()
             journal = self._open_batch()
             try:
-                journal.append(header, data)
+                write(journal)
             except (OSError, _journal.Claimed) as err:
                 raise self._write_error(
                     f"journaling group {key!r} failed", err, journal.path
@@ -388,24 +495,7 @@ class ShardWriter:
                 "last commit are lost",
                 gone,
             ) from gone
-        self._batch[key] = result.digest
-        self._keys.add(key)
-        self._batch_bytes += nbytes
-        if not fills:
-            if hold and self._held is not None:
-                self._held.append(result)
-            else:
-                self._held = None
-            return
-        try:
-            self._commit(last=result)
-        except BaseException as err:
-            # The result is safe in the journal, but not held (its arrays are the
-            # caller's): the next commit reads the batch back from the journal.
-            self._held = None
-            if not isinstance(err, WriteError | InsufficientSpaceError):
-                raise
-            log.warning("%s; %d result(s) stay in the journal", err, len(self._batch))
+        return journal
 
     def commit(self) -> Path | None:
         """Write the batch as a shard.
@@ -423,8 +513,11 @@ class ShardWriter:
         with self._lock:
             return self._commit()
 
-    def _commit(self, last: _result.PreparedResult | None = None) -> Path | None:
-        """Write the batch as a shard; ``last``, its newest result, from the caller's arrays."""
+    def _commit(
+        self, last: _result.PreparedResult | None = None, *, intent: bool = False
+    ) -> Path | None:
+        """Write the batch as a shard; ``last``, its newest result, from the caller's arrays
+        (``intent``: journaled as an intent only, see :meth:`_add_committing`)."""
         self._own_process()
         journal = self._journal
         if journal is None:
@@ -455,6 +548,11 @@ class ShardWriter:
             )
         except Exception as err:
             raise self._write_error("committing the batch failed", err, final) from err
+        # A merge that claimed the journal during the commit (this writer was taken for
+        # gone) may have read it before the rename, the intent as an interrupted add(),
+        # and may yet replace this shard with one written from the journal alone: the
+        # intent's result is journaled again, whole, into a new batch.
+        rejournal = last if intent and journal.claim_marked() else None
         journal.remove()
         self._journal = None
         self._batch = {}
@@ -463,6 +561,18 @@ class ShardWriter:
         self.committed.append(final)
         self.committed_keys.extend(keys)
         log.debug("committed %d group(s) to %s", len(keys), final)
+        if rejournal is not None:
+            log.warning(
+                "%s: claimed by a merge during the commit of %r; it is journaled again in "
+                "a new batch",
+                journal.path,
+                rejournal.key,
+            )
+            header, buffers = _result.encode(rejournal)
+            self._journaled(rejournal.key, lambda j: j.append(header, buffers))
+            self._batch[rejournal.key] = rejournal.digest
+            self._batch_bytes = rejournal.nbytes
+            self._held = None
         return final
 
     def discard(self) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,13 +33,20 @@ from h5guard.schema import Schema
 class PreparedResult:
     """A result ready to be journaled and written: a tree of normalized values.
 
-    ``root`` is the result's own group (:class:`h5guard._format.tree.GroupNode`); ``digest``
-    its v2 content digest (docs/format.md).
+    ``root`` is the result's own group (:class:`h5guard._format.tree.GroupNode`);
+    :attr:`digest` its v2 content digest (docs/format.md), given or still being computed
+    (:func:`digesting`).
     """
 
     key: str
     root: tree.GroupNode
-    digest: str
+    _digest: str | Future[str]
+
+    @property
+    def digest(self) -> str:
+        """The v2 content digest (waits for it if it is being computed)."""
+        known = self._digest
+        return known if isinstance(known, str) else known.result()
 
     @property
     def datasets(self) -> dict[str, Any]:
@@ -102,6 +111,27 @@ def digested(key: str, root: tree.GroupNode, *, private: bool) -> PreparedResult
     if private:
         root = _private(root)
     return PreparedResult(key, root, digests.digest(root))
+
+
+def digesting(key: str, root: tree.GroupNode) -> PreparedResult:
+    """:func:`digested` without copies, the digest computed in a thread of its own.
+
+    For a result written by the call that digests it (the writer's self-committing
+    ``add()``): the hashing of big values runs beside the HDF5 write (hashlib drops the
+    GIL on big buffers), and :attr:`PreparedResult.digest` waits for it where the digest
+    is first needed. A thread per call, not a pool: a pool's idle threads do not survive
+    a ``fork()``.
+    """
+    future: Future[str] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(digests.digest(root))
+        except BaseException as err:  # handed to whoever waits for the digest
+            future.set_exception(err)
+
+    threading.Thread(target=run, name="h5guard-digest", daemon=True).start()
+    return PreparedResult(key, root, future)
 
 
 # Only a caller's own ndarray, or a numpy scalar (a structured one is a view into its

@@ -6,7 +6,8 @@ The layout (chosen because it turned damage into errors in every case we measure
   (superblock, object headers, B-trees, heaps) carries a checksum;
 * datasets of at most :data:`~h5guard._format.names.COMPACT_LIMIT` bytes are stored
   *compact*, i.e. inside their checksummed object header; larger ones are chunked with
-  the ``fletcher32`` filter so each chunk is checksummed too;
+  the ``fletcher32`` filter so each chunk is checksummed too (chunks of about 1 MiB for
+  datasets from 4 MiB, :func:`big_chunks`; h5py's guess below);
 * strings are fixed-length UTF-8 (variable-length strings live in the global heap,
   which has no checksum and whose damage made readers spin forever);
 * attributes stay in their object's header (no dense storage), and kinds that the
@@ -19,6 +20,7 @@ The names and digests are defined in :mod:`h5guard._format.names` and
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -163,7 +165,39 @@ def write_dataset(group: h5py.Group, name: str, arr: npt.NDArray[Any]) -> None:
     elif arr.size == 0 or arr.ndim == 0:
         group.create_dataset(name, data=arr)
     else:
-        group.create_dataset(name, data=arr, chunks=True, fletcher32=True)
+        chunks = big_chunks(arr.shape, arr.dtype.itemsize)
+        group.create_dataset(name, data=arr, chunks=chunks or True, fletcher32=True)
+
+
+# A dataset of at least _BIG_DATASET bytes is cut into chunks of about _CHUNK_TARGET bytes
+# (h5py's guess makes ~48 KiB chunks of a 100 MB array: writing it through the fletcher32
+# filter measured 15-20 % slower than with 1 MiB chunks, and no faster with 4 MiB).
+_BIG_DATASET = 4 * 1024 * 1024
+_CHUNK_TARGET = 1024 * 1024
+
+
+def big_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...] | None:
+    """The chunk shape of a big dataset (None: small, h5py's guess).
+
+    Leading axes are cut first, down to one slice where a slice still holds the target,
+    so that a chunk is a contiguous run of the C-ordered array of at most
+    :data:`_CHUNK_TARGET` bytes (or one element's row, if an element is bigger).
+    """
+    size = itemsize * math.prod(shape)
+    if size < _BIG_DATASET or 0 in shape:
+        return None
+    chunk = list(shape)
+    for axis, n in enumerate(shape):
+        if size <= _CHUNK_TARGET:
+            break
+        per_slice = size // n
+        if per_slice >= _CHUNK_TARGET:
+            chunk[axis] = 1
+            size = per_slice
+        else:
+            chunk[axis] = max(1, _CHUNK_TARGET // per_slice)
+            break
+    return tuple(chunk)
 
 
 def create_attr(obj: h5py.Group | h5py.File, name: str, arr: npt.NDArray[Any]) -> None:
