@@ -342,6 +342,15 @@ def _array_value(where: str, arr: Array, kind: str) -> Value:
         stored = np.asarray(encoded, dtype=utf8_dtype(size), order="C")
         return Value(stored, f"U{width}")
     if dt.kind == "S":
+        if is_utf8(dt):
+            # Stored, it reads back as text of kind "U", not as these bytes: refused
+            # rather than returned as something else.
+            raise _refuse(
+                where,
+                f"a bytes array tagged as UTF-8 text ({dt}, h5py.string_dtype('utf-8'))",
+                "pass text as a str array, np.char.decode(arr, 'utf-8') (read back as str), "
+                f"or raw bytes untagged, arr.astype('S{max(1, dt.itemsize)}')",
+            )
         if dt.itemsize == 0:
             arr = arr.astype("S1")
         return Value(np.asarray(arr, order="C"), kind)
