@@ -22,6 +22,7 @@ import socket
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
@@ -210,6 +211,8 @@ class ShardWriter:
         self._keys: set[str] = set()
         self._closed = False
         self.committed: list[Path] = []
+        # Seals of committed shards still being written (h5guard._shard.seal_later).
+        self._sealing: list[Future[None]] = []
         self.committed_keys: list[str] = []
         # One writer may be shared by threads: every public method runs under this lock,
         # so each add() is journaled whole and in order (re-entrant: add() commits).
@@ -545,9 +548,11 @@ class ShardWriter:
                 data_bytes=self._batch_bytes,
                 count=len(keys),
                 waiting=self._waiting(),
+                sealing=self._sealing,
             )
         except Exception as err:
             raise self._write_error("committing the batch failed", err, final) from err
+        self._sealing = [f for f in self._sealing if not f.done()]
         # A merge that claimed the journal during the commit (this writer was taken for
         # gone) may have read it before the rename, the intent as an interrupted add(),
         # and may yet replace this shard with one written from the journal alone: the
@@ -617,6 +622,10 @@ class ShardWriter:
             if self._journal is not None:
                 # The commit failed: release the lock, so that a merge can recover it.
                 self._journal.close()
+            # Shards committed before their seal (big ones): sealed when close() returns.
+            for sealing in self._sealing:
+                sealing.result()
+            self._sealing = []
 
     # -- internals -------------------------------------------------------------
     def _open_batch(self) -> _journal.JournalWriter:
@@ -675,6 +684,7 @@ class ShardWriter:
         self._keys = set()
         self.committed = []
         self.committed_keys = []
+        self._sealing = []  # the parent's seals: its thread is not in this process
 
     def _waiting(self) -> str:
         """Where the batch waits, for an error's message ("" when nothing is pending)."""

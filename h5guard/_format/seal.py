@@ -1,7 +1,8 @@
 """The seal: a SHA-256 of a committed shard's bytes, kept in the file's HDF5 user block.
 
-A shard is never modified after its commit, so one hash of its bytes, written when it
-is committed, proves later that the file is exactly what the writer produced. The
+A shard's bytes after its user block never change after its commit, so one hash of
+them, written when it is committed (a big shard's just after, h5guard._shard.seal_later),
+proves later that the file is exactly what the writer produced. The
 merge then needs no libhdf5 read of the shard to trust it (hashing runs at about
 1.7 GB/s; reading every group through libhdf5 costs ~300 µs per group), and it may
 open a sealed shard in-process: the bytes are the ones an h5guard writer made.
@@ -140,12 +141,17 @@ def write_seal(path: str | os.PathLike[str]) -> Seal:
     """
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
-        size = os.fstat(fd).st_size
-        block = _SEAL2_BLOCK if size - SEAL_SIZE > 2 * _SEAL2_BLOCK else 0
-        seal = Seal(_digest_of(fd, size, block), size, block)
-        os.pwrite(fd, seal.text(), 0)
+        return write_seal_fd(fd)
     finally:
         os.close(fd)
+
+
+def write_seal_fd(fd: int) -> Seal:
+    """:func:`write_seal` of a file open for writing."""
+    size = os.fstat(fd).st_size
+    block = _SEAL2_BLOCK if size - SEAL_SIZE > 2 * _SEAL2_BLOCK else 0
+    seal = Seal(_digest_of(fd, size, block), size, block)
+    os.pwrite(fd, seal.text(), 0)
     return seal
 
 
