@@ -105,20 +105,15 @@ def test_every_damaged_byte_of_a_header_reads_as_without_the_cache(
     base = bytes_reader.base_address(intact)
     group = added["k2"][0]
     start, length = _dataset_header(intact, base, group, member)
-    outcomes: set[object] = set()
-    for at in range(start, start + length):
-        damaged = bytearray(intact)
-        damaged[at] ^= 0x01
-        data = bytes(damaged)
-        # Warm: every header cached from the intact file first.
-        for addr, _ in added.values():
-            bytes_reader.group_digest_at(intact, base, addr)
-        warm = _outcome(data, base, group)
-        with monkeypatch.context() as m:
-            _without_caches(m)
-            cold = _outcome(data, base, group)
-        assert warm == cold, f"byte {at - start} of the header of {member!r}"
-        outcomes.add(warm if isinstance(warm, str) else warm[0] == added["k2"][1])
+    outcomes = _flip_each_byte(
+        monkeypatch,
+        intact,
+        added,
+        "k2",
+        range(start, start + length),
+        0x01,
+        f"header of {member!r}",
+    )
     # The damage was seen (an error, or a digest that differs) and some bytes are
     # outside what the digest covers (the fill value message).
     assert {True, False} <= outcomes
@@ -135,20 +130,40 @@ def test_every_damaged_byte_of_a_group_header_reads_as_without_the_cache(
     assert bytes_reader._HEADERS  # the groups' headers were learnt
     group = added["k3"][0]
     start, length = _dataset_header(intact, base, group, None)
+    outcomes = _flip_each_byte(
+        monkeypatch, intact, added, "k3", range(start, start + length), 0x04, "group header"
+    )
+    assert {True, False} <= outcomes
+
+
+def _flip_each_byte(
+    monkeypatch: pytest.MonkeyPatch,
+    intact: bytes,
+    added: Added,
+    key: str,
+    where: range,
+    mask: int,
+    what: str,
+) -> set[object]:
+    """Damage each byte of ``where`` in turn: the caches (warm from the intact file)
+    must give what the generic parse gives. The outcomes seen: error texts, and whether
+    the digest still matched."""
+    base = bytes_reader.base_address(intact)
+    group = added[key][0]
     outcomes: set[object] = set()
-    for at in range(start, start + length):
+    for at in where:
         damaged = bytearray(intact)
-        damaged[at] ^= 0x04
+        damaged[at] ^= mask
         data = bytes(damaged)
-        for addr, _ in added.values():  # the intact headers learnt again, if forgotten
+        for addr, _ in added.values():  # every intact header learnt (again) first
             bytes_reader.group_digest_at(intact, base, addr)
         warm = _outcome(data, base, group)
         with monkeypatch.context() as m:
             _without_caches(m)
             cold = _outcome(data, base, group)
-        assert warm == cold, f"byte {at - start} of the group header"
-        outcomes.add(warm if isinstance(warm, str) else warm[0] == added["k3"][1])
-    assert {True, False} <= outcomes
+        assert warm == cold, f"byte {at - where.start} of the {what}"
+        outcomes.add(warm if isinstance(warm, str) else warm[0] == added[key][1])
+    return outcomes
 
 
 def test_groups_of_several_layouts_are_all_verified(tmp_path: Path) -> None:
