@@ -224,7 +224,7 @@ def inspect_owned(ins: Inspector, f: h5py.File, schema_json: str | None) -> tupl
     embedded = attr_text(root_attrs, SCHEMA_ATTR)
     ins.schema = pick_schema(ins, schema_json, embedded)
     try:
-        keys = list(f)  # h5guard_* members are h5guard's own: inspect_reserved
+        keys = reader.member_names(f.id)  # h5guard_* members: inspect_reserved
     except Exception as err:
         ins.add("/", Code.UNREADABLE, f"root group unreadable: {one_line(err)}")
         return False, embedded

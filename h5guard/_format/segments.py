@@ -467,7 +467,7 @@ def inspect(path: str) -> Verdict:
                     (seg_path, "/", f"segment is {st.st_size} bytes, the index says {seg.size}")
                 )
         count = 0
-        for key in f:
+        for key in reader.member_names(f.id):
             name = key.encode("utf-8")
             info = f.id.links.get_info(name)
             if info.type != h5py.h5l.TYPE_EXTERNAL:

@@ -706,7 +706,7 @@ def result_count(f: h5py.File) -> int:
 
 def result_names(f: h5py.File) -> list[str]:
     """The root members that may be results: every name but the reserved ones."""
-    return [n for n in f if not n.startswith(names.RESERVED_PREFIX)]
+    return [n for n in reader.member_names(f.id) if not n.startswith(names.RESERVED_PREFIX)]
 
 
 # -- rows read from groups ------------------------------------------------------------------
