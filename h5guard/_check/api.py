@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -452,8 +453,16 @@ def _expand(
     regular: set[str] = set()
     for raw in paths:
         path = os.fspath(raw)
-        if not os.path.isdir(path):
+        try:
+            st = os.stat(path)
+        except OSError:
+            files.append(path)  # the quick layer says what is wrong with it
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            # One stat per named file: the quick layer need not stat it again.
             files.append(path)
+            if stat.S_ISREG(st.st_mode):
+                regular.add(path)
             continue
         with os.scandir(path) as it:
             entries = sorted(it, key=lambda e: e.name)
@@ -482,6 +491,33 @@ def _expand(
         if not found and not partials and not journals:
             findings.append(_nothing_to_check(path))
     return files, findings, regular
+
+
+# From this many files of one directory, listing it once is cheaper than a stat each.
+_SCAN_FROM = 64
+
+
+def _any_segment_dir(files: Sequence[str]) -> bool:
+    """Whether a directory ``FILE.segments`` is beside any of ``files`` (an index's).
+
+    Many files of one directory cost one ``os.scandir`` of it, not a ``stat`` each.
+    """
+    by_dir: dict[str, set[str]] = {}
+    for f in files:
+        head, name = os.path.split(f)
+        by_dir.setdefault(head, set()).add(name + ".segments")
+    for directory, wanted in by_dir.items():
+        if len(wanted) < _SCAN_FROM:
+            if any(os.path.isdir(os.path.join(directory, w)) for w in wanted):
+                return True
+            continue
+        try:
+            with os.scandir(directory or ".") as it:
+                if any(e.name in wanted and e.is_dir() for e in it):
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def _nothing_to_check(directory: str) -> Finding:
@@ -548,7 +584,7 @@ def check(
     """
     files, extra, regular = _expand(paths)
     indexes: list[Any] = []
-    if any(os.path.isdir(f + ".segments") for f in files):  # a segmented output's index
+    if _any_segment_dir(files):  # a segmented output's index
         from h5guard._format import segments  # imports h5py: only for an index
 
         files, found, indexes = segments.expand_indexes(files)
