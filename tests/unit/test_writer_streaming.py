@@ -258,9 +258,7 @@ def test_python_values_are_not_copied_again() -> None:
     assert private.root.attrs is plain.attrs
 
 
-@pytest.mark.parametrize(
-    "where", ["h5guard._shard._finish", "h5guard._atomic.commit_file"]
-)
+@pytest.mark.parametrize("where", ["h5guard._shard._finish", "h5guard._atomic.commit_file"])
 def test_sigkill_inside_the_commit_an_add_triggers_loses_only_that_add(
     tmp_path: Path, where: str
 ) -> None:
