@@ -312,8 +312,19 @@ if hasattr(os, "register_at_fork"):
 
 
 def seal_later(fd: int, name: str) -> Future[None]:
-    """Seal the committed shard open as ``fd`` in the background; the future closes ``fd``."""
-    return _sealer().submit(_seal_and_close, fd, name)
+    """Seal the committed shard open as ``fd`` in the background; the future closes ``fd``.
+
+    Once the interpreter is shutting down (a ``close()`` from an ``atexit`` handler) no
+    thread may start: the shard is sealed here instead. The shard is committed either
+    way, so this must not fail the commit.
+    """
+    try:
+        return _sealer().submit(_seal_and_close, fd, name)
+    except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
+        _seal_and_close(fd, name)
+        done: Future[None] = Future()
+        done.set_result(None)
+        return done
 
 
 def _seal_and_close(fd: int, name: str) -> None:

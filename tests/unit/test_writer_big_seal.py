@@ -131,3 +131,27 @@ def test_a_version_2_seal_over_many_shapes_and_dtypes_matches_its_bytes(
     got = h5guard.read(out, "b").datasets
     np.testing.assert_array_equal(got["s"], text)
     np.testing.assert_array_equal(got["u"], words)
+
+
+def test_a_big_commit_from_an_atexit_handler_is_sealed_and_not_reported_failed(
+    tmp_path: Path,
+) -> None:
+    """At interpreter shutdown no seal thread may start: the shard is sealed in place
+    (it was reported as a failed commit, and its results journaled a second time)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, numpy as np, h5guard\n"
+        f"w = h5guard.ShardWriter({str(tmp_path)!r}, commit_bytes=2**40)\n"
+        "for i in range(3):\n"
+        "    w.add(f'r{i}', {'x': np.full(3 * 2**20, float(i))})  # 72 MiB: written on disk\n"
+        "atexit.register(w.close)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert not list(tmp_path.glob("*.journal"))
+    [shard] = tmp_path.glob("*.h5")
+    assert _seal.check_seal(shard) is True
+    report = h5guard.merge(tmp_path, tmp_path / "out.h5", workers=1)
+    assert (report.exit_code, report.groups_added, report.duplicates) == (0, 3, 0)
