@@ -435,8 +435,11 @@ def _close_source(src: h5py.File) -> None:
     small group ten times). None is opened here; a leftover one would only keep the
     file open (libhdf5's weak close degree, h5py's default) until it is dropped.
     """
-    if src.id.valid:
-        src.id._close_open_objects(h5py.h5f.OBJ_LOCAL | ~h5py.h5f.OBJ_FILE)
+    close_objects = getattr(src.id, "_close_open_objects", None)
+    if close_objects is None:  # a private h5py method: another h5py may not have it
+        src.close()
+    elif src.id.valid:
+        close_objects(h5py.h5f.OBJ_LOCAL | ~h5py.h5f.OBJ_FILE)
         src.id.close()
 
 
