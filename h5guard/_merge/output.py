@@ -206,7 +206,7 @@ class Output:
         if self.file is None:
             return frozenset()
         if self.index is not None:
-            return frozenset(self.file)
+            return frozenset(reader.member_names(self.file.id))
         return frozenset(_summary.result_names(self.file))
 
     def close(self) -> None:
