@@ -57,7 +57,9 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def commit_file(partial: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
+def commit_file(
+    partial: str | os.PathLike[str], final: str | os.PathLike[str], *, flushed: bool = False
+) -> None:
     """Durably move a finished temporary file to its final name.
 
     Parameters
@@ -66,6 +68,9 @@ def commit_file(partial: str | os.PathLike[str], final: str | os.PathLike[str]) 
         The finished file, closed by the caller, in the directory of ``final``.
     final : str or os.PathLike
         The name it takes (a symbolic link there is replaced, never followed).
+    flushed : bool
+        The caller has fsynced ``partial`` since its last write: only the rename and the
+        directory fsync are left.
 
     Raises
     ------
@@ -75,7 +80,8 @@ def commit_file(partial: str | os.PathLike[str], final: str | os.PathLike[str]) 
         after the rename is raised too; the new file is then already in place.
     """
     try:
-        fsync_path(partial)
+        if not flushed:
+            fsync_path(partial)
         os.replace(partial, final)
     except OSError as err:
         remove_quietly(partial)

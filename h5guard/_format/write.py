@@ -218,8 +218,16 @@ def create_subgroup(parent: h5py.Group, name: str) -> h5py.Group:
 
 
 def write_attr(obj: h5py.Group | h5py.File, name: str, arr: npt.NDArray[Any]) -> None:
-    """Set an attribute, replacing an existing one of the same name."""
-    obj.attrs.create(name, arr if arr.ndim else arr[()])
+    """Set an attribute, replacing an existing one of the same name.
+
+    Only ever called on a file being written (a partial): h5py's own replacement, which
+    writes a temporary attribute and renames it so that the old value survives a failed
+    write, costs four times as much, and a failed write fails the whole file anyway.
+    """
+    raw = name.encode("utf-8")
+    if h5py.h5a.exists(obj.id, raw):
+        h5py.h5a.delete(obj.id, raw)
+    create_attr_id(obj.id, name, arr)
 
 
 # -- a result tree ------------------------------------------------------------------

@@ -759,13 +759,12 @@ def _segmented_steps(
     partial = out + _atomic.PARTIAL_SUFFIX
     reserve = _index_size(out, index) + 256 * (plan.new_groups + 1) + 1024 * 1024
     copied: Future[None] | None = None
-    spare = _spare.take(out, segdir, index) if index is not None else None
+    spare = _spare.take(out, segdir, index, pool) if index is not None else None
     if spare is not None:
         # The index before this one gets the links it lacks, in place (_merge/spare.py).
         partial = spare.path
         for seg in spare.missing:
-            with _segments.open_segment(os.path.join(segdir, seg.name)) as f:
-                links[seg.name] = _segments.segment_keys(f)
+            links[seg.name] = _segments.segment_keys_at(os.path.join(segdir, seg.name))
     elif index is not None:
         # The copy of the old index (a few MB for 100,000 keys) is made and flushed to
         # disk while the new segment is built: the index's own fsync then writes only
@@ -803,11 +802,15 @@ def _segmented_steps(
     }
     if planned.schema is not None:
         attrs[names.SCHEMA_ATTR] = np.bytes_(planned.schema.to_json().encode())
+    recorded = _spare.fingerprint(out, index) if index is not None else None
+    if recorded is not None:  # the old output, kept as the next merge's spare
+        attrs[_segments.SPARE_ATTR] = np.bytes_(recorded.encode())
     try:
         # A copy of the old index (its links kept) or a new, empty one; reserved.
         if copied is not None:
             copied.result()
         elif spare is not None:
+            spare.ready()
             _reserve_more(spare.fd, partial, 256 * (sum(len(k) for k in links.values()) + 1))
         else:
             reserve += 256 * sum(len(k) for k in links.values())
@@ -819,14 +822,17 @@ def _segmented_steps(
             links=links,
             groups=total,
             root_attrs=attrs,
+            fresh=index is None,
         )
-        # The new groups' links are read back one by one (and those a spare index was
-        # given); the links of a file turned into segment 0 (all its keys) are counted:
-        # they were written by the same loop.
+        # The index goes to disk while it is read back: the read-back is CPU, the
+        # fsync waits for the disk.
+        synced = pool.submit(_atomic.fsync_path, partial)
+        # The new groups' links are read back one by one; the others written (those a
+        # spare index lacked, or all the keys of a file turned into segment 0) are
+        # counted: they were written by the same loop.
         expected = {k: current[-1].name for k in added}
-        if spare is not None:
-            expected.update({k: seg.name for seg in spare.missing for k in links[seg.name]})
         problems = _segments.check_links(partial, expected, total=total)
+        synced.result()
         if problems:
             raise UnreadableOutputError(
                 f"{partial}: the new index did not read back, old output kept: {problems[0]}"
@@ -835,7 +841,7 @@ def _segmented_steps(
             durable.result()  # its OSError names the segment
         if index is not None:
             _spare.keep_old(out, segdir)
-        _atomic.commit_file(partial, out)  # fsync, rename, directory fsync
+        _atomic.commit_file(partial, out, flushed=True)  # rename, directory fsync
     except H5GuardError:
         _atomic.remove_quietly(partial)
         raise

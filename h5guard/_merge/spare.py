@@ -36,6 +36,7 @@ import logging
 import os
 import stat
 from collections.abc import Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import h5py
@@ -69,6 +70,13 @@ class Spare:
     path: str
     missing: list[_segments.Segment]
     fd: int
+    renamed: Future[None] | None = None
+
+    def ready(self) -> None:
+        """Wait until the rename to the partial name is on disk: before the first change,
+        or a crash could leave a half-changed file under the spare's name."""
+        if self.renamed is not None:
+            self.renamed.result()
 
     def release(self) -> None:
         with contextlib.suppress(OSError):
@@ -89,11 +97,15 @@ def locks_trusted() -> bool:
     return os.environ.get(_LOCKING_ENV, "").strip().upper() not in {"FALSE", "0", "NO", "OFF"}
 
 
-def take(out: str, segdir: str, index: _segments.Index) -> Spare | None:
-    """The spare of the index ``out``, ready to be changed, or None to copy the index.
+def take(
+    out: str, segdir: str, index: _segments.Index, pool: Executor | None = None
+) -> Spare | None:
+    """The spare of the index ``out``, to be changed once :meth:`Spare.ready`, or None
+    to copy the index.
 
     A spare that is not fit (see the module's notes) is removed, except one that a
-    reader holds open: that one stays as it is.
+    reader holds open: that one stays as it is. The directory fsync that makes its
+    rename durable runs in ``pool`` if given (the merge builds its segment meanwhile).
     """
     _atomic.remove_quietly(partial_path(segdir))  # a killed merge's half-changed spare
     path = spare_path(segdir)
@@ -121,7 +133,11 @@ def take(out: str, segdir: str, index: _segments.Index) -> Spare | None:
                 if err.errno not in NO_FLOCK:
                     raise
                 why = "the file system refuses locks, so a reader holding it cannot be seen"
-        missing = _missing(path, index) if why is None else None
+        missing = None
+        if why is None:
+            missing = _recorded(os.fstat(fd), index)
+            if missing is None:
+                missing = _missing(path, index)
         if missing is None:
             log.info("%s: not used as the spare index (%s)", path, why or "not this output's")
             os.close(fd)
@@ -129,12 +145,16 @@ def take(out: str, segdir: str, index: _segments.Index) -> Spare | None:
             return None
         partial = partial_path(segdir)
         os.rename(path, partial)
-        _atomic.fsync_dir(segdir)
+        if pool is None:
+            _atomic.fsync_dir(segdir)
+            renamed = None
+        else:
+            renamed = pool.submit(_atomic.fsync_dir, segdir)
     except BaseException:
         with contextlib.suppress(OSError):
             os.close(fd)
         raise
-    return Spare(partial, missing, fd)
+    return Spare(partial, missing, fd, renamed)
 
 
 def _unfit(fd: int, out: str) -> str | None:
@@ -150,6 +170,38 @@ def _unfit(fd: int, out: str) -> str | None:
         if (live.st_dev, live.st_ino) == (st.st_dev, st.st_ino):
             return "the output itself"
     return None
+
+
+def fingerprint(out: str, index: _segments.Index) -> str | None:
+    """What a new index records of the index ``out`` it replaces, its next spare
+    (:data:`~h5guard._format.segments.SPARE_ATTR`), or None if none is kept.
+
+    That file is never written again under any name but the spare's partial one, so if
+    the spare is still the same inode, size and modification time, it is this index:
+    the next merge takes it without opening it through libhdf5 (:func:`take`).
+    """
+    if not locks_trusted():
+        return None
+    try:
+        st = os.stat(out, follow_symlinks=False)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{len(index.segments)}"
+
+
+def _recorded(st: os.stat_result, index: _segments.Index) -> list[_segments.Segment] | None:
+    """The segments the spare lacks, if it is the file the output's index recorded."""
+    if index.spare is None:
+        return None
+    head, _, count = index.spare.rpartition(":")
+    if head != f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}" or not count.isdigit():
+        return None
+    listed = int(count)
+    if not 0 < listed <= len(index.segments):
+        return None
+    return list(index.segments[listed:])
 
 
 def _missing(path: str, index: _segments.Index) -> list[_segments.Segment] | None:
@@ -172,7 +224,10 @@ def _missing(path: str, index: _segments.Index) -> list[_segments.Segment] | Non
 def keep_old(out: str, segdir: str) -> None:
     """Give the output's current file the spare's name, before a new index replaces it.
 
-    Best effort: without a spare the next merge copies the index.
+    Best effort: without a spare the next merge copies the index. The new name need
+    not be durable before the rename over the output, so no directory fsync is spent on
+    it: whichever of the two a crash keeps, the next merge finds either no spare (it
+    copies), or a spare that is the output's own file (dropped), or the old index.
     """
     path = spare_path(segdir)
     try:
@@ -180,7 +235,6 @@ def keep_old(out: str, segdir: str) -> None:
         if not locks_trusted():
             return  # it would never be used
         os.link(out, path, follow_symlinks=False)
-        _atomic.fsync_dir(segdir)
     except OSError as err:
         log.info("%s: no spare index kept (%s); the next merge copies the index", path, err)
         _atomic.remove_quietly(path)

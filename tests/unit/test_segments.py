@@ -292,3 +292,25 @@ def test_readers_refuse_a_segment_directory_swapped_for_a_link(tmp_path: Path) -
     with pytest.raises(UnreadableOutputError, match="link"):
         read(out, "g0")
     assert not check([out]).ok
+
+
+def test_a_segments_keys_read_by_bytes_are_those_libhdf5_lists(tmp_path: Path) -> None:
+    _, out = segmented(tmp_path, range(0, 5), range(5, 9), range(9, 20))
+    segdir = Path(str(out) + segments.DIR_SUFFIX)
+    names = segment_files(out)
+    assert len(names) == 3
+    for name in names:
+        with segments.open_segment(str(segdir / name)) as f:
+            listed = sorted(segments.segment_keys(f))
+        assert segments.segment_keys_at(str(segdir / name)) == listed
+    assert sorted(k for n in names for k in segments.segment_keys_at(str(segdir / n))) == sorted(
+        expected(range(20))
+    )
+    broken = segdir / "seg-000009-0123456789ab.h5"
+    broken.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\xff" * 512)
+    with pytest.raises(UnreadableOutputError, match=r"seg-000009-0123456789ab\.h5"):
+        segments.segment_keys_at(str(broken))
+    broken.unlink()
+    broken.symlink_to(segdir / names[0])
+    with pytest.raises(UnreadableOutputError, match="link"):
+        segments.segment_keys_at(str(broken))

@@ -10,15 +10,19 @@ is never written.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import h5py
 import pytest
 
 from h5guard import check, compact, iter_results, merge
+from h5guard._format import segments
 from h5guard._merge import spare
 from tests.crash._merge_child import expected_digest, output_index, write_shards
 
@@ -199,3 +203,56 @@ def test_a_merge_that_adds_nothing_leaves_output_and_spare_alone(tmp_path: Path)
     report = merge(shards, out, workers=1, layout="segmented")
     assert report.exit_code == 0 and report.groups_added == 0
     assert (sha(out), inode(out), inode(spare_file)) == state
+
+
+def recorded(out: Path) -> str:
+    with h5py.File(out, "r") as f:
+        return bytes(f.attrs[segments.SPARE_ATTR]).decode()
+
+
+def listed_segments(index: Path) -> int:
+    with h5py.File(index, "r") as f:
+        return len(json.loads(bytes(f.attrs[segments.SEGMENTS_ATTR])))
+
+
+def test_the_output_records_which_file_its_spare_is(tmp_path: Path) -> None:
+    shards, out, spare_file = three_merges(tmp_path)
+    for batch in (range(10, 12), range(12, 14)):
+        st = os.stat(spare_file)
+        fingerprint = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        assert recorded(out) == f"{fingerprint}:{listed_segments(spare_file)}"
+        assert listed_segments(spare_file) == listed_segments(out) - 1
+        merged(shards, out, batch)
+        assert_output(out, range(batch.stop))
+
+
+def test_a_spare_changed_since_it_was_recorded_is_checked_again_and_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shards, out, spare_file = three_merges(tmp_path)
+    os.truncate(spare_file, spare_file.stat().st_size // 2)  # in place: the same inode
+    with caplog.at_level(logging.INFO, logger=spare.__name__):
+        merged(shards, out, range(10, 12))
+    # Checked again (its size is not the one recorded): libhdf5 refuses it, so the index
+    # was copied instead of written into the damaged file.
+    assert f"{spare_file}: not used as the spare index" in caplog.text
+    assert_output(out, range(12))
+    merged(shards, out, range(12, 14))  # the spare that merge kept is used again
+    assert_output(out, range(14))
+
+
+def test_a_spare_touched_but_unchanged_is_checked_again_and_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shards, out, spare_file = three_merges(tmp_path)
+    st = spare_file.stat()
+    os.utime(spare_file, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert not recorded(out).startswith(
+        f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns + 10**9}:"
+    )
+    old = inode(spare_file)
+    with caplog.at_level(logging.INFO, logger=spare.__name__):
+        merged(shards, out, range(10, 12))
+    assert "not used as the spare index" not in caplog.text
+    assert inode(out) == old  # its content still proved it this output's earlier index
+    assert_output(out, range(12))

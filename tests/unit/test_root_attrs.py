@@ -1,0 +1,65 @@
+"""h5guard's own attribute reads and writes through libhdf5's low-level API
+(``reader.text_attr``, ``write.write_attr``) store and read what h5py's attribute
+manager does, on real files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+
+from h5guard._format import reader, write
+
+VALUES: list[Any] = [
+    "plain",
+    "héllo wörld",
+    "",
+    b"raw bytes",
+    3,
+    -2.5,
+    True,
+    1 + 2j,
+    np.int8(-3),
+    np.uint64(2**63),
+    np.arange(5.0),
+    np.array([True, False]),
+    np.array(["a", "bcd"]),
+    np.zeros(0),
+    np.ones((2, 3), np.float32),
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=repr)
+def test_write_attr_stores_what_h5pys_attribute_manager_stores(tmp_path: Path, value: Any) -> None:
+    arr = write.normalize_value("a", value)
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.attrs.create("by_h5py", arr if arr.ndim else arr[()])
+        write.write_attr(f, "ours", np.array(b"an older value of another type"))
+        write.write_attr(f, "ours", arr)  # replaces it
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        theirs, ours = (h5py.h5a.open(f.id, n) for n in (b"by_h5py", b"ours"))
+        assert ours.get_type().equal(theirs.get_type())
+        assert ours.shape == theirs.shape
+        assert np.array_equal(np.asarray(f.attrs["ours"]), np.asarray(f.attrs["by_h5py"]))
+        assert sorted(f.attrs) == ["by_h5py", "ours"]
+
+
+def test_text_attr_reads_fixed_and_variable_length_text_and_says_none_when_absent(
+    tmp_path: Path,
+) -> None:
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        f.attrs["fixed"] = np.bytes_("näme".encode())
+        f.attrs["vlen"] = "välue"  # h5py stores a str as variable-length UTF-8
+        f.attrs["fixed_array"] = np.array([b"x", b"y"])
+        f.attrs["number"] = 7
+        f.attrs["bad_utf8"] = np.bytes_(b"\xff\xfe")
+    with h5py.File(tmp_path / "t.h5", "r") as f:
+        assert reader.text_attr(f, "fixed") == "näme"
+        assert reader.text_attr(f, "vlen") == "välue"
+        assert reader.text_attr(f, "fixed_array") == str(f.attrs["fixed_array"])
+        assert reader.text_attr(f, "number") == "7"
+        assert reader.text_attr(f, "bad_utf8") == b"\xff\xfe".decode("utf-8", "replace")
+        assert reader.text_attr(f, "absent") is None
