@@ -143,18 +143,23 @@ def _inject(fault: Fault, protocol: str, ctx: dict[str, str]) -> Iterator[None]:
 
         patches.append(mock.patch.object(h5py.h5o, "copy", copy))
     elif step == "close":
-        real_close = h5py.File.close
+        from h5guard._format import reader as _reader
 
-        def close(self: Any) -> None:
-            try:
-                name = self.filename
-            except Exception:
-                name = ""
-            real_close(self)
-            if name.endswith(".partial") and fault.fire(f"close {name}"):
-                raise RuntimeError(f"Problems closing file ({fault.hdf5_text(name)})")
+        def failing(real_close: Callable[[Any], None]) -> Callable[[Any], None]:
+            def close(self: Any) -> None:
+                try:
+                    name = self.filename
+                except Exception:
+                    name = ""
+                real_close(self)
+                if name.endswith(".partial") and fault.fire(f"close {name}"):
+                    raise RuntimeError(f"Problems closing file ({fault.hdf5_text(name)})")
 
-        patches.append(mock.patch.object(h5py.File, "close", close))
+            return close
+
+        # h5py's close, and h5guard's own (the index's partial is closed by it).
+        patches.append(mock.patch.object(h5py.File, "close", failing(h5py.File.close)))
+        patches.append(mock.patch.object(_reader, "close_file", failing(_reader.close_file)))
     elif step in ("fsync", "dirfsync"):
         want = ctx["fsync_file"] if step == "fsync" else ctx["fsync_dir"]
 

@@ -31,7 +31,7 @@ import re
 import stat
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import h5py
@@ -49,6 +49,8 @@ GROUPS_ATTR = "h5guard_groups"
 # Which file the index before this one was when this one was written, and how many
 # segments it listed: "dev:inode:size:mtime_ns:segments" (h5guard._merge.spare).
 SPARE_ATTR = "h5guard_spare"
+# What open_index reads.
+INDEX_ATTRS = (names.FORMAT_ATTR, SEGMENT_DIR_ATTR, SEGMENTS_ATTR, GROUPS_ATTR, SPARE_ATTR)
 DIR_SUFFIX = ".segments"
 _SEGMENT_NAME = re.compile(r"^seg-[0-9]{6}-[0-9a-f]{12}\.h5$")
 _DIGEST_ATTR_B = names.DIGEST_ATTR.encode()
@@ -92,6 +94,11 @@ class Index:
     segments: tuple[Segment, ...]
     groups: int
     spare: str | None = None  # SPARE_ATTR, as written
+    # Every link lookup asks whether its segment is listed: computed once.
+    names: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", frozenset(s.name for s in self.segments))
 
     @property
     def directory(self) -> str:
@@ -101,9 +108,6 @@ class Index:
     def segment_path(self, name: str) -> str:
         return self.directory + os.sep + name
 
-    @property
-    def names(self) -> frozenset[str]:
-        return frozenset(s.name for s in self.segments)
 
 
 def listing_digest(groups: Mapping[str, str | None]) -> str:
@@ -151,8 +155,11 @@ def is_index_path(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def open_index(f: h5py.File, path: str) -> Index:
+def open_index(f: h5py.File, path: str, attrs: Mapping[str, str] | None = None) -> Index:
     """The index of the open file ``f`` at ``path``, its root attributes validated.
+
+    ``attrs``: the root's :data:`INDEX_ATTRS` as
+    :func:`~h5guard._format.reader.text_attrs` reads them, if the caller has already.
 
     Raises
     ------
@@ -160,20 +167,22 @@ def open_index(f: h5py.File, path: str) -> Index:
         The root attributes are missing or malformed, the segment directory is not a
         plain name, or a segment name is not one h5guard gives.
     """
-    if not is_index(f):
+    if attrs is None:
+        attrs = reader.text_attrs(f, INDEX_ATTRS)
+    if attrs.get(names.FORMAT_ATTR) != INDEX_FORMAT:
         raise BadIndexError(f"{path}: expected an h5guard index, found another file")
-    dir_name = reader.text_attr(f, SEGMENT_DIR_ATTR) or ""
+    dir_name = attrs.get(SEGMENT_DIR_ATTR, "")
     if not _plain_name(dir_name):
         raise BadIndexError(
             f"{path}:/: the segment directory {dir_name!r} is not a plain name beside the index"
         )
     try:
-        listed = json.loads(reader.text_attr(f, SEGMENTS_ATTR) or "")
+        listed = json.loads(attrs.get(SEGMENTS_ATTR, ""))
         segments = tuple(
             Segment(str(s["name"]), int(s["size"]), int(s["groups"]), str(s["digest"]))
             for s in listed
         )
-        groups = int(reader.read_attr(f, GROUPS_ATTR)[()])
+        groups = int(attrs[GROUPS_ATTR])
     except (ValueError, TypeError, KeyError) as err:
         raise BadIndexError(f"{path}:/: malformed segment list ({err})") from err
     for s in segments:
@@ -181,7 +190,7 @@ def open_index(f: h5py.File, path: str) -> Index:
             raise BadIndexError(f"{path}:/: {s.name!r} is not an h5guard segment name")
     if len({s.name for s in segments}) != len(segments):
         raise BadIndexError(f"{path}:/: a segment is listed twice")
-    return Index(path, dir_name, segments, groups, reader.text_attr(f, SPARE_ATTR))
+    return Index(path, dir_name, segments, groups, attrs.get(SPARE_ATTR))
 
 
 def link_target(index: Index, key: str, value: tuple[bytes, bytes]) -> str:
@@ -404,7 +413,8 @@ def write_index(
         ``path`` is a new, empty file. An index of the same segment directory already
         says what it is and where its segments are: those two attributes stay.
     """
-    with h5py.File(path, "r+", libver=names.LIBVER, locking=False) as f:
+    f = h5py.File(path, "r+", libver=names.LIBVER, locking=False)
+    try:
         for seg, keys in links.items():
             file_name = f"{dir_name}/{seg}".encode()
             for key in keys:
@@ -422,6 +432,8 @@ def write_index(
         text = json.dumps([s.to_dict() for s in segments])
         write.write_attr(f, SEGMENTS_ATTR, np.array(text.encode(), dtype=np.bytes_))
         write.write_attr(f, GROUPS_ATTR, np.asarray(np.int64(groups)))
+    finally:
+        reader.close_file(f)  # flushed and closed: nothing else of it is open
 
 
 def check_links(path: str, expected: Mapping[str, str], *, total: int) -> list[str]:
@@ -435,7 +447,8 @@ def check_links(path: str, expected: Mapping[str, str], *, total: int) -> list[s
         root attributes do not parse, one if the index does not hold ``total`` links.
     """
     problems: list[str] = []
-    with h5py.File(path, "r", locking=False) as f:
+    f = h5py.File(path, "r", locking=False)
+    try:
         try:
             index = open_index(f, path)
         except UnreadableOutputError as err:
@@ -450,6 +463,8 @@ def check_links(path: str, expected: Mapping[str, str], *, total: int) -> list[s
                 continue
             if found != index.segment_path(seg):
                 problems.append(f"{path}:/{key}: link points to {found}, expected {seg}")
+    finally:
+        reader.close_file(f)
     return problems
 
 

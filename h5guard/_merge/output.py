@@ -134,10 +134,11 @@ class Output:
             )
         try:
             self.file = h5py.File(path, "r", locking=False)
-            fmt = reader.text_attr(self.file, names.FORMAT_ATTR)
-            self.schema_json = reader.text_attr(self.file, names.SCHEMA_ATTR)
+            root = reader.text_attrs(self.file, (names.SCHEMA_ATTR, *segments.INDEX_ATTRS))
+            fmt = root.get(names.FORMAT_ATTR)
+            self.schema_json = root.get(names.SCHEMA_ATTR)
             if fmt == segments.INDEX_FORMAT:
-                self.index = segments.open_index(self.file, path)
+                self.index = segments.open_index(self.file, path, root)
                 self.count = self.index.groups
             else:
                 self.count = _summary.result_count(self.file)
@@ -214,7 +215,7 @@ class Output:
             f.close()
         self._segments.clear()
         if self.file is not None:
-            self.file.close()
+            reader.close_file(self.file)
             self.file = None
 
 
@@ -371,7 +372,7 @@ def write_partial(
                     todo.discard(key)
                 table.take(src, keys, shard)
             finally:
-                _close_source(src)
+                reader.close_file(src)  # 1 ms a shard saved
         f.attrs[names.FORMAT_ATTR] = np.bytes_(names.OUTPUT_FORMAT.encode())
         f.attrs[names.VERSION_ATTR] = np.bytes_(__version__.encode())
         if schema is not None:
@@ -425,22 +426,6 @@ def start_partial(output: str, partial: str, reserve: int) -> None:
         _atomic.remove_quietly(partial)
         raise
     os.close(fd)
-
-
-def _close_source(src: h5py.File) -> None:
-    """Close a file groups were copied from.
-
-    As :meth:`h5py.File.close` does, but without its search for other file IDs of the
-    same file (about 1 ms a shard while the new output is open, as long as copying a
-    small group ten times). None is opened here; a leftover one would only keep the
-    file open (libhdf5's weak close degree, h5py's default) until it is dropped.
-    """
-    close_objects = getattr(src.id, "_close_open_objects", None)
-    if close_objects is None:  # a private h5py method: another h5py may not have it
-        src.close()
-    elif src.id.valid:
-        close_objects(h5py.h5f.OBJ_LOCAL | ~h5py.h5f.OBJ_FILE)
-        src.id.close()
 
 
 def _file_attrs(src: h5py.File) -> dict[str, Any]:
