@@ -109,7 +109,6 @@ class Index:
         return self.directory + os.sep + name
 
 
-
 def listing_digest(groups: Mapping[str, str | None]) -> str:
     """The digest of a segment's ``{key: group digest}``, in key (UTF-8) order.
 
@@ -423,7 +422,7 @@ def write_index(
                     name, file_name, b"/" + name, lcpl=write.LINK_CREATE_UTF8
                 )
         for attr, value in root_attrs.items():
-            write.write_attr(f, attr, np.asarray(value))
+            write.update_attr(f, attr, np.asarray(value))
         if fresh:
             write.write_attr(f, names.FORMAT_ATTR, np.array(INDEX_FORMAT.encode(), dtype=np.bytes_))
             write.write_attr(

@@ -230,6 +230,21 @@ def write_attr(obj: h5py.Group | h5py.File, name: str, arr: npt.NDArray[Any]) ->
     create_attr_id(obj.id, name, arr)
 
 
+def update_attr(obj: h5py.Group | h5py.File, name: str, arr: npt.NDArray[Any]) -> None:
+    """:func:`write_attr`, unless the attribute already holds exactly ``arr`` (same type,
+    shape and bytes): an index brought up to date keeps most of its attributes, and
+    reading one costs a fraction of rewriting it."""
+    raw = name.encode("utf-8")
+    if h5py.h5a.exists(obj.id, raw):
+        aid = h5py.h5a.open(obj.id, raw)
+        if aid.shape == arr.shape and aid.get_type().equal(_type(arr.dtype)):
+            stored = np.empty(arr.shape, dtype=aid.dtype)
+            aid.read(stored, mtype=_type(arr.dtype))
+            if stored.tobytes() == np.asarray(arr, order="C").tobytes():
+                return
+    write_attr(obj, name, arr)
+
+
 # -- a result tree ------------------------------------------------------------------
 
 

@@ -63,3 +63,30 @@ def test_text_attr_reads_fixed_and_variable_length_text_and_says_none_when_absen
         assert reader.text_attr(f, "number") == "7"
         assert reader.text_attr(f, "bad_utf8") == b"\xff\xfe".decode("utf-8", "replace")
         assert reader.text_attr(f, "absent") is None
+
+
+@pytest.mark.parametrize("value", VALUES, ids=repr)
+def test_update_attr_keeps_an_equal_value_and_replaces_any_other(
+    tmp_path: Path, value: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arr = write.normalize_value("a", value)
+    with h5py.File(tmp_path / "u.h5", "w") as f:
+        write.write_attr(f, "same", arr)
+        write.write_attr(f, "other", np.array(b"something else"))
+        before = h5py.h5o.get_info(f.id).num_attrs
+        rewritten: list[str] = []
+        real = write.write_attr
+        monkeypatch.setattr(
+            write, "write_attr", lambda o, n, a: (rewritten.append(n), real(o, n, a))
+        )
+        write.update_attr(f, "same", arr)
+        write.update_attr(f, "other", arr)
+        write.update_attr(f, "new", arr)
+        assert rewritten == ["other", "new"]
+        assert h5py.h5o.get_info(f.id).num_attrs == before + 1
+    with h5py.File(tmp_path / "u.h5", "r") as f:
+        for name in ("same", "other", "new"):
+            aid = h5py.h5a.open(f.id, name.encode())
+            assert aid.shape == arr.shape
+            assert np.array_equal(np.asarray(f.attrs[name]), np.asarray(f.attrs["same"]))
+        assert bytes(np.asarray(reader.read_attr(f, "other")).tobytes()) == arr.tobytes()
