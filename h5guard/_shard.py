@@ -19,13 +19,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from h5guard import _atomic
+from h5guard import _atomic, _background
 from h5guard._format import names, write
 from h5guard._format import result as _result
 from h5guard._format import seal as _seal
@@ -293,38 +293,14 @@ def write_shard(
 # next result. The seal only lets a later check or merge trust the file without libhdf5
 # (h5guard._format.seal): until it is written the shard is a valid shard without one,
 # checked the slow way, and the bytes it covers, [512, size), do not change any more.
-_SEALER: list[ThreadPoolExecutor] = []
-
-
-def _sealer() -> ThreadPoolExecutor:
-    if not _SEALER:
-        _SEALER.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="h5guard-seal"))
-    return _SEALER[0]
-
-
-def _forget_sealer() -> None:
-    # A forked child has no thread of its parent's: its own seals start a new one.
-    _SEALER.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_sealer)
-
-
 def seal_later(fd: int, name: str) -> Future[None]:
     """Seal the committed shard open as ``fd`` in the background; the future closes ``fd``.
 
     Once the interpreter is shutting down (a ``close()`` from an ``atexit`` handler) no
-    thread may start: the shard is sealed here instead. The shard is committed either
-    way, so this must not fail the commit.
+    thread may start: the shard is sealed here instead (h5guard._background). The shard
+    is committed either way, so this must not fail the commit.
     """
-    try:
-        return _sealer().submit(_seal_and_close, fd, name)
-    except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
-        _seal_and_close(fd, name)
-        done: Future[None] = Future()
-        done.set_result(None)
-        return done
+    return _background.submit("seal", _seal_and_close, fd, name)
 
 
 def _seal_and_close(fd: int, name: str) -> None:

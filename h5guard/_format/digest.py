@@ -25,12 +25,13 @@ import json
 import math
 import sys
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from h5guard import _background
 from h5guard._format.names import (
     DIGEST_ATTR,
     DIGEST_PREFIX,
@@ -93,16 +94,6 @@ def _bytes_view(arr: Array) -> memoryview:
 _THREADED_HASH_MIN = 1024 * 1024
 
 
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _hash_pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="h5guard-digest")
-    return _POOL
-
-
 class GroupDigest:
     """Incremental digest of one group; feed datasets then attributes, in name order."""
 
@@ -141,7 +132,7 @@ class GroupDigest:
             if view.nbytes >= _THREADED_HASH_MIN:
                 # hashlib drops the GIL on big buffers: hash this block while the
                 # caller's generator reads the next one from disk.
-                hashing = _hash_pool().submit(self._h.update, view)
+                hashing = _background.submit("digest", self._h.update, view)
             else:
                 self._h.update(view)
         if hashing is not None:

@@ -12,13 +12,13 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from h5guard import _atomic, _journal, _lock
+from h5guard import _atomic, _background, _journal, _lock
 from h5guard._check.api import ProgressCallback
 from h5guard._check.own import verify_groups
 from h5guard._format import names, write
@@ -708,11 +708,12 @@ def _merge_segmented(
     until the index that lists them is renamed over ``out``), and a crash leaves only
     unreferenced files, which the next merge removes.
     """
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="h5guard-segment") as pool:
+    # Two threads: the segment's commit beside the index's fsync (or its copy).
+    with _background.Tasks("segment", workers=2) as pool:
         try:
             return _segmented_steps(out, index, build, plan, planned, extra_attrs, pool)
         except BaseException:
-            pool.shutdown(wait=True)  # the index copy may still be under way
+            pool.wait()  # the index copy may still be under way
             _atomic.remove_quietly(out + _atomic.PARTIAL_SUFFIX)
             raise
 
@@ -724,7 +725,7 @@ def _segmented_steps(
     plan: _plan.MergePlan,
     planned: _plan.Planned,
     extra_attrs: Mapping[str, Any],
-    pool: ThreadPoolExecutor,
+    pool: _background.Tasks,
 ) -> dict[str, tuple[int, str]]:
     durable: Future[None] | None = None
     dir_name = index.dir_name if index is not None else _segments.dir_name_for(out)

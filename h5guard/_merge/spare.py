@@ -36,12 +36,12 @@ import logging
 import os
 import stat
 from collections.abc import Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import h5py
 
-from h5guard import _atomic
+from h5guard import _atomic, _background
 from h5guard._format import segments as _segments
 from h5guard._lock import NO_FLOCK
 
@@ -98,7 +98,7 @@ def locks_trusted() -> bool:
 
 
 def take(
-    out: str, segdir: str, index: _segments.Index, pool: Executor | None = None
+    out: str, segdir: str, index: _segments.Index, pool: _background.Tasks | None = None
 ) -> Spare | None:
     """The spare of the index ``out``, to be changed once :meth:`Spare.ready`, or None
     to copy the index.
