@@ -32,7 +32,7 @@ import stat
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
@@ -52,7 +52,8 @@ SPARE_ATTR = "h5guard_spare"
 # What open_index reads.
 INDEX_ATTRS = (names.FORMAT_ATTR, SEGMENT_DIR_ATTR, SEGMENTS_ATTR, GROUPS_ATTR, SPARE_ATTR)
 DIR_SUFFIX = ".segments"
-_SEGMENT_NAME = re.compile(r"^seg-[0-9]{6}-[0-9a-f]{12}\.h5$")
+_SEGMENT_NAME = re.compile(r"seg-[0-9]{6}-[0-9a-f]{12}\.h5")  # whole names: fullmatch
+_SEGMENT_NAMES = re.compile(r"(?:seg-[0-9]{6}-[0-9a-f]{12}\.h5\n)*")  # one per line
 _DIGEST_ATTR_B = names.DIGEST_ATTR.encode()
 
 
@@ -60,9 +61,9 @@ class BadIndexError(UnreadableOutputError):
     """An index that is not well-formed (named by file and, where known, by key)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """One segment as the index lists it.
+class Segment(NamedTuple):
+    """One segment as the index lists it (a tuple: an index of a thousand segments is
+    parsed by every merge, and a tuple is built three times faster than a dataclass).
 
     Attributes
     ----------
@@ -133,7 +134,7 @@ def new_segment_name(number: int) -> str:
 
 
 def is_segment_name(name: str) -> bool:
-    return bool(_SEGMENT_NAME.match(name))
+    return bool(_SEGMENT_NAME.fullmatch(name))
 
 
 def _plain_name(name: str) -> bool:
@@ -184,12 +185,13 @@ def open_index(f: h5py.File, path: str, attrs: Mapping[str, str] | None = None) 
         groups = int(attrs[GROUPS_ATTR])
     except (ValueError, TypeError, KeyError) as err:
         raise BadIndexError(f"{path}:/: malformed segment list ({err})") from err
-    for s in segments:
-        if not is_segment_name(s.name):
-            raise BadIndexError(f"{path}:/: {s.name!r} is not an h5guard segment name")
-    if len({s.name for s in segments}) != len(segments):
+    index = Index(path, dir_name, segments, groups, attrs.get(SPARE_ATTR))
+    if not _SEGMENT_NAMES.fullmatch("".join(s.name + "\n" for s in segments)):
+        bad = next((s.name for s in segments if not is_segment_name(s.name)), "")
+        raise BadIndexError(f"{path}:/: {bad!r} is not an h5guard segment name")
+    if len(index.names) != len(segments):
         raise BadIndexError(f"{path}:/: a segment is listed twice")
-    return Index(path, dir_name, segments, groups, attrs.get(SPARE_ATTR))
+    return index
 
 
 def link_target(index: Index, key: str, value: tuple[bytes, bytes]) -> str:

@@ -897,16 +897,15 @@ def clean_segment_dir(segdir: str, *, keep: Iterable[str]) -> list[str]:
     list of str
         The names removed.
     """
-    keep = set(keep)
     removed: list[str] = []
     try:
-        entries = os.listdir(segdir)
+        # Nearly every entry is kept (the listed segments): only the others are looked at.
+        entries = set(os.listdir(segdir)).difference(keep)
     except FileNotFoundError:
         return removed
-    for name in entries:
+    for name in sorted(entries):
         base = name.removesuffix(_atomic.PARTIAL_SUFFIX)
-        ours = _segments.is_segment_name(base) or base == _spare.SPARE_NAME
-        if ours and name not in keep:
+        if _segments.is_segment_name(base) or base == _spare.SPARE_NAME:
             _atomic.remove_quietly(os.path.join(segdir, name))
             removed.append(name)
     if removed:
