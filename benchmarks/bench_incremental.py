@@ -1,7 +1,7 @@
 """Merges that cost what is new (issue #26, part 2): 10 new results into a 1 GiB output.
 
     python benchmarks/bench_incremental.py [--size-mib 1024] [--tiny 100000]
-        [--plan 10000,100000] [--skip-tiny | --skip-big] [--json]
+        [--plan 10000,100000] [--skip-tiny | --skip-big] [--many N] [--json]
 
 Two existing outputs of about ``--size-mib`` MiB each are built first (not timed): one of
 10 results of about 100 MiB, one of ``--tiny`` small results. For each, in this process:
@@ -24,6 +24,9 @@ The ratio of each row to ``empty`` is printed, with PASS/MISS against #26's "at 
 for ``segmented``. Then ``plan_merge`` (what ``h5guard status`` runs) of 10 new results
 against outputs of ``--plan`` results (segmented), with the one-time listing of the
 output's keys (``plan.output_keys``) timed apart. Nothing is asserted.
+
+``--many N`` instead times N merges of 10 new results in a row into one segmented
+output, by tenths: how a merge's cost grows with the segments merges have added.
 """
 
 from __future__ import annotations
@@ -167,6 +170,35 @@ def plan_rows(root: Path, sizes: list[int]) -> dict[int, dict[str, float]]:
     return out
 
 
+def many_rows(root: Path, merges: int) -> list[float]:
+    """``merges`` merges of 10 new results each into one segmented output (1,000 results
+    to start): the median time of each tenth of them. Each merge adds a segment, and
+    the index lists every segment, so what a merge reads and writes of that list grows
+    with the merges before it."""
+    d = root / "many"
+    d.mkdir()
+    out = d / "out.h5"
+    write(d / "build", 1000, 8, start=0)
+    merged(d / "build", out, layout="segmented")
+    times: list[float] = []
+    tenth = max(1, merges // 10)
+    medians: list[float] = []
+    for i in range(merges):
+        shards = d / f"new{i}"
+        write(shards, 10, 8, start=10**8 + 10 * i)
+        times.append(timed(lambda: merged(shards, out)))  # noqa: B023 - called at once
+        shutil.rmtree(shards)  # its lock file stays behind
+        if (i + 1) % tenth == 0:
+            medians.append(float(statistics.median(times[-tenth:])))
+            print(
+                f"  after {i + 1:>6,} merges ({i + 2:>6,} segments): median of the last "
+                f"{tenth}: {medians[-1] * 1e3:6.1f} ms",
+                flush=True,
+            )
+    shutil.rmtree(d)
+    return medians
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--size-mib", type=int, default=1024, help="size of each output (1024)")
@@ -174,9 +206,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan", default="10000,100000", help="plan_merge sizes")
     p.add_argument("--skip-tiny", action="store_true", help="only the 10 big results")
     p.add_argument("--skip-big", action="store_true", help="only the small results")
+    p.add_argument(
+        "--many",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: N merges of 10 results into one segmented output, timed by tenths",
+    )
     p.add_argument("--json", action="store_true", help="also print one JSON document")
     args = p.parse_args(argv)
     print(f"bench_incremental: {os.cpu_count()} CPU(s); {load()}", flush=True)
+    if args.many:
+        with tempfile.TemporaryDirectory(prefix="bench-incremental-") as tmp:
+            medians = many_rows(Path(tmp), args.many)
+        print(f"  last tenth / first tenth: {medians[-1] / medians[0]:.2f}x; end: {load()}")
+        if args.json:
+            print(json.dumps({"many": medians}, indent=2))
+        return 0
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-incremental-") as tmp:
         root = Path(tmp)

@@ -34,3 +34,14 @@ def test_incremental_prints_a_verdict_per_case() -> None:
     rows = [ln for ln in proc.stdout.splitlines() if ln.rstrip().endswith(("PASS", "MISS"))]
     assert len(rows) == 2, proc.stdout
     assert "plan_merge growth per 10x" in proc.stdout
+
+
+@pytest.mark.slow
+def test_incremental_many_prints_a_median_per_tenth() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_incremental.py"), "--many", "20"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    rows = [ln for ln in proc.stdout.splitlines() if "merges (" in ln and "median" in ln]
+    assert len(rows) == 10, proc.stdout
+    assert "last tenth / first tenth" in proc.stdout
