@@ -55,6 +55,7 @@ DIR_SUFFIX = ".segments"
 _SEGMENT_NAME = re.compile(r"seg-[0-9]{6}-[0-9a-f]{12}\.h5")  # whole names: fullmatch
 _SEGMENT_NAMES = re.compile(r"(?:seg-[0-9]{6}-[0-9a-f]{12}\.h5\n)*")  # one per line
 _DIGEST_ATTR_B = names.DIGEST_ATTR.encode()
+_RESERVED_B = names.RESERVED_PREFIX.encode()
 
 
 class BadIndexError(UnreadableOutputError):
@@ -255,16 +256,11 @@ def open_segment(path: str) -> h5py.File:
 def segment_keys(f: h5py.File) -> list[str]:
     """The result keys of a segment (or of a self-contained output): its top-level
     groups, never following a link."""
-    out: list[str] = []
-
-    def visit(name: bytes, info: Any) -> None:  # one pass over the links, no lookups
-        if info.type == h5py.h5l.TYPE_HARD:
-            key = name.decode("utf-8")
-            if not key.startswith(names.RESERVED_PREFIX):
-                out.append(key)
-
-    f.id.links.iterate(visit, info=True)
-    return out
+    return [
+        name.decode("utf-8")
+        for name, link in reader.link_types(f.id)  # one pass over the links, no lookups
+        if link == h5py.h5l.TYPE_HARD and not name.startswith(_RESERVED_B)
+    ]
 
 
 def segment_keys_at(path: str) -> list[str]:
