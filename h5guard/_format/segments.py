@@ -230,14 +230,8 @@ def target(f: h5py.File, index: Index, key: str) -> str | None:
     return index.segment_path(link_target(index, key, f.id.links.get_val(name)))
 
 
-def open_segment(path: str) -> h5py.File:
-    """A segment, opened read-only; never through a symbolic link.
-
-    Raises
-    ------
-    UnreadableOutputError
-        It is missing, a link or no regular file, or libhdf5 cannot open it.
-    """
+def _vet_segment(path: str) -> None:
+    """Raise unless ``path`` is a regular file in a real directory (no link on the way)."""
     try:
         parent = os.lstat(os.path.dirname(path))
         st = os.lstat(path)
@@ -247,6 +241,17 @@ def open_segment(path: str) -> h5py.File:
         raise BadIndexError(f"{path}: the segment directory is a link or no directory")
     if not stat.S_ISREG(st.st_mode):
         raise BadIndexError(f"{path}: expected a segment file, found a link or no regular file")
+
+
+def open_segment(path: str) -> h5py.File:
+    """A segment, opened read-only; never through a symbolic link.
+
+    Raises
+    ------
+    UnreadableOutputError
+        It is missing, a link or no regular file, or libhdf5 cannot open it.
+    """
+    _vet_segment(path)
     try:
         return h5py.File(path, "r", locking=False)
     except Exception as err:
@@ -273,22 +278,19 @@ def segment_keys_at(path: str) -> list[str]:
     UnreadableOutputError
         As :func:`open_segment`.
     """
+    _vet_segment(path)  # as open_segment: never through a planted link
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        fd = -1  # open_segment says what is wrong
-    if fd >= 0:
         try:
-            st = os.fstat(fd)
-            if stat.S_ISREG(st.st_mode) and st.st_size > 0:
+            if os.fstat(fd).st_size > 0:
                 with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as buf:
                     _, _, links = bytes_reader.root_group(buf)
                 keys = [n.decode("utf-8") for n in links]
                 return sorted(k for k in keys if not k.startswith(names.RESERVED_PREFIX))
-        except (OSError, ValueError, bytes_reader.Unsupported, bytes_reader.Malformed):
-            pass  # libhdf5 reads it, or names what is wrong
         finally:
             os.close(fd)
+    except (OSError, ValueError, bytes_reader.Unsupported, bytes_reader.Malformed):
+        pass  # libhdf5 reads it, or names what is wrong
     with open_segment(path) as f:
         return segment_keys(f)
 

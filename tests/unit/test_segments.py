@@ -314,3 +314,16 @@ def test_a_segments_keys_read_by_bytes_are_those_libhdf5_lists(tmp_path: Path) -
     broken.symlink_to(segdir / names[0])
     with pytest.raises(UnreadableOutputError, match="link"):
         segments.segment_keys_at(str(broken))
+
+
+def test_a_segments_keys_are_never_read_through_a_linked_segment_directory(
+    tmp_path: Path,
+) -> None:
+    _, out = segmented(tmp_path, range(0, 5), range(5, 9))
+    segdir = Path(str(out) + segments.DIR_SUFFIX)
+    name = segment_files(out)[-1]
+    moved = tmp_path / "elsewhere"
+    segdir.rename(moved)
+    segdir.symlink_to(moved)  # the same files, reached through a planted link
+    with pytest.raises(UnreadableOutputError, match="link or no directory"):
+        segments.segment_keys_at(str(segdir / name))
