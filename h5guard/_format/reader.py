@@ -176,13 +176,11 @@ def text_attr(obj: h5py.Group | h5py.File, name: str) -> str | None:
     # API, a third of the time of h5py's attribute manager (an index merge reads a
     # dozen of them); any other type is converted by h5py as before.
     aid = h5py.h5a.open(obj.id, raw)
-    dtype = aid.dtype
-    if dtype.kind in "Siu" and aid.shape == () and dtype.names is None:
-        out = np.empty((), dtype=dtype)
-        aid.read(out, mtype=_mtype(dtype))
-        if dtype.kind != "S":
-            return str(out[()])  # as str() of h5py's numpy scalar
-        return bytes(out[()]).decode("utf-8", errors="replace")
+    if aid.dtype.kind in "Siu" and aid.shape == () and aid.dtype.names is None:
+        out = read_attr_id(aid)[()]
+        if aid.dtype.kind != "S":
+            return str(out)  # as str() of h5py's numpy scalar
+        return bytes(out).decode("utf-8", errors="replace")
     value = obj.attrs[name]
     if isinstance(value, bytes | np.bytes_):
         return bytes(value).decode("utf-8", errors="replace")
