@@ -70,13 +70,12 @@ class Spare:
     path: str
     missing: list[_segments.Segment]
     fd: int
-    renamed: Future[None] | None = None
+    renamed: Future[None]
 
     def ready(self) -> None:
         """Wait until the rename to the partial name is on disk: before the first change,
         or a crash could leave a half-changed file under the spare's name."""
-        if self.renamed is not None:
-            self.renamed.result()
+        self.renamed.result()
 
     def release(self) -> None:
         with contextlib.suppress(OSError):
@@ -97,15 +96,13 @@ def locks_trusted() -> bool:
     return os.environ.get(_LOCKING_ENV, "").strip().upper() not in {"FALSE", "0", "NO", "OFF"}
 
 
-def take(
-    out: str, segdir: str, index: _segments.Index, pool: _background.Tasks | None = None
-) -> Spare | None:
+def take(out: str, segdir: str, index: _segments.Index, pool: _background.Tasks) -> Spare | None:
     """The spare of the index ``out``, to be changed once :meth:`Spare.ready`, or None
     to copy the index.
 
     A spare that is not fit (see the module's notes) is removed, except one that a
     reader holds open: that one stays as it is. The directory fsync that makes its
-    rename durable runs in ``pool`` if given (the merge builds its segment meanwhile).
+    rename durable runs in ``pool`` (the merge builds its segment meanwhile).
     """
     _atomic.remove_quietly(partial_path(segdir))  # a killed merge's half-changed spare
     path = spare_path(segdir)
@@ -121,7 +118,8 @@ def take(
         _atomic.remove_quietly(path)
         return None
     try:
-        why = _unfit(fd, out)
+        st = os.fstat(fd)
+        why = _unfit(st, out)
         if why is None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -135,7 +133,7 @@ def take(
                 why = "the file system refuses locks, so a reader holding it cannot be seen"
         missing = None
         if why is None:
-            missing = _recorded(os.fstat(fd), index)
+            missing = _recorded(st, index)
             if missing is None:
                 missing = _missing(path, index)
         if missing is None:
@@ -145,11 +143,7 @@ def take(
             return None
         partial = partial_path(segdir)
         os.rename(path, partial)
-        if pool is None:
-            _atomic.fsync_dir(segdir)
-            renamed = None
-        else:
-            renamed = pool.submit(_atomic.fsync_dir, segdir)
+        renamed = pool.submit(_atomic.fsync_dir, segdir)
     except BaseException:
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -157,8 +151,7 @@ def take(
     return Spare(partial, missing, fd, renamed)
 
 
-def _unfit(fd: int, out: str) -> str | None:
-    st = os.fstat(fd)
+def _unfit(st: os.stat_result, out: str) -> str | None:
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file"
     if st.st_nlink != 1:
@@ -188,7 +181,11 @@ def fingerprint(out: str, index: _segments.Index) -> str | None:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{len(index.segments)}"
+    return f"{_which_file(st)}:{len(index.segments)}"
+
+
+def _which_file(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def _recorded(st: os.stat_result, index: _segments.Index) -> list[_segments.Segment] | None:
@@ -196,7 +193,7 @@ def _recorded(st: os.stat_result, index: _segments.Index) -> list[_segments.Segm
     if index.spare is None:
         return None
     head, _, count = index.spare.rpartition(":")
-    if head != f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}" or not count.isdigit():
+    if head != _which_file(st) or not count.isdigit():
         return None
     listed = int(count)
     if not 0 < listed <= len(index.segments):
