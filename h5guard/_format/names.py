@@ -30,6 +30,11 @@ SIGNATURE = b"\x89HDF\r\n\x1a\n"
 UNDEFINED = 0xFFFF_FFFF_FFFF_FFFF  # HDF5's undefined address
 LIBVER = ("v110", "latest")  # every piece of metadata carries a checksum
 COMPACT_LIMIT = 32 * 1024  # datasets up to this many bytes live in their object header
+# The most libhdf5 types (and dataspaces) h5guard keeps made for reuse. Few: every
+# libhdf5 ID alive in the process makes each file close slower (libhdf5 looks through
+# them for the file's open objects): 1,000 live types cost 0.5 ms a close, measured on
+# the shared 2-core machine, ten times a small close.
+MAX_CACHED_IDS = 32
 
 # -- limits -----------------------------------------------------------------------------
 # Read big datasets this many bytes at a time so neither digesting nor checking ever

@@ -33,6 +33,7 @@ from h5guard._format.names import (
     DIGEST_ATTR,
     DIGEST_V2_PREFIX,
     KINDS_ATTR,
+    MAX_CACHED_IDS,
     MAX_DEPTH,
     READ_BLOCK,
     RESERVED_PREFIX,
@@ -106,7 +107,11 @@ def _mtype(dtype: np.dtype[Any]) -> h5py.h5t.TypeID | None:
     key = (dtype, encoding)
     mtype = _MTYPES.get(key)
     if mtype is None:
-        mtype = _MTYPES[key] = h5py.h5t.py_create(dtype)
+        mtype = h5py.h5t.py_create(dtype)
+        # Bounded (names.MAX_CACHED_IDS says why): string attributes of ever new lengths,
+        # as an index's segment list, would otherwise keep a type alive for each length.
+        if len(_MTYPES) < MAX_CACHED_IDS:
+            _MTYPES[key] = mtype
     return mtype
 
 

@@ -29,7 +29,13 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
-from h5guard._format.names import COMPACT_LIMIT, KINDS_ATTR, LIBVER, RESERVED_PREFIX
+from h5guard._format.names import (
+    COMPACT_LIMIT,
+    KINDS_ATTR,
+    LIBVER,
+    MAX_CACHED_IDS,
+    RESERVED_PREFIX,
+)
 from h5guard._format.tree import GroupNode, Value, default_kind, resolve_kind, utf8_dtype
 from h5guard.errors import InvalidKeyError, SchemaError
 
@@ -126,7 +132,6 @@ def create_group_id(parent: Any, name: str) -> Any:
 # tag is part of a type's key because numpy's dtype equality ignores metadata.
 _TYPES: dict[tuple[np.dtype[Any], bool], Any] = {}
 _SPACES: dict[tuple[int, ...], Any] = {}
-_MAX_CACHED = 1024
 
 
 def _type(dtype: np.dtype[Any]) -> Any:
@@ -134,7 +139,7 @@ def _type(dtype: np.dtype[Any]) -> Any:
     tid = _TYPES.get(key)
     if tid is None:
         tid = h5py.h5t.py_create(dtype, logical=True)
-        if len(_TYPES) < _MAX_CACHED:
+        if len(_TYPES) < MAX_CACHED_IDS:
             _TYPES[key] = tid
     return tid
 
@@ -144,7 +149,7 @@ def _space(arr: npt.NDArray[Any]) -> Any:
     sid = _SPACES.get(shape)
     if sid is None:
         sid = h5py.h5s.create(h5py.h5s.SCALAR) if not shape else h5py.h5s.create_simple(shape)
-        if len(_SPACES) < _MAX_CACHED:
+        if len(_SPACES) < MAX_CACHED_IDS:
             _SPACES[shape] = sid
     return sid
 
