@@ -26,7 +26,8 @@ against outputs of ``--plan`` results (segmented), with the one-time listing of 
 output's keys (``plan.output_keys``) timed apart. Nothing is asserted.
 
 ``--many N`` instead times N merges of 10 new results in a row into one segmented
-output, by tenths: how a merge's cost grows with the segments merges have added.
+output, by tenths (median, mean with the folds, longest): how a merge's cost grows with
+the merges before it, and how many segments the output lists.
 """
 
 from __future__ import annotations
@@ -170,11 +171,14 @@ def plan_rows(root: Path, sizes: list[int]) -> dict[int, dict[str, float]]:
     return out
 
 
-def many_rows(root: Path, merges: int) -> list[float]:
+def many_rows(root: Path, merges: int) -> list[dict[str, float]]:
     """``merges`` merges of 10 new results each into one segmented output (1,000 results
-    to start): the median time of each tenth of them. Each merge adds a segment, and
-    the index lists every segment, so what a merge reads and writes of that list grows
-    with the merges before it."""
+    to start), by tenths: the median, mean and longest merge of each tenth, and the
+    segments the output lists at its end. Each merge adds a segment and folds the last
+    ones together when they are due (h5guard._merge.fold): the mean includes the
+    folds, the median is a merge without one."""
+    from h5guard._format import segments
+
     d = root / "many"
     d.mkdir()
     out = d / "out.h5"
@@ -182,21 +186,34 @@ def many_rows(root: Path, merges: int) -> list[float]:
     merged(d / "build", out, layout="segmented")
     times: list[float] = []
     tenth = max(1, merges // 10)
-    medians: list[float] = []
+    rows: list[dict[str, float]] = []
     for i in range(merges):
         shards = d / f"new{i}"
         write(shards, 10, 8, start=10**8 + 10 * i)
         times.append(timed(lambda: merged(shards, out)))  # noqa: B023 - called at once
         shutil.rmtree(shards)  # its lock file stays behind
         if (i + 1) % tenth == 0:
-            medians.append(float(statistics.median(times[-tenth:])))
+            last = times[-tenth:]
+            listed = len(segments.resolve(out) or [])
+            rows.append(
+                {
+                    "merges": i + 1,
+                    "median": float(statistics.median(last)),
+                    "mean": float(statistics.fmean(last)),
+                    "max": max(last),
+                    "segments": listed,
+                    "index_bytes": os.path.getsize(out),
+                }
+            )
             print(
-                f"  after {i + 1:>6,} merges ({i + 2:>6,} segments): median of the last "
-                f"{tenth}: {medians[-1] * 1e3:6.1f} ms",
+                f"  after {i + 1:>6,} merges: {listed:>4} segments, index "
+                f"{os.path.getsize(out) / 1024:6.1f} KiB; last {tenth}: median "
+                f"{rows[-1]['median'] * 1e3:6.1f} ms, mean {rows[-1]['mean'] * 1e3:6.1f} ms, "
+                f"longest {rows[-1]['max'] * 1e3:6.1f} ms",
                 flush=True,
             )
     shutil.rmtree(d)
-    return medians
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,10 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench_incremental: {os.cpu_count()} CPU(s); {load()}", flush=True)
     if args.many:
         with tempfile.TemporaryDirectory(prefix="bench-incremental-") as tmp:
-            medians = many_rows(Path(tmp), args.many)
-        print(f"  last tenth / first tenth: {medians[-1] / medians[0]:.2f}x; end: {load()}")
+            rows = many_rows(Path(tmp), args.many)
+        first, last = rows[0], rows[-1]
+        print(
+            f"  last tenth / first tenth: median {last['median'] / first['median']:.2f}x, "
+            f"mean {last['mean'] / first['mean']:.2f}x; end: {load()}"
+        )
         if args.json:
-            print(json.dumps({"many": medians}, indent=2))
+            print(json.dumps({"many": rows}, indent=2))
         return 0
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-incremental-") as tmp:

@@ -14,7 +14,8 @@
 (b2) ``segmented``: the same as (b) into a segmented output (an index of segments,
     docs/merge.md), in turn one that is already an index (without a spare: the merge
     copies it; with one: the merge changes the spare in place) and a self-contained one
-    that this merge turns into one (``H5GUARD_SEGMENT_THRESHOLD=1``). The output must be
+    that this merge turns into one (``H5GUARD_SEGMENT_THRESHOLD=1``); half the merges
+    into an index fold its segments into one (``H5GUARD_SEGMENT_FANOUT=2``). The output must be
     the old one (the index or file byte for byte, every segment it lists unchanged) or
     the complete new one (``check`` of the index and its segments clean, every key);
     after the re-run, no partial and no segment the index does not list is left.
@@ -445,16 +446,24 @@ def _checked_keys(out: Path, box: Sandbox) -> tuple[bool, dict[str, str], str]:
 
 
 def _listed_only(out: Path) -> list[str]:
-    """Files of the segment directory that the index does not list (leftovers), the
-    spare index apart (its partial is a leftover)."""
+    """Files of the segment directory that neither the index nor its spare lists
+    (leftovers): the spare index itself apart (its partial is a leftover), and the
+    segments a fold replaced, which the index before (the spare) still lists until the
+    next merge removes them."""
+    import h5py
+
     from h5guard._format import segments
-    from h5guard._merge.spare import SPARE_NAME
+    from h5guard._merge.spare import SPARE_NAME, spare_path
 
     segdir = Path(str(out) + ".segments")
     if not segdir.is_dir():
         return []
     parts = segments.resolve(out) or []
     listed = {os.path.basename(p) for p, _ in parts} | {SPARE_NAME}
+    spare = spare_path(str(segdir))
+    if os.path.isfile(spare):
+        with h5py.File(spare, "r", locking=False) as f:
+            listed |= {s.name for s in segments.open_index(f, spare).segments}
     return sorted(p.name for p in segdir.iterdir() if p.name not in listed)
 
 
@@ -472,7 +481,12 @@ def segmented_trial(
     """``span[0]``: longest kill delay, shrunk when a merge ends before its kill."""
     root, old_state, shard_names = template
     shutil.copytree(root, work)
-    env = dict(os.environ, H5GUARD_SEGMENT_THRESHOLD="1")
+    # Half the merges fold the index's last segments into one (fanout 2: due in the
+    # "index" and "spare" templates), half do not (the default fanout).
+    folds = kind != "file" and rng.random() < 0.5
+    env = dict(
+        os.environ, H5GUARD_SEGMENT_THRESHOLD="1", H5GUARD_SEGMENT_FANOUT="2" if folds else "16"
+    )
     proc = subprocess.Popen(
         _merge_cmd(work),
         cwd=_samples.REPO,
@@ -495,7 +509,7 @@ def segmented_trial(
         "file": "a file turned into an index",
         "index": "an index, copied",
         "spare": "an index, its spare changed in place",
-    }[kind]
+    }[kind] + (", segments folded" if folds else "")
     all_keys = {f"g{i}" for i in range(30)}
     out = work / "out.h5"
     _judge_exit(proc, row, result)

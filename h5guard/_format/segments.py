@@ -30,7 +30,7 @@ import os
 import re
 import stat
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -43,17 +43,19 @@ from h5guard.errors import ResultNotFoundError, UnreadableOutputError
 from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
 
 INDEX_FORMAT = "h5guard-index/1"
-SEGMENTS_ATTR = "h5guard_segments"  # JSON [{"name", "size", "groups", "digest"}, ...]
+# JSON [{"name", "size", "groups", "digest", "level"}, ...]; "level" absent: 0.
+SEGMENTS_ATTR = "h5guard_segments"
 SEGMENT_DIR_ATTR = "h5guard_segment_dir"  # the segment directory's name, beside the index
 GROUPS_ATTR = "h5guard_groups"
-# Which file the index before this one was when this one was written, and how many
-# segments it listed: "dev:inode:size:mtime_ns:segments" (h5guard._merge.spare).
+# Which file the index before this one was when this one was written, and how many of
+# this index's first segments it lists too: "dev:inode:size:mtime_ns:segments"
+# (h5guard._merge.spare).
 SPARE_ATTR = "h5guard_spare"
 # What open_index reads.
 INDEX_ATTRS = (names.FORMAT_ATTR, SEGMENT_DIR_ATTR, SEGMENTS_ATTR, GROUPS_ATTR, SPARE_ATTR)
 DIR_SUFFIX = ".segments"
-_SEGMENT_NAME = re.compile(r"seg-[0-9]{6}-[0-9a-f]{12}\.h5")  # whole names: fullmatch
-_SEGMENT_NAMES = re.compile(r"(?:seg-[0-9]{6}-[0-9a-f]{12}\.h5\n)*")  # one per line
+_SEGMENT_NAME = re.compile(r"seg-[0-9]{6,18}-[0-9a-f]{12}\.h5")  # whole names: fullmatch
+_SEGMENT_NAMES = re.compile(r"(?:seg-[0-9]{6,18}-[0-9a-f]{12}\.h5\n)*")  # one per line
 _DIGEST_ATTR_B = names.DIGEST_ATTR.encode()
 _RESERVED_B = names.RESERVED_PREFIX.encode()
 
@@ -76,15 +78,22 @@ class Segment(NamedTuple):
         How many result groups it holds.
     digest : str
         :func:`listing_digest` of its ``{key: group digest}``.
+    level : int
+        0 for a merge's own segment; ``n + 1`` for one folded from segments of level
+        ``n`` (:mod:`h5guard._merge.fold`).
     """
 
     name: str
     size: int
     groups: int
     digest: str
+    level: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "size": self.size, "groups": self.groups, "digest": self.digest}
+        out = {"name": self.name, "size": self.size, "groups": self.groups, "digest": self.digest}
+        if self.level:
+            out["level"] = self.level
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +143,11 @@ def new_segment_name(number: int) -> str:
     return f"seg-{number:06d}-{uuid.uuid4().hex[:12]}.h5"
 
 
+def next_number(segments: Iterable[Segment]) -> int:
+    """The number of the next segment after ``segments`` (one more than the highest)."""
+    return max((int(s.name[4:].partition("-")[0]) for s in segments), default=-1) + 1
+
+
 def is_segment_name(name: str) -> bool:
     return bool(_SEGMENT_NAME.fullmatch(name))
 
@@ -180,12 +194,20 @@ def open_index(f: h5py.File, path: str, attrs: Mapping[str, str] | None = None) 
     try:
         listed = json.loads(attrs.get(SEGMENTS_ATTR, ""))
         segments = tuple(
-            Segment(str(s["name"]), int(s["size"]), int(s["groups"]), str(s["digest"]))
+            Segment(
+                str(s["name"]),
+                int(s["size"]),
+                int(s["groups"]),
+                str(s["digest"]),
+                int(s.get("level", 0)),
+            )
             for s in listed
         )
         groups = int(attrs[GROUPS_ATTR])
-    except (ValueError, TypeError, KeyError) as err:
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
         raise BadIndexError(f"{path}:/: malformed segment list ({err})") from err
+    if any(s.level < 0 for s in segments):
+        raise BadIndexError(f"{path}:/: malformed segment list (a negative level)")
     index = Index(path, dir_name, segments, groups, attrs.get(SPARE_ATTR))
     if not _SEGMENT_NAMES.fullmatch("".join(s.name + "\n" for s in segments)):
         bad = next((s.name for s in segments if not is_segment_name(s.name)), "")
@@ -389,6 +411,7 @@ def write_index(
     groups: int,
     root_attrs: Mapping[str, Any],
     fresh: bool = True,
+    relinked: Collection[str] = (),
 ) -> None:
     """Write the index into ``path``: a new file, a copy of the old index, or an earlier
     state of it (a spare).
@@ -411,13 +434,19 @@ def write_index(
     fresh
         ``path`` is a new, empty file. An index of the same segment directory already
         says what it is and where its segments are: those two attributes stay.
+    relinked
+        Segments of ``links`` whose keys ``path`` may link already, into segments a
+        fold replaced: those links are replaced.
     """
     f = h5py.File(path, "r+", libver=names.LIBVER, locking=False)
     try:
         for seg, keys in links.items():
             file_name = f"{dir_name}/{seg}".encode()
+            replacing = seg in relinked
             for key in keys:
                 name = key.encode("utf-8")
+                if replacing and f.id.links.exists(name):
+                    f.id.unlink(name)
                 f.id.links.create_external(
                     name, file_name, b"/" + name, lcpl=write.LINK_CREATE_UTF8
                 )

@@ -25,6 +25,7 @@ from h5guard._format import names, write
 from h5guard._format import reader as _reader
 from h5guard._format import segments as _segments
 from h5guard._liveness import GoneWriters, WriterIdentity, check_lease
+from h5guard._merge import fold as _fold
 from h5guard._merge import output as _output
 from h5guard._merge import plan as _plan
 from h5guard._merge import spare as _spare
@@ -758,21 +759,41 @@ def _segmented_steps(
         links[name] = keys
     added: dict[str, tuple[int, str]] = {}
     partial = out + _atomic.PARTIAL_SUFFIX
-    reserve = _index_size(out, index) + 256 * (plan.new_groups + 1) + 1024 * 1024
+    due = _fold.plan(current, _fold.fanout(), _fold.FOLD_MAX_BYTES) if index else None
+    refolded = sum(s.groups for s in current[due.start :]) if due is not None else 0
+    reserve = _index_size(out, index) + 256 * (plan.new_groups + refolded + 1) + 1024 * 1024
     copied: Future[None] | None = None
     spare = _spare.take(out, segdir, index, pool) if index is not None else None
+    relinked: set[str] = set()  # segments whose keys the partial may link elsewhere
     if spare is not None:
         # The index before this one gets the links it lacks, in place (_merge/spare.py).
         partial = spare.path
         for seg in spare.missing:
             links[seg.name] = _segments.segment_keys_at(os.path.join(segdir, seg.name))
+            relinked.add(seg.name)
     elif index is not None:
         # The copy of the old index (a few MB for 100,000 keys) is made and flushed to
         # disk while the new segment is built: the index's own fsync then writes only
         # the pages the new links change.
         copied = pool.submit(_copy_index, out, partial, reserve)
+    folded_durable: Future[None] | None = None
+    folded: _fold.Folded | None = None
+    if index is not None and due is not None:
+        # The last segments, copied into one (made durable while the merge goes on);
+        # the new index lists it in their place and links their keys into it.
+        folded = _fold.fold(
+            index, due, number=_segments.next_number(current), schema=planned.schema
+        )
+        if folded is not None:
+            folded_durable = pool.submit(_atomic.commit_file, folded.partial, folded.final)
+            current[due.start :] = [folded.segment]
+            for seg in folded.replaced:
+                links.pop(seg.name, None)
+                relinked.discard(seg.name)
+            links[folded.segment.name] = folded.keys
+            relinked.add(folded.segment.name)
     if plan.new_groups:
-        name = _segments.new_segment_name(len(current))
+        name = _segments.new_segment_name(_segments.next_number(current))
         final = os.path.join(segdir, name)
         seg_partial = final + _atomic.PARTIAL_SUFFIX
         seg_reserve = int(sum(planned.summaries[s].size for s in plan.shards) * 1.25) + 1024 * 1024
@@ -803,7 +824,11 @@ def _segmented_steps(
     }
     if planned.schema is not None:
         attrs[names.SCHEMA_ATTR] = np.bytes_(planned.schema.to_json().encode())
-    recorded = _spare.fingerprint(out, index) if index is not None else None
+    recorded = (
+        _spare.fingerprint(out, _spare.common_prefix(index.segments, current))
+        if index is not None
+        else None
+    )
     if recorded is not None:  # the old output, kept as the next merge's spare
         attrs[_segments.SPARE_ATTR] = np.bytes_(recorded.encode())
     try:
@@ -824,6 +849,7 @@ def _segmented_steps(
             groups=total,
             root_attrs=attrs,
             fresh=index is None,
+            relinked=relinked,
         )
         # The index goes to disk while it is read back: the read-back is CPU, the
         # fsync waits for the disk.
@@ -832,6 +858,8 @@ def _segmented_steps(
         # spare index lacked, or all the keys of a file turned into segment 0) are
         # counted: they were written by the same loop.
         expected = {k: current[-1].name for k in added}
+        if folded is not None:  # every re-pointed key too
+            expected.update(dict.fromkeys(folded.keys, folded.segment.name))
         problems = _segments.check_links(partial, expected, total=total)
         synced.result()
         if problems:
@@ -840,6 +868,8 @@ def _segmented_steps(
             )
         if durable is not None:
             durable.result()  # its OSError names the segment
+        if folded_durable is not None:
+            folded_durable.result()
         if index is not None:
             _spare.keep_old(out, segdir)
         _atomic.commit_file(partial, out, flushed=True)  # rename, directory fsync
@@ -888,8 +918,9 @@ def _require_own_dir(path: str) -> None:
 
 
 def clean_segment_dir(segdir: str, *, keep: Iterable[str]) -> list[str]:
-    """Remove what a crashed merge or compaction left in ``segdir``: segments that no
-    index lists, and partials; the spare index too unless ``keep`` names it. Only names
+    """Remove what a crashed merge or compaction left in ``segdir``, and the segments
+    the merge before folded (:mod:`h5guard._merge.fold`): segments that no index lists,
+    and partials; the spare index too unless ``keep`` names it. Only names
     h5guard gives are touched.
 
     Returns
@@ -909,6 +940,11 @@ def clean_segment_dir(segdir: str, *, keep: Iterable[str]) -> list[str]:
             _atomic.remove_quietly(os.path.join(segdir, name))
             removed.append(name)
     if removed:
-        log.info("%s: removed %d leftover(s) of an interrupted merge", segdir, len(removed))
+        log.info(
+            "%s: removed %d file(s) no index lists (segments folded by the merge before, "
+            "or an interrupted merge's leftovers)",
+            segdir,
+            len(removed),
+        )
         _atomic.fsync_dir(segdir)
     return removed

@@ -18,7 +18,11 @@ or switched off (``HDF5_USE_FILE_LOCKING=FALSE``), the merge copies the current 
 before. Other checks make sure the spare is one of this output's own indexes: a regular
 file of this account with one name (a hard link made to it elsewhere would be written
 through), not the output's own file, an index of the same segment directory whose
-segments are the first ones of the output's, unchanged.
+segments are the first ones of the output's, unchanged. After a merge that folded
+segments (:mod:`h5guard._merge.fold`) the spare lists segments the output no longer
+does: the index that replaced it records how many first segments the two share, and the
+next merge replaces the spare's links of the folded keys with links into the new
+segment (and checks the count of links before the rename).
 
 Crash safety: the spare is renamed to ``index-spare.h5.partial`` before its first
 change, so a merge killed while changing it leaves a partial that the next merge
@@ -62,7 +66,9 @@ class Spare:
     path : str
         Its partial name, the file the merge changes and renames over the output.
     missing : list of Segment
-        The output's segments the spare does not list yet, in order.
+        The output's segments the spare does not list yet, in order. The spare may
+        link some of their keys already, into segments they were folded from: those
+        links are to be replaced (``write_index(relinked=...)``).
     fd : int
         A descriptor holding the exclusive ``flock`` until :meth:`release`.
     """
@@ -165,9 +171,12 @@ def _unfit(st: os.stat_result, out: str) -> str | None:
     return None
 
 
-def fingerprint(out: str, index: _segments.Index) -> str | None:
+def fingerprint(out: str, listed: int) -> str | None:
     """What a new index records of the index ``out`` it replaces, its next spare
     (:data:`~h5guard._format.segments.SPARE_ATTR`), or None if none is kept.
+
+    ``listed``: how many of the new index's first segments that index lists too (all
+    of its own, unless a fold replaced some: :mod:`h5guard._merge.fold`).
 
     That file is never written again under any name but the spare's partial one, so if
     the spare is still the same inode, size and modification time, it is this index:
@@ -181,7 +190,17 @@ def fingerprint(out: str, index: _segments.Index) -> str | None:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    return f"{_which_file(st)}:{len(index.segments)}"
+    return f"{_which_file(st)}:{listed}"
+
+
+def common_prefix(a: Sequence[_segments.Segment], b: Sequence[_segments.Segment]) -> int:
+    """How many first segments ``a`` and ``b`` have in common."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _which_file(st: os.stat_result) -> str:
@@ -196,7 +215,7 @@ def _recorded(st: os.stat_result, index: _segments.Index) -> list[_segments.Segm
     if head != _which_file(st) or not count.isdigit():
         return None
     listed = int(count)
-    if not 0 < listed <= len(index.segments):
+    if not 0 <= listed <= len(index.segments):
         return None
     return list(index.segments[listed:])
 
@@ -212,8 +231,11 @@ def _missing(path: str, index: _segments.Index) -> list[_segments.Segment] | Non
         return None
     if old.dir_name != index.dir_name or links != old.groups:
         return None
+    # Only a spare whose segments are the output's first ones: one listing others (a
+    # fold's) is taken only as the record of the index that replaced it says
+    # (_recorded), which knows that their keys are all in later segments.
     have: Sequence[_segments.Segment] = old.segments
-    if len(have) > len(index.segments) or list(index.segments[: len(have)]) != list(have):
+    if common_prefix(have, index.segments) != len(have):
         return None
     return list(index.segments[len(have) :])
 

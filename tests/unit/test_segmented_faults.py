@@ -16,10 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import h5py
 import pytest
 
 from h5guard import H5GuardError, check, merge
-from h5guard._format import reader
+from h5guard._format import reader, segments
 from h5guard._merge import spare
 from tests.crash._merge_child import expected_digest, output_index, write_shards
 
@@ -66,11 +67,18 @@ FSYNC_FAULTS = {
 }
 
 
+# The failing merge folds the index's last two segments into one (h5guard/_merge/fold.py),
+# or does not: each fault meets the fold's commit too.
+FOLDS = pytest.mark.parametrize("fanout", ["16", "2"], ids=["no-fold", "fold"])
+
+
+@FOLDS
 @pytest.mark.parametrize("fault", sorted(FSYNC_FAULTS))
 def test_an_fsync_error_fails_the_merge_clearly_and_keeps_the_old_or_new_output(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str, fanout: str
 ) -> None:
     shards, out = prepared(tmp_path)
+    monkeypatch.setenv("H5GUARD_SEGMENT_FANOUT", fanout)
     with monkeypatch.context() as m:
         m.setattr("h5guard._atomic.os.fsync", failing_fsync(FSYNC_FAULTS[fault]))
         try:
@@ -92,13 +100,24 @@ def test_an_fsync_error_fails_the_merge_clearly_and_keeps_the_old_or_new_output(
     assert report.exit_code == 0, report.render_text()
     assert output_index(out) == expected(range(13))
     assert check([out]).ok
+    if fault != "the output directory's fsync":
+        assert_folded(out, fanout)
 
 
+def assert_folded(out: Path, fanout: str) -> None:
+    """The completing merge folded (fanout 2) the last two segments, or nothing."""
+    with h5py.File(out, "r", locking=False) as f:
+        levels = [s.level for s in segments.open_index(f, str(out)).segments]
+    assert levels == ([0, 1, 0] if fanout == "2" else [0, 0, 0, 0])
+
+
+@FOLDS
 @pytest.mark.parametrize("which", ["segment", "index"])
 def test_a_failed_rename_or_close_fails_the_merge_and_keeps_the_old_output(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str, fanout: str
 ) -> None:
     shards, out = prepared(tmp_path)
+    monkeypatch.setenv("H5GUARD_SEGMENT_FANOUT", fanout)
     real_replace, real_close = os.replace, reader.close_file
 
     def replace(src: Any, dst: Any, **kw: Any) -> None:
@@ -123,3 +142,4 @@ def test_a_failed_rename_or_close_fails_the_merge_and_keeps_the_old_output(
     assert merge(shards, out, workers=1).exit_code == 0
     assert output_index(out) == expected(range(13))
     assert check([out]).ok
+    assert_folded(out, fanout)
