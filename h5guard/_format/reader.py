@@ -181,11 +181,18 @@ def text_attr(obj: h5py.Group | h5py.File, name: str) -> str | None:
     # API, a third of the time of h5py's attribute manager (an index merge reads a
     # dozen of them); any other type is converted by h5py as before.
     aid = h5py.h5a.open(obj.id, raw)
-    if aid.dtype.kind in "Siu" and aid.shape == () and aid.dtype.names is None:
-        out = read_attr_id(aid)[()]
-        if aid.dtype.kind != "S":
-            return str(out)  # as str() of h5py's numpy scalar
-        return bytes(out).decode("utf-8", errors="replace")
+    tid = aid.get_type()
+    scalar = aid.get_space().get_simple_extent_type() == h5py.h5s.SCALAR
+    if scalar and tid.get_class() == h5py.h5t.STRING and not tid.is_variable_str():
+        # Into a buffer of the type h5py would read it with (h5py's dtype of the
+        # attribute costs as long as the rest of the read together).
+        utf8 = tid.get_cset() == h5py.h5t.CSET_UTF8
+        size = tid.get_size()
+        buf = np.empty((), dtype=h5py.string_dtype("utf-8", size) if utf8 else f"S{size}")
+        aid.read(buf, mtype=_mtype(buf.dtype))
+        return bytes(buf[()]).decode("utf-8", errors="replace")
+    if scalar and tid.get_class() == h5py.h5t.INTEGER:
+        return str(read_attr_id(aid)[()])  # as str() of h5py's numpy scalar
     value = obj.attrs[name]
     if isinstance(value, bytes | np.bytes_):
         return bytes(value).decode("utf-8", errors="replace")

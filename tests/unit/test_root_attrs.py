@@ -65,6 +65,37 @@ def test_text_attr_reads_fixed_and_variable_length_text_and_says_none_when_absen
         assert reader.text_attr(f, "absent") is None
 
 
+def _fixed_string(f: h5py.File, name: str, raw: bytes, *, pad: int, cset: int) -> None:
+    tid = h5py.h5t.C_S1.copy()
+    tid.set_size(len(raw))
+    tid.set_strpad(pad)
+    tid.set_cset(cset)
+    aid = h5py.h5a.create(f.id, name.encode(), tid, h5py.h5s.create(h5py.h5s.SCALAR))
+    aid.write(np.array(raw, dtype=f"S{len(raw)}"), mtype=tid)
+
+
+def test_text_attr_reads_what_h5py_reads_for_every_padding_charset_and_number(
+    tmp_path: Path,
+) -> None:
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        for pad in (h5py.h5t.STR_NULLTERM, h5py.h5t.STR_NULLPAD, h5py.h5t.STR_SPACEPAD):
+            for cset in (h5py.h5t.CSET_ASCII, h5py.h5t.CSET_UTF8):
+                for n, raw in enumerate((b"plain", "näme".encode(), b"ab\0cd", b"tail\0\0")):
+                    _fixed_string(f, f"s{pad}-{cset}-{n}", raw, pad=pad, cset=cset)
+        f.attrs["unsigned"] = np.uint16(65535)
+        f.attrs["negative"] = np.int8(-3)
+        f.attrs["float"] = 2.5
+        f.attrs["one_of"] = np.array([b"x"])
+    with h5py.File(tmp_path / "t.h5", "r") as f:
+        for name in f.attrs:
+            value = f.attrs[name]
+            if isinstance(value, bytes | np.bytes_):
+                want = bytes(value).decode("utf-8", errors="replace")
+            else:
+                want = str(value)
+            assert reader.text_attr(f, name) == want, name
+
+
 @pytest.mark.parametrize("value", VALUES, ids=repr)
 def test_update_attr_keeps_an_equal_value_and_replaces_any_other(
     tmp_path: Path, value: Any, monkeypatch: pytest.MonkeyPatch
