@@ -95,8 +95,24 @@ def _quick_summary(path: str) -> FileSummary:
     return FileSummary(path, FileKind.UNREADABLE, size)
 
 
+PathOrPaths = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
+
+
+def path_list(paths: PathOrPaths) -> list[str]:
+    """``paths`` as a list of ``str``; one path alone is a list of one.
+
+    A ``str`` is itself an iterable of strings: taken as a sequence, ``"out.h5"`` would
+    be checked as the files ``o``, ``u``, ``t``, ``.`` (this directory), ...
+    """
+    if isinstance(paths, str | os.PathLike):
+        return [os.fspath(paths)]
+    if isinstance(paths, bytes):
+        raise TypeError(f"expected a path or a list of paths as str, got bytes {paths!r}")
+    return [os.fspath(p) for p in paths]
+
+
 def validate_many(
-    paths: Sequence[str],
+    paths: PathOrPaths,
     *,
     schema: Schema | None = None,
     deep: bool = True,
@@ -115,7 +131,8 @@ def validate_many(
     Parameters
     ----------
     paths
-        The files to validate (no directories: see :func:`check`).
+        The files to validate (no directories: see :func:`check`); one path alone
+        stands for itself.
     schema
         Check every top-level group against it; None: against the schema each file
         embeds, if any.
@@ -152,7 +169,7 @@ def validate_many(
         Every finding and a :class:`~h5guard.FileSummary` per file.
     """
     return _validate(
-        paths,
+        path_list(paths),
         regular=frozenset(),
         schema=schema,
         deep=deep,
@@ -417,7 +434,7 @@ def validate(
     )
 
 
-def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[str], list[Finding]]:
+def expand_paths(paths: PathOrPaths) -> tuple[list[str], list[Finding]]:
     """Files to check for each PATH argument, and findings about leftovers.
 
     A directory stands for its ``*.h5`` files (not recursing, and not into its
@@ -436,7 +453,7 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[str], li
         The files to validate, and the findings about partials, journals and
         directories with nothing to check.
     """
-    files, findings, _ = _expand(paths)
+    files, findings, _ = _expand(path_list(paths))
     return files, findings
 
 
@@ -538,7 +555,7 @@ def _nothing_to_check(directory: str) -> Finding:
 
 
 def check(
-    paths: Sequence[str | os.PathLike[str]],
+    paths: PathOrPaths,
     *,
     schema: Schema | None = None,
     expect: Iterable[str] | None = None,
@@ -561,7 +578,7 @@ def check(
     ----------
     paths
         Files and directories (a directory stands for its ``*.h5`` files; see
-        :func:`expand_paths`).
+        :func:`expand_paths`); one path alone stands for itself.
     schema
         Check every top-level group against it, nested groups included; None: against
         the schema each file embeds, if any.
@@ -582,6 +599,7 @@ def check(
     >>> report = h5guard.check(["results/"], expect=[f"cfg{i}" for i in range(10)])  # doctest: +SKIP
     >>> print(report.render_text())  # doctest: +SKIP
     """
+    paths = path_list(paths)
     files, extra, regular = _expand(paths)
     indexes: list[Any] = []
     if _any_segment_dir(files):  # a segmented output's index

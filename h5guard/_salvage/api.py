@@ -35,13 +35,13 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from h5guard import _atomic
-from h5guard._check.api import ProgressCallback
+from h5guard._check.api import PathOrPaths, ProgressCallback, path_list
 from h5guard._check.quick import quick_check
 from h5guard._salvage.child import (
     SALVAGE_PREFIX,
@@ -273,8 +273,8 @@ class _Job:
         )
 
 
-def _expand(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[str]:
-    items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+def _expand(paths: PathOrPaths) -> list[str]:
+    items = path_list(paths)
     if not items:
         raise MergeSourceError("paths: expected at least one file or directory, got none")
     files: list[str] = []
@@ -305,13 +305,12 @@ def _expand(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]) ->
 
 def _prepare_out_dir(
     out_dir: str | os.PathLike[str],
-    paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+    paths: PathOrPaths,
 ) -> str:
     out = os.path.abspath(os.fspath(out_dir))
     if os.path.lexists(out) and not os.path.isdir(out):
         raise MergeSourceError(f"{out}: expected a directory for the salvaged shards, found a file")
-    items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
-    for raw in items:
+    for raw in path_list(paths):
         if os.path.isdir(raw) and os.path.realpath(raw) == os.path.realpath(out):
             raise MergeSourceError(
                 f"{out}: expected an output directory apart from the inputs, got input directory {os.fspath(raw)}"
@@ -481,7 +480,7 @@ class _Run:
 
 
 def salvage(
-    paths: Sequence[str | os.PathLike[str]],
+    paths: PathOrPaths,
     out_dir: str | os.PathLike[str],
     *,
     schema: Schema | None = None,
