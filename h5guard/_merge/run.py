@@ -709,10 +709,11 @@ def _merge_segmented(
     until the index that lists them is renamed over ``out``), and a crash leaves only
     unreferenced files, which the next merge removes.
     """
-    # Two threads: the segment's commit beside the index's fsync (or its copy).
-    with _background.Tasks("segment", workers=2) as pool:
+    # Two threads: the segment's commit beside the index's fsync (or its copy). What is
+    # held for the merge (the spare) is let go after the pool has finished with it.
+    with _background.Tasks("segment", workers=2) as pool, contextlib.ExitStack() as held:
         try:
-            return _segmented_steps(out, index, build, plan, planned, extra_attrs, pool)
+            return _segmented_steps(out, index, build, plan, planned, extra_attrs, pool, held)
         except BaseException:
             pool.wait()  # the index copy may still be under way
             _atomic.remove_quietly(out + _atomic.PARTIAL_SUFFIX)
@@ -727,6 +728,7 @@ def _segmented_steps(
     planned: _plan.Planned,
     extra_attrs: Mapping[str, Any],
     pool: _background.Tasks,
+    held: contextlib.ExitStack,
 ) -> dict[str, tuple[int, str]]:
     durable: Future[None] | None = None
     dir_name = index.dir_name if index is not None else _segments.dir_name_for(out)
@@ -764,6 +766,8 @@ def _segmented_steps(
     reserve = _index_size(out, index) + 256 * (plan.new_groups + refolded + 1) + 1024 * 1024
     copied: Future[None] | None = None
     spare = _spare.take(out, segdir, index, pool) if index is not None else None
+    if spare is not None:
+        held.enter_context(spare)  # released, and removed if the merge fails
     relinked: set[str] = set()  # segments whose keys the partial may link elsewhere
     if spare is not None:
         # The index before this one gets the links it lacks, in place (_merge/spare.py).
@@ -883,9 +887,6 @@ def _segmented_steps(
                 partial, f"writing the new index failed, {out} is unchanged", err
             ) from err
         raise
-    finally:
-        if spare is not None:
-            spare.release()
     return added
 
 

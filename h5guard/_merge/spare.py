@@ -42,6 +42,7 @@ import stat
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from types import TracebackType
 
 import h5py
 
@@ -87,6 +88,21 @@ class Spare:
         with contextlib.suppress(OSError):
             os.close(self.fd)
         self.fd = -1
+
+    def __enter__(self) -> Spare:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Release it; after a failed merge, remove it too (unchanged or half-changed,
+        it is no spare any more, and a failed merge leaves nothing behind)."""
+        if exc_type is not None:
+            _atomic.remove_quietly(self.path)
+        self.release()
 
 
 def spare_path(segdir: str) -> str:
