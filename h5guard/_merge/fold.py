@@ -34,7 +34,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from h5guard import _atomic
+from h5guard import _atomic, _env
 from h5guard._format import segments as _segments
 from h5guard._merge import output as _output
 from h5guard._merge import verify as _verify
@@ -55,18 +55,12 @@ FOLD_MAX_BYTES = 256 * 1024 * 1024
 def fanout() -> int:
     """How many segments of one level fold into one of the next (``$H5GUARD_SEGMENT_FANOUT``,
     default 16; 0 switches folding off)."""
-    raw = os.environ.get(FANOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_FANOUT
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(
-            f"${FANOUT_ENV}: expected a whole number >= 2 (0: off), got {raw!r}"
-        ) from None
-    if value == 0 or value >= 2:
-        return value
-    raise ValueError(f"${FANOUT_ENV}: expected a whole number >= 2 (0: off), got {raw!r}")
+    return _env.whole_number(
+        FANOUT_ENV,
+        DEFAULT_FANOUT,
+        valid=lambda n: n == 0 or n >= 2,
+        expected="a whole number >= 2 (0: off)",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from h5guard import _atomic, _background, _journal, _lock
+from h5guard import _atomic, _background, _env, _journal, _lock
 from h5guard._check.api import ProgressCallback
 from h5guard._check.own import verify_groups
 from h5guard._format import names, write
@@ -598,16 +598,9 @@ def _build_verified(
 
 def segment_threshold() -> int:
     """The size from which an ``"auto"`` merge segments a self-contained output."""
-    raw = os.environ.get(THRESHOLD_ENV, "").strip()
-    if not raw:
-        return SEGMENT_THRESHOLD
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"${THRESHOLD_ENV}: expected a number of bytes, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"${THRESHOLD_ENV}: expected a number of bytes >= 0, got {raw!r}")
-    return value
+    return _env.whole_number(
+        THRESHOLD_ENV, SEGMENT_THRESHOLD, valid=lambda n: n >= 0, expected="a number of bytes >= 0"
+    )
 
 
 def _segmented(layout: str, is_index: bool, size: int, out: str) -> bool:
