@@ -86,3 +86,35 @@ def run_python(code: str, *args: object, timeout: float = 120) -> subprocess.Com
         timeout=timeout,
         check=False,
     )
+
+
+# The CLI with the merge's up-front space check switched off: the disk then fills inside
+# the merge, as when another process fills it meanwhile. In a child, since libhdf5 may
+# abort rather than raise on a full disk.
+_MERGE_WITHOUT_SPACE_CHECK = """
+import sys
+import h5guard._atomic
+h5guard._atomic.require_free_space = lambda *args, **kwargs: None
+from h5guard.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def merge_without_space_check(*args: str) -> subprocess.CompletedProcess[str]:
+    """``h5guard merge ARGS`` in a child whose merge skips its space check."""
+    return subprocess.run(
+        [sys.executable, "-c", _MERGE_WITHOUT_SPACE_CHECK, "merge", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+
+
+def assert_one_line_full_disk_error(proc: subprocess.CompletedProcess[str]) -> None:
+    """Exit 2 and one line on stderr that says the disk is full; no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not enough free space" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
