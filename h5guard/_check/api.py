@@ -9,6 +9,7 @@ condemned: there is nothing to learn, and they are the likeliest to hurt libhdf5
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import os
@@ -514,6 +515,29 @@ def _expand(
 _SCAN_FROM = 64
 
 
+_INDEX_TARGET = "h5guard._format.segments:inspect_if_index"
+_SEGMENT_DIR_SUFFIX = ".segments"  # segments.DIR_SUFFIX, without importing h5py here
+
+
+def _index_verdicts(
+    files: Sequence[str], box: Sandbox, findings: list[Finding]
+) -> tuple[dict[str, Any], set[str]]:
+    """What the sandbox's children find of each of ``files`` with a segment directory
+    beside it (``segments.inspect_if_index``: a verdict, or None for no index), and the
+    files a child failed on (libhdf5 crashed or hung on a damaged index), each of
+    those a finding."""
+    candidates = [f for f in files if os.path.isdir(f + _SEGMENT_DIR_SUFFIX)]
+    verdicts: dict[str, Any] = {}
+    failed: set[str] = set()
+    for i, result in box.map(_INDEX_TARGET, [(p,) for p in candidates]):
+        if result.ok:
+            verdicts[candidates[i]] = result.value
+        else:
+            failed.add(candidates[i])
+            findings.extend(_sandbox_findings(candidates[i], result))
+    return verdicts, failed
+
+
 def _any_segment_dir(files: Sequence[str]) -> bool:
     """Whether a directory ``FILE.segments`` is beside any of ``files`` (an index's).
 
@@ -522,7 +546,7 @@ def _any_segment_dir(files: Sequence[str]) -> bool:
     by_dir: dict[str, set[str]] = {}
     for f in files:
         head, name = os.path.split(f)
-        by_dir.setdefault(head, set()).add(name + ".segments")
+        by_dir.setdefault(head, set()).add(name + _SEGMENT_DIR_SUFFIX)
     for directory, wanted in by_dir.items():
         if len(wanted) < _SCAN_FROM:
             if any(os.path.isdir(os.path.join(directory, w)) for w in wanted):
@@ -602,26 +626,33 @@ def check(
     paths = path_list(paths)
     files, extra, regular = _expand(paths)
     indexes: list[Any] = []
-    if _any_segment_dir(files):  # a segmented output's index
-        from h5guard._format import segments  # imports h5py: only for an index
+    with contextlib.ExitStack() as owned:
+        if _any_segment_dir(files):  # a segmented output's index
+            from h5guard._format import segments  # imports h5py: only for an index
 
-        files, found, indexes = segments.expand_indexes(files)
-        extra += found
-    report = _validate(
-        files,
-        regular=regular,
-        trust_seals=False,
-        schema=schema,
-        deep=deep,
-        timeout=timeout,
-        memory_limit=memory_limit,
-        workers=workers,
-        progress=progress,
-        sandbox=sandbox,
-        strict=strict,
-        allow_external=allow_external,
-        swmr=swmr,
-    )
+            if sandbox is None:  # one for the indexes and the files after them
+                sandbox = owned.enter_context(
+                    Sandbox(workers=workers, timeout=timeout, memory_limit=memory_limit)
+                )
+            verdicts, failed = _index_verdicts(files, sandbox, extra)
+            files = [f for f in files if f not in failed]
+            files, found, indexes = segments.expand_indexes(files, verdicts)
+            extra += found
+        report = _validate(
+            files,
+            regular=regular,
+            trust_seals=False,
+            schema=schema,
+            deep=deep,
+            timeout=timeout,
+            memory_limit=memory_limit,
+            workers=workers,
+            progress=progress,
+            sandbox=sandbox,
+            strict=strict,
+            allow_external=allow_external,
+            swmr=swmr,
+        )
     findings = list(report.findings) + extra
     if indexes:
         found, summaries = segments.findings_after(indexes, report)

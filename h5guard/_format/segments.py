@@ -553,23 +553,61 @@ def inspect(path: str) -> Verdict:
                 problems.append(
                     (seg_path, "/", f"segment is {st.st_size} bytes, the index says {seg.size}")
                 )
-        count = 0
-        for key in reader.member_names(f.id):
-            name = key.encode("utf-8")
-            info = f.id.links.get_info(name)
-            if info.type != h5py.h5l.TYPE_EXTERNAL:
-                problems.append((path, f"/{key}", "expected an external link into a segment"))
-                continue
-            try:
-                seg_name = link_target(index, key, f.id.links.get_val(name))
-            except UnreadableOutputError as err:
-                problems.append((path, f"/{key}", str(err).split(": ", 2)[-1]))
-                continue
-            keys[index.segment_path(seg_name)].append(key)
-            count += 1
+        try:
+            count = _links_by_segment(f, index, keys, problems)
+        except (RuntimeError, OSError, KeyError, ValueError) as err:
+            # Damaged metadata (a checksum, a B-tree node): the links cannot be listed,
+            # so nothing can be said of which segment holds which key. The results are
+            # in the segments, which salvage reads as outputs of their own.
+            problems.append(
+                (
+                    path,
+                    "/",
+                    f"index could not be read, damaged ({err}); the results are in its "
+                    f"segments: h5guard salvage {index.directory}/seg-*.h5 -o DIR recovers "
+                    "them, and h5guard merge DIR -o NEW.h5 makes a new output of them",
+                )
+            )
+            return Verdict(None, tuple(problems), {})
         if count != index.groups:
             problems.append((path, "/", f"index has {count} links, its root says {index.groups}"))
     return Verdict(index, tuple(problems), {p: tuple(k) for p, k in keys.items()})
+
+
+def _links_by_segment(
+    f: h5py.File,
+    index: Index,
+    keys: dict[str, list[str]],
+    problems: list[tuple[str, str, str]],
+) -> int:
+    """Sort the index's links into ``keys`` by segment; return how many are well-formed."""
+    count = 0
+    for key in reader.member_names(f.id):
+        name = key.encode("utf-8")
+        info = f.id.links.get_info(name)
+        if info.type != h5py.h5l.TYPE_EXTERNAL:
+            problems.append((index.path, f"/{key}", "expected an external link into a segment"))
+            continue
+        try:
+            seg_name = link_target(index, key, f.id.links.get_val(name))
+        except UnreadableOutputError as err:
+            problems.append((index.path, f"/{key}", str(err).split(": ", 2)[-1]))
+            continue
+        keys[index.segment_path(seg_name)].append(key)
+        count += 1
+    return count
+
+
+def inspect_if_index(path: str) -> Verdict | None:
+    """:func:`inspect` of ``path`` if it is an index; None if it is none, or if libhdf5
+    cannot open it (its own check as a file then says what it is).
+
+    What :func:`h5guard.check` runs in its sandbox for each file that has a segment
+    directory beside it: libhdf5 may crash or hang on a damaged index as on any file.
+    """
+    if not is_index_path(path):
+        return None
+    return inspect(path)
 
 
 def compare(
@@ -624,9 +662,17 @@ def locate(f: h5py.File, path: str, key: str) -> str | None:
 
 
 def expand_indexes(
-    files: Sequence[str],
+    files: Sequence[str], verdicts: Mapping[str, Verdict | None]
 ) -> tuple[list[str], list[Finding], list[Verdict]]:
     """For :func:`h5guard.check`: each index among ``files`` stands for its segments.
+
+    Parameters
+    ----------
+    files
+        The files to check.
+    verdicts
+        :func:`inspect_if_index` of some of them; a file missing from it, or None,
+        is no index.
 
     Returns
     -------
@@ -636,16 +682,18 @@ def expand_indexes(
     """
     out: list[str] = []
     findings: list[Finding] = []
-    verdicts: list[Verdict] = []
+    found: list[Verdict] = []
     for path in files:
-        if not is_index_path(path):
+        verdict = verdicts.get(path)
+        if verdict is None:
             out.append(path)
             continue
-        verdict = inspect(path)
-        verdicts.append(verdict)
         findings.extend(_finding(p) for p in verdict.problems)
+        if verdict.index is None and not verdict.keys:
+            continue  # no index that can be read: the file says nothing more
+        found.append(verdict)
         out.extend(p for p in verdict.segment_paths if os.path.isfile(p) and not os.path.islink(p))
-    return out, findings, verdicts
+    return out, findings, found
 
 
 def findings_after(
@@ -707,6 +755,8 @@ def findings_after(
 def _finding(problem: tuple[str, str, str]) -> Finding:
     path, obj, message = problem
     code = Code.NOT_FOUND if "missing" in message else Code.UNEXPECTED_OBJECT
+    if "could not be read" in message or "could not be opened" in message:
+        code = Code.UNREADABLE
     if "digests do not match" in message:
         code = Code.DIGEST_MISMATCH
     return Finding(path, obj, code, Severity.ERROR, message)
