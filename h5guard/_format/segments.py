@@ -564,8 +564,9 @@ def inspect(path: str) -> Verdict:
                     path,
                     "/",
                     f"index could not be read, damaged ({err}); the results are in its "
-                    f"segments: h5guard salvage {index.directory}/seg-*.h5 -o DIR recovers "
-                    "them, and h5guard merge DIR -o NEW.h5 makes a new output of them",
+                    f"segments: h5guard compact {path} rewrites the output as one file "
+                    f"from them (or h5guard salvage {index.directory}/seg-*.h5 -o DIR, then "
+                    "h5guard merge DIR -o NEW.h5)",
                 )
             )
             return Verdict(None, tuple(problems), {})

@@ -112,6 +112,7 @@ def test_an_index_whose_links_cannot_be_listed_names_salvage_and_salvage_recover
     else:
         pytest.fail("no flip of the index broke its link listing")
     assert unreadable[0].code is Code.UNREADABLE and unreadable[0].path == str(out)
+    assert "h5guard compact" in unreadable[0].message
     assert "h5guard salvage" in unreadable[0].message
     proc = subprocess.run(
         [sys.executable, "-m", "h5guard.cli", "check", str(out)],
@@ -122,8 +123,10 @@ def test_an_index_whose_links_cannot_be_listed_names_salvage_and_salvage_recover
         check=False,
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
-    # What the message says to do, done: every result comes back.
+    # What the message says to do, done both ways: every result comes back.
     segments = sorted(str(p) for p in (out.parent / "out.h5.segments").glob("seg-*.h5"))
     h5guard.salvage(segments, tmp_path / "saved", workers=1)
     h5guard.merge(tmp_path / "saved", tmp_path / "new.h5", workers=1)
     assert output_index(tmp_path / "new.h5") == {f"g{i}": expected_digest(i) for i in KEYS}
+    h5guard.compact(out)
+    assert intact(out) and h5guard.check(out, sandbox=box).ok
