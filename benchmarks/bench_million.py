@@ -10,14 +10,15 @@ of one small dataset and three scalar attributes and times, in this process:
 * ``iter_results``, ``to_dataframe`` and ``read`` of one key (median of 5) of the output;
 * a plain h5py attribute loop over the output (the baseline a table should match);
 * ``plan_merge`` (what ``h5guard status`` runs) of 10 new results against the output;
-* a merge of those 10 new results into (a copy of) the output and into an empty output,
-  median of 3 each (the copy is made before the clock starts).
+* a merge of those 10 new results into (a fresh copy of) the output and into an empty
+  output, median of 3 each (the copy is made before the clock starts). From 64 MiB that
+  merge turns the copy into a segmented output, once: the steady state of later merges,
+  and #26's "at most 2x", are ``bench_incremental.py``'s.
 
 Then one table: each step's time at every N, the growth factor per 10x (10 is linear;
 ``read`` of one key should stay near 1), and the targets of #26 (``to_dataframe`` of
 200,000 results within 5 s and equal to the attribute loop: ``--sizes 10000,200000``
-measures it; 10 new results into a big
-output at most 2x their cost into an empty one). Nothing is asserted: MISS is printed.
+measures it). Nothing is asserted: MISS is printed.
 The default run stays within about 10 minutes on the 2-core machine, idle.
 """
 
@@ -182,6 +183,10 @@ def one_size(root: Path, n: int) -> dict[str, float]:
     inc_out, inc_dir, empty_out = d / "inc.h5", d / "inc-new", d / "empty.h5"
 
     def fresh_existing() -> None:
+        # The segment directory the round before made goes too: beside a fresh copy it
+        # would be another output's segments, and the merge would (rightly) keep to
+        # one file.
+        shutil.rmtree(str(inc_out) + ".segments", ignore_errors=True)
         shutil.copy(out, inc_out)
         shutil.rmtree(inc_dir, ignore_errors=True)
         shutil.copytree(new, inc_dir)
@@ -238,8 +243,9 @@ def verdicts(times: dict[int, dict[str, float]]) -> list[tuple[str, float, str, 
             (
                 f"merge 10 into output / into empty at {n:,}",
                 t["merge 10 into output"] / t["merge 10 into empty"],
-                "<= 2.00x",
-                t["merge 10 into output"] <= 2 * t["merge 10 into empty"],
+                "none (the first merge into a self-contained output; the steady "
+                "state and #26's 2x: bench_incremental.py)",
+                True,
             )
         )
         out.append(
