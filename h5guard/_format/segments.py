@@ -501,7 +501,7 @@ class Verdict:
     """What :func:`inspect` found: problems with the index, and each segment's keys."""
 
     index: Index | None
-    problems: tuple[tuple[str, str, str], ...]  # (file, object, message)
+    problems: tuple[Finding, ...]  # errors, each naming the index or a segment
     keys: Mapping[str, tuple[str, ...]]  # segment path -> keys linked into it
 
     @property
@@ -520,24 +520,42 @@ def inspect(path: str) -> Verdict:
     segments' own contents are checked as outputs by the caller, who then compares
     them with :attr:`Verdict.keys` (:func:`compare`).
     """
-    problems: list[tuple[str, str, str]] = []
+    problems: list[Finding] = []
     keys: dict[str, list[str]] = {}
     try:
         f = h5py.File(path, "r", locking=False)
     except Exception as err:
-        return Verdict(None, ((path, "/", f"index could not be opened ({err})"),), {})
+        return Verdict(
+            None, (_error(path, "/", Code.UNREADABLE, f"index could not be opened ({err})"),), {}
+        )
     with f:
         try:
             index = open_index(f, path)
         except UnreadableOutputError as err:
-            return Verdict(None, ((path, "/", str(err).split(": ", 1)[-1]),), {})
+            return Verdict(
+                None, (_error(path, "/", Code.UNEXPECTED_OBJECT, str(err).split(": ", 1)[-1]),), {}
+            )
         try:
             st = os.lstat(index.directory)
             if not stat.S_ISDIR(st.st_mode):
-                problems.append((path, "/", f"{index.directory} is a link or no directory"))
+                problems.append(
+                    _error(
+                        path,
+                        "/",
+                        Code.UNEXPECTED_OBJECT,
+                        f"{index.directory} is a link or no directory",
+                    )
+                )
                 return Verdict(index, tuple(problems), {})
         except OSError as err:
-            problems.append((path, "/", f"segment directory {index.directory} missing ({err})"))
+            problems.append(
+                _error(
+                    path,
+                    "/",
+                    Code.NOT_FOUND,
+                    f"segment directory {index.directory} missing ({err})",
+                )
+            )
             return Verdict(index, tuple(problems), {})
         for seg in index.segments:
             seg_path = index.segment_path(seg.name)
@@ -545,13 +563,27 @@ def inspect(path: str) -> Verdict:
             try:
                 st = os.lstat(seg_path)
             except OSError:
-                problems.append((seg_path, "/", "segment listed by the index is missing"))
+                problems.append(
+                    _error(seg_path, "/", Code.NOT_FOUND, "segment listed by the index is missing")
+                )
                 continue
             if not stat.S_ISREG(st.st_mode):
-                problems.append((seg_path, "/", "segment is a link or no regular file"))
+                problems.append(
+                    _error(
+                        seg_path,
+                        "/",
+                        Code.UNEXPECTED_OBJECT,
+                        "segment is a link or no regular file",
+                    )
+                )
             elif st.st_size != seg.size:
                 problems.append(
-                    (seg_path, "/", f"segment is {st.st_size} bytes, the index says {seg.size}")
+                    _error(
+                        seg_path,
+                        "/",
+                        Code.UNEXPECTED_OBJECT,
+                        f"segment is {st.st_size} bytes, the index says {seg.size}",
+                    )
                 )
         try:
             count = _links_by_segment(f, index, keys, problems)
@@ -560,9 +592,10 @@ def inspect(path: str) -> Verdict:
             # so nothing can be said of which segment holds which key. The results are
             # in the segments, which salvage reads as outputs of their own.
             problems.append(
-                (
+                _error(
                     path,
                     "/",
+                    Code.UNREADABLE,
                     f"index could not be read, damaged ({err}); the results are in its "
                     f"segments: h5guard compact {path} rewrites the output as one file "
                     f"from them (or h5guard salvage {index.directory}/seg-*.h5 -o DIR, then "
@@ -571,7 +604,14 @@ def inspect(path: str) -> Verdict:
             )
             return Verdict(None, tuple(problems), {})
         if count != index.groups:
-            problems.append((path, "/", f"index has {count} links, its root says {index.groups}"))
+            problems.append(
+                _error(
+                    path,
+                    "/",
+                    Code.UNEXPECTED_OBJECT,
+                    f"index has {count} links, its root says {index.groups}",
+                )
+            )
     return Verdict(index, tuple(problems), {p: tuple(k) for p, k in keys.items()})
 
 
@@ -579,7 +619,7 @@ def _links_by_segment(
     f: h5py.File,
     index: Index,
     keys: dict[str, list[str]],
-    problems: list[tuple[str, str, str]],
+    problems: list[Finding],
 ) -> int:
     """Sort the index's links into ``keys`` by segment; return how many are well-formed."""
     count = 0
@@ -587,12 +627,21 @@ def _links_by_segment(
         name = key.encode("utf-8")
         info = f.id.links.get_info(name)
         if info.type != h5py.h5l.TYPE_EXTERNAL:
-            problems.append((index.path, f"/{key}", "expected an external link into a segment"))
+            problems.append(
+                _error(
+                    index.path,
+                    f"/{key}",
+                    Code.UNEXPECTED_OBJECT,
+                    "expected an external link into a segment",
+                )
+            )
             continue
         try:
             seg_name = link_target(index, key, f.id.links.get_val(name))
         except UnreadableOutputError as err:
-            problems.append((index.path, f"/{key}", str(err).split(": ", 2)[-1]))
+            problems.append(
+                _error(index.path, f"/{key}", Code.UNEXPECTED_OBJECT, str(err).split(": ", 2)[-1])
+            )
             continue
         keys[index.segment_path(seg_name)].append(key)
         count += 1
@@ -613,10 +662,10 @@ def inspect_if_index(path: str) -> Verdict | None:
 
 def compare(
     verdict: Verdict, found: Mapping[str, Mapping[str, str | None] | None]
-) -> list[tuple[str, str, str]]:
+) -> list[Finding]:
     """Match each segment's valid groups (``found``: segment path -> its groups, None
     when it is not an h5guard output) against the index's links and listing digests."""
-    problems: list[tuple[str, str, str]] = []
+    problems: list[Finding] = []
     if verdict.index is None:
         return problems
     for seg in verdict.index.segments:
@@ -626,16 +675,29 @@ def compare(
             continue  # missing or not an output: already reported
         linked = set(verdict.keys.get(seg_path, ()))
         for key in sorted(linked - set(groups)):
-            problems.append((verdict.index.path, f"/{key}", f"links to {seg_path}, which lacks it"))
+            problems.append(
+                _error(
+                    verdict.index.path,
+                    f"/{key}",
+                    Code.UNEXPECTED_OBJECT,
+                    f"links to {seg_path}, which lacks it",
+                )
+            )
         for key in sorted(set(groups) - linked):
             problems.append(
-                (seg_path, f"/{key}", f"group not linked from the index {verdict.index.path}")
+                _error(
+                    seg_path,
+                    f"/{key}",
+                    Code.UNEXPECTED_OBJECT,
+                    f"group not linked from the index {verdict.index.path}",
+                )
             )
         if listing_digest(groups) != seg.digest and linked == set(groups):
             problems.append(
-                (
+                _error(
                     seg_path,
                     "/",
+                    Code.DIGEST_MISMATCH,
                     f"its groups' digests do not match the index's listing {seg.digest}",
                 )
             )
@@ -689,7 +751,7 @@ def expand_indexes(
         if verdict is None:
             out.append(path)
             continue
-        findings.extend(_finding(p) for p in verdict.problems)
+        findings.extend(verdict.problems)
         if verdict.index is None and not verdict.keys:
             continue  # no index that can be read: the file says nothing more
         found.append(verdict)
@@ -739,7 +801,7 @@ def findings_after(
             invalid.extend(summary.invalid_groups)
             moved.add(seg_path)
             schema = schema or summary.schema_json
-        findings.extend(_finding(p) for p in compare(verdict, found))
+        findings.extend(compare(verdict, found))
         if verdict.index is not None:
             size = os.path.getsize(verdict.index.path)
             summaries.append(
@@ -753,11 +815,5 @@ def findings_after(
     return findings, summaries
 
 
-def _finding(problem: tuple[str, str, str]) -> Finding:
-    path, obj, message = problem
-    code = Code.NOT_FOUND if "missing" in message else Code.UNEXPECTED_OBJECT
-    if "could not be read" in message or "could not be opened" in message:
-        code = Code.UNREADABLE
-    if "digests do not match" in message:
-        code = Code.DIGEST_MISMATCH
+def _error(path: str, obj: str, code: Code, message: str) -> Finding:
     return Finding(path, obj, code, Severity.ERROR, message)
