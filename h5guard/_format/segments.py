@@ -520,8 +520,6 @@ def inspect(path: str) -> Verdict:
     segments' own contents are checked as outputs by the caller, who then compares
     them with :attr:`Verdict.keys` (:func:`compare`).
     """
-    problems: list[Finding] = []
-    keys: dict[str, list[str]] = {}
     try:
         f = h5py.File(path, "r", locking=False)
     except Exception as err:
@@ -529,89 +527,96 @@ def inspect(path: str) -> Verdict:
             None, (_error(path, "/", Code.UNREADABLE, f"index could not be opened ({err})"),), {}
         )
     with f:
-        try:
-            index = open_index(f, path)
-        except UnreadableOutputError as err:
-            return Verdict(
-                None, (_error(path, "/", Code.UNEXPECTED_OBJECT, str(err).split(": ", 1)[-1]),), {}
-            )
-        try:
-            st = os.lstat(index.directory)
-            if not stat.S_ISDIR(st.st_mode):
-                problems.append(
-                    _error(
-                        path,
-                        "/",
-                        Code.UNEXPECTED_OBJECT,
-                        f"{index.directory} is a link or no directory",
-                    )
-                )
-                return Verdict(index, tuple(problems), {})
-        except OSError as err:
-            problems.append(
-                _error(
-                    path,
-                    "/",
-                    Code.NOT_FOUND,
-                    f"segment directory {index.directory} missing ({err})",
-                )
-            )
-            return Verdict(index, tuple(problems), {})
-        for seg in index.segments:
-            seg_path = index.segment_path(seg.name)
-            keys[seg_path] = []
-            try:
-                st = os.lstat(seg_path)
-            except OSError:
-                problems.append(
-                    _error(seg_path, "/", Code.NOT_FOUND, "segment listed by the index is missing")
-                )
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                problems.append(
-                    _error(
-                        seg_path,
-                        "/",
-                        Code.UNEXPECTED_OBJECT,
-                        "segment is a link or no regular file",
-                    )
-                )
-            elif st.st_size != seg.size:
-                problems.append(
-                    _error(
-                        seg_path,
-                        "/",
-                        Code.UNEXPECTED_OBJECT,
-                        f"segment is {st.st_size} bytes, the index says {seg.size}",
-                    )
-                )
-        try:
-            count = _links_by_segment(f, index, keys, problems)
-        except (RuntimeError, OSError, KeyError, ValueError) as err:
-            # Damaged metadata (a checksum, a B-tree node): the links cannot be listed,
-            # so nothing can be said of which segment holds which key. The results are
-            # in the segments, which salvage reads as outputs of their own.
-            problems.append(
-                _error(
-                    path,
-                    "/",
-                    Code.UNREADABLE,
-                    f"index could not be read, damaged ({err}); the results are in its "
-                    f"segments: h5guard compact {path} rewrites the output as one file "
-                    f"from them (or h5guard salvage {index.directory}/seg-*.h5 -o DIR, then "
-                    "h5guard merge DIR -o NEW.h5)",
-                )
-            )
-            return Verdict(None, tuple(problems), {})
-        if count != index.groups:
+        return _inspect_open(f, path)
+
+
+def _inspect_open(f: h5py.File, path: str) -> Verdict:
+    """:func:`inspect` of the index open as ``f``."""
+    problems: list[Finding] = []
+    keys: dict[str, list[str]] = {}
+    try:
+        index = open_index(f, path)
+    except UnreadableOutputError as err:
+        return Verdict(
+            None, (_error(path, "/", Code.UNEXPECTED_OBJECT, str(err).split(": ", 1)[-1]),), {}
+        )
+    try:
+        st = os.lstat(index.directory)
+        if not stat.S_ISDIR(st.st_mode):
             problems.append(
                 _error(
                     path,
                     "/",
                     Code.UNEXPECTED_OBJECT,
-                    f"index has {count} links, its root says {index.groups}",
+                    f"{index.directory} is a link or no directory",
                 )
             )
+            return Verdict(index, tuple(problems), {})
+    except OSError as err:
+        problems.append(
+            _error(
+                path,
+                "/",
+                Code.NOT_FOUND,
+                f"segment directory {index.directory} missing ({err})",
+            )
+        )
+        return Verdict(index, tuple(problems), {})
+    for seg in index.segments:
+        seg_path = index.segment_path(seg.name)
+        keys[seg_path] = []
+        try:
+            st = os.lstat(seg_path)
+        except OSError:
+            problems.append(
+                _error(seg_path, "/", Code.NOT_FOUND, "segment listed by the index is missing")
+            )
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            problems.append(
+                _error(
+                    seg_path,
+                    "/",
+                    Code.UNEXPECTED_OBJECT,
+                    "segment is a link or no regular file",
+                )
+            )
+        elif st.st_size != seg.size:
+            problems.append(
+                _error(
+                    seg_path,
+                    "/",
+                    Code.UNEXPECTED_OBJECT,
+                    f"segment is {st.st_size} bytes, the index says {seg.size}",
+                )
+            )
+    try:
+        count = _links_by_segment(f, index, keys, problems)
+    except (RuntimeError, OSError, KeyError, ValueError) as err:
+        # Damaged metadata (a checksum, a B-tree node): the links cannot be listed,
+        # so nothing can be said of which segment holds which key. The results are
+        # in the segments, which salvage reads as outputs of their own.
+        problems.append(
+            _error(
+                path,
+                "/",
+                Code.UNREADABLE,
+                f"index could not be read, damaged ({err}); the results are in its "
+                f"segments: h5guard compact {path} rewrites the output as one file "
+                f"from them (or h5guard salvage {index.directory}/seg-*.h5 -o DIR, then "
+                "h5guard merge DIR -o NEW.h5)",
+            )
+        )
+        return Verdict(None, tuple(problems), {})
+    if count != index.groups:
+        problems.append(
+            _error(
+                path,
+                "/",
+                Code.UNEXPECTED_OBJECT,
+                f"index has {count} links, its root says {index.groups}",
+            )
+        )
     return Verdict(index, tuple(problems), {p: tuple(k) for p, k in keys.items()})
 
 
@@ -655,9 +660,17 @@ def inspect_if_index(path: str) -> Verdict | None:
     What :func:`h5guard.check` runs in its sandbox for each file that has a segment
     directory beside it: libhdf5 may crash or hang on a damaged index as on any file.
     """
-    if not is_index_path(path):
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except Exception:
         return None
-    return inspect(path)
+    with f:
+        try:
+            if not is_index(f):
+                return None
+        except Exception:
+            return None
+        return _inspect_open(f, path)
 
 
 def compare(
@@ -752,8 +765,6 @@ def expand_indexes(
             out.append(path)
             continue
         findings.extend(verdict.problems)
-        if verdict.index is None and not verdict.keys:
-            continue  # no index that can be read: the file says nothing more
         found.append(verdict)
         out.extend(p for p in verdict.segment_paths if os.path.isfile(p) and not os.path.islink(p))
     return out, findings, found
