@@ -23,6 +23,7 @@ from typing import Any
 
 from h5guard import _atomic, _journal
 from h5guard._check.quick import quick_check
+from h5guard._format import names as _names
 from h5guard._format import seal as _seal
 from h5guard._sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox, SandboxResult
 from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
@@ -516,17 +517,15 @@ _SCAN_FROM = 64
 
 
 _INDEX_TARGET = "h5guard._format.segments:inspect_if_index"
-_SEGMENT_DIR_SUFFIX = ".segments"  # segments.DIR_SUFFIX, without importing h5py here
 
 
 def _index_verdicts(
-    files: Sequence[str], box: Sandbox, findings: list[Finding]
+    candidates: Sequence[str], box: Sandbox, findings: list[Finding]
 ) -> tuple[dict[str, Any], set[str]]:
-    """What the sandbox's children find of each of ``files`` with a segment directory
-    beside it (``segments.inspect_if_index``: a verdict, or None for no index), and the
-    files a child failed on (libhdf5 crashed or hung on a damaged index), each of
-    those a finding."""
-    candidates = [f for f in files if os.path.isdir(f + _SEGMENT_DIR_SUFFIX)]
+    """What the sandbox's children find of each of ``candidates``
+    (``segments.inspect_if_index``: a verdict, or None for no index), and the files a
+    child failed on (libhdf5 crashed or hung on a damaged index), each of those a
+    finding."""
     verdicts: dict[str, Any] = {}
     failed: set[str] = set()
     for i, result in box.map(_INDEX_TARGET, [(p,) for p in candidates]):
@@ -538,27 +537,26 @@ def _index_verdicts(
     return verdicts, failed
 
 
-def _any_segment_dir(files: Sequence[str]) -> bool:
-    """Whether a directory ``FILE.segments`` is beside any of ``files`` (an index's).
+def _beside_segment_dirs(files: Sequence[str]) -> list[str]:
+    """The files with a directory ``FILE.segments`` beside them (indexes, likely).
 
     Many files of one directory cost one ``os.scandir`` of it, not a ``stat`` each.
     """
-    by_dir: dict[str, set[str]] = {}
+    by_dir: dict[str, dict[str, str]] = {}
     for f in files:
         head, name = os.path.split(f)
-        by_dir.setdefault(head, set()).add(name + _SEGMENT_DIR_SUFFIX)
+        by_dir.setdefault(head, {})[name + _names.SEGMENT_DIR_SUFFIX] = f
+    found: set[str] = set()
     for directory, wanted in by_dir.items():
         if len(wanted) < _SCAN_FROM:
-            if any(os.path.isdir(os.path.join(directory, w)) for w in wanted):
-                return True
+            found.update(f for d, f in wanted.items() if os.path.isdir(os.path.join(directory, d)))
             continue
         try:
             with os.scandir(directory or ".") as it:
-                if any(e.name in wanted and e.is_dir() for e in it):
-                    return True
+                found.update(wanted[e.name] for e in it if e.name in wanted and e.is_dir())
         except OSError:
             continue
-    return False
+    return [f for f in files if f in found]
 
 
 def _nothing_to_check(directory: str) -> Finding:
@@ -627,14 +625,15 @@ def check(
     files, extra, regular = _expand(paths)
     indexes: list[Any] = []
     with contextlib.ExitStack() as owned:
-        if _any_segment_dir(files):  # a segmented output's index
+        candidates = _beside_segment_dirs(files)
+        if candidates:  # a segmented output's index, likely
             from h5guard._format import segments  # imports h5py: only for an index
 
             if sandbox is None:  # one for the indexes and the files after them
                 sandbox = owned.enter_context(
                     Sandbox(workers=workers, timeout=timeout, memory_limit=memory_limit)
                 )
-            verdicts, failed = _index_verdicts(files, sandbox, extra)
+            verdicts, failed = _index_verdicts(candidates, sandbox, extra)
             files = [f for f in files if f not in failed]
             files, found, indexes = segments.expand_indexes(files, verdicts)
             extra += found

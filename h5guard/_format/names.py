@@ -18,6 +18,7 @@ KINDS_ATTR = "h5guard_kinds"  # JSON {name: kind} of values whose kind the type 
 # -- file kinds (values of FORMAT_ATTR) -------------------------------------------------
 SHARD_FORMAT = "h5guard-shard/1"
 OUTPUT_FORMAT = "h5guard-output/1"
+SEGMENT_DIR_SUFFIX = ".segments"  # a segmented output OUT keeps its segments in OUT.segments/
 
 # -- digests ----------------------------------------------------------------------------
 DIGEST_PREFIX = "sha256:"  # v1: flat groups (files written before result trees)

@@ -53,7 +53,7 @@ GROUPS_ATTR = "h5guard_groups"
 SPARE_ATTR = "h5guard_spare"
 # What open_index reads.
 INDEX_ATTRS = (names.FORMAT_ATTR, SEGMENT_DIR_ATTR, SEGMENTS_ATTR, GROUPS_ATTR, SPARE_ATTR)
-DIR_SUFFIX = ".segments"
+DIR_SUFFIX = names.SEGMENT_DIR_SUFFIX
 _SEGMENT_NAME = re.compile(r"seg-[0-9]{6,18}-[0-9a-f]{12}\.h5")  # whole names: fullmatch
 _SEGMENT_NAMES = re.compile(r"(?:seg-[0-9]{6,18}-[0-9a-f]{12}\.h5\n)*")  # one per line
 _DIGEST_ATTR_B = names.DIGEST_ATTR.encode()

@@ -32,6 +32,7 @@ from h5guard import (
 )
 from h5guard._format import segments
 from h5guard._merge import run, spare
+from h5guard.report import Severity
 from tests.crash._merge_child import expected_digest, output_index, write_shards
 
 REPO = Path(__file__).resolve().parents[2]
@@ -327,3 +328,20 @@ def test_a_segments_keys_are_never_read_through_a_linked_segment_directory(
     segdir.symlink_to(moved)  # the same files, reached through a planted link
     with pytest.raises(UnreadableOutputError, match="link or no directory"):
         segments.segment_keys_at(str(segdir / name))
+
+
+@pytest.mark.parametrize("neighbours", [3, 70], ids=["stat-each", "one-scandir"])
+def test_check_of_a_directory_finds_the_index_among_other_files(
+    tmp_path: Path, neighbours: int
+) -> None:
+    """From 64 files in one directory, the segment directories beside them are found by
+    one scandir instead of a stat each: both ways the index stands for its segments."""
+    _, out = segmented(tmp_path, range(0, 4), range(4, 8))
+    for i in range(neighbours):
+        (tmp_path / f"log-{i:03d}.h5").write_bytes(b"a worker's log, not HDF5\n")
+    report = check([tmp_path], workers=1)
+    summary = report.summary(str(out))
+    assert summary is not None and sorted(summary.groups) == sorted(expected(range(8)))
+    assert {f.path for f in report.findings if f.severity >= Severity.ERROR} == {
+        str(tmp_path / f"log-{i:03d}.h5") for i in range(neighbours)
+    }
