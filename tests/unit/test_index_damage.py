@@ -130,3 +130,17 @@ def test_an_index_whose_links_cannot_be_listed_names_salvage_and_salvage_recover
     assert output_index(tmp_path / "new.h5") == {f"g{i}": expected_digest(i) for i in KEYS}
     h5guard.compact(out)
     assert intact(out) and h5guard.check(out, sandbox=box).ok
+
+
+def test_a_reader_of_the_index_that_dies_or_overruns_is_a_finding_not_a_failure(
+    pristine: Path, tmp_path: Path
+) -> None:
+    """The child reading the index is given less time than an interpreter takes to
+    start: its failure is a TIMEOUT finding on the index, which is then not read again
+    as a plain file."""
+    out = fresh_copy(pristine, tmp_path / "slow")
+    report = h5guard.check(out, timeout=0.01, workers=1)
+    assert not report.ok
+    on_index = [f for f in report.findings if f.path == str(out)]
+    assert [f.code for f in on_index] == [Code.TIMEOUT], report.render_text()
+    assert str(out) not in {s.path for s in report.files}
