@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from h5guard import _atomic, _journal
 from h5guard._check.quick import quick_check
@@ -28,6 +28,9 @@ from h5guard._format import seal as _seal
 from h5guard._sandbox import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Sandbox, SandboxResult
 from h5guard.report import Code, FileKind, FileSummary, Finding, Report, Severity
 from h5guard.schema import Schema
+
+if TYPE_CHECKING:  # segments imports h5py, which a check of plain files never needs
+    from h5guard._format.segments import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -521,12 +524,12 @@ _INDEX_TARGET = "h5guard._format.segments:inspect_if_index"
 
 def _index_verdicts(
     candidates: Sequence[str], box: Sandbox, findings: list[Finding]
-) -> tuple[dict[str, Any], set[str]]:
+) -> tuple[dict[str, Verdict | None], set[str]]:
     """What the sandbox's children find of each of ``candidates``
     (``segments.inspect_if_index``: a verdict, or None for no index), and the files a
     child failed on (libhdf5 crashed or hung on a damaged index), each of those a
     finding."""
-    verdicts: dict[str, Any] = {}
+    verdicts: dict[str, Verdict | None] = {}
     failed: set[str] = set()
     for i, result in box.map(_INDEX_TARGET, [(p,) for p in candidates]):
         if result.ok:
@@ -623,7 +626,7 @@ def check(
     """
     paths = path_list(paths)
     files, extra, regular = _expand(paths)
-    indexes: list[Any] = []
+    indexes: list[Verdict] = []
     with contextlib.ExitStack() as owned:
         candidates = _beside_segment_dirs(files)
         if candidates:  # a segmented output's index, likely
