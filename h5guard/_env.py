@@ -5,15 +5,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from h5guard.errors import SettingError
+
 
 def whole_number(name: str, default: int, *, valid: Callable[[int], bool], expected: str) -> int:
     """``$name`` as an ``int``; ``default`` when it is unset or blank.
 
     Raises
     ------
-    ValueError
+    SettingError
         The value is no whole number, or ``valid`` refuses it: the message names the
-        variable, ``expected`` and what was found.
+        variable, ``expected`` and what was found, and what to do.
     """
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -23,5 +25,8 @@ def whole_number(name: str, default: int, *, valid: Callable[[int], bool], expec
     except ValueError:
         value = None
     if value is None or not valid(value):
-        raise ValueError(f"${name}: expected {expected}, got {raw!r}")
+        raise SettingError(
+            f"${name}: expected {expected}, got {raw!r}; set it so, or unset it for the "
+            f"default ({default})"
+        )
     return value

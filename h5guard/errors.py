@@ -20,7 +20,8 @@ builtins (``except OSError``) still catch what they expect::
     ├── UnreadableOutputError (OSError)     a merge output that fails validation
     ├── SandboxError (RuntimeError)         the checker child could not be started
     ├── LockTimeoutError (TimeoutError)     another process holds the output's lock
-    └── MergeSourceError (ValueError)       nothing to merge from / no output recorded
+    ├── MergeSourceError (ValueError)       nothing to merge from / no output recorded
+    └── SettingError (ValueError)           an H5GUARD_* environment variable h5guard cannot use
 
 Validation never raises for a bad *file*: damage is reported as findings in a
 :class:`~h5guard.report.Report`. Exceptions are for misuse and for operations that
@@ -187,6 +188,10 @@ class LockTimeoutError(H5GuardError, TimeoutError):
 
 class MergeSourceError(H5GuardError, ValueError):
     """The merge was given nothing usable: a missing directory or no output path."""
+
+
+class SettingError(H5GuardError, ValueError):
+    """An ``H5GUARD_*`` environment variable holds a value h5guard cannot use."""
 
 
 def _human(n: int) -> str:

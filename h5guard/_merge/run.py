@@ -280,6 +280,9 @@ def merge(
         h5guard did not write.
     WriteError
         Writing the new output failed.
+    SettingError
+        ``$H5GUARD_SEGMENT_THRESHOLD`` or ``$H5GUARD_SEGMENT_FANOUT`` holds no usable
+        value; nothing was touched.
     ValueError
         A bad ``on_conflict``, ``root_attrs`` name, ``gone_writers`` entry or
         ``lease``.
@@ -295,6 +298,10 @@ def merge(
     gone = GoneWriters.parse(gone_writers, source="the caller")
     started = time.monotonic()
     directory, out = _plan.resolve(shard_dir, output)
+    # The settings from the environment are refused here, before anything is locked or
+    # written, rather than where a merge of the right kind first reads them.
+    segment_threshold()
+    _fold.fanout()
     extra_attrs = dict(root_attrs or {})
     for name in extra_attrs:
         if name.startswith(names.RESERVED_PREFIX):

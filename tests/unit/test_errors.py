@@ -14,6 +14,7 @@ from h5guard import (
     MergeSourceError,
     SandboxError,
     SchemaError,
+    SettingError,
     UnreadableOutputError,
     WriterClosedError,
 )
@@ -27,6 +28,7 @@ CASES = [
     (SandboxError("cannot start"), RuntimeError),
     (LockTimeoutError("out.h5.lock", 5.0, "pid 12 on host since now"), TimeoutError),
     (MergeSourceError("tmp: no directory"), ValueError),
+    (SettingError("$H5GUARD_SEGMENT_FANOUT: expected a whole number >= 2, got 'x'"), ValueError),
 ]
 
 
