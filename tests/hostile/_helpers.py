@@ -102,14 +102,7 @@ sys.exit(main(sys.argv[1:]))
 
 def merge_without_space_check(*args: str) -> subprocess.CompletedProcess[str]:
     """``h5guard merge ARGS`` in a child whose merge skips its space check."""
-    return subprocess.run(
-        [sys.executable, "-c", _MERGE_WITHOUT_SPACE_CHECK, "merge", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        check=False,
-    )
+    return run_python(_MERGE_WITHOUT_SPACE_CHECK, "merge", *args)
 
 
 def assert_one_line_full_disk_error(proc: subprocess.CompletedProcess[str]) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +19,8 @@ import h5guard
 from h5guard import Sandbox
 from h5guard.report import Code
 from tests.crash._merge_child import expected_digest, output_index, write_shards
+from tests.hostile._helpers import run_cli
 
-REPO = Path(__file__).resolve().parents[2]
 KEYS = [*range(0, 6), *range(10, 16), *range(20, 26)]
 
 
@@ -114,14 +112,7 @@ def test_an_index_whose_links_cannot_be_listed_names_salvage_and_salvage_recover
     assert unreadable[0].code is Code.UNREADABLE and unreadable[0].path == str(out)
     assert "h5guard compact" in unreadable[0].message
     assert "h5guard salvage" in unreadable[0].message
-    proc = subprocess.run(
-        [sys.executable, "-m", "h5guard.cli", "check", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        check=False,
-    )
+    proc = run_cli("check", out)
     assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
     # What the message says to do, done both ways: every result comes back.
     segments = sorted(str(p) for p in (out.parent / "out.h5.segments").glob("seg-*.h5"))

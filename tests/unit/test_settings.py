@@ -5,8 +5,6 @@ was expected and what was found, and a non-zero exit from the CLI."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +13,8 @@ import h5guard
 from h5guard import SettingError
 from h5guard._merge import fold, run
 from tests.crash._merge_child import output_index, sha256_file, write_shards
+from tests.hostile._helpers import run_cli
 
-REPO = Path(__file__).resolve().parents[2]
 BAD = [
     (fold.FANOUT_ENV, "x", "a whole number >= 2 (0: off)"),
     (fold.FANOUT_ENV, "1", "a whole number >= 2 (0: off)"),
@@ -55,18 +53,15 @@ def test_a_bad_setting_is_refused_before_the_merge_touches_anything(
 
 @pytest.mark.parametrize(("name", "value", "expected"), BAD[::2])
 def test_the_cli_says_it_in_one_line_and_exits_2(
-    segmented: tuple[Path, Path], name: str, value: str, expected: str
+    segmented: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    value: str,
+    expected: str,
 ) -> None:
     out, shards = segmented
-    proc = subprocess.run(
-        [sys.executable, "-m", "h5guard.cli", "merge", str(shards), "-o", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        env={**os.environ, name: value},
-        check=False,
-    )
+    monkeypatch.setenv(name, value)  # run_cli passes this process's environment on
+    proc = run_cli("merge", shards, "-o", out)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
