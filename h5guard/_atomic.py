@@ -29,7 +29,15 @@ DEFAULT_MIN_FREE = 16 * 1024 * 1024
 
 def fsync_path(path: str | os.PathLike[str]) -> None:
     """Flush a file's data and metadata to stable storage."""
-    fd = os.open(path, os.O_RDONLY)
+    fsync_opened(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+
+
+def fsync_opened(fd: int) -> None:
+    """:func:`fsync_path` of a file the caller has opened: the descriptor is closed.
+
+    A background thread's call then begins with the fsync itself
+    (:meth:`h5guard._background.Tasks.begin`).
+    """
     try:
         os.fsync(fd)
     finally:

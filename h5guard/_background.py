@@ -16,6 +16,7 @@ each purpose keeps one pool for the life of the process, with two rules:
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -69,6 +70,25 @@ class Tasks:
     def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
         future = submit(self.purpose, fn, *args, workers=self.workers)
         self._futures.append(future)
+        return future
+
+    def begin(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
+        """:meth:`submit`, returning once a thread has started ``fn``.
+
+        For work that begins with a blocking syscall (an fsync) while this thread goes
+        on with calls that hold the GIL (libhdf5's): a thread that needs the GIL to start
+        waits for the interpreter's switch interval (5 ms by default), longer than the
+        fsync itself takes. Waiting here hands the GIL over at once; the call has to
+        begin with the syscall, so that the GIL is released again right away.
+        """
+        started = threading.Event()
+
+        def run() -> T:
+            started.set()
+            return fn(*args)
+
+        future = self.submit(run)
+        started.wait(sys.getswitchinterval())  # no thread free: as without the wait
         return future
 
     def wait(self) -> None:

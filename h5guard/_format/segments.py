@@ -105,16 +105,15 @@ class Index:
     segments: tuple[Segment, ...]
     groups: int
     spare: str | None = None  # SPARE_ATTR, as written
-    # Every link lookup asks whether its segment is listed: computed once.
+    # Every link lookup asks whether its segment is listed, and where it is: computed once.
     names: frozenset[str] = field(init=False, repr=False, compare=False)
+    directory: str = field(init=False, repr=False, compare=False)
+    """The segment directory, resolved relative to the index file's directory."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", frozenset(s.name for s in self.segments))
-
-    @property
-    def directory(self) -> str:
-        """The segment directory, resolved relative to the index file's directory."""
-        return os.path.join(os.path.dirname(os.path.abspath(self.path)), self.dir_name)
+        directory = os.path.join(os.path.dirname(os.path.abspath(self.path)), self.dir_name)
+        object.__setattr__(self, "directory", directory)
 
     def segment_path(self, name: str) -> str:
         return self.directory + os.sep + name
@@ -247,9 +246,15 @@ def target(f: h5py.File, index: Index, key: str) -> str | None:
     name = key.encode("utf-8")
     if not f.id.links.exists(name):
         return None
-    if f.id.links.get_info(name).type != h5py.h5l.TYPE_EXTERNAL:
+    try:
+        # get_val finds the link once for its type and once for its value: asking for
+        # the type first would look the name up twice more.
+        value = f.id.links.get_val(name)
+    except TypeError:  # a hard link
+        value = None
+    if not isinstance(value, tuple):  # a hard or a soft link
         raise BadIndexError(f"{index.path}:/{key}: expected an external link into a segment")
-    return index.segment_path(link_target(index, key, f.id.links.get_val(name)))
+    return index.segment_path(link_target(index, key, value))
 
 
 def _vet_segment(path: str) -> None:

@@ -855,9 +855,9 @@ def _segmented_steps(
             fresh=index is None,
             relinked=relinked,
         )
-        # The index goes to disk while it is read back: the read-back is CPU, the
-        # fsync waits for the disk.
-        synced = pool.submit(_atomic.fsync_path, partial)
+        # The index goes to disk while it is read back: the read-back is CPU (holding
+        # the GIL), the fsync waits for the disk, and begins before the read-back does.
+        synced = pool.begin(_atomic.fsync_opened, os.open(partial, os.O_RDONLY | os.O_CLOEXEC))
         # The new groups' links are read back one by one; the others written (those a
         # spare index lacked, or all the keys of a file turned into segment 0) are
         # counted: they were written by the same loop.

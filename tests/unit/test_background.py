@@ -97,3 +97,40 @@ def test_tasks_are_all_finished_when_the_block_is_left_by_an_exception() -> None
         tasks.submit(slow)
         raise KeyError("the operation failed while its work ran")
     assert finished.is_set()
+
+
+def test_begin_returns_once_the_work_has_started_not_when_it_ends() -> None:
+    entered = threading.Event()
+    release = threading.Event()
+
+    def fsync_like() -> str:
+        entered.set()
+        release.wait(10)
+        return "synced"
+
+    with _background.Tasks("test-begin", workers=1) as tasks:
+        future = tasks.begin(fsync_like)
+        started = entered.is_set()  # read before anything else can hand the GIL over
+        running = not future.done()
+        release.set()
+        assert started and running
+        assert future.result(10) == "synced"
+
+
+def test_begin_goes_on_without_a_free_thread() -> None:
+    """Both threads busy: begin gives up waiting (after the interpreter's switch
+    interval) and the work runs once a thread is free."""
+    release = threading.Event()
+    order: list[str] = []
+
+    def busy(name: str) -> None:
+        release.wait(10)
+        order.append(name)
+
+    with _background.Tasks("test-begin-busy", workers=1) as tasks:
+        tasks.submit(busy, "first")
+        queued = tasks.begin(order.append, "second")
+        assert not queued.done()
+        release.set()
+        queued.result(10)
+    assert order == ["first", "second"]

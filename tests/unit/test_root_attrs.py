@@ -121,3 +121,25 @@ def test_update_attr_keeps_an_equal_value_and_replaces_any_other(
             assert aid.shape == arr.shape
             assert np.array_equal(np.asarray(f.attrs[name]), np.asarray(f.attrs["same"]))
         assert bytes(np.asarray(reader.read_attr(f, "other")).tobytes()) == arr.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"2026-12-02T16:00:00+00:00", b"2026-12-02T17:30:00+00:00"),
+        (np.int64(100), np.int64(-7)),
+        (np.array([1.0, 2.0]), np.array([3.0, np.nan])),
+    ],
+    ids=["text", "integer", "floats"],
+)
+def test_update_attr_writes_a_new_value_of_the_same_type_in_place(
+    tmp_path: Path, old: Any, new: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with h5py.File(tmp_path / "u.h5", "w") as f:
+        write.write_attr(f, "a", write.normalize_value("a", old))
+        monkeypatch.setattr(write, "write_attr", lambda *a: pytest.fail("recreated"))
+        write.update_attr(f, "a", write.normalize_value("a", new))
+    with h5py.File(tmp_path / "u.h5", "r") as f:
+        stored = reader.read_attr(f, "a")
+        assert stored.tobytes() == write.normalize_value("a", new).tobytes()
+        assert stored.dtype == write.normalize_value("a", new).dtype
