@@ -540,6 +540,20 @@ def _index_verdicts(
     return verdicts, failed
 
 
+def _segments_hint(finding: Finding) -> Finding:
+    """An unreadable root of a file with ``FILE.segments`` beside it, with what to do
+    if it was a segmented output's index: its results are all in the segments."""
+    if finding.code is not Code.UNREADABLE or finding.obj != "/":
+        return finding
+    segdir = finding.path + _names.SEGMENT_DIR_SUFFIX
+    return replace(
+        finding,
+        message=f"{finding.message}; {segdir} is beside it: if this was a segmented "
+        f"output's index, its results are in the segments: h5guard salvage "
+        f"{segdir}/seg-*.h5 -o DIR, then h5guard merge DIR -o NEW.h5",
+    )
+
+
 def _beside_segment_dirs(files: Sequence[str]) -> list[str]:
     """The files with a directory ``FILE.segments`` beside them (indexes, likely).
 
@@ -627,6 +641,8 @@ def check(
     paths = path_list(paths)
     files, extra, regular = _expand(paths)
     indexes: list[Verdict] = []
+    verdicts: Mapping[str, Verdict | None] = {}
+    failed: AbstractSet[str] = set()
     with contextlib.ExitStack() as owned:
         candidates = _beside_segment_dirs(files)
         if candidates:  # a segmented output's index, likely
@@ -656,6 +672,9 @@ def check(
             swmr=swmr,
         )
     findings = list(report.findings) + extra
+    not_indexes = {f for f in candidates if verdicts.get(f) is None and f not in failed}
+    if not_indexes:
+        findings = [_segments_hint(x) if x.path in not_indexes else x for x in findings]
     if indexes:
         found, summaries = segments.findings_after(indexes, report)
         findings += found

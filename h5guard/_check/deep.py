@@ -96,7 +96,8 @@ def _inspect_file(
             embedded = _root_text(f, SCHEMA_ATTR)
             ins.schema = pick_schema(ins, schema_json, embedded)
             readable = inspect_foreign(ins, f, allow_external=allow_external)
-            note_foreign(ins)
+            if readable:  # of an unreadable root, "readable, but ..." would be wrong
+                note_foreign(ins)
     retire(ins)
     summary = FileSummary(
         path,

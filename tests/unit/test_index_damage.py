@@ -123,6 +123,45 @@ def test_an_index_whose_links_cannot_be_listed_names_salvage_and_salvage_recover
     assert intact(out) and h5guard.check(out, sandbox=box).ok
 
 
+def test_an_index_whose_root_libhdf5_cannot_open_says_where_the_results_are(
+    pristine: Path, tmp_path: Path, box: Sandbox
+) -> None:
+    """Its root object header damaged, the index is no index to libhdf5 and is checked as
+    any file: unreadable, and not "readable, but ..." (it said so before), with the
+    segments beside it named; what it says to do brings every result back."""
+    out = fresh_copy(pristine, tmp_path / "root")
+    with open(out, "rb") as fh:
+        root_header = fh.read(4096).index(b"OHDR")
+    flip(out, root_header + 6)
+    report = h5guard.check(out, sandbox=box)
+    assert not report.ok
+    assert [f.code for f in report.findings] == [Code.UNREADABLE]
+    message = report.findings[0].message
+    assert f"{out}.segments is beside it" in message and "h5guard salvage" in message
+    proc = run_cli("check", out)
+    assert proc.returncode == 1 and "NO_DIGESTS" not in proc.stdout
+    segments = sorted(str(p) for p in (out.parent / "out.h5.segments").glob("seg-*.h5"))
+    h5guard.salvage(segments, tmp_path / "saved", workers=1)
+    h5guard.merge(tmp_path / "saved", tmp_path / "new.h5", workers=1)
+    assert output_index(tmp_path / "new.h5") == {f"g{i}": expected_digest(i) for i in KEYS}
+
+
+def test_a_foreign_file_whose_root_cannot_be_read_is_not_called_readable(
+    tmp_path: Path, box: Sandbox
+) -> None:
+    import h5py
+
+    path = tmp_path / "foreign.h5"
+    with h5py.File(path, "w", libver="latest") as f:
+        f["x"] = [1, 2, 3]
+    with open(path, "rb") as fh:
+        root_header = fh.read(4096).index(b"OHDR")
+    flip(path, root_header + 6)
+    report = h5guard.check(path, sandbox=box)
+    assert [f.code for f in report.findings] == [Code.UNREADABLE]
+    assert "segments" not in report.findings[0].message
+
+
 def test_a_reader_of_the_index_that_hangs_is_a_finding_not_a_hang(tmp_path: Path) -> None:
     """A FIFO where the index would be, its segment directory beside it: libhdf5 in the
     child blocks opening it for ever. That is a TIMEOUT finding on it, and it is not
