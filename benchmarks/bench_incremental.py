@@ -151,7 +151,7 @@ def rows_for(d: Path, out: Path, label: str, rounds: int = 9) -> dict[str, float
         flush=True,
     )
     print(f"  ... into an empty one beside it  {t['empty beside']:8.3f} s", flush=True)
-    print(f"  ratio of single rounds           {each[0]:.1f}x to {each[-1]:.1f}x", flush=True)
+    print(f"  ratio of single rounds           {each[0]:.2f}x to {each[-1]:.2f}x", flush=True)
     return t
 
 
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in ("single", "convert", "first index merge", "segmented"):
             ratio = t[row] / t["empty beside" if row == "segmented" else "empty"]
             verdict = ("PASS" if ratio <= TARGET else "MISS") if row == "segmented" else "    "
-            print(f"  {label:<26} {row:<17} {ratio:8.1f}x  {verdict}")
+            print(f"  {label:<26} {row:<17} {ratio:8.2f}x  {verdict}")
     sizes = sorted(plans)
     if len(sizes) >= 2:
         lo, hi = sizes[0], sizes[-1]
