@@ -464,7 +464,7 @@ def write_index(
             )
         text = json.dumps([s.to_dict() for s in segments])
         write.write_attr(f, SEGMENTS_ATTR, np.array(text.encode(), dtype=np.bytes_))
-        write.write_attr(f, GROUPS_ATTR, np.asarray(np.int64(groups)))
+        write.update_attr(f, GROUPS_ATTR, np.asarray(np.int64(groups)))  # in place: one type
     finally:
         reader.close_file(f)  # flushed and closed: nothing else of it is open
 
