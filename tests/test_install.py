@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-OWN = {"h5guard", "numpy", "h5py", "filelock", "tqdm"}
+OWN = {"h5guard", "numpy", "h5py", "tqdm"}
 BOOTSTRAP = {"pip", "setuptools", "wheel"}  # what venv itself puts there
 WIND_STACK = ("py_wake", "scipy", "matplotlib", "pandas", "xarray", "optimizer", "distributed")
 # The h5guard-only pages: their examples must run with h5guard's dependencies alone.
