@@ -543,14 +543,15 @@ def _index_verdicts(
 def _segments_hint(finding: Finding) -> Finding:
     """An unreadable root of a file with ``FILE.segments`` beside it, with what to do
     if it was a segmented output's index: its results are all in the segments."""
+    from h5guard._format.segments import salvage_recipe  # imported already: an index's
+
     if finding.code is not Code.UNREADABLE or finding.obj != "/":
         return finding
     segdir = finding.path + _names.SEGMENT_DIR_SUFFIX
     return replace(
         finding,
         message=f"{finding.message}; {segdir} is beside it: if this was a segmented "
-        f"output's index, its results are in the segments: h5guard salvage "
-        f"{segdir}/seg-*.h5 -o DIR, then h5guard merge DIR -o NEW.h5",
+        f"output's index, its results are in the segments: {salvage_recipe(segdir)}",
     )
 
 

@@ -53,7 +53,6 @@ GROUPS_ATTR = "h5guard_groups"
 SPARE_ATTR = "h5guard_spare"
 # What open_index reads.
 INDEX_ATTRS = (names.FORMAT_ATTR, SEGMENT_DIR_ATTR, SEGMENTS_ATTR, GROUPS_ATTR, SPARE_ATTR)
-DIR_SUFFIX = names.SEGMENT_DIR_SUFFIX
 _SEGMENT_NAME = re.compile(r"seg-[0-9]{6,18}-[0-9a-f]{12}\.h5")  # whole names: fullmatch
 _SEGMENT_NAMES = re.compile(r"(?:seg-[0-9]{6,18}-[0-9a-f]{12}\.h5\n)*")  # one per line
 _DIGEST_ATTR_B = names.DIGEST_ATTR.encode()
@@ -133,7 +132,7 @@ def listing_digest(groups: Mapping[str, str | None]) -> str:
 
 def dir_name_for(output: str) -> str:
     """The segment directory name of a new index at ``output``: ``NAME.segments``."""
-    return os.path.basename(output) + DIR_SUFFIX
+    return os.path.basename(output) + names.SEGMENT_DIR_SUFFIX
 
 
 def new_segment_name(number: int) -> str:
@@ -246,15 +245,23 @@ def target(f: h5py.File, index: Index, key: str) -> str | None:
     name = key.encode("utf-8")
     if not f.id.links.exists(name):
         return None
-    try:
-        # get_val finds the link once for its type and once for its value: asking for
-        # the type first would look the name up twice more.
-        value = f.id.links.get_val(name)
-    except TypeError:  # a hard link
-        value = None
-    if not isinstance(value, tuple):  # a hard or a soft link
+    value = _external_value(f, name)
+    if value is None:
         raise BadIndexError(f"{index.path}:/{key}: expected an external link into a segment")
     return index.segment_path(link_target(index, key, value))
+
+
+def _external_value(f: h5py.File, name: bytes) -> tuple[bytes, bytes] | None:
+    """The ``(file, object)`` of the external link ``name``, None for another kind.
+
+    get_val finds the link once for its kind and once for its value: asking for the
+    kind first would look the name up twice more.
+    """
+    try:
+        value = f.id.links.get_val(name)
+    except TypeError:  # a hard link
+        return None
+    return value if isinstance(value, tuple) else None  # bytes: a soft link
 
 
 def _vet_segment(path: str) -> None:
@@ -608,8 +615,7 @@ def _inspect_open(f: h5py.File, path: str) -> Verdict:
                 Code.UNREADABLE,
                 f"index could not be read, damaged ({err}); the results are in its "
                 f"segments: h5guard compact {path} rewrites the output as one file "
-                f"from them (or h5guard salvage {index.directory}/seg-*.h5 -o DIR, then "
-                "h5guard merge DIR -o NEW.h5)",
+                f"from them (or {salvage_recipe(index.directory)})",
             )
         )
         return Verdict(None, tuple(problems), {})
@@ -634,9 +640,8 @@ def _links_by_segment(
     """Sort the index's links into ``keys`` by segment; return how many are well-formed."""
     count = 0
     for key in reader.member_names(f.id):
-        name = key.encode("utf-8")
-        info = f.id.links.get_info(name)
-        if info.type != h5py.h5l.TYPE_EXTERNAL:
+        value = _external_value(f, key.encode("utf-8"))
+        if value is None:
             problems.append(
                 _error(
                     index.path,
@@ -647,7 +652,7 @@ def _links_by_segment(
             )
             continue
         try:
-            seg_name = link_target(index, key, f.id.links.get_val(name))
+            seg_name = link_target(index, key, value)
         except UnreadableOutputError as err:
             problems.append(
                 _error(index.path, f"/{key}", Code.UNEXPECTED_OBJECT, str(err).split(": ", 2)[-1])
@@ -656,6 +661,11 @@ def _links_by_segment(
         keys[index.segment_path(seg_name)].append(key)
         count += 1
     return count
+
+
+def salvage_recipe(segdir: str) -> str:
+    """What brings every result of a segmented output back from its segments alone."""
+    return f"h5guard salvage {segdir}/seg-*.h5 -o DIR, then h5guard merge DIR -o NEW.h5"
 
 
 def inspect_if_index(path: str) -> Verdict | None:

@@ -31,6 +31,7 @@ from h5guard import (
     read,
 )
 from h5guard._format import segments
+from h5guard._format.names import SEGMENT_DIR_SUFFIX
 from h5guard._merge import run, spare
 from h5guard.report import Severity
 from tests.crash._merge_child import expected_digest, output_index, write_shards
@@ -54,7 +55,7 @@ def segmented(tmp_path: Path, *batches: range) -> tuple[Path, Path]:
 
 def segment_files(out: Path) -> list[str]:
     """The segment directory's files, but for the spare index (tests/unit/test_spare_index.py)."""
-    return sorted(set(os.listdir(str(out) + segments.DIR_SUFFIX)) - {spare.SPARE_NAME})
+    return sorted(set(os.listdir(str(out) + SEGMENT_DIR_SUFFIX)) - {spare.SPARE_NAME})
 
 
 def test_a_segmented_merge_adds_a_segment_and_keeps_every_key_visible(tmp_path: Path) -> None:
@@ -66,7 +67,7 @@ def test_a_segmented_merge_adds_a_segment_and_keeps_every_key_visible(tmp_path: 
     names = segment_files(out)
     assert len(names) == 2 and all(segments.is_segment_name(n) for n in names)
     # Segment 0 is the old output itself, by a second name: nothing was copied.
-    seg0 = Path(str(out) + segments.DIR_SUFFIX) / names[0]
+    seg0 = Path(str(out) + SEGMENT_DIR_SUFFIX) / names[0]
     assert os.stat(seg0).st_ino == old_inode
     # Plain h5py sees every key through the links.
     assert output_index(out) == expected(range(9))
@@ -129,7 +130,7 @@ def test_layout_single_on_an_index_is_refused_and_a_bad_layout_is_a_value_error(
 
 def test_leftovers_of_an_interrupted_merge_are_removed_by_the_next(tmp_path: Path) -> None:
     shards, out = segmented(tmp_path, range(0, 3), range(3, 6))
-    segdir = Path(str(out) + segments.DIR_SUFFIX)
+    segdir = Path(str(out) + SEGMENT_DIR_SUFFIX)
     listed = set(segment_files(out))
     stray = segdir / segments.new_segment_name(7)
     stray.write_bytes(b"a segment a killed merge committed before its index")
@@ -147,7 +148,7 @@ def test_a_first_segmented_merge_never_adopts_another_outputs_segments(tmp_path:
     shards, out = tmp_path / "tmp", tmp_path / "out.h5"
     write_shards(shards, range(3), per_shard=3)
     merge(shards, out, workers=1)
-    segdir = Path(str(out) + segments.DIR_SUFFIX)
+    segdir = Path(str(out) + SEGMENT_DIR_SUFFIX)
     segdir.mkdir()
     theirs = segdir / segments.new_segment_name(0)
     theirs.write_bytes(b"an output renamed away without its segment directory")
@@ -168,7 +169,7 @@ def test_a_segment_directory_that_is_a_link_is_refused(tmp_path: Path) -> None:
     write_shards(shards, range(2), per_shard=3)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    os.symlink(elsewhere, str(out) + segments.DIR_SUFFIX)
+    os.symlink(elsewhere, str(out) + SEGMENT_DIR_SUFFIX)
     with pytest.raises(WriteError, match="symbolic link"):
         merge(shards, out, workers=1, layout="segmented")
     assert list(elsewhere.iterdir()) == [] and not out.exists()
@@ -227,7 +228,7 @@ def test_check_notices_a_segment_swapped_for_another_output(tmp_path: Path) -> N
     other = tmp_path / "other"
     write_shards(other / "tmp", range(2, 4), per_shard=3, variant=1)
     merge(other / "tmp", other / "o.h5", workers=1)
-    target = Path(str(out) + segments.DIR_SUFFIX) / segment_files(out)[1]
+    target = Path(str(out) + SEGMENT_DIR_SUFFIX) / segment_files(out)[1]
     size = target.stat().st_size
     os.replace(other / "o.h5", target)
     report = check([out])
@@ -243,7 +244,7 @@ def test_compact_makes_one_file_and_removes_the_segments(tmp_path: Path) -> None
     before = {r.key: r.digest for r in iter_results(out)}
     assert compact(out) == 8
     assert not segments.is_index_path(out)
-    assert not os.path.exists(str(out) + segments.DIR_SUFFIX)
+    assert not os.path.exists(str(out) + SEGMENT_DIR_SUFFIX)
     assert {r.key: r.digest for r in iter_results(out)} == before == expected(range(8))
     assert check([out]).ok
     assert compact(out) == 8  # one file already: nothing to do
@@ -286,7 +287,7 @@ def test_the_compact_command(tmp_path: Path) -> None:
 
 def test_readers_refuse_a_segment_directory_swapped_for_a_link(tmp_path: Path) -> None:
     _, out = segmented(tmp_path, range(0, 2), range(2, 4))
-    segdir = Path(str(out) + segments.DIR_SUFFIX)
+    segdir = Path(str(out) + SEGMENT_DIR_SUFFIX)
     moved = tmp_path / "moved"
     os.rename(segdir, moved)
     os.symlink(moved, segdir)
@@ -297,7 +298,7 @@ def test_readers_refuse_a_segment_directory_swapped_for_a_link(tmp_path: Path) -
 
 def test_a_segments_keys_read_by_bytes_are_those_libhdf5_lists(tmp_path: Path) -> None:
     _, out = segmented(tmp_path, range(0, 5), range(5, 9), range(9, 20))
-    segdir = Path(str(out) + segments.DIR_SUFFIX)
+    segdir = Path(str(out) + SEGMENT_DIR_SUFFIX)
     names = segment_files(out)
     assert len(names) == 3
     for name in names:
@@ -321,7 +322,7 @@ def test_a_segments_keys_are_never_read_through_a_linked_segment_directory(
     tmp_path: Path,
 ) -> None:
     _, out = segmented(tmp_path, range(0, 5), range(5, 9))
-    segdir = Path(str(out) + segments.DIR_SUFFIX)
+    segdir = Path(str(out) + SEGMENT_DIR_SUFFIX)
     name = segment_files(out)[-1]
     moved = tmp_path / "elsewhere"
     segdir.rename(moved)
