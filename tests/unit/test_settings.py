@@ -32,17 +32,19 @@ def segmented(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "out.h5", tmp_path / "b"
 
 
-@pytest.mark.parametrize(("name", "value", "expected"), BAD)
-def test_a_bad_setting_is_refused_before_the_merge_touches_anything(
-    segmented: tuple[Path, Path],
-    monkeypatch: pytest.MonkeyPatch,
-    name: str,
-    value: str,
-    expected: str,
-) -> None:
-    out, shards = segmented
-    before, listing = sha256_file(out), sorted(os.listdir(out.parent))
+@pytest.fixture(params=BAD, ids=lambda bad: f"{bad[0]}={bad[1]}")
+def bad_setting(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
+    """One bad value, set in this process's environment (the CLI's child gets it too)."""
+    name, value, expected = request.param
     monkeypatch.setenv(name, value)
+    return name, value, expected
+
+
+def test_a_bad_setting_is_refused_before_the_merge_touches_anything(
+    segmented: tuple[Path, Path], bad_setting: tuple[str, ...]
+) -> None:
+    (out, shards), (name, value, expected) = segmented, bad_setting
+    before, listing = sha256_file(out), sorted(os.listdir(out.parent))
     with pytest.raises(SettingError) as err:
         h5guard.merge(shards, out, workers=1)
     assert isinstance(err.value, ValueError)
@@ -51,16 +53,10 @@ def test_a_bad_setting_is_refused_before_the_merge_touches_anything(
     assert len(list(shards.glob("*.h5"))) == 2
 
 
-@pytest.mark.parametrize(("name", "value", "expected"), BAD[::2])
 def test_the_cli_says_it_in_one_line_and_exits_2(
-    segmented: tuple[Path, Path],
-    monkeypatch: pytest.MonkeyPatch,
-    name: str,
-    value: str,
-    expected: str,
+    segmented: tuple[Path, Path], bad_setting: tuple[str, ...]
 ) -> None:
-    out, shards = segmented
-    monkeypatch.setenv(name, value)  # run_cli passes this process's environment on
+    (out, shards), (name, _, expected) = segmented, bad_setting
     proc = run_cli("merge", shards, "-o", out)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
