@@ -6,7 +6,7 @@ A segmented output's index holds one external link per key in its root group (de
 link storage: a fractal heap of link messages and a B-tree of their names' hashes). A
 merge of 10 new results adds 20 links to the spare index (its own 10, and the 10 of the
 merge before, which the spare lacks). For files of ``--sizes`` such links, made here
-with plain h5py as an index makes them (not timed), this times in this process:
+with h5guard's file format and link properties (not timed), this times in this process:
 
 * ``open+close``: opening the file for writing and closing it, changing nothing;
 * ``1 link``, ``20 links``: opening it, adding that many links, closing it (the
@@ -38,17 +38,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-LIBVER = ("v110", "latest")  # as h5guard writes an index
+# Running as a script puts benchmarks/ first on sys.path; the package lives one level up.
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+from h5guard._format.names import LIBVER  # noqa: E402  (the index's file format)
+from h5guard._format.write import LINK_CREATE_UTF8 as LCPL  # noqa: E402  (its links')
+
 LINK_FILE = b"out.h5.segments/seg-000000-301290aee8c5.h5"
-
-
-def _lcpl() -> h5py.h5p.PropLCID:
-    lcpl = h5py.h5p.create(h5py.h5p.LINK_CREATE)
-    lcpl.set_char_encoding(h5py.h5t.CSET_UTF8)
-    return lcpl
-
-
-LCPL = _lcpl()
 
 
 def make_index(path: Path, n: int) -> None:

@@ -47,6 +47,7 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
 import h5guard  # noqa: E402
+from h5guard._format.names import SEGMENT_DIR_SUFFIX  # noqa: E402
 
 RESERVED = "h5guard_"
 COMMIT_EVERY = 1000
@@ -186,7 +187,7 @@ def one_size(root: Path, n: int) -> dict[str, float]:
         # The segment directory the round before made goes too: beside a fresh copy it
         # would be another output's segments, and the merge would (rightly) keep to
         # one file.
-        shutil.rmtree(str(inc_out) + ".segments", ignore_errors=True)
+        shutil.rmtree(str(inc_out) + SEGMENT_DIR_SUFFIX, ignore_errors=True)
         shutil.copy(out, inc_out)
         shutil.rmtree(inc_dir, ignore_errors=True)
         shutil.copytree(new, inc_dir)
