@@ -69,6 +69,8 @@ def test_work_submitted_while_the_interpreter_shuts_down_runs_in_the_caller() ->
             print("ran in", future.result())
             failing = _background.submit("late", lambda: 1 / 0)
             print("raised", type(failing.exception()).__name__)
+            with _background.Tasks("late") as tasks:  # begin neither waits nor hangs
+                print("began in", tasks.begin(lambda: threading.current_thread().name).result())
 
         atexit.register(at_exit)
         print("before", _background.submit("late", lambda: 42).result())
@@ -83,6 +85,7 @@ def test_work_submitted_while_the_interpreter_shuts_down_runs_in_the_caller() ->
         "before 42",
         "ran in MainThread",
         "raised ZeroDivisionError",
+        "began in MainThread",
     ]
 
 
